@@ -1,0 +1,55 @@
+// Small file utilities shared by every reader and writer: whole-file reads, read-only memory maps,
+// and atomic writes (temporary file in the same folder, then rename) so that nothing already
+// written is ever left half-overwritten.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+namespace clip {
+
+std::string read_file(const std::string& path);  // throws IoError
+bool file_exists(const std::string& path);
+bool is_directory(const std::string& path);
+std::string path_dirname(const std::string& path);   // "a/b/c.pt" -> "a/b", "c.pt" -> "."
+std::string path_join(const std::string& a, const std::string& b);
+
+// Read-only memory map of a whole file (an empty file maps to size 0, data nullptr).
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path);  // throws IoError
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Writes to "<path>.tmp.<pid>" and renames over <path> on commit(). If commit() is never reached
+// (an exception, a crash) the destination is untouched and the temporary file is removed.
+class AtomicFile {
+ public:
+  explicit AtomicFile(const std::string& path, bool binary = true);  // throws IoError
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  std::FILE* fp() { return fp_; }
+  void write(const void* data, size_t n);
+  void write(const std::string& s) { write(s.data(), s.size()); }
+  void commit();  // flush, fsync, close, rename; throws IoError
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_, tmp_;
+  std::FILE* fp_ = nullptr;
+  bool committed_ = false;
+};
+
+}  // namespace clip

@@ -1,0 +1,26 @@
+// The few API differences between Debian's LibTorch 1.13 (CPU, CI) and the PyTorch 2.x LibTorch
+// (CUDA, GPU machine) live here and nowhere else.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/version.h>
+
+namespace clip::compat {
+
+constexpr bool kTorch2 = TORCH_VERSION_MAJOR >= 2;
+
+// softmax(q k^T * scale + mask) v for q,k,v [B, H, L, D]; mask additive, broadcastable to
+// [B, H, L, L], or undefined. Uses the fused kernel on 2.x (flash / memory-efficient on CUDA).
+inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& additive_mask) {
+#if TORCH_VERSION_MAJOR >= 2
+  c10::optional<at::Tensor> m;
+  if (additive_mask.defined()) m = additive_mask.to(q.scalar_type());
+  return at::scaled_dot_product_attention(q, k, v, m, 0.0, false);
+#else
+  auto scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  if (additive_mask.defined()) scores = scores + additive_mask.to(scores.scalar_type());
+  return at::matmul(at::softmax(scores, -1), v);
+#endif
+}
+
+}  // namespace clip::compat

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything the project needs from Debian's packages (and the npm registry for the test
+# drivers), then configures and builds. Idempotent: a second run only rebuilds what changed.
+#   scripts/setup.sh            install + build (Release) into build/
+#   CLIP_SKIP_APT=1 scripts/setup.sh   build only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config
+  libtorch-dev libopenblas0-openmp
+  libcli11-dev libfmt-dev catch2 libstb-dev nlohmann-json3-dev
+  libjpeg62-turbo-dev libpng-dev zlib1g-dev libicu-dev
+)
+
+if [[ -z "${CLIP_SKIP_APT:-}" ]]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}" >&2
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  fi
+fi
+
+# OpenBLAS 0.3.21 misdetects some recent Xeons; pick a kernel only when none is set (the tools also
+# do this themselves at start-up).
+if [[ -z "${OPENBLAS_CORETYPE:-}" ]] && grep -q avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX; fi
+
+BUILD_DIR=${BUILD_DIR:-build}
+if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
+  cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release >&2
+fi
+cmake --build "$BUILD_DIR" -j"$(nproc)" >&2
