@@ -1,0 +1,68 @@
+// Images as Pillow holds them (mode + interleaved bytes), decoding, and cn_clip's eval preprocessing
+// reproduced bit for bit: decode -> Resize((R,R), BICUBIC) in the image's own mode -> convert('RGB')
+// -> ToTensor -> Normalize(CLIP mean/std).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace clip {
+
+enum class PixelMode { L, LA, RGB, RGBA, P, CMYK, One };  // One: Pillow mode "1", stored as 0/255 bytes
+int mode_channels(PixelMode m);
+const char* mode_name(PixelMode m);  // "L", "LA", "RGB", "RGBA", "P", "CMYK", "1"
+
+struct Image {
+  int width = 0, height = 0;
+  PixelMode mode = PixelMode::RGB;
+  std::vector<uint8_t> pixels;   // row-major, mode_channels(mode) bytes per pixel
+  std::vector<uint8_t> palette;  // mode P: up to 256 RGB triples
+  int channels() const { return mode_channels(mode); }
+};
+
+constexpr std::array<float, 3> kClipMean{0.48145466f, 0.4578275f, 0.40821073f};
+constexpr std::array<float, 3> kClipStd{0.26862954f, 0.26130258f, 0.27577711f};
+
+// Standard (+/) and URL-safe (-_) alphabets, as Python's urlsafe_b64decode accepts; padding required.
+// Throws DataError on an invalid character or length.
+std::vector<uint8_t> base64_decode(std::string_view s);
+std::string base64_encode(const uint8_t* data, size_t n);
+
+// Decodes JPEG (libjpeg-turbo defaults, like Pillow), PNG (libpng: L/LA/RGB/RGBA/P/1-bit kept as
+// Pillow's modes) and, through stb_image, BMP/GIF/TGA/PNM. Throws DataError describing the problem.
+Image decode_image(const uint8_t* data, size_t n);
+
+// Pillow's Image.resize(size, resample) for the modes above: BICUBIC (antialiased, a=-0.5,
+// fixed-point, horizontal then vertical pass) for L/RGB/CMYK, premultiplied for LA/RGBA,
+// NEAREST for P and 1; same size returns a copy.
+Image resize_bicubic(const Image& im, int width, int height);
+Image resize_nearest(const Image& im, int width, int height);
+Image crop(const Image& im, int x, int y, int width, int height);
+Image convert_rgb(const Image& im);  // Pillow's convert('RGB') for every mode
+
+// cn_clip's eval transform: squash to resolution x resolution, RGB, /255, (x-mean)/std, CHW float32
+// written to out[3*R*R].
+void preprocess_eval(const Image& im, int resolution, float* out, const std::array<float, 3>& mean = kClipMean,
+                     const std::array<float, 3>& std = kClipStd);
+// RGB image (any size) -> CHW normalised floats (ToTensor + Normalize only).
+void to_chw_normalized(const Image& rgb, float* out, const std::array<float, 3>& mean = kClipMean,
+                       const std::array<float, 3>& std = kClipStd);
+
+// Encoders (RGB or L input) for thumbnails, montages and the generated demo data.
+std::vector<uint8_t> encode_png(const Image& im);
+std::vector<uint8_t> encode_jpeg(const Image& im, int quality = 90);
+
+// Contact sheets: tiles of equal size with a caption line under each (built-in bitmap font:
+// ASCII letters, digits and punctuation).
+void draw_text(Image& rgb, int x, int y, const std::string& ascii, std::array<uint8_t, 3> color, int scale = 1);
+struct MontageTile {
+  const Image* image = nullptr;  // any mode; resized to fit the tile
+  std::string caption;           // ASCII
+};
+// rows[i] is one line of the sheet, led by an optional label (e.g. the query) drawn at its left.
+Image make_montage(const std::vector<std::vector<MontageTile>>& rows, const std::vector<std::string>& row_labels,
+                   int tile = 128);
+
+}  // namespace clip
