@@ -11,6 +11,7 @@ APT_PACKAGES=(
   libtorch-dev libopenblas0-openmp
   libcli11-dev libfmt-dev catch2 libstb-dev nlohmann-json3-dev
   libjpeg62-turbo-dev libpng-dev zlib1g-dev libicu-dev
+  python3-torch python3-numpy python3-pil   # test cross-checks only: torch.load of our checkpoints, Pillow references
 )
 
 if [[ -z "${CLIP_SKIP_APT:-}" ]]; then
