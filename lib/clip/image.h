@@ -61,8 +61,9 @@ std::vector<uint8_t> encode_jpeg(const Image& im, int quality = 90);
 
 // Contact sheets: tiles of equal size with a caption line under each (built-in bitmap font:
 // ASCII letters, digits and punctuation).
-// Glyphs are 5x7 in a 6x8 cell (times `scale`); '\n' starts a new line; characters outside printable
-// ASCII (each UTF-8 sequence counts once) are drawn as '?'. Pixels outside the image are clipped.
+// Glyphs are 5x8 (7 rows + descender) in a 6x10 cell, times `scale`; '\n' starts a new line;
+// characters outside printable ASCII (each UTF-8 sequence counts once) are drawn as '?'. Pixels
+// outside the image are clipped.
 void draw_text(Image& rgb, int x, int y, const std::string& ascii, std::array<uint8_t, 3> color, int scale = 1);
 // Width in pixels of the longest line of `text` as draw_text would draw it.
 int text_width(const std::string& text, int scale = 1);

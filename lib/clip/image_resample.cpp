@@ -92,17 +92,24 @@ inline uint8_t clip8(int32_t v) {
 // Horizontal pass over source rows [row0, row0 + rows): interleaved C channels in and out.
 template <int C>
 void horizontal(const uint8_t* in, int in_w, int row0, int rows, const Taps& t, int out_w, uint8_t* out) {
+  // Local copies of the tap tables: the uint8_t stores below could otherwise alias them.
+  const int32_t* __restrict kk = t.k.data();
+  const int* __restrict first = t.first.data();
+  const int* __restrict count = t.count.data();
+  const int ksize = t.ksize;
   for (int yy = 0; yy < rows; ++yy) {
-    const uint8_t* src = in + static_cast<size_t>(yy + row0) * in_w * C;
-    uint8_t* dst = out + static_cast<size_t>(yy) * out_w * C;
+    const uint8_t* __restrict src = in + static_cast<size_t>(yy + row0) * in_w * C;
+    uint8_t* __restrict dst = out + static_cast<size_t>(yy) * out_w * C;
     for (int xx = 0; xx < out_w; ++xx) {
-      const int32_t* k = &t.k[static_cast<size_t>(xx) * t.ksize];
-      const uint8_t* s = src + static_cast<size_t>(t.first[xx]) * C;
-      const int n = t.count[xx];
+      const int32_t* k = kk + static_cast<size_t>(xx) * ksize;
+      const uint8_t* s = src + static_cast<size_t>(first[xx]) * C;
+      const int n = count[xx];
       int32_t acc[C];
       for (int c = 0; c < C; ++c) acc[c] = 1 << (kPrecisionBits - 1);
-      for (int x = 0; x < n; ++x)
-        for (int c = 0; c < C; ++c) acc[c] += static_cast<int32_t>(s[x * C + c]) * k[x];
+      for (int x = 0; x < n; ++x) {
+        const int32_t kx = k[x];
+        for (int c = 0; c < C; ++c) acc[c] += static_cast<int32_t>(s[x * C + c]) * kx;
+      }
       for (int c = 0; c < C; ++c) dst[xx * C + c] = clip8(acc[c]);
     }
   }
