@@ -149,7 +149,12 @@ bool jpeg_decode_into(JpegCtx* ctx, const uint8_t* data, size_t n, Image* out) {
   out->width = static_cast<int>(cinfo->output_width);
   out->height = static_cast<int>(cinfo->output_height);
   const size_t stride = static_cast<size_t>(out->width) * cinfo->output_components;
-  out->pixels.resize(stride * out->height);
+  try {
+    out->pixels.resize(stride * out->height);
+  } catch (...) {  // out of memory: release libjpeg's state before unwinding
+    jpeg_destroy_decompress(cinfo);
+    throw;
+  }
   while (cinfo->output_scanline < cinfo->output_height) {
     JSAMPROW row = out->pixels.data() + stride * cinfo->output_scanline;
     jpeg_read_scanlines(cinfo, &row, 1);
@@ -285,8 +290,13 @@ bool png_decode_raw(PngCtx* ctx) {
   png_set_interlace_handling(png);
   png_read_update_info(png, info);
   ctx->rowbytes = png_get_rowbytes(png, info);
-  ctx->raw.resize(ctx->rowbytes * ctx->height);
-  ctx->rows.resize(ctx->height);
+  try {
+    ctx->raw.resize(ctx->rowbytes * ctx->height);
+    ctx->rows.resize(ctx->height);
+  } catch (...) {  // out of memory: release libpng's state before unwinding
+    png_destroy_read_struct(&png, &info, nullptr);
+    throw;
+  }
   for (png_uint_32 y = 0; y < ctx->height; ++y) ctx->rows[y] = ctx->raw.data() + ctx->rowbytes * y;
   png_read_image(png, ctx->rows.data());
   png_destroy_read_struct(&png, &info, nullptr);
