@@ -1,7 +1,10 @@
 // Training augmentation: see augment.h. The arithmetic of each operation follows Pillow 9.4's C
 // code path for 8-bit images (float vs double, truncation vs rounding, border handling) because
 // the goal is the same pixels, not merely a similar-looking transform. Keep the expression order
-// of the floating-point code as it is: reassociating it changes results in the last bit.
+// of the floating-point code as it is: reassociating it changes results in the last bit. For the
+// same reason this file assumes no fused multiply-add contraction (true for the default x86-64
+// target; a build with -march=<FMA-capable> and -ffp-contract=fast may move the rotate/shear and
+// enhance results by one level, which tests/test_augment.cpp would report).
 #include "clip/augment.h"
 
 #include <algorithm>
