@@ -501,14 +501,39 @@ InferredConfig infer_config(const StateDict& sd) {
   return r;
 }
 
+std::string model_config_json(const ModelConfig& c) {
+  nlohmann::json j = {{"vision", to_json(c.vision)}, {"text", to_json(c.text)}, {"vision_name", c.vision.name},
+                      {"text_name", c.text.name}};
+  return j.dump();
+}
+
+ModelConfig model_config_from_json(const std::string& json_text, const std::string& where) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(json_text);
+  } catch (const std::exception& e) {
+    throw UsageError(where + ": model config is not valid JSON: " + e.what());
+  }
+  if (!j.is_object() || !j.contains("vision") || !j.contains("text"))
+    throw UsageError(where + ": model config needs \"vision\" and \"text\" objects");
+  ModelConfig c;
+  c.vision = vision_config_from_json(j["vision"], j.value("vision_name", std::string("vision")));
+  c.text = text_config_from_json(j["text"], j.value("text_name", std::string("text")));
+  return c;
+}
+
 InferredConfig resolve_config(const StateDict& sd, const std::string& vision, const std::string& text) {
   InferredConfig r;
-  if (!vision.empty()) {
+  if (!vision.empty() && vision[0] == '{') {
+    r.config.vision = model_config_from_json(vision, "--vision-model").vision;
+  } else if (!vision.empty()) {
     r.config.vision = vision_config(vision);
   } else {
     r.config.vision = infer_vision(sd, r.notes);
   }
-  if (!text.empty()) {
+  if (!text.empty() && text[0] == '{') {
+    r.config.text = model_config_from_json(text, "--text-model").text;
+  } else if (!text.empty()) {
     r.config.text = text_config(text);
   } else {
     r.config.text = infer_text(sd, r.notes);

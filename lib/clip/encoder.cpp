@@ -48,13 +48,21 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro) : st_(std::ma
   batch_size_ = ro.batch_size;
   checkpoint_path_ = mo.checkpoint;
   Checkpoint ck = load_checkpoint(mo.checkpoint);
-  InferredConfig ic = resolve_config(ck.state_dict, mo.vision_model, mo.text_model);
+  // Our own checkpoints record their config: use it for any tower not given explicitly.
+  std::string vision = mo.vision_model, text = mo.text_model;
+  if (ck.root && ck.root->kind == PyValue::Kind::dict) {
+    if (PyPtr mc = ck.root->get("model_config"); mc && mc->kind == PyValue::Kind::string) {
+      if (vision.empty()) vision = mc->s;
+      if (text.empty()) text = mc->s;
+    }
+  }
+  InferredConfig ic = resolve_config(ck.state_dict, vision, text);
   for (const auto& n : ic.notes) log_info("{}", n);
   if (ck.had_module_prefix) log_debug("stripped 'module.' from checkpoint keys");
   for (const auto& k : ck.dropped_keys) log_debug("ignored checkpoint key {}", k);
   st_->model = ClipModel(ic.config);
   load_weights(st_->model, ck.state_dict, /*strict=*/true);
-  weights_hash_ = weights_hash(st_->model);
+  weights_hash_ = clip::weights_hash(st_->model);
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(find_vocab(mo.vocab, mo.checkpoint)));
   if (tokenizer_->vocab_size() > ic.config.text.vocab_size)
     throw ModelError("vocab " + tokenizer_->path() + " has " + std::to_string(tokenizer_->vocab_size()) +

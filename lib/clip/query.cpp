@@ -158,9 +158,9 @@ std::string format_results(const QueryResults& r, const FeatureSet& store, OutFo
       if (!q.has_id)
         throw UsageError("--format cnclip needs queries with ids: use --texts JSONL or --query-images TSV");
       const bool text = q.kind == "text";
-      nlohmann::json j;
+      nlohmann::ordered_json j;
       j[text ? "text_id" : "image_id"] = q.id;
-      auto& arr = j[store.meta.kind == "text" ? "text_ids" : "image_ids"] = nlohmann::json::array();
+      auto& arr = j[store.meta.kind == "text" ? "text_ids" : "image_ids"] = nlohmann::ordered_json::array();
       for (const auto& h : q.hits) arr.push_back(h.id);
       o += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
       continue;
@@ -170,7 +170,7 @@ std::string format_results(const QueryResults& r, const FeatureSet& store, OutFo
       if (f == OutFormat::tsv) {
         o += fmt::format("{}\t{}\t{}\t{:.6f}\n", tsv_field(q.label), i + 1, h.id, h.score);
       } else {
-        nlohmann::json j;
+        nlohmann::ordered_json j;
         j["query"] = q.label;
         if (q.has_id) j["query_id"] = q.id;
         j["rank"] = i + 1;
