@@ -57,6 +57,11 @@ static int body(int argc, char** argv) {
                                   image_feats, text_feats, img.meta.weights_hash, txt.meta.weights_hash));
     if (!img.meta.normalized || !txt.meta.normalized)
       log_warn("features are not all unit-norm: ranking by raw dot product, as cn_clip does");
+    int64_t unseen = 0;
+    for (int64_t id : gold.image_ids) unseen += img.find(id) < 0;
+    if (unseen)
+      log_warn("{} of the {} annotated images have no feature in '{}' (a different split?)", unseen,
+               gold.image_ids.size(), image_feats);
     Predictions t2i = topk_predictions(txt, img, 10), i2t = topk_predictions(img, txt, 10);
     if (img.size() < 10 || txt.size() < 10) log_warn("fewer than 10 candidates: evaluation.py would refuse these rankings");
     if (!write_topk.empty()) {

@@ -3,38 +3,16 @@
 #include <fmt/format.h>
 
 #include <cstdio>
-#include <fstream>
 #include <unordered_set>
 
 #include "clip/error.h"
 #include "clip/fileio.h"
 #include "clip/log.h"
+#include "clip/store.h"
 
 namespace clip {
 
 namespace {
-
-// Calls fn(lineno, json) for every non-blank line of a JSONL file; JSON syntax errors name the line.
-template <typename Fn>
-void for_each_jsonl(const std::string& path, Fn&& fn) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_io_error("open", path);
-  std::string line;
-  int64_t lineno = 0;
-  while (std::getline(in, line)) {
-    ++lineno;
-    if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      throw DataError(fmt::format("{}:{}: not valid JSON ({})", path, lineno, e.what()));
-    }
-    if (!j.is_object()) throw DataError(fmt::format("{}:{}: expected a JSON object", path, lineno));
-    fn(lineno, j);
-  }
-  if (in.bad()) throw_io_error("read", path);
-}
 
 // Booleans are JSON integers to Python's isinstance(x, int); here they are refused.
 bool is_int(const nlohmann::json& v) { return v.is_number_integer(); }
@@ -75,7 +53,7 @@ std::string id_list(const std::vector<int64_t>& ids, size_t max_shown = 20) {
 
 GroundTruth read_ground_truth(const std::string& path) {
   GroundTruth g;
-  for_each_jsonl(path, [&](int64_t lineno, const nlohmann::json& j) {
+  for_each_json_line(path, [&](int64_t lineno, const nlohmann::json& j) {
     const int64_t tid = int_field(path, lineno, j, "text_id");
     std::vector<int64_t> imgs = int_list(path, lineno, j, "image_ids", fmt::format("text_id {}", tid));
     for (int64_t iid : imgs) {
@@ -95,7 +73,7 @@ GroundTruth read_ground_truth(const std::string& path) {
 Predictions read_predictions(const std::string& path, int k) {
   Predictions p;
   std::string qkey, lkey;
-  for_each_jsonl(path, [&](int64_t lineno, const nlohmann::json& j) {
+  for_each_json_line(path, [&](int64_t lineno, const nlohmann::json& j) {
     if (qkey.empty()) {
       if (j.contains("text_id")) p.query_kind = "text", qkey = "text_id", lkey = "image_ids";
       else if (j.contains("image_id")) p.query_kind = "image", qkey = "image_id", lkey = "text_ids";

@@ -78,6 +78,7 @@ std::vector<std::vector<Hit>> search(const at::Tensor& queries, const FeatureSet
   for (int64_t c0 = 0; c0 < N; c0 += chunk) {
     const int64_t c1 = std::min(N, c0 + chunk), C = c1 - c0;
     at::Tensor g = feature_rows(fs, c0, c1);
+    // at::topk picks an arbitrary subset of values tied at the k-th place (later rows, in practice).
     // Taking k+1 shows whether the k-th score is tied with the next one; only then is a full scan of
     // that row needed to pick the earliest rows among the tied ones.
     const int64_t kt = std::min<int64_t>(k + 1, C);
@@ -103,8 +104,9 @@ std::vector<std::vector<Hit>> search(const at::Tensor& queries, const FeatureSet
         }
         auto& b = best[q0 + i];
         b.insert(b.end(), cands.begin(), cands.end());
-        std::sort(b.begin(), b.end(), better);
-        if (static_cast<int64_t>(b.size()) > k) b.resize(k);
+        const size_t keep = std::min<size_t>(b.size(), k);
+        std::partial_sort(b.begin(), b.begin() + keep, b.end(), better);
+        b.resize(keep);
       }
     }
   }

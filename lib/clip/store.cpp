@@ -544,19 +544,11 @@ void write_features_jsonl(const std::string& path, const FeatureSet& fs) {
   write_features_jsonl(path, key, fs.ids, all.data(), fs.dim);
 }
 
-FeatureSet read_features_jsonl(const std::string& path) {
+void for_each_json_line(const std::string& path, const std::function<void(int64_t, const nlohmann::json&)>& fn) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_io_error("open", path);
-  auto buf = std::make_shared<std::vector<float>>();
-  FeatureSet fs;
-  std::string key;
-  std::unordered_map<int64_t, int64_t> line_of;
   std::string line;
   int64_t lineno = 0;
-  bool normalized = true;
-  auto fail = [&](const std::string& what) -> void {
-    throw DataError(fmt::format("{}:{}: {}", path, lineno, what));
-  };
   while (std::getline(in, line)) {
     ++lineno;
     if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
@@ -564,9 +556,22 @@ FeatureSet read_features_jsonl(const std::string& path) {
     try {
       j = nlohmann::json::parse(line);
     } catch (const nlohmann::json::exception& e) {
-      fail(std::string("not valid JSON (") + e.what() + ")");
+      throw DataError(fmt::format("{}:{}: not valid JSON ({})", path, lineno, e.what()));
     }
-    if (!j.is_object()) fail("expected a JSON object {\"image_id\"|\"text_id\": int, \"feature\": [...]}");
+    if (!j.is_object()) throw DataError(fmt::format("{}:{}: expected a JSON object", path, lineno));
+    fn(lineno, j);
+  }
+  if (in.bad()) throw_io_error("read", path);
+}
+
+FeatureSet read_features_jsonl(const std::string& path) {
+  auto buf = std::make_shared<std::vector<float>>();
+  FeatureSet fs;
+  std::string key;
+  std::unordered_map<int64_t, int64_t> line_of;
+  bool normalized = true;
+  for_each_json_line(path, [&](int64_t lineno, const nlohmann::json& j) {
+    auto fail = [&](const std::string& what) { throw DataError(fmt::format("{}:{}: {}", path, lineno, what)); };
     if (key.empty()) {
       if (j.contains("image_id")) key = "image_id";
       else if (j.contains("text_id")) key = "text_id";
@@ -596,8 +601,7 @@ FeatureSet read_features_jsonl(const std::string& path) {
     }
     if (std::abs(std::sqrt(norm2) - 1.0) > 1e-3) normalized = false;
     fs.ids.push_back(id);
-  }
-  if (in.bad()) throw_io_error("read", path);
+  });
   if (fs.ids.empty()) throw DataError(fmt::format("'{}' holds no features (empty file?)", path));
   fs.dtype = StoreDtype::f32;
   fs.data = buf->data();

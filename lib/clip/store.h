@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -114,6 +115,10 @@ struct MergeOptions {
 void merge_stores(const std::string& a, const std::string& b, const std::string& out, const MergeOptions& opt = {});
 
 // ---- cn_clip JSONL ---------------------------------------------------------------------------------
+
+// Calls fn(line number, object) for every non-blank line of a JSONL file. Throws DataError
+// "<path>:<line>: ..." for invalid JSON or a value that is not an object; IoError when unreadable.
+void for_each_json_line(const std::string& path, const std::function<void(int64_t, const nlohmann::json&)>& fn);
 
 // Reads {"image_id"|"text_id": int, "feature": [numbers]} lines (blank lines skipped). Errors name the
 // line: bad JSON, a missing/non-integer id, a key different from the first line's, a dim different from
