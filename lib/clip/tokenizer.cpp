@@ -1,103 +1,124 @@
 #include "clip/tokenizer.h"
 
-#include <unicode/locid.h>
+#include <fmt/format.h>
 #include <unicode/normalizer2.h>
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
-#include <unicode/ustring.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "clip/error.h"
 #include "clip/fileio.h"
 #include "clip/sha256.h"
 
 namespace clip {
-
 namespace {
 
-using U32 = std::u32string;
+constexpr char32_t kReplacement = 0xFFFD;
+constexpr size_t kMaxWordChars = 200;  // WordpieceTokenizer.max_input_chars_per_word
+const char* const kVocabRemedy = "pass --vocab PATH (cn_clip's vocab.txt, 21128 lines)";
 
-// UTF-8 -> code points; each invalid byte becomes U+FFFD.
-U32 decode_utf8(const std::string& s) {
-  U32 out;
-  out.reserve(s.size());
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const size_t n = s.size();
-  for (size_t i = 0; i < n;) {
-    unsigned c = p[i];
-    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (len == 0 || i + len > n) {
-      out.push_back(0xFFFD), ++i;
+// ---- UTF-8 ----------------------------------------------------------------------------------------
+
+// Strict decoding (well-formed sequences of Unicode Table 3-7: no overlongs, no surrogates, nothing above
+// U+10FFFF). Each maximal ill-formed subpart becomes one U+FFFD and decoding resumes at the next byte, so a
+// valid character after a broken one is never swallowed. Returns the number of replacements.
+size_t decode_utf8(const char* s, size_t n, std::u32string& out) {
+  out.clear();
+  out.reserve(n);
+  size_t bad = 0;
+  size_t i = 0;
+  while (i < n) {
+    uint8_t b = uint8_t(s[i]);
+    if (b < 0x80) {
+      out.push_back(b);
+      ++i;
       continue;
     }
-    char32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
-    bool ok = true;
-    for (int k = 1; k < len; ++k) {
-      if ((p[i + k] & 0xC0) != 0x80) {
-        ok = false;
-        break;
-      }
-      cp = (cp << 6) | (p[i + k] & 0x3F);
-    }
-    // reject overlong forms, surrogates and out-of-range values
-    static const char32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (!ok || cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      out.push_back(0xFFFD), ++i;
+    size_t len;
+    char32_t c;
+    uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+    if (b >= 0xC2 && b <= 0xDF) {
+      len = 2, c = b & 0x1F;
+    } else if (b >= 0xE0 && b <= 0xEF) {
+      len = 3, c = b & 0x0F;
+      if (b == 0xE0) lo = 0xA0;       // overlong
+      else if (b == 0xED) hi = 0x9F;  // surrogates
+    } else if (b >= 0xF0 && b <= 0xF4) {
+      len = 4, c = b & 0x07;
+      if (b == 0xF0) lo = 0x90;       // overlong
+      else if (b == 0xF4) hi = 0x8F;  // above U+10FFFF
+    } else {
+      out.push_back(kReplacement);
+      ++bad;
+      ++i;
       continue;
     }
-    out.push_back(cp);
-    i += len;
+    size_t k = 1;
+    for (; k < len && i + k < n; ++k) {
+      uint8_t t = uint8_t(s[i + k]);
+      if (t < lo || t > hi) break;
+      lo = 0x80, hi = 0xBF;
+      c = (c << 6) | (t & 0x3F);
+    }
+    if (k == len) {
+      out.push_back(c);
+    } else {
+      out.push_back(kReplacement);
+      ++bad;
+    }
+    i += k;
   }
-  return out;
+  return bad;
 }
 
-void append_utf8(std::string& o, char32_t cp) {
-  if (cp < 0x80) o += char(cp);
-  else if (cp < 0x800) o += char(0xC0 | (cp >> 6)), o += char(0x80 | (cp & 0x3F));
-  else if (cp < 0x10000) o += char(0xE0 | (cp >> 12)), o += char(0x80 | ((cp >> 6) & 0x3F)), o += char(0x80 | (cp & 0x3F));
-  else
-    o += char(0xF0 | (cp >> 18)), o += char(0x80 | ((cp >> 12) & 0x3F)), o += char(0x80 | ((cp >> 6) & 0x3F)),
-        o += char(0x80 | (cp & 0x3F));
+void append_utf8(std::string& out, char32_t c) {
+  if (c < 0x80) {
+    out.push_back(char(c));
+  } else if (c < 0x800) {
+    out.push_back(char(0xC0 | (c >> 6)));
+    out.push_back(char(0x80 | (c & 0x3F)));
+  } else if (c < 0x10000) {
+    out.push_back(char(0xE0 | (c >> 12)));
+    out.push_back(char(0x80 | ((c >> 6) & 0x3F)));
+    out.push_back(char(0x80 | (c & 0x3F)));
+  } else {
+    out.push_back(char(0xF0 | (c >> 18)));
+    out.push_back(char(0x80 | ((c >> 12) & 0x3F)));
+    out.push_back(char(0x80 | ((c >> 6) & 0x3F)));
+    out.push_back(char(0x80 | (c & 0x3F)));
+  }
 }
 
-std::string encode_utf8(const U32& s) {
-  std::string o;
-  o.reserve(s.size() * 3);
-  for (char32_t c : s) append_utf8(o, c);
-  return o;
+// ---- Unicode character data, pinned to Python 3.11's Unicode 14.0 ------------------------------------
+
+// ICU may know a newer Unicode than the Python that produced the reference outputs; characters assigned
+// after 14.0 are unassigned there (category Cn, no case mapping, no decomposition), so they are here too.
+bool newer_than_reference(UChar32 c) {
+  UVersionInfo age;
+  u_charAge(c, age);
+  return age[0] > 14;
 }
 
-// Python's str.isspace(): bidirectional class WS/B/S or category Zs.
-bool py_isspace(char32_t c) {
+// The categories whose membership the pipeline tests; only for these is the character's age checked.
+constexpr uint32_t kTestedCategories = U_MASK(U_CONTROL_CHAR) | U_MASK(U_FORMAT_CHAR) | U_MASK(U_SPACE_SEPARATOR) |
+                                       U_MASK(U_NON_SPACING_MARK) | U_GC_P_MASK;
+
+uint32_t category_mask(UChar32 c) {
+  uint32_t m = U_GET_GC_MASK(c);
+  if ((m & kTestedCategories) && c >= 0x80 && newer_than_reference(c)) return U_MASK(U_UNASSIGNED);
+  return m;
+}
+
+// Python's str.isspace()/str.split() set: bidirectional class WS, B or S, or category Zs.
+bool is_py_space(char32_t c) {
+  if (c < 0x80) return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20);
   switch (c) {
-    case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x1C: case 0x1D: case 0x1E: case 0x1F:
-    case 0x20: case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
+    case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
       return true;
     default:
       return c >= 0x2000 && c <= 0x200A;
-  }
-}
-
-bool bert_is_whitespace(char32_t c) {
-  if (c == ' ' || c == '\t' || c == '\n' || c == '\r') return true;
-  return u_charType(static_cast<UChar32>(c)) == U_SPACE_SEPARATOR;
-}
-
-bool bert_is_control(char32_t c) {
-  if (c == '\t' || c == '\n' || c == '\r') return false;
-  int t = u_charType(static_cast<UChar32>(c));
-  return t == U_CONTROL_CHAR || t == U_FORMAT_CHAR;
-}
-
-bool bert_is_punctuation(char32_t c) {
-  if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126)) return true;
-  switch (u_charType(static_cast<UChar32>(c))) {
-    case U_DASH_PUNCTUATION: case U_START_PUNCTUATION: case U_END_PUNCTUATION: case U_CONNECTOR_PUNCTUATION:
-    case U_OTHER_PUNCTUATION: case U_INITIAL_PUNCTUATION: case U_FINAL_PUNCTUATION:
-      return true;
-    default:
-      return false;
   }
 }
 
@@ -107,210 +128,350 @@ bool is_cjk(char32_t c) {
          (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
 }
 
-icu::UnicodeString to_icu(const U32& s) {
-  return icu::UnicodeString::fromUTF32(reinterpret_cast<const UChar32*>(s.data()), static_cast<int32_t>(s.size()));
+bool is_ascii_punct(char32_t c) {
+  return (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
 }
 
-U32 from_icu(const icu::UnicodeString& u) {
-  U32 out(static_cast<size_t>(u.countChar32()), 0);
-  UErrorCode err = U_ZERO_ERROR;
-  u.toUTF32(reinterpret_cast<UChar32*>(out.data()), static_cast<int32_t>(out.size()), err);
-  return out;
+bool is_punct(char32_t c) {
+  if (c < 0x80) return is_ascii_punct(c);
+  return (category_mask(c) & U_GC_P_MASK) != 0;
 }
 
-// Python's str.lower(): full lower-case mapping, context-sensitive final sigma (ICU root locale).
-U32 py_lower(const U32& s) {
-  bool ascii = std::all_of(s.begin(), s.end(), [](char32_t c) { return c < 0x80; });
-  if (ascii) {
-    U32 o = s;
-    for (auto& c : o)
-      if (c >= 'A' && c <= 'Z') c += 32;
-    return o;
+bool py_cased(UChar32 c) { return u_hasBinaryProperty(c, UCHAR_CASED) && !(c >= 0x80 && newer_than_reference(c)); }
+bool py_case_ignorable(UChar32 c) {
+  return u_hasBinaryProperty(c, UCHAR_CASE_IGNORABLE) && !(c >= 0x80 && newer_than_reference(c));
+}
+
+// Python's final-sigma rule (unicodeobject.c handle_capital_sigma): U+03A3 lowers to U+03C2 when a cased
+// character precedes it and no cased character follows it, skipping case-ignorable characters both ways.
+// Done here rather than by ICU's string case mapping so that the rule sees Python's character data:
+// characters newer than Unicode 14 are neither cased nor case-ignorable.
+bool final_sigma(const char32_t* s, size_t n, size_t i) {
+  size_t j = i;
+  char32_t c = 0;
+  while (j > 0) {
+    c = s[--j];
+    if (!py_case_ignorable(c)) break;
+    c = 0;
   }
-  icu::UnicodeString u = to_icu(s);
-  u.toLower(icu::Locale::getRoot());
-  return from_icu(u);
+  if (c == 0 || !py_cased(c)) return false;
+  for (j = i + 1; j < n; ++j) {
+    if (!py_case_ignorable(s[j])) return !py_cased(s[j]);
+  }
+  return true;
 }
 
-// NFD, then drop combining marks (category Mn).
-U32 strip_accents(const U32& s) {
-  bool ascii = std::all_of(s.begin(), s.end(), [](char32_t c) { return c < 0x80; });
-  if (ascii) return s;
-  UErrorCode err = U_ZERO_ERROR;
-  const icu::Normalizer2* nfd = icu::Normalizer2::getNFDInstance(err);
-  if (U_FAILURE(err)) throw ModelError(std::string("ICU NFD normaliser unavailable: ") + u_errorName(err));
-  icu::UnicodeString n = nfd->normalize(to_icu(s), err);
-  U32 d = from_icu(n);
-  U32 out;
-  for (char32_t c : d)
-    if (u_charType(static_cast<UChar32>(c)) != U_NON_SPACING_MARK) out.push_back(c);
-  return out;
-}
-
-// Python str.split() with no argument.
-std::vector<U32> py_split(const U32& s) {
-  std::vector<U32> out;
-  U32 cur;
-  for (char32_t c : s) {
-    if (py_isspace(c)) {
-      if (!cur.empty()) out.push_back(std::move(cur)), cur.clear();
+// Python str.lower(): the full lower-case mapping. Among unconditional mappings only U+0130 expands
+// (to "i" + U+0307); the only context-dependent one outside tr/az/lt locales is the final sigma.
+void py_lower(const char32_t* s, size_t n, std::u32string& out) {
+  for (size_t i = 0; i < n; ++i) {
+    char32_t c = s[i];
+    if (c < 0x80) {
+      out.push_back(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    } else if (c == 0x130) {
+      out.push_back('i');
+      out.push_back(0x307);
+    } else if (c == 0x3A3) {
+      out.push_back(final_sigma(s, n, i) ? 0x3C2 : 0x3C3);
     } else {
-      cur.push_back(c);
+      char32_t l = char32_t(u_tolower(UChar32(c)));
+      out.push_back(l != c && newer_than_reference(c) ? c : l);
     }
   }
-  if (!cur.empty()) out.push_back(std::move(cur));
-  return out;
 }
 
-// Python str.strip() on a vocab line.
-std::string py_strip(const std::string& line) {
-  U32 s = decode_utf8(line);
+const icu::Normalizer2& nfd() {
+  static const icu::Normalizer2* instance = [] {
+    UErrorCode status = U_ZERO_ERROR;
+    const icu::Normalizer2* n = icu::Normalizer2::getNFDInstance(status);
+    if (U_FAILURE(status) || n == nullptr)
+      throw Error(fmt::format("ICU has no NFD normalizer: {}", u_errorName(status)));
+    return n;
+  }();
+  return *instance;
+}
+
+void nfd_append(const char32_t* s, size_t n, std::u32string& out) {
+  icu::UnicodeString in;
+  for (size_t i = 0; i < n; ++i) in.append(UChar32(s[i]));
+  UErrorCode status = U_ZERO_ERROR;
+  icu::UnicodeString res = nfd().normalize(in, status);
+  if (U_FAILURE(status)) throw Error(fmt::format("NFD normalization failed: {}", u_errorName(status)));
+  for (int32_t k = 0; k < res.length();) {
+    UChar32 c = res.char32At(k);
+    out.push_back(char32_t(c));
+    k += U16_LENGTH(c);
+  }
+}
+
+// NFD, then drop category Mn (BasicTokenizer._run_strip_accents).
+void nfd_strip_marks(const char32_t* s, size_t n, std::u32string& tmp, std::u32string& out) {
+  out.clear();
+  const icu::Normalizer2& norm = nfd();
+  bool inert = true;
+  for (size_t i = 0; i < n && inert; ++i) inert = s[i] < 0xC0 || norm.isInert(UChar32(s[i]));
+  if (inert) {
+    for (size_t i = 0; i < n; ++i)
+      if (s[i] < 0x300 || !(category_mask(s[i]) & U_MASK(U_NON_SPACING_MARK))) out.push_back(s[i]);
+    return;
+  }
+  // A character newer than Unicode 14 is, for Python, an undecomposable starter (combining class 0), which
+  // splits normalization: NFD(a X b) = NFD(a) X NFD(b).
+  tmp.clear();
+  size_t seg = 0;
+  for (size_t i = 0; i <= n; ++i) {
+    if (i == n || (s[i] >= 0x80 && newer_than_reference(s[i]))) {
+      if (i > seg) nfd_append(s + seg, i - seg, tmp);
+      if (i < n) tmp.push_back(s[i]);
+      seg = i + 1;
+    }
+  }
+  for (char32_t c : tmp)
+    if (c < 0x300 || !(category_mask(c) & U_MASK(U_NON_SPACING_MARK))) out.push_back(c);
+}
+
+std::u32string strip_py_space(const std::u32string& s) {
   size_t b = 0, e = s.size();
-  while (b < e && py_isspace(s[b])) ++b;
-  while (e > b && py_isspace(s[e - 1])) --e;
-  return encode_utf8(s.substr(b, e - b));
+  while (b < e && is_py_space(s[b])) ++b;
+  while (e > b && is_py_space(s[e - 1])) --e;
+  return s.substr(b, e - b);
+}
+
+std::string to_utf8(const char32_t* s, size_t n) {
+  std::string out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) append_utf8(out, s[i]);
+  return out;
 }
 
 }  // namespace
 
+// ---- Tokenizer ----------------------------------------------------------------------------------------
+
 Tokenizer Tokenizer::load(const std::string& vocab_path) {
+  if (vocab_path.empty()) throw ModelError(fmt::format("no vocab file given; {}", kVocabRemedy));
   if (!file_exists(vocab_path))
-    throw ModelError("vocab file '" + vocab_path + "' does not exist; pass --vocab PATH (cn_clip's vocab.txt)");
-  std::string text;
+    throw ModelError(fmt::format("vocab file {} does not exist; {}", vocab_path, kVocabRemedy));
+  if (is_directory(vocab_path))
+    throw ModelError(fmt::format("vocab file {} is a folder, not a file; {}", vocab_path, kVocabRemedy));
+  std::string bytes;
   try {
-    text = read_file(vocab_path);
+    bytes = read_file(vocab_path);
   } catch (const IoError& e) {
-    throw ModelError(std::string(e.what()) + "; pass --vocab PATH (cn_clip's vocab.txt)");
+    throw ModelError(fmt::format("cannot read vocab file {}: {}; {}", vocab_path, e.what(), kVocabRemedy));
   }
+  if (bytes.empty()) throw ModelError(fmt::format("vocab file {} is empty; {}", vocab_path, kVocabRemedy));
+
   Tokenizer t;
   t.path_ = vocab_path;
-  t.sha256_ = sha256_hex(text.data(), text.size());
+  t.sha256_ = sha256_hex(bytes);
+  std::u32string line;
   size_t pos = 0;
-  while (pos < text.size()) {  // Python readline(): only '\n' ends a line
-    size_t nl = text.find('\n', pos);
-    std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
-    pos = nl == std::string::npos ? text.size() : nl + 1;
-    std::string tok = py_strip(line);
-    t.vocab_[tok] = static_cast<int64_t>(t.tokens_.size());  // a later duplicate wins, as in a Python dict
-    t.tokens_.push_back(std::move(tok));
+  while (pos < bytes.size()) {
+    // Python's text mode (universal newlines): a line ends at \n, \r\n or \r.
+    size_t end = bytes.find_first_of("\r\n", pos);
+    size_t next;
+    if (end == std::string::npos) {
+      end = next = bytes.size();
+    } else {
+      next = end + ((bytes[end] == '\r' && end + 1 < bytes.size() && bytes[end + 1] == '\n') ? 2 : 1);
+    }
+    if (decode_utf8(bytes.data() + pos, end - pos, line) != 0)
+      throw ModelError(fmt::format("vocab file {} line {}: not valid UTF-8; {}", vocab_path, t.tokens_.size() + 1,
+                                   kVocabRemedy));
+    std::u32string stripped = strip_py_space(line);
+    std::string token = to_utf8(stripped.data(), stripped.size());
+    t.max_token_chars_ = std::max(t.max_token_chars_, stripped.size());
+    t.ids_[token] = int64_t(t.tokens_.size());  // a repeated token: the later line wins, as in a Python dict
+    t.tokens_.push_back(std::move(token));
+    pos = next;
   }
-  if (t.tokens_.empty()) throw ModelError("vocab file '" + vocab_path + "' is empty; pass the model's vocab.txt with --vocab");
-  auto need = [&](const char* s, int64_t& id) {
-    auto it = t.vocab_.find(s);
-    if (it == t.vocab_.end())
-      throw ModelError(std::string("vocab file '") + vocab_path + "' has no " + s + " token: not a BERT vocab.txt");
-    id = it->second;
-  };
-  need("[CLS]", t.cls_);
-  need("[SEP]", t.sep_);
-  need("[UNK]", t.unk_);
+  t.cls_id_ = t.token_id("[CLS]");
+  t.sep_id_ = t.token_id("[SEP]");
+  t.unk_id_ = t.token_id("[UNK]");
+  for (const char* special : {"[CLS]", "[SEP]", "[UNK]"}) {
+    if (t.token_id(special) < 0)
+      throw ModelError(fmt::format("vocab file {} has no {} line: not a BERT vocab; {}", vocab_path, special,
+                                   kVocabRemedy));
+  }
   return t;
 }
 
 int64_t Tokenizer::token_id(const std::string& token) const {
-  auto it = vocab_.find(token);
-  return it == vocab_.end() ? -1 : it->second;
+  auto it = ids_.find(token);
+  return it == ids_.end() ? -1 : it->second;
+}
+
+const std::string& Tokenizer::token(int64_t id) const {
+  if (id < 0 || id >= vocab_size())
+    throw UsageError(fmt::format("token id {} is outside the vocab {} (ids 0..{})", id, path_, vocab_size() - 1));
+  return tokens_[size_t(id)];
+}
+
+void Tokenizer::run(const std::string& utf8, size_t limit, std::vector<int64_t>& ids,
+                    std::vector<std::string>* pieces) const {
+  std::u32string text, lowered, tmp, normed;
+  decode_utf8(utf8.data(), utf8.size(), text);
+  std::string word, key;
+  std::vector<size_t> offsets;
+  std::vector<int64_t> sub;
+
+  // WordPiece on one basic token (greedy longest match first).
+  auto wordpiece = [&](const char32_t* s, size_t n) {
+    if (n > kMaxWordChars) {
+      ids.push_back(unk_id_);
+      if (pieces) pieces->push_back(tokens_[size_t(unk_id_)]);
+      return;
+    }
+    word.clear();
+    offsets.clear();
+    for (size_t i = 0; i < n; ++i) {
+      offsets.push_back(word.size());
+      append_utf8(word, s[i]);
+    }
+    offsets.push_back(word.size());
+    sub.clear();
+    for (size_t start = 0; start < n;) {
+      size_t end = std::min(n, start + max_token_chars_);  // a longer piece is in no vocab entry
+      int64_t found = -1;
+      for (; end > start; --end) {
+        key.assign(start > 0 ? "##" : "");
+        key.append(word, offsets[start], offsets[end] - offsets[start]);
+        auto it = ids_.find(key);
+        if (it != ids_.end()) {
+          found = it->second;
+          break;
+        }
+      }
+      if (found < 0) {
+        sub.assign(1, unk_id_);  // one unmatchable piece turns the whole word into [UNK]
+        break;
+      }
+      sub.push_back(found);
+      start = end;
+    }
+    for (int64_t id : sub) {
+      ids.push_back(id);
+      if (pieces) pieces->push_back(tokens_[size_t(id)]);
+    }
+  };
+
+  // Lower-case, strip accents and split punctuation of one whitespace-delimited word, then WordPiece.
+  auto basic_word = [&](const char32_t* s, size_t n) {
+    lowered.clear();
+    py_lower(s, n, lowered);
+    nfd_strip_marks(lowered.data(), lowered.size(), tmp, normed);
+    size_t start = 0;
+    for (size_t i = 0; i <= normed.size() && ids.size() < limit; ++i) {
+      bool at_end = i == normed.size();
+      bool punct = !at_end && is_punct(normed[i]);
+      // The reference re-splits the joined pieces on whitespace; lower()/NFD never create any, but stay safe.
+      bool space = !at_end && !punct && is_py_space(normed[i]);
+      if (at_end || punct || space) {
+        if (i > start) wordpiece(normed.data() + start, i - start);
+        if (punct && ids.size() < limit) wordpiece(normed.data() + i, 1);
+        start = i + 1;
+      }
+    }
+  };
+
+  // _clean_text + _tokenize_chinese_chars + whitespace split, in one pass.
+  size_t word_start = 0;
+  size_t out = 0;  // compacted write position in `text`
+  auto flush = [&]() {
+    if (out > word_start && ids.size() < limit) basic_word(text.data() + word_start, out - word_start);
+    word_start = out;
+  };
+  for (size_t i = 0; i < text.size() && ids.size() < limit; ++i) {
+    char32_t c = text[i];
+    if (c < 0x80) {
+      if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+        flush();
+      } else if (c >= 0x20 && c != 0x7F) {
+        text[out++] = c;
+      }  // else: U+0000 and other controls are dropped (0x1C-0x1F too, before any split sees them)
+      continue;
+    }
+    if (c == kReplacement) continue;
+    uint32_t cat = category_mask(UChar32(c));
+    if (cat & (U_MASK(U_CONTROL_CHAR) | U_MASK(U_FORMAT_CHAR))) continue;
+    if ((cat & U_MASK(U_SPACE_SEPARATOR)) || is_py_space(c)) {
+      flush();
+    } else if (is_cjk(c)) {
+      flush();
+      text[out++] = c;
+      flush();
+    } else {
+      text[out++] = c;
+    }
+  }
+  flush();
+  if (ids.size() > limit) ids.resize(limit);
+  if (pieces && pieces->size() > limit) pieces->resize(limit);
 }
 
 std::vector<std::string> Tokenizer::tokenize(const std::string& utf8) const {
-  // BasicTokenizer: clean, isolate CJK characters.
-  U32 in = decode_utf8(utf8), text;
-  text.reserve(in.size() * 2);
-  for (char32_t c : in) {
-    if (c == 0 || c == 0xFFFD || bert_is_control(c)) continue;
-    if (bert_is_whitespace(c)) {
-      text.push_back(' ');
-    } else if (is_cjk(c)) {
-      text.push_back(' '), text.push_back(c), text.push_back(' ');
-    } else {
-      text.push_back(c);
-    }
-  }
-  U32 joined;
-  for (const U32& word : py_split(text)) {
-    U32 w = strip_accents(py_lower(word));
-    // split on punctuation, each punctuation character its own token
-    for (char32_t c : w) {
-      if (bert_is_punctuation(c)) {
-        joined.push_back(' '), joined.push_back(c), joined.push_back(' ');
-      } else {
-        joined.push_back(c);
-      }
-    }
-    joined.push_back(' ');
-  }
-  // WordPiece: greedy longest match first.
-  std::vector<std::string> out;
-  for (const U32& word : py_split(joined)) {
-    if (word.size() > 200) {
-      out.push_back(token(unk_));
-      continue;
-    }
-    std::vector<std::string> pieces;
-    bool bad = false;
-    size_t start = 0;
-    while (start < word.size()) {
-      size_t end = word.size();
-      std::string cur;
-      bool found = false;
-      while (start < end) {
-        std::string sub = (start > 0 ? "##" : "") + encode_utf8(word.substr(start, end - start));
-        if (vocab_.count(sub)) {
-          cur = std::move(sub);
-          found = true;
-          break;
-        }
-        --end;
-      }
-      if (!found) {
-        bad = true;
-        break;
-      }
-      pieces.push_back(std::move(cur));
-      start = end;
-    }
-    if (bad) out.push_back(token(unk_));
-    else out.insert(out.end(), pieces.begin(), pieces.end());
-  }
-  return out;
+  std::vector<int64_t> ids;
+  std::vector<std::string> pieces;
+  run(utf8, SIZE_MAX, ids, &pieces);
+  return pieces;
 }
 
-void Tokenizer::encode_into(const std::string& text, int context_length, int64_t* out) const {
-  std::fill(out, out + context_length, 0);
-  auto pieces = tokenize(text);
-  int pos = 0;
-  out[pos++] = cls_;
-  for (const auto& p : pieces) {
-    if (pos >= context_length - 1) break;
-    auto it = vocab_.find(p);
-    out[pos++] = it == vocab_.end() ? unk_ : it->second;
-  }
-  out[pos] = sep_;
-}
-
-std::vector<int64_t> Tokenizer::encode(const std::string& text, int context_length) const {
-  std::vector<int64_t> ids(static_cast<size_t>(context_length));
-  encode_into(text, context_length, ids.data());
+std::vector<int64_t> Tokenizer::token_ids(const std::string& utf8) const {
+  std::vector<int64_t> ids;
+  run(utf8, SIZE_MAX, ids, nullptr);
   return ids;
 }
 
+void Tokenizer::encode_into(const std::string& text, int context_length, int64_t* out) const {
+  if (context_length < 2)
+    throw UsageError(fmt::format("context length {} is too small: [CLS] and [SEP] need 2", context_length));
+  std::vector<int64_t> ids;
+  size_t keep = size_t(context_length) - 2;
+  run(text, keep, ids, nullptr);
+  size_t n = std::min(ids.size(), keep);
+  out[0] = cls_id_;
+  std::copy(ids.begin(), ids.begin() + n, out + 1);
+  out[n + 1] = sep_id_;
+  std::fill(out + n + 2, out + context_length, int64_t(0));
+}
+
+std::vector<int64_t> Tokenizer::encode(const std::string& text, int context_length) const {
+  if (context_length < 2)
+    throw UsageError(fmt::format("context length {} is too small: [CLS] and [SEP] need 2", context_length));
+  std::vector<int64_t> out(size_t(context_length), 0);
+  encode_into(text, context_length, out.data());
+  return out;
+}
+
+// ---- free functions -----------------------------------------------------------------------------------
+
 std::string preprocess_text(const std::string& text) {
-  U32 s = py_lower(decode_utf8(text));
-  for (auto& c : s)
-    if (c == 0x201C || c == 0x201D) c = '"';
-  return encode_utf8(s);
+  std::u32string in, lowered;
+  decode_utf8(text.data(), text.size(), in);
+  py_lower(in.data(), in.size(), lowered);
+  std::string out;
+  out.reserve(text.size());
+  for (char32_t c : lowered) append_utf8(out, (c == 0x201C || c == 0x201D) ? char32_t('"') : c);
+  return out;
 }
 
 std::string find_vocab(const std::string& explicit_path, const std::string& checkpoint_path) {
   if (!explicit_path.empty()) {
-    if (!file_exists(explicit_path)) throw ModelError("--vocab '" + explicit_path + "' does not exist");
+    if (is_directory(explicit_path)) {
+      std::string inside = path_join(explicit_path, "vocab.txt");
+      if (file_exists(inside) && !is_directory(inside)) return inside;
+      throw ModelError(fmt::format("--vocab {} is a folder without a vocab.txt; {}", explicit_path, kVocabRemedy));
+    }
+    if (!file_exists(explicit_path))
+      throw ModelError(fmt::format("vocab file {} (--vocab) does not exist; {}", explicit_path, kVocabRemedy));
     return explicit_path;
   }
+  if (checkpoint_path.empty()) throw ModelError(fmt::format("no vocab file given; {}", kVocabRemedy));
   std::string dir = is_directory(checkpoint_path) ? checkpoint_path : path_dirname(checkpoint_path);
-  std::string p = path_join(dir, "vocab.txt");
-  if (file_exists(p)) return p;
-  throw ModelError("no vocab.txt beside '" + checkpoint_path +
-                   "'; pass --vocab PATH (cn_clip's vocab.txt, 21128 lines, for the official models)");
+  std::string candidate = path_join(dir, "vocab.txt");
+  if (file_exists(candidate) && !is_directory(candidate)) return candidate;
+  throw ModelError(fmt::format("no vocab.txt beside {}; {}", checkpoint_path, kVocabRemedy));
 }
 
 }  // namespace clip
