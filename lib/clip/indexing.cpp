@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include "clip/config.h"
 #include "clip/dataset.h"
 #include "clip/encoder.h"
 #include "clip/error.h"
@@ -83,6 +84,7 @@ StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std
   std::string ckpt = enc.checkpoint_path();
   if (realpath(ckpt.c_str(), buf)) ckpt = buf;
   m.extra["checkpoint"] = ckpt;
+  m.extra["model_config"] = model_config_json(enc.config());
   m.extra["tool"] = std::string("clip-cpp ") + CLIP_VERSION;
   return m;
 }

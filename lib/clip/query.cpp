@@ -33,6 +33,11 @@ void fill_model_options_from_store(ModelOptions& mo, const FeatureSet& store) {
       throw UsageError("the store was built from " + mo.checkpoint + ", which no longer exists; pass --checkpoint");
     log_info("checkpoint from the store: {}", mo.checkpoint);
   }
+  // The towers as the store's model had them (head counts are in no tensor shape).
+  if (extra.contains("model_config") && extra["model_config"].is_string()) {
+    if (mo.vision_model.empty()) mo.vision_model = extra["model_config"].get<std::string>();
+    if (mo.text_model.empty()) mo.text_model = extra["model_config"].get<std::string>();
+  }
   if (mo.context_length == 52 && store.meta.preprocess.contains("context_length"))
     mo.context_length = store.meta.preprocess["context_length"].get<int>();
 }
