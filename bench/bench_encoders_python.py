@@ -117,7 +117,7 @@ class Bert(nn.Module):
         super().__init__()
         self.word = nn.Embedding(vocab, h, padding_idx=0)
         self.pos = nn.Embedding(max_pos, h)
-        self.type = nn.Embedding(types, h)
+        self.token_type = nn.Embedding(types, h)
         self.ln = LayerNorm(h, 1e-12, False)
         self.layers = nn.ModuleList([BertLayer(h, heads, inter) for _ in range(layers)])
 
@@ -126,7 +126,7 @@ class Bert(nn.Module):
         m = ids.ne(0).to(dtype).view(ids.size(0), 1, 1, ids.size(1))
         mask = (1.0 - m) * -10000.0
         pos = torch.arange(ids.size(1), dtype=torch.long)
-        x = self.word(ids) + self.pos(pos).unsqueeze(0) + self.type(torch.zeros(1, 1, dtype=torch.long))
+        x = self.word(ids) + self.pos(pos).unsqueeze(0) + self.token_type(torch.zeros(1, 1, dtype=torch.long))
         x = self.ln(x)
         for layer in self.layers:
             x = layer(x, mask)
