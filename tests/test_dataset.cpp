@@ -20,6 +20,7 @@
 #include "clip/fileio.h"
 #include "clip/image.h"
 #include "clip/log.h"
+#include "clip/tokenizer.h"
 #include "util.h"
 
 using namespace clip;
@@ -378,6 +379,23 @@ TEST_CASE("demo data: splits, ids and the vocabulary", "[dataset][demo]") {
     CAPTURE(c);
     REQUIRE(tokens.count(c) == 1);
   }
+
+  // Through cn_clip's tokenizer and dataset preprocessing: no caption hits [UNK] or gets truncated.
+  Tokenizer tok = Tokenizer::load(demo_dir() + "/vocab.txt");
+  REQUIRE(tok.vocab_size() == int64_t(vocab.size()));
+  size_t checked = 0;
+  for (const char* split : {"train", "valid", "test"}) {
+    ReadReport r;
+    for (const auto& t : read_texts(split_texts_path(demo_dir(), split), r, true)) {
+      auto ids = tok.token_ids(preprocess_text(t.text));
+      CAPTURE(t.text);
+      REQUIRE(!ids.empty());
+      REQUIRE(std::find(ids.begin(), ids.end(), tok.unk_id()) == ids.end());
+      REQUIRE(ids.size() <= 50);
+      ++checked;
+    }
+  }
+  REQUIRE(checked == 12000);
 
   // The tiny model's configs: cn_clip's schema, vocab_size matching vocab.txt.
   auto rbt = nlohmann::json::parse(read_file(demo_dir() + "/RBT-Demo.json"));

@@ -17,10 +17,14 @@
 // next() threw; items already being computed finish first, so `work` must not block forever.
 //
 // Example:
+//   ImageTsv tsv(path);                              // dataset.h
 //   BatchPipeline pipe(tsv.size(), 32, /*threads=*/0, [&](size_t i, float* out) {
-//     preprocess_eval(decode_image(...i...), 224, out);
-//   }, 3 * 224 * 224);
-//   for (BatchPipeline::Batch b; pipe.next(b);) model(b.data, b.items.size());
+//     preprocess_eval(tsv.decode(i), 224, out);      // DataError names file:line (image_id)
+//   }, 3 * 224 * 224, /*queue_batches=*/4, /*skip_errors=*/on_error == "skip");
+//   for (BatchPipeline::Batch b; pipe.next(b);) {
+//     for (auto& [item, why] : b.errors) log_warn("skipped {}", why);
+//     encode(b.data.data(), b.items.size());         // rows belong to tsv.id(b.items[k])
+//   }
 #pragma once
 #include <condition_variable>
 #include <cstddef>
