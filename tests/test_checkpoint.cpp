@@ -129,7 +129,7 @@ int64_t float_bits(double d) {
   return b;
 }
 
-// The same description of a value that the Python helper below prints, for comparisons.
+// The same description of a value that the Python script below prints, for comparisons.
 nlohmann::json describe(const PyPtr& v) {
   using K = PyValue::Kind;
   nlohmann::json j;
