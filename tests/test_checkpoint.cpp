@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <sstream>
 #include <unistd.h>
@@ -49,13 +51,24 @@ double element(const TensorData& t, int64_t flat) {
   return 0;
 }
 
+// A fresh folder for this run (in memory when /dev/shm exists), removed at exit.
 std::string tmpdir() {
-  static std::string dir = [] {
-    char tmpl[] = "/tmp/clip_ckpt_test.XXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    return std::string(tmpl);
-  }();
-  return dir;
+  struct Dir {
+    std::string path;
+    Dir() {
+      std::string t = std::string(is_directory("/dev/shm") ? "/dev/shm" : "/tmp") + "/clip_ckpt_test.XXXXXX";
+      std::vector<char> buf(t.begin(), t.end());
+      buf.push_back('\0');
+      if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed");
+      path = buf.data();
+    }
+    ~Dir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  };
+  static Dir dir;
+  return dir.path;
 }
 
 std::string slurp(const std::string& path) { return read_file(path); }
@@ -116,7 +129,7 @@ int64_t float_bits(double d) {
   return b;
 }
 
-// The same description of a value that the Python helper below prints, for comparisons.
+// The same description of a value that the Python script below prints, for comparisons.
 nlohmann::json describe(const PyPtr& v) {
   using K = PyValue::Kind;
   nlohmann::json j;
@@ -348,11 +361,12 @@ namespace {
 void check_same_tensors(const TensorData& a, const TensorData& b) {
   REQUIRE(a.dtype == b.dtype);
   REQUIRE(a.shape == b.shape);
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    INFO("element " << i);
+  int64_t first_bad = -1;
+  for (int64_t i = 0; i < a.numel() && first_bad < 0; ++i) {
     double x = element(a, i), y = element(b, i);
-    REQUIRE((x == y || (std::isnan(x) && std::isnan(y))));
+    if (!(x == y || (std::isnan(x) && std::isnan(y)))) first_bad = i;
   }
+  CHECK(first_bad == -1);
 }
 
 void check_same_value(const PyPtr& a, const PyPtr& b) {
@@ -512,7 +526,7 @@ open(os.path.join(out, 'hf', 'config.json'), 'w').write('{"model_type": "chinese
     if (!l.empty() && l[0] == '{') lines.push_back(nlohmann::json::parse(l));
   REQUIRE(lines.size() == 5);
 
-  SECTION("torch.load reads what we write (cpu and cuda:0 tags, ZIP64)") {
+  {  // torch.load reads what we write (cpu and cuda:0 tags, ZIP64)
     nlohmann::json ours = describe(root);
     for (int i = 0; i < 3; ++i) {
       std::string where;
@@ -524,7 +538,7 @@ open(os.path.join(out, 'hf', 'config.json'), 'w').write('{"model_type": "chinese
     CHECK(lines[0]["dict"][3][1].contains("odict"));
     CHECK(lines[0]["dict"][4][1].contains("dict"));
   }
-  SECTION("we read files written by torch.save") {
+  {  // we read files written by torch.save
     PyPtr p1 = load_torch_zip(dir + "/p1.pt");
     std::string where;
     bool same = same_desc(describe(p1), lines[3], where);
@@ -548,7 +562,7 @@ open(os.path.join(out, 'hf', 'config.json'), 'w').write('{"model_type": "chinese
     CHECK(ck.state_dict.at("text_projection").dtype == DType::f16);
     CHECK(ck.dropped_keys == std::vector<std::string>{"bert.pooler.dense.weight", "bert.pooler.dense.bias"});
   }
-  SECTION("Hugging Face folder with pytorch_model.bin") {
+  {  // Hugging Face folder with pytorch_model.bin
     Checkpoint ck = load_checkpoint(dir + "/hf");
     CHECK(ck.format == "hf");
     CHECK(ck.hf_config_json.find("chinese_clip") != std::string::npos);
@@ -577,7 +591,7 @@ open(os.path.join(out, 'hf', 'config.json'), 'w').write('{"model_type": "chinese
     CHECK(ck.state_dict.contains("logit_scale"));
     CHECK(ck.state_dict.keys.size() == 7);
   }
-  SECTION("unsupported variants fail with the remedy") {
+  {  // unsupported variants fail with the remedy
     auto msg_of = [](const std::string& path) {
       try {
         load_checkpoint(path);
@@ -594,4 +608,431 @@ open(os.path.join(out, 'hf', 'config.json'), 'w').write('{"model_type": "chinese
     m = msg_of(dir + "/script.pt");
     CHECK(m.find("TorchScript") != std::string::npos);
   }
+}
+
+namespace {
+
+std::string pk_str(const std::string& s) {
+  std::string r = "X";
+  for (int i = 0; i < 4; ++i) r.push_back(char((s.size() >> (8 * i)) & 0xFF));
+  return r + s;
+}
+
+void write_archive(const std::string& path, const std::string& pkl, const std::vector<std::pair<std::string, std::string>>& data = {}) {
+  AtomicFile f(path);
+  ZipWriter z(f);
+  z.add("x/data.pkl", pkl.data(), pkl.size());
+  for (const auto& [k, v] : data) z.add("x/data/" + k, v.data(), v.size());
+  z.add("x/version", "3\n", 2);
+  z.finish();
+  f.commit();
+}
+
+std::string model_error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const ModelError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// Loads and walks the result; returns true when it loaded, false on ModelError. Any other
+// exception fails the calling test; a crash fails the run.
+bool loads_or_model_error(const std::string& path) {
+  try {
+    Checkpoint ck = load_checkpoint(path);
+    double acc = 0;
+    for (const auto& k : ck.state_dict.keys) {
+      const TensorData& t = ck.state_dict.at(k);
+      if (t.numel() > 0) acc += element(t, t.numel() - 1);  // touch the last element: must be in range
+    }
+    (void)acc;
+    return true;
+  } catch (const ModelError&) {
+    return false;
+  }
+}
+
+// A persistent loader for fuzzing the unpickler alone: any well-formed storage id resolves to
+// zero bytes of the declared size.
+struct FakeStorages {
+  PyPtr operator()(const PyPtr& pid) {
+    if (!pid || pid->kind != PyValue::Kind::tuple || pid->items.size() != 5 || !pid->items[1] ||
+        pid->items[1]->kind != PyValue::Kind::object || !pid->items[4] || pid->items[4]->kind != PyValue::Kind::integer)
+      throw ModelError("bad pid");
+    DType dt;
+    if (!storage_type_dtype(pid->items[1]->s, dt)) throw ModelError("bad storage type");
+    int64_t n = pid->items[4]->i;
+    // all storages view one shared zero buffer
+    static auto buf = std::make_shared<std::vector<uint8_t>>(size_t(16) << 20);
+    if (n < 0 || uint64_t(n) * dtype_size(dt) > buf->size()) throw ModelError("bad numel");
+    auto v = std::make_shared<PyValue>();
+    v->kind = PyValue::Kind::object;
+    v->s = kStorageObject;
+    v->tensor.dtype = dt;
+    v->tensor.shape = {n};
+    v->tensor.strides = {1};
+    v->tensor.data = buf->data();
+    v->tensor.owner = buf;
+    return v;
+  }
+};
+
+size_t count_nodes(const PyPtr& v) {
+  if (!v) return 0;
+  size_t n = 1;
+  for (const auto& x : v->items) n += count_nodes(x);
+  for (const auto& [k, x] : v->entries) n += count_nodes(k) + count_nodes(x);
+  return n;
+}
+
+bool unpickles_or_model_error(const std::string& bytes) {
+  FakeStorages fs;
+  try {
+    PyPtr v = unpickle(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "fuzz", std::ref(fs));
+    (void)count_nodes(v);  // walk it recursively: the depth limit must hold
+    return true;
+  } catch (const ModelError&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("hostile pickles are refused without executing anything", "[checkpoint]") {
+  const std::string dir = tmpdir();
+  const std::string marker = dir + "/pwned";
+  struct Case {
+    const char* name;
+    std::string pkl;
+    const char* global;
+  };
+  std::vector<Case> cases = {
+      {"os.system", "\x80\x02" "cos\nsystem\n" + pk_str("touch " + marker) + "\x85R.", "os.system"},
+      {"posix.system", "\x80\x02" "cposix\nsystem\n" + pk_str("touch " + marker) + "\x85R.", "posix.system"},
+      {"builtins.eval (protocol 4)",
+       std::string("\x80\x04\x8c\x08" "builtins\x8c\x04" "eval\x93") + pk_str("__import__('os').system('touch " + marker + "')") + "\x85R.",
+       "builtins.eval"},
+      {"__builtin__.eval", "\x80\x02" "c__builtin__\neval\n" + pk_str("1") + "\x85R.", "__builtin__.eval"},
+      {"inside a state dict", "\x80\x02}(" + pk_str("a") + "csubprocess\ncheck_output\n" + pk_str("id") + "\x85R" "u.",
+       "subprocess.check_output"},
+      {"torch.load", "\x80\x02" "ctorch\nload\n" + pk_str("x") + "\x85R.", "torch.load"},
+      {"collections lookalike", "\x80\x02" "ccollections\nOrderedDict.__init__\n).", "collections.OrderedDict.__init__"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.name);
+    std::string path = dir + "/hostile.pt";
+    write_archive(path, c.pkl);
+    std::string msg = model_error_of([&] { load_checkpoint(path); });
+    CHECK(msg.find("not allowed") != std::string::npos);
+    CHECK(msg.find(std::string("pickle global ") + c.global + " ") != std::string::npos);
+    CHECK(msg.find(path) != std::string::npos);
+    CHECK_FALSE(file_exists(marker));
+  }
+  // allowed names used in a way that would be a call of something else
+  write_archive(dir + "/h2.pt", "\x80\x02" "ctorch\nFloatStorage\n)R.");
+  CHECK(model_error_of([&] { load_checkpoint(dir + "/h2.pt"); }).find("not callable") != std::string::npos);
+}
+
+TEST_CASE("corrupt pickle streams and storages give ModelError", "[checkpoint]") {
+  auto err = [](const std::string& pkl) {
+    FakeStorages fs;
+    return model_error_of([&] { unpickle(reinterpret_cast<const uint8_t*>(pkl.data()), pkl.size(), "'t.pt'", std::ref(fs)); });
+  };
+  CHECK(err("\x80\x02R.").find("stack underflow") != std::string::npos);
+  CHECK(err("\x80\x02(R.").find("stack underflow") != std::string::npos);  // below a MARK
+  CHECK(err(std::string("\x80\x02\xff", 3)).find("unsupported opcode 0xff") != std::string::npos);
+  CHECK(err("\x80\x02h\x05.").find("memo") != std::string::npos);
+  CHECK(err("\x80\x02}").find("unexpected end") != std::string::npos);
+  CHECK(err("\x80\x02X\xff\xff\x00\x00ab.").find("unexpected end") != std::string::npos);
+  CHECK(err("\x80\x02\x8a\x09\x01\x01\x01\x01\x01\x01\x01\x01\x01.").find("64 bits") != std::string::npos);
+  CHECK(err(std::string(2000, '(') + std::string(2000, 'l') + ".").find("nested deeper") != std::string::npos);
+  CHECK(err(std::string("\x80\x02]q\x00h\x00" "a.", 9)).find("refers to itself") != std::string::npos);
+  CHECK(err("\x80\x02}(K\x01u\x85.").find("odd number") != std::string::npos);
+  // a very deep structure kept only in the memo (not returned) must not crash on destruction either
+  {
+    std::string deep = "\x80\x02";
+    for (int i = 0; i < 200000; ++i) deep += "]";
+    for (int i = 0; i < 199999; ++i) deep += "a";
+    deep += std::string("0N.", 3);
+    CHECK(err(deep) == "(no error)");  // the result is None; the popped deep list is torn down iteratively
+  }
+
+  // tensors larger than their storage, storages larger than their zip entry
+  const std::string dir = tmpdir();
+  auto tensor_pkl = [](int numel, int size, int stride) {
+    std::string s = "\x80\x02" "ctorch._utils\n_rebuild_tensor_v2\n((" + pk_str("storage") + "ctorch\nFloatStorage\n" +
+                    pk_str("0") + pk_str("cuda:3") + "K" + char(numel) + "tQK" + char(0) + "K" + char(size) + "\x85K" + char(stride) +
+                    "\x85\x89" "ccollections\nOrderedDict\n)RtR.";
+    return s;
+  };
+  std::string four_floats(16, '\0');
+  write_archive(dir + "/ok.pt", tensor_pkl(4, 4, 1), {{"0", four_floats}});
+  CHECK(load_torch_zip(dir + "/ok.pt")->tensor.shape == std::vector<int64_t>{4});  // 'cuda:3' ignored
+  write_archive(dir + "/big.pt", tensor_pkl(4, 5, 1), {{"0", four_floats}});
+  std::string m = model_error_of([&] { load_torch_zip(dir + "/big.pt"); });
+  CHECK(m.find("needs storage element 4 but its storage holds only 4") != std::string::npos);
+  CHECK(m.find(dir + "/big.pt") != std::string::npos);
+  write_archive(dir + "/stride.pt", tensor_pkl(4, 2, 3), {{"0", four_floats}});
+  {
+    PyPtr t = load_torch_zip(dir + "/stride.pt");  // size 2, stride 3: touches elements 0 and 3 of 4
+    CHECK(t->tensor.shape == std::vector<int64_t>{2});
+    CHECK(t->tensor.strides == std::vector<int64_t>{3});
+  }
+  write_archive(dir + "/stride2.pt", tensor_pkl(4, 3, 2), {{"0", four_floats}});
+  CHECK(model_error_of([&] { load_torch_zip(dir + "/stride2.pt"); }).find("needs storage element 4") != std::string::npos);
+  write_archive(dir + "/short.pt", tensor_pkl(4, 4, 1), {{"0", std::string(12, '\0')}});
+  CHECK(model_error_of([&] { load_torch_zip(dir + "/short.pt"); }).find("holds 12 bytes but 4 float32 elements") != std::string::npos);
+  write_archive(dir + "/missing.pt", tensor_pkl(4, 4, 1));
+  CHECK(model_error_of([&] { load_torch_zip(dir + "/missing.pt"); }).find("'x/data/0' is missing") != std::string::npos);
+}
+
+TEST_CASE("truncated and damaged checkpoints never crash", "[checkpoint][fuzz]") {
+  const std::string src = slurp(testutil::fixture("checkpoints/vit_bert.pt"));
+  const std::string path = tmpdir() + "/damaged.pt";
+  std::mt19937_64 rng(1234);
+  ZipReader zip(reinterpret_cast<const uint8_t*>(src.data()), src.size(), "fixture");
+  const ZipEntry* pkl = zip.find("vit_bert/data.pkl");
+  REQUIRE(pkl);
+  const std::string pkl_bytes = src.substr(size_t(pkl->data_offset), size_t(pkl->size));
+  size_t cd_start = src.rfind(std::string("PK\x01\x02", 4), src.size());
+  for (const auto& e : zip.entries()) cd_start = std::min<size_t>(cd_start, src.find(std::string("PK\x01\x02", 4), size_t(e.data_offset)));
+
+  SECTION("truncated at 200 offsets") {
+    std::vector<size_t> cuts;
+    for (int i = 0; i < 100; ++i) cuts.push_back(src.size() * size_t(i) / 100);
+    for (int i = 0; i < 100; ++i) cuts.push_back(cd_start + rng() % (src.size() - cd_start));
+    int loaded = 0;
+    for (size_t cut : cuts) {
+      INFO("cut at " << cut);
+      spit(path, src.substr(0, cut));
+      loaded += loads_or_model_error(path);
+    }
+    CHECK(loaded == 0);  // a truncated archive always lacks its central directory
+  }
+  SECTION("random byte flips anywhere, in data.pkl and in the central directory") {
+    int loaded = 0, failed = 0;
+    for (int i = 0; i < 300; ++i) {
+      std::string d = src;
+      int flips = 1 + int(rng() % 8);
+      for (int f = 0; f < flips; ++f) {
+        size_t pos;
+        switch (i % 3) {
+          case 0: pos = rng() % d.size(); break;
+          case 1: {  // the local header and data.pkl
+            size_t lo = pkl->data_offset > 200 ? size_t(pkl->data_offset) - 200 : 0;
+            pos = lo + rng() % (size_t(pkl->data_offset + pkl->size) - lo);
+            break;
+          }
+          default: pos = cd_start + rng() % (d.size() - cd_start); break;
+        }
+        d[pos] = char(d[pos] ^ char(1 + rng() % 255));
+      }
+      spit(path, d);
+      if (loads_or_model_error(path)) ++loaded; else ++failed;
+    }
+    CHECK(failed > 0);
+    CHECK(loaded > 0);  // flips inside tensor data go unnoticed, as with torch.load
+  }
+  SECTION("damaged data.pkl with a matching CRC (the unpickler sees the damage)") {
+    int failed = 0;
+    for (int i = 0; i < 150; ++i) {
+      std::string p = pkl_bytes;
+      int flips = 1 + int(rng() % 4);
+      for (int f = 0; f < flips; ++f) {
+        size_t pos = rng() % p.size();
+        p[pos] = char(p[pos] ^ char(1 << (rng() % 8)));
+      }
+      std::string d = src;
+      d.replace(size_t(pkl->data_offset), p.size(), p);
+      uint32_t crc = crc32(p.data(), p.size());
+      // patch the CRC in the local header (offset 14) and the central directory entry (offset 16)
+      size_t local = size_t(pkl->data_offset) - 30 - pkl->name.size();
+      while (d.compare(local, 4, "PK\x03\x04", 4) != 0) --local;  // skip the extra field
+      size_t central = d.find(std::string("PK\x01\x02", 4), cd_start);
+      for (int b = 0; b < 4; ++b) {
+        d[local + 14 + size_t(b)] = char((crc >> (8 * b)) & 0xFF);
+        d[central + 16 + size_t(b)] = char((crc >> (8 * b)) & 0xFF);
+      }
+      spit(path, d);
+      failed += !loads_or_model_error(path);
+    }
+    CHECK(failed > 0);
+  }
+  SECTION("every prefix and 3000 mutations of data.pkl, in memory") {
+    CHECK(unpickles_or_model_error(pkl_bytes));
+    int ok = 0;
+    for (size_t n = 0; n < pkl_bytes.size(); ++n) ok += unpickles_or_model_error(pkl_bytes.substr(0, n));
+    CHECK(ok == 0);
+    for (int i = 0; i < 3000; ++i) {
+      std::string p = pkl_bytes;
+      int edits = 1 + int(rng() % 6);
+      for (int e = 0; e < edits; ++e) {
+        size_t pos = rng() % p.size();
+        switch (rng() % 4) {
+          case 0: p[pos] = char(rng()); break;
+          case 1: p.erase(pos, 1 + rng() % 16); break;
+          case 2: p.insert(pos, 1, char(rng())); break;
+          default: p.insert(pos, p.substr(rng() % p.size(), 1 + rng() % 32)); break;
+        }
+        if (p.empty()) p = "x";
+      }
+      unpickles_or_model_error(p);
+    }
+  }
+}
+
+TEST_CASE("safetensors and Hugging Face round trips", "[checkpoint]") {
+  const std::string dir = tmpdir() + "/st";
+  REQUIRE(system(("mkdir -p " + dir + "/hf").c_str()) == 0);
+  Checkpoint vit = load_checkpoint(testutil::fixture("checkpoints/vit_bert.pt"));
+  Checkpoint rn = load_checkpoint(testutil::fixture("checkpoints/rn_bert.pt"));
+
+  for (const Checkpoint* ck : {&vit, &rn}) {
+    std::string path = dir + "/model.safetensors";
+    save_safetensors(path, ck->state_dict, {{"producer", "test"}});
+    std::map<std::string, std::string> meta;
+    StateDict back = load_safetensors(path, &meta);
+    CHECK(meta["format"] == "pt");
+    CHECK(meta["producer"] == "test");
+    REQUIRE(back.keys == ck->state_dict.keys);
+    for (const auto& k : back.keys) {
+      INFO(k);
+      check_same_tensors(back.at(k), ck->state_dict.at(k));
+    }
+    Checkpoint via = load_checkpoint(path);
+    CHECK(via.format == "safetensors");
+    CHECK(via.state_dict.keys == ck->state_dict.keys);
+    CHECK_FALSE(via.had_module_prefix);
+  }
+
+  // Python (json + numpy, no safetensors package needed) reads the layout we wrote.
+  if (python_torch_available()) {
+    std::string path = dir + "/vit.safetensors";
+    save_safetensors(path, vit.state_dict);
+    std::string script = R"PY(
+import json, sys, struct, numpy as np
+b = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', b[:8])[0]
+assert n % 8 == 0
+h = json.loads(b[8:8 + n])
+pos = 0
+out = {}
+for k, v in h.items():
+    if k == '__metadata__': continue
+    s, e = v['data_offsets']
+    assert s == pos, k
+    pos = e
+    a = np.frombuffer(b[8 + n + s:8 + n + e], dtype={'F32': '<f4', 'I64': '<i8'}[v['dtype']]).reshape(v['shape'])
+    out[k] = float(a.astype(np.float64).sum())
+assert 8 + n + pos == len(b)
+print(json.dumps(out))
+)PY";
+    spit(dir + "/st.py", script);
+    nlohmann::json sums = nlohmann::json::parse(run_capture("/usr/bin/python3 " + dir + "/st.py " + path));
+    REQUIRE(sums.size() == vit.state_dict.keys.size());
+    for (const auto& k : vit.state_dict.keys) {
+      const TensorData& t = vit.state_dict.at(k);
+      double s = 0;
+      for (int64_t i = 0; i < t.numel(); ++i) s += element(t, i);
+      CHECK(std::abs(s - sums[k].get<double>()) <= 1e-9 * (1 + std::abs(s)));
+    }
+  }
+
+  SECTION("cn_clip -> Hugging Face names -> folder -> cn_clip is lossless") {
+    StateDict hf = cnclip_to_hf(vit.state_dict);
+    CHECK(hf.contains("vision_model.encoder.layers.1.self_attn.k_proj.bias"));
+    CHECK(hf.contains("vision_model.pre_layrnorm.weight"));
+    CHECK(hf.contains("text_model.encoder.layer.1.attention.self.query.weight"));
+    CHECK(hf.at("text_projection.weight").shape == std::vector<int64_t>{32, 64});
+    CHECK(hf.keys.size() == vit.state_dict.keys.size() + 2 * 2 * 2);  // 2 blocks x (weight, bias) x (3 - 1)
+    for (const auto& k : hf.keys) CHECK(hf.at(k).is_contiguous());
+    save_safetensors(dir + "/hf/model.safetensors", hf);
+    spit(dir + "/hf/config.json", "{\"model_type\": \"chinese_clip\"}");
+    Checkpoint ck = load_checkpoint(dir + "/hf");
+    CHECK(ck.format == "hf");
+    CHECK(ck.hf_config_json == "{\"model_type\": \"chinese_clip\"}");
+    REQUIRE(ck.state_dict.keys == vit.state_dict.keys);
+    for (const auto& k : ck.state_dict.keys) {
+      INFO(k);
+      check_same_tensors(ck.state_dict.at(k), vit.state_dict.at(k));
+    }
+    // the same weights as two safetensors shards with an index
+    REQUIRE(system(("mkdir -p " + dir + "/sharded").c_str()) == 0);
+    StateDict a, b;
+    nlohmann::json wm = nlohmann::json::object();
+    for (size_t i = 0; i < hf.keys.size(); ++i) {
+      const std::string& k = hf.keys[i];
+      (i < hf.keys.size() / 2 ? a : b).add(k, hf.at(k));
+      wm[k] = i < hf.keys.size() / 2 ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+    }
+    save_safetensors(dir + "/sharded/model-00001-of-00002.safetensors", a);
+    save_safetensors(dir + "/sharded/model-00002-of-00002.safetensors", b);
+    spit(dir + "/sharded/model.safetensors.index.json", nlohmann::json{{"metadata", nlohmann::json::object()}, {"weight_map", wm}}.dump());
+    spit(dir + "/sharded/config.json", "{}");
+    Checkpoint sh = load_checkpoint(dir + "/sharded");
+    REQUIRE(sh.state_dict.keys == vit.state_dict.keys);
+    for (const auto& k : sh.state_dict.keys) check_same_tensors(sh.state_dict.at(k), vit.state_dict.at(k));
+    // ResNet towers have no HF equivalent
+    CHECK(model_error_of([&] { cnclip_to_hf(rn.state_dict); }).find("ResNet") != std::string::npos);
+  }
+  SECTION("damaged safetensors") {
+    std::string path = dir + "/model.safetensors";
+    save_safetensors(path, vit.state_dict);
+    std::string good = slurp(path);
+    std::string bad = dir + "/bad.safetensors";
+    for (size_t cut : {size_t(0), size_t(5), size_t(9), size_t(100), good.size() / 2, good.size() - 1}) {
+      spit(bad, good.substr(0, cut));
+      CHECK_FALSE(loads_or_model_error(bad));
+    }
+    std::string d = good;
+    d[7] = 0x7f;  // absurd header length
+    spit(bad, d);
+    CHECK(model_error_of([&] { load_safetensors(bad); }).find("header length") != std::string::npos);
+    d = good;
+    d[8] = '#';
+    spit(bad, d);
+    CHECK(model_error_of([&] { load_safetensors(bad); }).find("JSON") != std::string::npos);
+    std::mt19937_64 rng(7);
+    uint64_t hlen = 0;
+    for (int i = 0; i < 8; ++i) hlen |= uint64_t(uint8_t(good[size_t(i)])) << (8 * i);
+    for (int i = 0; i < 200; ++i) {
+      d = good;
+      size_t pos = 8 + rng() % hlen;
+      d[pos] = "0123456789[]{},\":x"[rng() % 18];
+      spit(bad, d);
+      loads_or_model_error(bad);
+    }
+  }
+}
+
+TEST_CASE("load_checkpoint error handling", "[checkpoint]") {
+  const std::string dir = tmpdir() + "/err";
+  REQUIRE(system(("mkdir -p " + dir + "/empty_folder " + dir + "/cfg_only").c_str()) == 0);
+  CHECK_THROWS_AS(load_checkpoint(dir + "/nope.pt"), IoError);
+  CHECK(model_error_of([&] { load_checkpoint(dir + "/empty_folder"); }).find("config.json") != std::string::npos);
+  spit(dir + "/cfg_only/config.json", "{}");
+  CHECK(model_error_of([&] { load_checkpoint(dir + "/cfg_only"); }).find("no weights") != std::string::npos);
+  spit(dir + "/text.pt", "<html>not found</html>");
+  CHECK(model_error_of([&] { load_checkpoint(dir + "/text.pt"); }).find("neither a torch.save zip") != std::string::npos);
+  spit(dir + "/empty.pt", "");
+  CHECK_THROWS_AS(load_checkpoint(dir + "/empty.pt"), ModelError);
+  // a dict without tensors / a state_dict with a non-tensor entry
+  auto root = PyValue::dict();
+  root->set("epoch", PyValue::integer(1));
+  save_torch_zip(dir + "/notensors.pt", root);
+  CHECK(model_error_of([&] { load_checkpoint(dir + "/notensors.pt"); }).find("no 'state_dict'") != std::string::npos);
+  auto sd = PyValue::dict(true);
+  sd->set("w", PyValue::str("oops"));
+  root->set("state_dict", sd);
+  save_torch_zip(dir + "/badsd.pt", root);
+  CHECK(model_error_of([&] { load_checkpoint(dir + "/badsd.pt"); }).find("'w' is not a tensor") != std::string::npos);
+  // nothing is left behind by atomic writes
+  auto obj = std::make_shared<PyValue>();
+  obj->kind = PyValue::Kind::object;
+  obj->s = "x.y";
+  root->set("obj", obj);
+  CHECK_THROWS_AS(save_torch_zip(dir + "/obj.pt", root), ModelError);
+  CHECK_FALSE(file_exists(dir + "/obj.pt"));
 }

@@ -1,12 +1,14 @@
 #include "clip/checkpoint.h"
 
+#include <nlohmann/json.hpp>
+
 #include <cstring>
+#include <algorithm>
 #include <memory>
 #include <unordered_map>
 
 #include "clip/error.h"
 #include "clip/fileio.h"
-#include "clip/log.h"
 #include "clip/pickle.h"
 #include "clip/zip.h"
 
@@ -303,6 +305,47 @@ void load_torch_file(Checkpoint& ck, const std::shared_ptr<MappedFile>& mf) {
   finish_state_dict(ck, tensors_of(sd, ck.path));
 }
 
+StateDict load_hf_bin(Checkpoint& ck, const std::string& bin) {
+  auto mf = map_checkpoint(bin);
+  reject_legacy(*mf);
+  PyPtr root = read_torch_zip(mf);
+  PyPtr sd = root && root->kind == PyValue::Kind::dict && root->get("state_dict") ? root->get("state_dict") : root;
+  if (!sd || sd->kind != PyValue::Kind::dict) throw ModelError("checkpoint '" + bin + "' does not hold a dict of tensors");
+  if (!ck.root) ck.root = root;
+  return tensors_of(sd, bin);
+}
+
+// Sharded weights: <name>.index.json maps every tensor to its shard file; shards are read in the
+// order they first appear.
+StateDict load_hf_shards(Checkpoint& ck, const std::string& index_path, bool safetensors) {
+  nlohmann::ordered_json index;  // keeps the file's order of tensors
+  try {
+    index = nlohmann::ordered_json::parse(read_file(index_path));
+  } catch (const nlohmann::json::exception& e) {
+    throw ModelError("'" + index_path + "' is not valid JSON: " + e.what());
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+    throw ModelError("'" + index_path + "' has no weight_map object");
+  std::vector<std::string> shards;
+  for (const auto& [key, file] : index["weight_map"].items()) {
+    if (!file.is_string()) throw ModelError("'" + index_path + "': shard of '" + key + "' is not a file name");
+    std::string f = file.get<std::string>();
+    if (f.find('/') != std::string::npos || f == "..")
+      throw ModelError("'" + index_path + "': shard name '" + f + "' must be a plain file name in the folder");
+    if (std::find(shards.begin(), shards.end(), f) == shards.end()) shards.push_back(f);
+  }
+  StateDict all;
+  for (const auto& f : shards) {
+    std::string p = path_join(ck.path, f);
+    StateDict part = safetensors ? load_safetensors(p) : load_hf_bin(ck, p);
+    for (const auto& k : part.keys) {
+      if (all.contains(k)) throw ModelError("tensor '" + k + "' appears in more than one shard of '" + ck.path + "'");
+      all.add(k, part.tensors.at(k));
+    }
+  }
+  return all;
+}
+
 void load_hf_folder(Checkpoint& ck) {
   ck.format = "hf";
   std::string cfg = path_join(ck.path, "config.json");
@@ -315,14 +358,12 @@ void load_hf_folder(Checkpoint& ck) {
   StateDict raw;
   if (file_exists(st)) {
     raw = load_safetensors(st);
+  } else if (file_exists(st + ".index.json")) {
+    raw = load_hf_shards(ck, st + ".index.json", true);
   } else if (file_exists(bin)) {
-    auto mf = map_checkpoint(bin);
-    reject_legacy(*mf);
-    PyPtr root = read_torch_zip(mf);
-    PyPtr sd = root && root->kind == PyValue::Kind::dict && root->get("state_dict") ? root->get("state_dict") : root;
-    if (!sd || sd->kind != PyValue::Kind::dict) throw ModelError("checkpoint '" + bin + "' does not hold a dict of tensors");
-    raw = tensors_of(sd, bin);
-    ck.root = root;
+    raw = load_hf_bin(ck, bin);
+  } else if (file_exists(bin + ".index.json")) {
+    raw = load_hf_shards(ck, bin + ".index.json", false);
   } else {
     throw ModelError("Hugging Face folder '" + ck.path + "' has config.json but no weights (model.safetensors or "
                      "pytorch_model.bin); download the weight file into it");
