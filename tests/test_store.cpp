@@ -392,3 +392,31 @@ TEST_CASE("a 100k x 512 store maps and reads back", "[store][large]") {
   REQUIRE(fs.at(54321, 17) == data[54321 * dim + 17]);
   REQUIRE(fs.find(1000000 + 99999) == 99999);
 }
+
+TEST_CASE("float16 conversions agree with c10::Half bit for bit", "[store]") {
+  // Every non-NaN half, widened through FeatureSet::copy_rows (the search path).
+  std::vector<uint16_t> all;
+  for (uint32_t b = 0; b < 65536; ++b)
+    if ((b & 0x7c00u) != 0x7c00u || (b & 0x3ffu) == 0) all.push_back(static_cast<uint16_t>(b));
+  FeatureSet h;
+  h.dim = static_cast<int64_t>(all.size());
+  h.dtype = StoreDtype::f16;
+  h.data = all.data();
+  h.ids = {0};
+  std::vector<float> wide(all.size());
+  h.copy_rows(0, 1, wide.data());
+  for (size_t i = 0; i < all.size(); ++i) {
+    c10::Half ref;
+    ref.x = all[i];
+    const float r = static_cast<float>(ref);
+    REQUIRE(std::memcmp(&wide[i], &r, 4) == 0);
+  }
+  // Narrowing: ties to even, subnormals, overflow, signed zero (the tail of 3 takes the scalar path).
+  std::vector<float> v = {0.f, -0.f, 1.f, 1.0009765625f, 1.00048828125f, 1.00146484375f, 65504.f, 65519.f, 65520.f,
+                          6.0e-8f, 2.98e-8f, -3.0e-5f, 1e-10f, 0.1f, -0.3333333f, 1234.5678f, 7.0e-5f, -65536.f, 3.14159f};
+  FeatureSet n = make_feature_set({0}, v.data(), static_cast<int64_t>(v.size()), StoreDtype::f16);
+  for (size_t i = 0; i < v.size(); ++i) {
+    INFO(v[i]);
+    REQUIRE(n.f16()[i] == c10::Half(v[i]).x);
+  }
+}

@@ -38,9 +38,9 @@ at::Tensor feature_rows(const FeatureSet& fs, int64_t begin, int64_t end) {
     return at::from_blob(const_cast<float*>(fs.f32() + begin * fs.dim), {n, fs.dim}, [owner](void*) {},
                          at::TensorOptions().dtype(at::kFloat));
   }
-  auto half = at::from_blob(const_cast<uint16_t*>(fs.f16() + begin * fs.dim), {n, fs.dim},
-                            at::TensorOptions().dtype(at::kHalf));
-  return half.to(at::kFloat);
+  at::Tensor t = at::empty({n, fs.dim}, at::kFloat);
+  fs.copy_rows(begin, end, t.data_ptr<float>());
+  return t;
 }
 
 at::Tensor feature_tensor(const FeatureSet& fs) { return feature_rows(fs, 0, fs.size()); }
@@ -85,7 +85,9 @@ std::vector<std::vector<Hit>> search(const at::Tensor& queries, const FeatureSet
     const int64_t kt = std::min<int64_t>(k + 1, C);
     for (int64_t q0 = 0; q0 < Q; q0 += qb) {
       const int64_t nq = std::min(qb, Q - q0);
-      at::Tensor s = at::mm(q.narrow(0, q0, nq), g.t());
+      // One query: a matrix-vector product streams the rows at up to 2.5x the speed of OpenBLAS's gemm
+      // with a single-row operand.
+      at::Tensor s = nq == 1 ? at::mv(g, q[q0]).unsqueeze(0) : at::mm(q.narrow(0, q0, nq), g.t());
       auto sa = s.accessor<float, 2>();
       for (int64_t i = 0; i < nq; ++i) {
         int64_t r = self_row[q0 + i];

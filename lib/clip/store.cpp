@@ -2,6 +2,7 @@
 
 #include <c10/util/Half.h>
 #include <fmt/format.h>
+#include <immintrin.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -123,6 +124,44 @@ StoreMeta meta_from_json(const std::string& path, const std::string& text, bool 
 
 bool f16_is_finite(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }
 
+// float16 -> float32. The F16C instruction converts 8 values at once, an order of magnitude faster
+// than ATen 1.13's scalar CPU conversion, which would otherwise dominate searching a float16 store.
+__attribute__((target("avx,f16c"))) void half_to_float_f16c(const uint16_t* src, float* dst, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i]);
+}
+
+__attribute__((target("avx,f16c"))) void float_to_half_f16c(const float* src, uint16_t* dst, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)  // round to nearest even, as c10::Half does
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+}
+
+bool have_f16c() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  }();
+  return yes;
+}
+
+void float_to_half(const float* src, uint16_t* dst, size_t n) {
+  if (have_f16c()) return float_to_half_f16c(src, dst, n);
+  for (size_t i = 0; i < n; ++i) dst[i] = c10::Half(src[i]).x;
+}
+
+void half_to_float(const uint16_t* src, float* dst, size_t n) {
+  if (have_f16c()) return half_to_float_f16c(src, dst, n);
+  for (size_t i = 0; i < n; ++i) {
+    c10::Half h;
+    h.x = src[i];
+    dst[i] = static_cast<float>(h);
+  }
+}
+
 // Where each output row comes from: a FeatureSet and a row of it.
 struct RowRef {
   const FeatureSet* src;
@@ -193,8 +232,7 @@ void write_rows(const std::string& path, const std::vector<int64_t>& ids, const 
         if (dtype == StoreDtype::f32) {
           std::memcpy(dst, tmp.data(), row_bytes);
         } else {
-          auto* o = reinterpret_cast<uint16_t*>(dst);
-          for (int64_t j = 0; j < dim; ++j) o[j] = c10::Half(tmp[j]).x;
+          float_to_half(tmp.data(), reinterpret_cast<uint16_t*>(dst), dim);
         }
       }
       bool finite = true;
@@ -270,12 +308,7 @@ void FeatureSet::copy_rows(int64_t begin, int64_t end, float* out) const {
     std::memcpy(out, f32() + begin * dim, n * sizeof(float));
     return;
   }
-  const uint16_t* src = f16() + begin * dim;
-  for (int64_t i = 0; i < n; ++i) {
-    c10::Half h;
-    h.x = src[i];
-    out[i] = static_cast<float>(h);
-  }
+  half_to_float(f16() + begin * dim, out, static_cast<size_t>(n));
 }
 
 std::vector<float> FeatureSet::row(int64_t i) const {
@@ -302,7 +335,7 @@ FeatureSet make_feature_set(std::vector<int64_t> ids, const float* data, int64_t
     fs.owner = buf;
   } else {
     auto buf = std::make_shared<std::vector<uint16_t>>(n);
-    for (size_t i = 0; i < n; ++i) (*buf)[i] = c10::Half(data[i]).x;
+    float_to_half(data, buf->data(), n);
     fs.data = buf->data();
     fs.owner = buf;
   }
