@@ -9,6 +9,7 @@
 #include "clip/fileio.h"
 #include "clip/log.h"
 #include "clip/pipeline.h"
+#include "clip/tokenizer.h"
 
 namespace clip {
 
@@ -85,6 +86,9 @@ StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std
   if (realpath(ckpt.c_str(), buf)) ckpt = buf;
   m.extra["checkpoint"] = ckpt;
   m.extra["model_config"] = model_config_json(enc.config());
+  std::string vocab = enc.tokenizer().path();
+  if (realpath(vocab.c_str(), buf)) vocab = buf;
+  m.extra["vocab"] = vocab;
   m.extra["tool"] = std::string("clip-cpp ") + CLIP_VERSION;
   return m;
 }

@@ -33,6 +33,9 @@ void fill_model_options_from_store(ModelOptions& mo, const FeatureSet& store) {
       throw UsageError("the store was built from " + mo.checkpoint + ", which no longer exists; pass --checkpoint");
     log_info("checkpoint from the store: {}", mo.checkpoint);
   }
+  if (mo.vocab.empty() && extra.contains("vocab") && extra["vocab"].is_string() &&
+      file_exists(extra["vocab"].get<std::string>()))
+    mo.vocab = extra["vocab"].get<std::string>();
   // The towers as the store's model had them (head counts are in no tensor shape).
   if (extra.contains("model_config") && extra["model_config"].is_string()) {
     if (mo.vision_model.empty()) mo.vision_model = extra["model_config"].get<std::string>();

@@ -23,7 +23,7 @@ for kind, key in (("image", "image_id"), ("text", "text_id")):
     for l in open(f"{f}/expected/{kind}_features.jsonl"):
         d = json.loads(l)
         if d["model"] == "vit": exp[d[key]] = d["feature"]
-    got = [json.loads(l) for l in open(f"{t}/{kind[:3] if kind=='image' else 'txt'}.jsonl")]
+    got = [json.loads(l) for l in open(f"{t}/{'img' if kind == 'image' else 'txt'}.jsonl")]
     assert len(got) == len(exp), (kind, len(got), len(exp))
     worst = max(abs(a - b) for g in got for a, b in zip(g["feature"], exp[g[key]]))
     assert worst <= 1e-5, (kind, worst)
@@ -61,7 +61,7 @@ head -1 "$T/t2i.jsonl" | grep -q '"text_id":100,"image_ids":\[' || fail "cnclip 
 grep -q '"text_to_image"' "$T/eval.json" || fail "eval JSON"
 
 # 5. errors: documented exit codes, nothing partial left behind
-"$BIN/clip-index" -q "${MODEL[@]}" --vision-model NoSuchModel --images "$F/images.tsv" --image-out "$T/x.clipfeat" 2> "$T/err"
+"$BIN/clip-index" -q -c "$F/checkpoints/vit_bert.pt" --vision-model NoSuchModel --vocab "$F/vocab.txt" --images "$F/images.tsv" --image-out "$T/x.clipfeat" 2> "$T/err"
 [ $? -eq 2 ] || fail "unknown model name should exit 2"; grep -q "ViT-B-16" "$T/err" || fail "known names not listed"
 "$BIN/clip-index" -q -c "$F/checkpoints/vit_bert.pt" --vision-model "$F/configs/ViT-Tiny-P32.json" --text-model "$F/configs/RBT-Tiny-H64-L2.json" \
   --images "$F/images.tsv" --image-out "$T/x.clipfeat" 2> "$T/err"
