@@ -4,6 +4,7 @@
 #include "clip/cli.h"
 #include "clip/convert.h"
 #include "clip/encoder.h"
+#include "clip/tokenizer.h"
 #include "clip/log.h"
 #include "clip/onnx_export.h"
 
