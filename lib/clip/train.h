@@ -84,7 +84,8 @@ class AdamW {
 
   // torch.optim.AdamW.state_dict(): {"state": {idx: {"step": 0-dim float32 tensor, "exp_avg",
   // "exp_avg_sq"}}, "param_groups": [{"lr", "betas", "eps", "weight_decay", "amsgrad", "foreach",
-  // "maximize", "capturable", "params": [idx...]}] x 2}. Tensors are copied to the CPU.
+  // "maximize", "capturable", "params": [idx...]}] x 2}. CPU tensors are shared, not copied:
+  // serialise the result before the next step.
   PyPtr state_dict() const;
   // Restores moments and step counts (hyper-parameters stay those of this optimizer). Throws
   // ModelError when the group sizes or a tensor shape do not match.
@@ -229,6 +230,7 @@ struct TrainSummary {
   double last_loss = 0;
   nlohmann::json last_validation;  // empty when no validation ran
   bool stopped_early = false;      // --stop-after-steps or an interrupt
+  bool interrupted = false;        // SIGINT/SIGTERM: a resumable checkpoint was saved
 };
 
 // Runs (or resumes) a fine-tuning run. Throws UsageError / DataError / ModelError / IoError, and

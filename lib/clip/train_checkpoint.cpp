@@ -5,6 +5,7 @@
 #include "clip/error.h"
 #include "clip/model.h"
 #include "clip/train.h"
+#include "clip/tensor_torch.h"
 #include "clip/train_internal.h"
 
 namespace clip {
@@ -16,7 +17,7 @@ void save_training_checkpoint(const std::string& path, ClipModel& model, const A
   root->set("name", PyValue::str(name));
   auto sd = PyValue::dict(/*ordered=*/true);
   // Weights are stored as they are trained (float32; cn_clip converts to fp32 for amp/fp32 runs too).
-  for (const auto& [key, t] : model_state(model)) sd->set("module." + key, PyValue::from_tensor(detail::to_tensor_data(t)));
+  for (const auto& [key, t] : model_state(model)) sd->set("module." + key, PyValue::from_tensor(to_tensor_data(t)));
   root->set("state_dict", sd);
   if (optimizer) root->set("optimizer", optimizer->state_dict());
   if (resume) {
@@ -26,9 +27,9 @@ void save_training_checkpoint(const std::string& path, ClipModel& model, const A
     r->set("step", PyValue::integer(resume->step));
     r->set("epoch", PyValue::integer(resume->epoch));
     r->set("batch_in_epoch", PyValue::integer(resume->batch_in_epoch));
-    if (resume->cpu_rng.defined()) r->set("cpu_rng_state", PyValue::from_tensor(detail::to_tensor_data(resume->cpu_rng)));
+    if (resume->cpu_rng.defined()) r->set("cpu_rng_state", PyValue::from_tensor(to_tensor_data(resume->cpu_rng)));
     if (resume->cuda_rng.defined())
-      r->set("cuda_rng_state", PyValue::from_tensor(detail::to_tensor_data(resume->cuda_rng)));
+      r->set("cuda_rng_state", PyValue::from_tensor(to_tensor_data(resume->cuda_rng)));
     r->set("extra_json", PyValue::str(resume->extra.is_null() ? "{}" : resume->extra.dump()));
     root->set("clip_cpp_resume", r);
   }

@@ -1,6 +1,6 @@
 // Helpers shared by the train_*.cpp files (not a public interface).
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <string>
 #include <vector>
@@ -9,9 +9,8 @@
 
 namespace clip::detail {
 
-// A CPU, contiguous copy of `t` wrapped as checkpoint tensor data (the copy owns the bytes).
-TensorData to_tensor_data(const at::Tensor& t);
-// A tensor owning a copy of the stored bytes (any strides, any supported dtype).
+// A tensor owning a copy of the stored bytes (any strides, any supported dtype): safe to update in
+// place even when the bytes are a read-only file mapping.
 at::Tensor from_tensor_data(const TensorData& d);
 std::string shape_str(const at::Tensor& t);
 
@@ -26,6 +25,9 @@ class AutocastScope {
  private:
   bool on_, cuda_, prev_ = false;
 };
+
+// The run folder of a --resume argument: the folder itself, or <run> for <run>/checkpoints/x.pt.
+std::string resume_run_dir(const std::string& resume);
 
 // sqrt(sum of squared gradient norms), in double.
 double grad_global_l2(const std::vector<at::Tensor>& params);

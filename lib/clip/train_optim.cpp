@@ -11,6 +11,7 @@
 
 #include "clip/error.h"
 #include "clip/train.h"
+#include "clip/tensor_torch.h"
 #include "clip/train_internal.h"
 
 namespace clip {
@@ -85,10 +86,10 @@ PyPtr AdamW::state_dict() const {
     const Param& p = params_[i];
     if (!p.exp_avg.defined()) continue;
     auto s = PyValue::dict();
-    s->set("step", PyValue::from_tensor(detail::to_tensor_data(at::scalar_tensor(static_cast<double>(p.step),
+    s->set("step", PyValue::from_tensor(to_tensor_data(at::scalar_tensor(static_cast<double>(p.step),
                                                                                   at::TensorOptions(at::kFloat)))));
-    s->set("exp_avg", PyValue::from_tensor(detail::to_tensor_data(p.exp_avg)));
-    s->set("exp_avg_sq", PyValue::from_tensor(detail::to_tensor_data(p.exp_avg_sq)));
+    s->set("exp_avg", PyValue::from_tensor(to_tensor_data(p.exp_avg)));
+    s->set("exp_avg_sq", PyValue::from_tensor(to_tensor_data(p.exp_avg_sq)));
     state->set(PyValue::integer(static_cast<int64_t>(i)), s);
   }
   auto groups = PyValue::list();
@@ -172,66 +173,7 @@ ContrastiveLoss contrastive_loss(const at::Tensor& image_features, const at::Ten
 
 namespace detail {
 
-
-namespace {
-
-at::ScalarType to_scalar_type(DType t) {
-  switch (t) {
-    case DType::f32: return at::kFloat;
-    case DType::f16: return at::kHalf;
-    case DType::bf16: return at::kBFloat16;
-    case DType::f64: return at::kDouble;
-    case DType::i64: return at::kLong;
-    case DType::i32: return at::kInt;
-    case DType::i16: return at::kShort;
-    case DType::i8: return at::kChar;
-    case DType::u8: return at::kByte;
-    case DType::b1: return at::kBool;
-  }
-  throw ModelError("unsupported tensor dtype");
-}
-
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::f32;
-    case at::kHalf: return DType::f16;
-    case at::kBFloat16: return DType::bf16;
-    case at::kDouble: return DType::f64;
-    case at::kLong: return DType::i64;
-    case at::kInt: return DType::i32;
-    case at::kShort: return DType::i16;
-    case at::kChar: return DType::i8;
-    case at::kByte: return DType::u8;
-    case at::kBool: return DType::b1;
-    default: break;
-  }
-  throw ModelError(std::string("cannot store a tensor of type ") + c10::toString(t));
-}
-
-}  // namespace
-
-TensorData to_tensor_data(const at::Tensor& t) {
-  auto holder = std::make_shared<at::Tensor>(t.detach().to(at::kCPU).contiguous().clone());
-  TensorData d;
-  d.dtype = to_dtype(holder->scalar_type());
-  d.shape.assign(holder->sizes().begin(), holder->sizes().end());
-  d.strides.assign(holder->strides().begin(), holder->strides().end());
-  d.data = static_cast<const uint8_t*>(holder->data_ptr());
-  d.owner = holder;
-  return d;
-}
-
-at::Tensor from_tensor_data(const TensorData& d) {
-  auto opts = at::TensorOptions(to_scalar_type(d.dtype));
-  if (d.numel() == 0) return at::empty(d.shape, opts);
-  std::vector<int64_t> strides = d.strides;
-  if (strides.size() != d.shape.size()) {
-    strides.assign(d.shape.size(), 1);
-    for (int64_t i = static_cast<int64_t>(d.shape.size()) - 2; i >= 0; --i) strides[i] = strides[i + 1] * d.shape[i + 1];
-  }
-  at::Tensor view = at::from_blob(const_cast<uint8_t*>(d.data), d.shape, strides, opts);
-  return view.clone(at::MemoryFormat::Contiguous);
-}
+at::Tensor from_tensor_data(const TensorData& d) { return tensor_view(d).clone(at::MemoryFormat::Contiguous); }
 
 std::string shape_str(const at::Tensor& t) {
   std::string s = "[";
