@@ -1,0 +1,143 @@
+#include "clip/search.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "clip/error.h"
+
+namespace clip {
+
+namespace {
+
+struct Cand {
+  float score;
+  int64_t row;
+};
+
+// cn_clip sorts (id, score) pairs with Python's stable sort on the score, descending: among equal
+// scores the earlier row wins. This total order reproduces that independently of topk's tie handling.
+bool better(const Cand& a, const Cand& b) { return a.score > b.score || (a.score == b.score && a.row < b.row); }
+
+constexpr int64_t kScoreBudget = int64_t(32) << 20;     // floats in one [queries x rows] score block (128 MiB)
+constexpr int64_t kConvertBudget = int64_t(16) << 20;  // floats of a widened float16 chunk (64 MiB)
+constexpr int64_t kQueryBlock = 1024;
+
+}  // namespace
+
+at::Tensor feature_rows(const FeatureSet& fs, int64_t begin, int64_t end) {
+  if (begin < 0 || end > fs.size() || begin > end)
+    throw UsageError(fmt::format("feature_rows: range [{}, {}) outside 0..{}", begin, end, fs.size()));
+  const int64_t n = end - begin;
+  if (n == 0) return at::empty({0, fs.dim}, at::kFloat);
+  if (fs.dtype == StoreDtype::f32) {
+    auto owner = fs.owner;  // the tensor keeps the mapping (or buffer) alive
+    return at::from_blob(const_cast<float*>(fs.f32() + begin * fs.dim), {n, fs.dim}, [owner](void*) {},
+                         at::TensorOptions().dtype(at::kFloat));
+  }
+  auto half = at::from_blob(const_cast<uint16_t*>(fs.f16() + begin * fs.dim), {n, fs.dim},
+                            at::TensorOptions().dtype(at::kHalf));
+  return half.to(at::kFloat);
+}
+
+at::Tensor feature_tensor(const FeatureSet& fs) { return feature_rows(fs, 0, fs.size()); }
+
+std::vector<std::vector<Hit>> search(const at::Tensor& queries, const FeatureSet& fs, int k, float threshold,
+                                     const std::vector<int64_t>* exclude_ids, int64_t rows_per_chunk) {
+  if (k < 1) throw UsageError(fmt::format("top-k must be at least 1 (got {})", k));
+  if (queries.dim() != 2 || queries.size(1) != fs.dim)
+    throw UsageError(fmt::format("search: queries have shape {}, expected [Q, {}] to match the features{}",
+                                 fmt::join(queries.sizes(), "x"), fs.dim, fs.path.empty() ? "" : " of '" + fs.path + "'"));
+  const int64_t Q = queries.size(0), N = fs.size();
+  if (exclude_ids && static_cast<int64_t>(exclude_ids->size()) != Q)
+    throw UsageError(fmt::format("search: {} exclude ids for {} queries", exclude_ids->size(), Q));
+  std::vector<std::vector<Hit>> out(Q);
+  if (Q == 0 || N == 0) return out;
+
+  c10::InferenceMode guard;
+  at::Tensor q = queries.to(at::kCPU, at::kFloat).contiguous();
+  if (!at::isfinite(q).all().item<bool>()) throw DataError("search: a query vector has a NaN or infinite value");
+
+  std::vector<int64_t> self_row(Q, -1);
+  if (exclude_ids)
+    for (int64_t i = 0; i < Q; ++i) self_row[i] = fs.find((*exclude_ids)[i]);
+
+  const int64_t qb = std::min(Q, kQueryBlock);
+  int64_t chunk = rows_per_chunk;
+  if (chunk <= 0) {
+    chunk = kScoreBudget / qb;
+    if (fs.dtype != StoreDtype::f32) chunk = std::min(chunk, kConvertBudget / fs.dim);
+    chunk = std::max<int64_t>(chunk, 256);
+  }
+  chunk = std::min(chunk, N);
+
+  std::vector<std::vector<Cand>> best(Q);
+  std::vector<Cand> cands;
+  for (int64_t c0 = 0; c0 < N; c0 += chunk) {
+    const int64_t c1 = std::min(N, c0 + chunk), C = c1 - c0;
+    at::Tensor g = feature_rows(fs, c0, c1);
+    // at::topk picks an arbitrary subset of values tied at the k-th place (later rows, in practice).
+    // Taking k+1 shows whether the k-th score is tied with the next one; only then is a full scan of
+    // that row needed to pick the earliest rows among the tied ones.
+    const int64_t kt = std::min<int64_t>(k + 1, C);
+    for (int64_t q0 = 0; q0 < Q; q0 += qb) {
+      const int64_t nq = std::min(qb, Q - q0);
+      at::Tensor s = at::mm(q.narrow(0, q0, nq), g.t());
+      auto sa = s.accessor<float, 2>();
+      for (int64_t i = 0; i < nq; ++i) {
+        int64_t r = self_row[q0 + i];
+        if (r >= c0 && r < c1) sa[i][r - c0] = -std::numeric_limits<float>::infinity();
+      }
+      auto top = at::topk(s, kt, 1, /*largest=*/true, /*sorted=*/true);
+      auto va = std::get<0>(top).accessor<float, 2>();
+      auto ia = std::get<1>(top).accessor<int64_t, 2>();
+      for (int64_t i = 0; i < nq; ++i) {
+        cands.clear();
+        if (kt <= k || va[i][k - 1] > va[i][k]) {
+          for (int64_t j = 0; j < std::min<int64_t>(k, kt); ++j) cands.push_back({va[i][j], c0 + ia[i][j]});
+        } else {
+          const float kth = va[i][k - 1];
+          for (int64_t j = 0; j < C; ++j)
+            if (sa[i][j] >= kth) cands.push_back({sa[i][j], c0 + j});
+        }
+        auto& b = best[q0 + i];
+        b.insert(b.end(), cands.begin(), cands.end());
+        const size_t keep = std::min<size_t>(b.size(), k);
+        std::partial_sort(b.begin(), b.begin() + keep, b.end(), better);
+        b.resize(keep);
+      }
+    }
+  }
+
+  for (int64_t i = 0; i < Q; ++i) {
+    for (const Cand& c : best[i]) {
+      if (c.row == self_row[i] || c.score < threshold) continue;
+      out[i].push_back({fs.ids[c.row], c.score, c.row});
+    }
+  }
+  return out;
+}
+
+Predictions topk_predictions(const FeatureSet& queries, const FeatureSet& gallery, int k) {
+  if (queries.dim != gallery.dim)
+    throw DataError(fmt::format("features of '{}' have dim {} but those of '{}' have dim {}: they come from different models",
+                                queries.path, queries.dim, gallery.path, gallery.dim));
+  Predictions p;
+  p.query_kind = queries.meta.kind;
+  p.queries = queries.ids;
+  // Bounded memory for float16 query sets: convert and search a block of queries at a time.
+  const int64_t block = queries.dtype == StoreDtype::f32 ? std::max<int64_t>(queries.size(), 1) : 8192;
+  for (int64_t b = 0; b < queries.size(); b += block) {
+    const int64_t e = std::min(queries.size(), b + block);
+    auto hits = search(feature_rows(queries, b, e), gallery, k);
+    for (int64_t i = b; i < e; ++i) {
+      auto& ids = p.ranked[queries.ids[i]];
+      for (const Hit& h : hits[i - b]) ids.push_back(h.id);
+    }
+  }
+  return p;
+}
+
+}  // namespace clip
