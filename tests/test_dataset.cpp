@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <string>
@@ -174,13 +176,16 @@ TEST_CASE("ImageTsv: each bad line is reported with file and line, skipped or fa
 TEST_CASE("ImageTsv::bytes decodes the payload and names the line of a bad one", "[dataset]") {
   TempDir dir;
   std::string good = base64_encode(reinterpret_cast<const uint8_t*>("hello, world"), 12);
-  std::string path = dir.write("i.tsv", "4\t" + good + "\n5\t@@@@\n");
+  std::string path = dir.write("i.tsv", "4\t" + good + "\n5\tQ===\n");
   ReadReport report;
   ImageTsv tsv(path, report, true);
   auto b = tsv.bytes(0);
   REQUIRE(std::string(b.begin(), b.end()) == "hello, world");
   std::string msg = data_error([&] { tsv.bytes(1); });
   REQUIRE(contains(msg, path + ":2 (image_id 5)"));
+  // Valid base64 of something that is not an image: the decoder's error, with the location.
+  msg = data_error([&] { tsv.decode(0); });
+  REQUIRE(contains(msg, path + ":1 (image_id 4): "));
 }
 
 TEST_CASE("read_texts: records, CRLF, and every kind of bad line", "[dataset]") {
@@ -298,4 +303,111 @@ TEST_CASE("open_split reads and cross-checks a split folder", "[dataset]") {
   std::string msg = data_error([&] { open_split(dir.path, "test", false); });
   REQUIRE(contains(msg, dir.path + "/test_imgs.tsv' not found"));
   REQUIRE(split_texts_path("d", "train") == "d/train_texts.jsonl");
+}
+
+// ------------------------------------------------------------------------------------------------
+// The embedded demo dataset data/shapes-zh.
+
+namespace {
+std::string demo_dir() { return testutil::source_dir() + "/data/shapes-zh"; }
+const char* kDemoFiles[] = {"train_imgs.tsv", "train_texts.jsonl", "valid_imgs.tsv", "valid_texts.jsonl",
+                            "test_imgs.tsv",  "test_texts.jsonl",  "vocab.txt",      "ViT-Demo.json",
+                            "RBT-Demo.json"};
+}  // namespace
+
+TEST_CASE("demo data: splits, ids and the vocabulary", "[dataset][demo]") {
+  const std::vector<std::pair<std::string, size_t>> splits = {{"train", 2000}, {"valid", 200}, {"test", 200}};
+  std::set<int64_t> image_ids, text_ids;
+  std::set<std::string> chars;  // every caption character, as UTF-8
+  size_t total_bytes = 0;
+  for (const char* f : kDemoFiles) {
+    MappedFile m(demo_dir() + "/" + f);
+    total_bytes += m.size();
+  }
+  REQUIRE(total_bytes < 10u * 1000 * 1000);
+  for (const auto& [split, n] : splits) {
+    CAPTURE(split);
+    DatasetSplit s = open_split(demo_dir(), split, /*strict=*/true);  // every text's image exists
+    REQUIRE(s.images.size() == n);
+    REQUIRE(s.texts.size() == 5 * n);
+    REQUIRE(s.pairs.size() == 5 * n);
+    std::vector<int> per_image(n, 0);
+    for (const auto& t : s.texts) {
+      REQUIRE(t.image_ids.size() == 1);
+      REQUIRE(text_ids.insert(t.text_id).second);
+      ++per_image[*s.images.find(t.image_ids[0])];
+      for (size_t i = 0; i < t.text.size();) {
+        auto c = static_cast<unsigned char>(t.text[i]);
+        size_t len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+        chars.insert(t.text.substr(i, len));
+        i += len;
+      }
+    }
+    REQUIRE(std::all_of(per_image.begin(), per_image.end(), [](int k) { return k == 5; }));
+    for (size_t i = 0; i < s.images.size(); ++i) REQUIRE(image_ids.insert(s.images.id(i)).second);
+    // A few images decode to 80x80 RGB.
+    for (size_t i : {size_t(0), n / 2, n - 1}) {
+      auto bytes = s.images.bytes(i);
+      REQUIRE(bytes.size() > 2);
+      REQUIRE(bytes[0] == 0xFF);  // JPEG SOI
+      REQUIRE(bytes[1] == 0xD8);
+      Image im = s.images.decode(i);
+      REQUIRE(im.width == 80);
+      REQUIRE(im.height == 80);
+      REQUIRE(im.mode == PixelMode::RGB);
+    }
+  }
+
+  // vocab.txt: BERT-Chinese special-token layout, then every caption character.
+  std::vector<std::string> vocab;
+  {
+    std::ifstream in(demo_dir() + "/vocab.txt");
+    for (std::string line; std::getline(in, line);) vocab.push_back(line);
+  }
+  REQUIRE(vocab.size() > 104);
+  REQUIRE(vocab[0] == "[PAD]");
+  REQUIRE(vocab[1] == "[unused1]");
+  REQUIRE(vocab[99] == "[unused99]");
+  REQUIRE(vocab[100] == "[UNK]");
+  REQUIRE(vocab[101] == "[CLS]");
+  REQUIRE(vocab[102] == "[SEP]");
+  REQUIRE(vocab[103] == "[MASK]");
+  std::set<std::string> tokens(vocab.begin(), vocab.end());
+  REQUIRE(tokens.size() == vocab.size());  // no duplicates
+  for (const auto& c : chars) {
+    CAPTURE(c);
+    REQUIRE(tokens.count(c) == 1);
+  }
+
+  // The tiny model's configs: cn_clip's schema, vocab_size matching vocab.txt.
+  auto rbt = nlohmann::json::parse(read_file(demo_dir() + "/RBT-Demo.json"));
+  auto vit = nlohmann::json::parse(read_file(demo_dir() + "/ViT-Demo.json"));
+  REQUIRE(rbt.at("vocab_size").get<size_t>() == vocab.size());
+  REQUIRE(rbt.at("text_max_position_embeddings").get<int>() >= 52);
+  REQUIRE(rbt.at("text_hidden_size").get<int>() % rbt.at("text_num_attention_heads").get<int>() == 0);
+  REQUIRE(vit.at("image_resolution").get<int>() % vit.at("vision_patch_size").get<int>() == 0);
+  REQUIRE(vit.at("vision_width").get<int>() % vit.at("vision_head_width").get<int>() == 0);
+}
+
+TEST_CASE("demo data: the generator reproduces data/shapes-zh byte for byte", "[dataset][demo]") {
+  std::string gen = testutil::bin_dir() + "/make-demo-data";
+  REQUIRE(file_exists(gen));
+  TempDir dir;
+  int rc = std::system(("'" + gen + "' --out '" + dir.path + "/shapes-zh' 2>/dev/null").c_str());
+  REQUIRE(rc == 0);
+  for (const char* f : kDemoFiles) {
+    CAPTURE(f);
+    std::string fresh = read_file(dir.path + "/shapes-zh/" + f);
+    std::string committed = read_file(demo_dir() + "/" + f);
+    REQUIRE(fresh.size() == committed.size());
+    REQUIRE(fresh == committed);
+  }
+  // Nothing else was written (no stray temporary files).
+  size_t entries = 0;
+  if (DIR* d = opendir((dir.path + "/shapes-zh").c_str())) {
+    while (auto* e = readdir(d))
+      if (e->d_name[0] != '.') ++entries;
+    closedir(d);
+  }
+  REQUIRE(entries == std::size(kDemoFiles));
 }

@@ -273,6 +273,15 @@ std::vector<uint8_t> ImageTsv::bytes(size_t i) const {
   }
 }
 
+Image ImageTsv::decode(size_t i) const {
+  std::vector<uint8_t> b = bytes(i);
+  try {
+    return decode_image(b.data(), b.size());
+  } catch (const DataError& e) {
+    throw DataError(fmt::format("{}: {}", where(i), e.what()));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Texts
 

@@ -24,6 +24,7 @@
 namespace clip {
 
 class MappedFile;
+struct Image;
 
 // What a reader skipped, for the end-of-run summary.
 struct ReadReport {
@@ -68,6 +69,9 @@ class ImageTsv {
   // Decoded file bytes of image i (JPEG/PNG/...). Throws DataError naming file, line and id when
   // the payload is not valid base64.
   std::vector<uint8_t> bytes(size_t i) const;
+  // bytes(i) decoded with clip::decode_image; DataError names file, line and id on failure.
+  // Thread-safe (const, no shared mutable state): meant to be called from BatchPipeline workers.
+  Image decode(size_t i) const;
 
  private:
   void build(ReadReport& report, bool strict);
