@@ -82,8 +82,6 @@ void check_plan(const AugmentPlan& p, const json& want) {
   }
 }
 
-bool is_geometric(const std::string& op) { return op == "Rotate" || op == "ShearX"; }
-
 AugmentConfig small_config() {
   AugmentConfig cfg;
   cfg.resolution = cases()["resolution"].get<int>();
@@ -141,12 +139,9 @@ TEST_CASE("each AutoAugment operation matches Pillow", "[augment]") {
     w.max = std::max(w.max, d.max);
     w.mean = std::max(w.mean, d.mean);
     w.differing = std::max(w.differing, d.differing);
-    if (is_geometric(op)) {
-      CHECK(d.max <= 1);
-      CHECK(d.mean <= 0.01);
-    } else {
-      CHECK(d.max == 0);
-    }
+    // Exact for every op, rotate and shear included: Pillow's affine bicubic is plain double arithmetic
+    // that the C++ code evaluates in the same order (see the note on FMA contraction in augment.cpp).
+    CHECK(d.max == 0);
   }
   for (const auto& [op, d] : worst)
     std::fprintf(stderr, "augment vs Pillow: %-18s max abs diff %d, mean abs diff %.5f, pixels differing %zu\n",
@@ -167,14 +162,7 @@ TEST_CASE("whole training transform matches Pillow for every sub-policy", "[augm
     const Diff d = compare(got, want);
     INFO("pipeline " << c["expected"].get<std::string>() << " (" << c["source"].get<std::string>() << ", plan "
                      << c["plan"].dump() << "): max " << d.max << " mean " << d.mean);
-    bool geometric = false;
-    for (const auto& s : c["plan"]["steps"]) geometric |= is_geometric(s[0].get<std::string>());
-    if (geometric) {
-      CHECK(d.max <= 1);
-      CHECK(d.mean <= 0.01);
-    } else {
-      CHECK(d.max == 0);
-    }
+    CHECK(d.max == 0);  // crop + resize (image.cpp) + flip + AutoAugment, all bit-exact
     worst.max = std::max(worst.max, d.max);
     worst.mean = std::max(worst.mean, d.mean);
     sub_policies.insert(c["plan"]["sub_policy"].get<int>());
