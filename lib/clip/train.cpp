@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <torch/version.h>
@@ -24,9 +25,12 @@
 #include "clip/fileio.h"
 #include "clip/image.h"
 #include "clip/log.h"
+#include "clip/metrics.h"
 #include "clip/model.h"
 #include "clip/pipeline.h"
 #include "clip/runtime.h"
+#include "clip/search.h"
+#include "clip/store.h"
 #include "clip/tokenizer.h"
 #include "clip/train_internal.h"
 
@@ -132,47 +136,6 @@ ArchDefaults arch_defaults(const VisionConfig& v) {
   return d;
 }
 
-// Validation recall (both directions) from L2-normalised features.
-struct Recall {
-  double r1 = 0, r5 = 0, r10 = 0;
-  int64_t queries = 0;
-};
-
-Recall recall_at(const at::Tensor& queries, const at::Tensor& gallery,
-                 const std::vector<std::vector<int64_t>>& gold /* per query: gallery indices */) {
-  Recall r;
-  if (queries.size(0) == 0 || gallery.size(0) == 0) return r;
-  const int64_t k = std::min<int64_t>(10, gallery.size(0));
-  int64_t h1 = 0, h5 = 0, h10 = 0;
-  for (int64_t start = 0; start < queries.size(0); start += 1024) {
-    int64_t end = std::min<int64_t>(queries.size(0), start + 1024);
-    at::Tensor sims = at::matmul(queries.slice(0, start, end), gallery.t());
-    at::Tensor top = std::get<1>(sims.topk(k, 1, true, true)).to(at::kCPU).contiguous();
-    auto acc = top.accessor<int64_t, 2>();
-    for (int64_t q = start; q < end; ++q) {
-      const auto& g = gold[q];
-      if (g.empty()) continue;
-      ++r.queries;
-      int64_t first = k;
-      for (int64_t j = 0; j < k && first == k; ++j)
-        for (int64_t gi : g)
-          if (acc[q - start][j] == gi) {
-            first = j;
-            break;
-          }
-      h1 += first < 1;
-      h5 += first < 5;
-      h10 += first < 10;
-    }
-  }
-  if (r.queries) {
-    r.r1 = 100.0 * h1 / r.queries;
-    r.r5 = 100.0 * h5 / r.queries;
-    r.r10 = 100.0 * h10 / r.queries;
-  }
-  return r;
-}
-
 class Trainer {
  public:
   explicit Trainer(const TrainOptions& o) : o_(o) {}
@@ -214,6 +177,7 @@ class Trainer {
   // interval accumulators
   double loss_sum_ = 0;
   int64_t loss_n_ = 0, samples_since_log_ = 0;
+  double data_s_ = 0, step_s_ = 0;
   std::chrono::steady_clock::time_point log_t0_;
   std::unique_ptr<Progress> progress_;
   bool tty_ = false;
@@ -251,7 +215,14 @@ void Trainer::setup_model() {
     model_source_ = o_.checkpoint;
   }
   ModelConfig cfg;
-  if (ck) {
+  nlohmann::json stored;  // the run's resolved configs, when resuming
+  if (!resume_ckpt_.empty() && file_exists(path_join(run_dir_, "params.json")))
+    stored = nlohmann::json::parse(read_file(path_join(run_dir_, "params.json")), nullptr, false).value("resolved", nlohmann::json());
+  if (ck && stored.is_object() && stored.contains("vision_config") && stored.contains("text_config") &&
+      o_.vision_model.empty() && o_.text_model.empty()) {
+    cfg.vision = vision_config_from_json(stored["vision_config"], stored.value("vision_name", std::string("vision")));
+    cfg.text = text_config_from_json(stored["text_config"], stored.value("text_name", std::string("text")));
+  } else if (ck) {
     InferredConfig ic = resolve_config(ck->state_dict, o_.vision_model, o_.text_model);
     for (const auto& n : ic.notes) log_info("model config: {}", n);
     cfg = ic.config;
@@ -320,27 +291,35 @@ void Trainer::setup_model() {
 void Trainer::setup_data() {
   ClipModel& m = *model_;
   // Tokenizer: --vocab, else vocab.txt beside the checkpoint, the text config or the data.
-  std::string vocab = o_.vocab;
+  std::string vocab = o_.vocab.empty() ? std::string() : find_vocab(o_.vocab, "");
   if (vocab.empty()) {
     std::vector<std::string> cands;
-    if (!o_.checkpoint.empty()) cands.push_back(path_join(is_directory(o_.checkpoint) ? o_.checkpoint : path_dirname(o_.checkpoint), "vocab.txt"));
+    if (!o_.checkpoint.empty())
+      cands.push_back(path_join(is_directory(o_.checkpoint) ? o_.checkpoint : path_dirname(o_.checkpoint), "vocab.txt"));
     if (!o_.text_model.empty() && file_exists(o_.text_model)) cands.push_back(path_join(path_dirname(o_.text_model), "vocab.txt"));
     cands.push_back(path_join(o_.data_dir, "vocab.txt"));
-    cands.push_back(path_join(path_dirname(o_.data_dir), "vocab.txt"));
-    for (const auto& c : cands)
-      if (file_exists(c)) {
-        vocab = c;
-        break;
-      }
+    std::string looked;
+    for (const auto& c : cands) {
+      looked += (looked.empty() ? "" : ", ") + c;
+      if (vocab.empty() && file_exists(c) && !is_directory(c)) vocab = c;
+    }
     if (vocab.empty())
-      throw UsageError("no vocab.txt found (looked at " + [&] {
-        std::string s;
-        for (const auto& c : cands) s += (s.empty() ? "" : ", ") + c;
-        return s;
-      }() + "); pass --vocab PATH (cn_clip/clip/vocab.txt)");
+      throw ModelError("no vocab.txt found (looked at " + looked + "); pass --vocab PATH (cn_clip's vocab.txt)");
   }
   tok_ = std::make_unique<Tokenizer>(Tokenizer::load(vocab));
   o_.vocab = vocab;
+  const TextConfig& tc = m->config().text;
+  if (tok_->vocab_size() > tc.vocab_size)
+    throw ModelError(fmt::format("vocab {} has {} tokens but the text tower {} embeds only {}: use the vocab the model "
+                                 "was made for (--vocab) or a text config with vocab_size >= {}",
+                                 vocab, tok_->vocab_size(), tc.name, tc.vocab_size, tok_->vocab_size()));
+  // The checkpoints folder gets the vocab and the model configs, so that clip-index/clip-eval/clip-export
+  // find the vocab beside a checkpoint and can be given the exact configs (--vision-model/--text-model).
+  std::string vocab_copy = path_join(ckpt_dir_, "vocab.txt");
+  if (!file_exists(vocab_copy)) write_atomic(vocab_copy, read_file(vocab));
+  // (named <config name>.json: a config's name is its file stem, so the model keeps its name.)
+  write_atomic(path_join(ckpt_dir_, sanitize(m->config().vision.name) + ".json"), to_json(m->config().vision).dump(2) + "\n");
+  write_atomic(path_join(ckpt_dir_, sanitize(tc.name) + ".json"), to_json(tc).dump(2) + "\n");
 
   train_ = std::make_unique<DatasetSplit>(open_split(o_.data_dir, o_.train_split));
   if (train_->pairs.empty())
@@ -400,6 +379,8 @@ void Trainer::write_params() {
       {"val_texts", val_ ? val_->texts.size() : 0},
       {"model", cfg.name()},
       {"model_source", model_source_},
+      {"vision_name", cfg.vision.name},
+      {"text_name", cfg.text.name},
       {"vision_config", to_json(cfg.vision)},
       {"text_config", to_json(cfg.text)},
       {"device", o_.device},
@@ -535,13 +516,29 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
     loss_sum += l.loss.item<double>() * static_cast<double>(e - s);
     loss_n += static_cast<int64_t>(e - s);
   }
-  // Recall both ways over all val images / texts.
-  std::vector<std::vector<int64_t>> t2i_gold(v.texts.size()), i2t_gold(v.images.size());
+  // Recall both ways over all val images / texts: clip-eval's ranking and scoring code.
+  const int64_t dim = img.size(1);
+  at::Tensor img_cpu = img.to(at::kCPU).contiguous(), txt_cpu = txt.to(at::kCPU).contiguous();
+  std::vector<int64_t> image_ids(v.images.size()), text_ids(v.texts.size());
+  for (size_t i = 0; i < image_ids.size(); ++i) image_ids[i] = v.images.id(i);
+  for (size_t i = 0; i < text_ids.size(); ++i) text_ids[i] = v.texts[i].text_id;
+  StoreMeta im_meta, tx_meta;
+  im_meta.kind = "image";
+  tx_meta.kind = "text";
+  FeatureSet img_fs = make_feature_set(image_ids, img_cpu.data_ptr<float>(), dim, StoreDtype::f32, im_meta);
+  FeatureSet txt_fs = make_feature_set(text_ids, txt_cpu.data_ptr<float>(), dim, StoreDtype::f32, tx_meta);
+  // Gold from the pairs actually loaded (texts and images that passed validation).
+  Ranking t2i_gold, i2t_gold;
+  std::vector<int64_t> t2i_order, i2t_order;
   for (const auto& [t, i] : v.pairs) {
-    t2i_gold[t].push_back(static_cast<int64_t>(i));
-    i2t_gold[i].push_back(static_cast<int64_t>(t));
+    int64_t tid = v.texts[t].text_id, iid = v.images.id(i);
+    if (!t2i_gold.count(tid)) t2i_order.push_back(tid);
+    if (!i2t_gold.count(iid)) i2t_order.push_back(iid);
+    t2i_gold[tid].push_back(iid);
+    i2t_gold[iid].push_back(tid);
   }
-  Recall t2i = recall_at(txt, img, t2i_gold), i2t = recall_at(img, txt, i2t_gold);
+  Recall t2i = compute_recall(t2i_order, t2i_gold, topk_predictions(txt_fs, img_fs, 10).ranked, "validation text->image");
+  Recall i2t = compute_recall(i2t_order, i2t_gold, topk_predictions(img_fs, txt_fs, 10).ranked, "validation image->text");
   m->train();
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::json j = {{"type", "val"},
@@ -554,7 +551,9 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
                       {"i2t_r1", i2t.r1},
                       {"i2t_r5", i2t.r5},
                       {"i2t_r10", i2t.r10},
-                      {"mean_recall", (t2i.r1 + t2i.r5 + t2i.r10 + i2t.r1 + i2t.r5 + i2t.r10) / 6},
+                      {"t2i_mean_recall", t2i.mean_recall},
+                      {"i2t_mean_recall", i2t.mean_recall},
+                      {"mean_recall", (t2i.mean_recall + i2t.mean_recall) / 2},
                       {"logit_scale", m->logit_scale().item<double>()},
                       {"val_images", v.images.size()},
                       {"val_texts", v.texts.size()},
@@ -614,7 +613,9 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   so.autocast = o_.precision == "amp";
   std::vector<TrainBatch> micro;
   int64_t batch_index = first_batch;
+  auto t_wait = std::chrono::steady_clock::now();
   for (BatchPipeline::Batch b; pipe.next(b); ++batch_index) {
+    data_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_wait).count();
     std::vector<size_t> texts;
     for (size_t k = 0; k < b.items.size(); ++k) texts.push_back(tr.pairs[static_cast<size_t>(order[first_item + b.items[k]])].first);
     TrainBatch tb;
@@ -622,8 +623,12 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                     .to(device_, false, /*copy=*/true);
     tb.ids = tokens_of(texts).to(device_);
     micro.push_back(std::move(tb));
-    if (static_cast<int64_t>(micro.size()) < o_.accum_freq) continue;
+    if (static_cast<int64_t>(micro.size()) < o_.accum_freq) {
+      t_wait = std::chrono::steady_clock::now();
+      continue;
+    }
     if (step_ >= max_steps_) return;
+    auto t_step = std::chrono::steady_clock::now();
     const double lr = cosine_lr(lr_, o_.warmup, max_steps_, step_);
     StepStats st;
     try {
@@ -635,6 +640,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                                                         : std::string("no checkpoint was saved yet")));
     }
     const int64_t samples = bs * o_.accum_freq;
+    step_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_step).count();
     micro.clear();
     ++step_;
     ++session_steps_;
@@ -654,7 +660,9 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                           {"logit_scale", st.logit_scale},
                           {"i2t_acc", st.i2t_acc},
                           {"t2i_acc", st.t2i_acc},
-                          {"samples_per_s", secs > 0 ? samples_since_log_ / secs : 0.0}};
+                          {"samples_per_s", secs > 0 ? samples_since_log_ / secs : 0.0},
+                          {"data_wait_s", data_s_},  // waiting for decoded batches since the last log line
+                          {"step_s", step_s_}};      // forward + backward + optimizer since the last log line
       append_line(metrics_path_, j.dump());
       c_loss_.push_back({step_, loss_sum_ / loss_n_});
       c_lr_.push_back({step_, lr});
@@ -663,6 +671,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                 st.logit_scale, j["samples_per_s"].get<double>());
       loss_sum_ = 0;
       loss_n_ = 0;
+      data_s_ = step_s_ = 0;
       samples_since_log_ = 0;
       log_t0_ = std::chrono::steady_clock::now();
     }
@@ -676,6 +685,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       save(fmt::format("epoch_{}_{}.pt", epoch + 1, step_), epoch + 1, epoch, next_batch);
       save("epoch_latest.pt", epoch + 1, epoch, next_batch);
     }
+    t_wait = std::chrono::steady_clock::now();
     if (g_interrupted || (o_.stop_after_steps > 0 && session_steps_ >= o_.stop_after_steps)) {
       interrupted_ = g_interrupted;
       if (step_ < max_steps_) {

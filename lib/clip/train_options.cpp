@@ -24,8 +24,8 @@ void TrainOptions::add_to(CLI::App& app) {
       ->check(CLI::Range(3, 512));
 
   auto* d = app.add_option_group("Data");
-  d->add_option("--data", data_dir, "Dataset folder: {split}_imgs.tsv and {split}_texts.jsonl (Flickr30k-CN layout)")
-      ->required();
+  // Required, but checked by run_finetune: on --resume it comes from the run's params.json.
+  d->add_option("--data", data_dir, "Dataset folder: {split}_imgs.tsv and {split}_texts.jsonl (Flickr30k-CN layout)");
   d->add_option("--train-split", train_split, "Training split name")->capture_default_str();
   d->add_option("--val-split", val_split, "Validation split name (skipped when its files are absent)")
       ->capture_default_str();
