@@ -728,6 +728,7 @@ TrainSummary Trainer::run() {
   log_t0_ = std::chrono::steady_clock::now();
   tty_ = stderr_is_tty();
   first_step_ = step_;
+  if (o_.save_init && resume_ckpt_.empty()) save("epoch0.pt", 0, 0, 0);
   progress_ = std::make_unique<Progress>("train", max_steps_ - step_, "steps");
   for (int64_t epoch = start_epoch_; epoch < max_epochs_ && !stop_; ++epoch) {
     if (step_ >= max_steps_) break;

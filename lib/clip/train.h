@@ -207,6 +207,7 @@ struct TrainOptions {
   int64_t save_step_frequency = -1, save_epoch_frequency = 1;
   int64_t log_interval = 10;
   int64_t stop_after_steps = 0;           // leave the run after N steps of this session (resumable)
+  bool save_init = false;                 // also save the starting weights as checkpoints/epoch0.pt
   // runtime
   std::string precision = "fp32";         // fp32 | amp (bf16 autocast)
   std::string device = "cpu";

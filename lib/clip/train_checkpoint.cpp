@@ -19,6 +19,8 @@ void save_training_checkpoint(const std::string& path, ClipModel& model, const A
   // Weights are stored as they are trained (float32; cn_clip converts to fp32 for amp/fp32 runs too).
   for (const auto& [key, t] : model_state(model)) sd->set("module." + key, PyValue::from_tensor(to_tensor_data(t)));
   root->set("state_dict", sd);
+  // The towers' config (head counts are in no tensor shape): our tools rebuild the model from it.
+  root->set("model_config", PyValue::str(model_config_json(model->config())));
   if (optimizer) root->set("optimizer", optimizer->state_dict());
   if (resume) {
     auto r = PyValue::dict();

@@ -71,6 +71,7 @@ void TrainOptions::add_to(CLI::App& app) {
   s->add_option("--log-interval", log_interval, "Log a metrics line every N steps")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  s->add_flag("--save-init", save_init, "Also save the starting weights as checkpoints/epoch0.pt (a before/after baseline)");
   s->add_option("--stop-after-steps", stop_after_steps,
                 "Leave after N steps of this session, with a checkpoint that --resume continues exactly");
 
