@@ -12,6 +12,8 @@ APT_PACKAGES=(
   libcli11-dev libfmt-dev catch2 libstb-dev nlohmann-json3-dev
   libjpeg62-turbo-dev libpng-dev zlib1g-dev libicu-dev
   python3-torch python3-numpy python3-pil   # test cross-checks only: torch.load of our checkpoints, Pillow references
+  libcpp-httplib-dev                        # clip-serve
+  chromium fonts-wqy-microhei               # clip-serve's browser test and its screenshots (CJK font); node + npm come with the machine
 )
 
 if [[ -z "${CLIP_SKIP_APT:-}" ]]; then
@@ -25,6 +27,12 @@ if [[ -z "${CLIP_SKIP_APT:-}" ]]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   fi
+fi
+
+# The browser test's driver, from the npm registry (Chromium itself is Debian's: no browser download).
+if [[ -z "${CLIP_SKIP_NPM:-}" && ! -d tests/e2e/node_modules/playwright-core ]] && command -v npm >/dev/null; then
+  echo "setup: npm install in tests/e2e" >&2
+  (cd tests/e2e && npm install --no-audit --no-fund >&2)
 fi
 
 # OpenBLAS 0.3.21 misdetects some recent Xeons; pick a kernel only when none is set (the tools also
