@@ -1,5 +1,7 @@
 #include "clip/serve.h"
 
+#include <sys/socket.h>
+
 #include <ATen/ATen.h>
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -315,6 +317,12 @@ struct Server::Impl {
     // checked on the decoded bytes so the answer can say which limit was hit.
     http.set_payload_max_length(opt.max_upload_bytes / 3 * 4 + (64u << 10));
     http.set_read_timeout(10, 0);
+    // SO_REUSEADDR (restart right after a stop) but not httplib's default SO_REUSEPORT, with which a
+    // second server would silently share a port that is already taken.
+    http.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    });
     http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
       std::string msg;
