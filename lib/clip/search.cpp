@@ -39,26 +39,34 @@ bool have_avx2_f16c() {
   return yes;
 }
 
-// scores[i * ld + r] = <q_i, row r> for float16 rows [0, n) and nq <= kFusedMaxQueries float32 queries,
-// widening each row in registers: a single pass over half the bytes of a float32 store, where
-// converting to a buffer first and multiplying after would move the data three times.
-__attribute__((target("avx2,fma,f16c"))) void dot_f16_rows(const uint16_t* rows, int64_t n, int64_t dim,
-                                                              const float* q, int64_t nq, float* scores, int64_t ld) {
+// Eight row values widened to float32.
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const float* x) { return _mm256_loadu_ps(x); }
+__attribute__((target("avx2,fma,f16c"))) inline __m256 load8(const uint16_t* x) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+}
+inline float load1(const float* x) { return *x; }
+__attribute__((target("avx2,fma,f16c"))) inline float load1(const uint16_t* x) { return _cvtsh_ss(*x); }
+
+// scores[i * ld + r] = <q_i, row r> for rows [0, n) and nq <= kFusedMaxQueries float32 queries, in one
+// streaming pass (float16 rows widened in registers). For so few queries the scan is memory-bound and
+// OpenBLAS's matrix-vector path, with a parallel region per call, falls well short of the bandwidth.
+template <typename T>
+__attribute__((target("avx2,fma,f16c"))) void dot_rows(const T* rows, int64_t n, int64_t dim, const float* q, int64_t nq,
+                                                        float* scores, int64_t ld) {
   for (int64_t r = 0; r < n; ++r) {
-    const uint16_t* x = rows + r * dim;
+    const T* x = rows + r * dim;
     __m256 acc0[kFusedMaxQueries], acc1[kFusedMaxQueries];  // two chains per query hide the FMA latency
     for (int64_t i = 0; i < nq; ++i) acc0[i] = acc1[i] = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 16 <= dim; j += 16) {
-      const __m256 v0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + j)));
-      const __m256 v1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + j + 8)));
+      const __m256 v0 = load8(x + j), v1 = load8(x + j + 8);
       for (int64_t i = 0; i < nq; ++i) {
         acc0[i] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(q + i * dim + j), acc0[i]);
         acc1[i] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(q + i * dim + j + 8), acc1[i]);
       }
     }
     for (; j + 8 <= dim; j += 8) {
-      const __m256 v0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + j)));
+      const __m256 v0 = load8(x + j);
       for (int64_t i = 0; i < nq; ++i) acc0[i] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(q + i * dim + j), acc0[i]);
     }
     for (int64_t i = 0; i < nq; ++i) {
@@ -67,7 +75,7 @@ __attribute__((target("avx2,fma,f16c"))) void dot_f16_rows(const uint16_t* rows,
       h = _mm_hadd_ps(h, h);
       h = _mm_hadd_ps(h, h);
       float sum = _mm_cvtss_f32(h);
-      for (int64_t t = j; t < dim; ++t) sum += _cvtsh_ss(x[t]) * q[i * dim + t];
+      for (int64_t t = j; t < dim; ++t) sum += load1(x + t) * q[i * dim + t];
       scores[i * ld + r] = sum;
     }
   }
@@ -113,8 +121,8 @@ std::vector<std::vector<Hit>> search(const at::Tensor& queries, const FeatureSet
     for (int64_t i = 0; i < Q; ++i) self_row[i] = fs.find((*exclude_ids)[i]);
 
   const int64_t qb = std::min(Q, kQueryBlock);
-  // A few queries against float16 rows: one fused pass. Otherwise matrix products over float32 rows.
-  const bool fused = fs.dtype == StoreDtype::f16 && Q <= kFusedMaxQueries && have_avx2_f16c();
+  // A few queries: one fused streaming pass. Otherwise matrix products over float32 rows.
+  const bool fused = Q <= kFusedMaxQueries && have_avx2_f16c();
   int64_t chunk = rows_per_chunk;
   if (chunk <= 0) {
     chunk = kScoreBudget / qb;
@@ -130,8 +138,8 @@ std::vector<std::vector<Hit>> search(const at::Tensor& queries, const FeatureSet
   at::Tensor wide = fs.dtype == StoreDtype::f32 || fused ? at::Tensor() : at::empty({chunk, fs.dim}, at::kFloat);
   for (int64_t c0 = 0; c0 < N; c0 += chunk) {
     const int64_t c1 = std::min(N, c0 + chunk), C = c1 - c0;
-    at::Tensor g;
-    if (fs.dtype == StoreDtype::f32) {
+    at::Tensor g;  // the chunk as float32, for the matrix products
+    if (!fused && fs.dtype == StoreDtype::f32) {
       g = feature_rows(fs, c0, c1);
     } else if (!fused) {
       g = wide.narrow(0, 0, C);
@@ -151,10 +159,11 @@ std::vector<std::vector<Hit>> search(const at::Tensor& queries, const FeatureSet
         float* sp = s.data_ptr<float>();
         const float* qp = q.data_ptr<float>() + q0 * fs.dim;
         at::parallel_for(0, C, 2048, [&](int64_t b, int64_t e) {
-          dot_f16_rows(fs.f16() + (c0 + b) * fs.dim, e - b, fs.dim, qp, nq, sp + b, C);
+          if (fs.dtype == StoreDtype::f16) dot_rows(fs.f16() + (c0 + b) * fs.dim, e - b, fs.dim, qp, nq, sp + b, C);
+          else dot_rows(fs.f32() + (c0 + b) * fs.dim, e - b, fs.dim, qp, nq, sp + b, C);
         });
       } else {
-        s = nq == 1 ? at::mv(g, q[q0]).unsqueeze(0) : at::mm(q.narrow(0, q0, nq), g.t());
+        s = at::mm(q.narrow(0, q0, nq), g.t());
       }
       auto sa = s.accessor<float, 2>();
       for (int64_t i = 0; i < nq; ++i) {
