@@ -151,9 +151,7 @@ std::vector<std::vector<Hit>> search(const at::Tensor& queries, const FeatureSet
     const int64_t kt = std::min<int64_t>(k + 1, C);
     for (int64_t q0 = 0; q0 < Q; q0 += qb) {
       const int64_t nq = std::min(qb, Q - q0);
-      // One query: a matrix-vector product streams the rows at up to 2.5x the speed of OpenBLAS's gemm
-      // with a single-row operand.
-      at::Tensor s;
+      at::Tensor s;  // [nq, C] scores
       if (fused) {
         s = at::empty({nq, C}, at::kFloat);
         float* sp = s.data_ptr<float>();
