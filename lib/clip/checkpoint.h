@@ -51,5 +51,26 @@ void save_torch_zip(const std::string& path, const PyPtr& root);
 // need a transpose (projections) or a split (ViT in_proj into q/k/v) are handled by the functions.
 StateDict hf_to_cnclip(const StateDict& hf);
 StateDict cnclip_to_hf(const StateDict& ours);
+// Same as hf_to_cnclip(hf); also lists the keys it left out (pooler, position_ids/token_type_ids
+// buffers) in *dropped when given. Keys it does not know pass through unchanged.
+StateDict hf_to_cnclip(const StateDict& hf, std::vector<std::string>* dropped);
+
+// Reads a .safetensors file (tensors point into the mapped file; `metadata` receives the
+// "__metadata__" strings when given). Throws ModelError / IoError.
+StateDict load_safetensors(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
+// Writes `sd` (in key order, each tensor contiguous) atomically. "format": "pt" is added to the
+// metadata unless given, as transformers requires it.
+void save_safetensors(const std::string& path, const StateDict& sd, const std::map<std::string, std::string>& metadata = {});
+
+// Writes `root` like save_torch_zip(path, root) with a chosen storage location tag in every
+// persistent id (torch ignores it with map_location='cpu'; tests use "cuda:0") and ZIP64 records
+// forced on (also tests; large files get them automatically).
+void save_torch_zip(const std::string& path, const PyPtr& root, const std::string& location, bool force_zip64);
+
+// A contiguous copy of `t` in a new owned buffer (strides normalised); returns `t` itself (sharing
+// its storage) when it is already contiguous.
+TensorData contiguous(const TensorData& t);
+// A new zero-filled owned tensor.
+TensorData owned_tensor(DType dtype, std::vector<int64_t> shape);
 
 }  // namespace clip

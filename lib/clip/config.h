@@ -68,4 +68,10 @@ InferredConfig infer_config(const StateDict& sd);
 // Resolves the config for a checkpoint: explicit names/JSON paths win (empty = infer that tower).
 InferredConfig resolve_config(const StateDict& sd, const std::string& vision, const std::string& text);
 
+// The whole config as one JSON object {"vision": {...}, "text": {...}, "vision_name", "text_name"}
+// (cn_clip's schema inside): stored in our checkpoints ("model_config") and feature stores so that
+// they describe themselves; the same text is accepted by --vision-model/--text-model.
+std::string model_config_json(const ModelConfig& c);
+ModelConfig model_config_from_json(const std::string& json_text, const std::string& where);
+
 }  // namespace clip

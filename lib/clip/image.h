@@ -26,12 +26,17 @@ constexpr std::array<float, 3> kClipMean{0.48145466f, 0.4578275f, 0.40821073f};
 constexpr std::array<float, 3> kClipStd{0.26862954f, 0.26130258f, 0.27577711f};
 
 // Standard (+/) and URL-safe (-_) alphabets, as Python's urlsafe_b64decode accepts; padding required.
-// Throws DataError on an invalid character or length.
+// Like Python (non-validating binascii), other ASCII characters (whitespace, line breaks, junk) are
+// skipped and anything after the closing '=' padding is ignored. Throws DataError on a non-ASCII
+// byte or a bad length/padding.
 std::vector<uint8_t> base64_decode(std::string_view s);
 std::string base64_encode(const uint8_t* data, size_t n);
 
 // Decodes JPEG (libjpeg-turbo defaults, like Pillow), PNG (libpng: L/LA/RGB/RGBA/P/1-bit kept as
 // Pillow's modes) and, through stb_image, BMP/GIF/TGA/PNM. Throws DataError describing the problem.
+// Bytes identical to Pillow 9.4's Image.open(...).tobytes() for JPEG and PNG, except 16-bit grey PNG
+// (Pillow mode "I"; returned as L = min(value, 255)); stb formats are not guaranteed identical
+// (Pillow keeps GIF as P, for one). Details in image_decode.cpp.
 Image decode_image(const uint8_t* data, size_t n);
 
 // Pillow's Image.resize(size, resample) for the modes above: BICUBIC (antialiased, a=-0.5,
@@ -56,7 +61,12 @@ std::vector<uint8_t> encode_jpeg(const Image& im, int quality = 90);
 
 // Contact sheets: tiles of equal size with a caption line under each (built-in bitmap font:
 // ASCII letters, digits and punctuation).
+// Glyphs are 5x8 (7 rows + descender) in a 6x10 cell, times `scale`; '\n' starts a new line;
+// characters outside printable ASCII (each UTF-8 sequence counts once) are drawn as '?'. Pixels
+// outside the image are clipped.
 void draw_text(Image& rgb, int x, int y, const std::string& ascii, std::array<uint8_t, 3> color, int scale = 1);
+// Width in pixels of the longest line of `text` as draw_text would draw it.
+int text_width(const std::string& text, int scale = 1);
 struct MontageTile {
   const Image* image = nullptr;  // any mode; resized to fit the tile
   std::string caption;           // ASCII

@@ -67,11 +67,13 @@ void Progress::finish() {
   if (finished_) return;
   finished_ = true;
   if (log_level() < LogLevel::info) return;
+  if (!tty_ && drawn_ == done_) return;  // the last line already says it
   draw(true);
 }
 
 void Progress::draw(bool final) {
   if (log_level() < LogLevel::info) return;
+  drawn_ = done_;
   double el = elapsed_s();
   double rate = el > 0 ? done_ / el : 0.0;
   double eta = (rate > 0 && total_ > done_) ? (total_ - done_) / rate : 0.0;

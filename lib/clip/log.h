@@ -47,7 +47,7 @@ class Progress {
  private:
   void draw(bool final);
   std::string task_, unit_, extra_;
-  int64_t total_, done_ = 0;
+  int64_t total_, done_ = 0, drawn_ = -1;
   bool tty_, finished_ = false;
   std::chrono::steady_clock::time_point start_, last_draw_;
 };

@@ -1,6 +1,7 @@
 #include "clip/metrics.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cstdio>
 #include <unordered_set>

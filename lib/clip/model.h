@@ -42,7 +42,19 @@ class ClipModelImpl : public torch::nn::Module {
   void train(bool on = true) override;
 
   // cn_clip's random initialisation (CLIP.initialize_parameters and BERT's init), for training from scratch.
+  // Deterministic for a seed (drawn on the CPU in float32, whatever the model's device/dtype). A freshly
+  // constructed model holds zeros (LayerNorm/BatchNorm at 1/0) until this or load_weights is called.
   void initialize_parameters(uint64_t seed);
+
+  // Moves/casts like torch::nn::Module::to, but as cn_clip's convert_weights does for half precision:
+  // logit_scale, the ViT's class/positional embeddings and LayerNorms, and the ResNet's BatchNorms and
+  // attention-pool positional embedding stay float32 (the layers compute in float32 and cast back);
+  // integer buffers (num_batches_tracked) keep their type.
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
+  // Whether `to(dtype)` leaves the named tensor in float32 (see above).
+  static bool keeps_float32(const std::string& name);
 
  private:
   struct Towers;

@@ -5,6 +5,7 @@
 #include <c10/core/InferenceMode.h>
 #include <immintrin.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 

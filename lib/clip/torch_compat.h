@@ -9,17 +9,20 @@ namespace clip::compat {
 constexpr bool kTorch2 = TORCH_VERSION_MAJOR >= 2;
 
 // softmax(q k^T * scale + mask) v for q,k,v [B, H, L, D]; mask additive, broadcastable to
-// [B, H, L, L], or undefined. Uses the fused kernel on 2.x (flash / memory-efficient on CUDA).
+// [B, H, L, L], or undefined. dropout_p > 0 drops attention probabilities (pass 0 outside
+// training). Uses the fused kernel on 2.x (flash / memory-efficient on CUDA).
 inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const at::Tensor& additive_mask) {
+                            const at::Tensor& additive_mask, double dropout_p = 0.0) {
 #if TORCH_VERSION_MAJOR >= 2
   c10::optional<at::Tensor> m;
   if (additive_mask.defined()) m = additive_mask.to(q.scalar_type());
-  return at::scaled_dot_product_attention(q, k, v, m, 0.0, false);
+  return at::scaled_dot_product_attention(q, k, v, m, dropout_p, false);
 #else
   auto scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
   if (additive_mask.defined()) scores = scores + additive_mask.to(scores.scalar_type());
-  return at::matmul(at::softmax(scores, -1), v);
+  auto probs = at::softmax(scores, -1);
+  if (dropout_p > 0) probs = at::dropout(probs, dropout_p, /*train=*/true);
+  return at::matmul(probs, v);
 #endif
 }
 

@@ -1,0 +1,102 @@
+// A small parallel producer for batched float data (decoded + preprocessed images, typically):
+// items 0..n-1 are computed by a pool of worker threads, grouped into consecutive batches of
+// `batch_size`, and handed to the consumer strictly in order. The output is the same whatever the
+// thread count, so results (features, training batches) do not depend on the machine.
+//
+// At most `queue_batches` batches are in flight (being filled or waiting for the consumer), which
+// bounds memory to queue_batches * batch_size * item_floats floats and lets decoding run ahead of
+// the model by that much.
+//
+// Errors. `work` reports a bad item by throwing. With skip_errors=false any exception stops the
+// pipeline: next() delivers every batch before the one holding the failing item, then rethrows the
+// exception of the lowest failing item (deterministic). With skip_errors=true a clip::DataError only
+// drops that item: the batch arrives without it and lists (item, message) in Batch::errors; any
+// other exception still stops the pipeline.
+//
+// Lifetime. The destructor stops the workers and joins them, also when the consumer stops early or
+// next() threw; items already being computed finish first, so `work` must not block forever.
+//
+// Example:
+//   ImageTsv tsv(path);                              // dataset.h
+//   BatchPipeline pipe(tsv.size(), 32, /*threads=*/0, [&](size_t i, float* out) {
+//     preprocess_eval(tsv.decode(i), 224, out);      // DataError names file:line (image_id)
+//   }, 3 * 224 * 224, /*queue_batches=*/4, /*skip_errors=*/on_error == "skip");
+//   for (BatchPipeline::Batch b; pipe.next(b);) {
+//     for (auto& [item, why] : b.errors) log_warn("skipped {}", why);
+//     encode(b.data.data(), b.items.size());         // rows belong to tsv.id(b.items[k])
+//   }
+#pragma once
+#include <condition_variable>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace clip {
+
+class BatchPipeline {
+ public:
+  // Fills out[0 .. item_floats). Called concurrently from several threads, each with a distinct
+  // item, so it must be thread-safe (read-only shared state is fine).
+  using Work = std::function<void(size_t item, float* out)>;
+
+  struct Batch {
+    size_t index = 0;                                   // batch number: 0, 1, 2, ...
+    size_t first_item = 0;                              // items of this batch: [first_item, first_item + batch_size)
+    std::vector<size_t> items;                          // the items delivered, ascending
+    std::vector<float> data;                            // items.size() * item_floats, item-major
+    std::vector<std::pair<size_t, std::string>> errors;  // skipped items and why (skip_errors only)
+  };
+
+  // threads <= 0: one per hardware thread. queue_batches >= 1 (clamped). batch_size >= 1.
+  BatchPipeline(size_t n_items, size_t batch_size, int threads, Work work, size_t item_floats, size_t queue_batches = 4,
+                bool skip_errors = false);
+  ~BatchPipeline();
+  BatchPipeline(const BatchPipeline&) = delete;
+  BatchPipeline& operator=(const BatchPipeline&) = delete;
+
+  // Blocks until the next batch is complete and moves it into b (b's buffers are recycled).
+  // Returns false once every batch was delivered. May rethrow a work error (see above); after
+  // that, next() returns false.
+  bool next(Batch& b);
+
+  size_t num_batches() const { return num_batches_; }
+  size_t num_items() const { return n_items_; }
+  int threads() const { return static_cast<int>(workers_.size()); }
+
+ private:
+  struct ItemStatus {
+    std::exception_ptr fatal;  // a stopping error
+    std::string skipped;       // the message of a skipped item (skip_errors)
+    bool was_skipped = false;
+  };
+  struct Slot {
+    size_t batch = static_cast<size_t>(-1);  // which batch occupies the slot (-1: none yet)
+    size_t pending = 0;                      // items of that batch not finished yet
+    std::vector<float> data;
+    std::vector<ItemStatus> status;          // per item of the batch
+  };
+  void worker();
+  void stop_and_join() noexcept;
+
+  const size_t n_items_, batch_size_, item_floats_, num_batches_;
+  const bool skip_errors_;
+  Work work_;
+  std::vector<Slot> slots_;  // ring: batch k lives in slots_[k % slots_.size()]
+
+  std::mutex mu_;
+  std::condition_variable cv_work_, cv_done_;
+  size_t next_item_ = 0;      // next item to hand to a worker
+  size_t next_batch_ = 0;     // next batch the consumer takes
+  size_t in_flight_ = 0;      // items handed out and not finished
+  bool shutdown_ = false;     // destructor
+  bool halted_ = false;       // a stopping error: hand out no more items
+  bool finished_ = false;     // next() returned false or threw
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace clip

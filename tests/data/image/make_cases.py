@@ -1,0 +1,125 @@
+#!/usr/bin/python3
+"""Regenerates the small images in this folder and expected.tsv, the Pillow reference for them.
+
+Run with a Python that has numpy and Pillow 9.4 (Debian's /usr/bin/python3):
+    /usr/bin/python3 tests/data/image/make_cases.py tests/data/image
+Each expected.tsv line: file, Pillow mode after Image.open, width, height, sha256 of the decoded
+pixels (mode "1" as 0/255 bytes), then pairs "WxH=sha256" of
+Image.resize((W, H), BICUBIC).convert('RGB').tobytes() - the cn_clip eval resize.
+"""
+import hashlib
+import io
+import os
+import struct
+import sys
+import zlib
+
+import numpy as np
+from PIL import Image
+
+out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.dirname(os.path.abspath(__file__))
+rng = np.random.RandomState(20240611)
+
+
+def pattern(w, h, c):
+    """Gradients, a hard edge and noise: exercises the filter's negative lobes and clipping."""
+    y, x = np.mgrid[0:h, 0:w]
+    chans = []
+    for k in range(c):
+        v = (x * 255 // max(w - 1, 1) + y * (37 + 11 * k)) % 256
+        v = np.where((x // 5 + y // 7 + k) % 3 == 0, 255 - v, v)
+        v = np.clip(v + rng.randint(-20, 21, (h, w)), 0, 255)
+        chans.append(v)
+    return np.stack(chans, -1).astype(np.uint8)
+
+
+def chunk(t, d):
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+
+def raw_png(w, h, bit_depth, color_type, rows, plte=None, trns=None, interlace=False, pixels=None):
+    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 1 if interlace else 0)
+    if interlace:  # Adam7 passes of whole-byte pixels (pixels: HxWxC uint8 array)
+        data = b""
+        for x0, y0, dx, dy in [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]:
+            sub = pixels[y0::dy, x0::dx]
+            if sub.shape[0] and sub.shape[1]:
+                data += b"".join(b"\0" + r.tobytes() for r in sub)
+    else:
+        data = b"".join(b"\0" + r for r in rows)
+    s = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    if plte is not None:
+        s += chunk(b"PLTE", plte)
+    if trns is not None:
+        s += chunk(b"tRNS", trns)
+    return s + chunk(b"IDAT", zlib.compress(data, 9)) + chunk(b"IEND", b"")
+
+
+def pack_row(vals, bd):
+    per = 8 // bd
+    out = bytearray()
+    for i in range(0, len(vals), per):
+        b = 0
+        for j in range(per):
+            if i + j < len(vals):
+                b |= int(vals[i + j]) << (8 - bd * (j + 1))
+        out.append(b)
+    return bytes(out)
+
+
+def save(im, fmt, **kw):
+    b = io.BytesIO()
+    im.save(b, fmt, **kw)
+    return b.getvalue()
+
+
+cases = {}
+w, h = 45, 31
+cases["jpeg_progressive.jpg"] = save(Image.fromarray(pattern(w, h, 3), "RGB"), "JPEG", quality=85, progressive=True)
+cases["jpeg_422.jpg"] = save(Image.fromarray(pattern(38, 27, 3), "RGB"), "JPEG", quality=75, subsampling=1)
+cases["jpeg_gray.jpg"] = save(Image.fromarray(pattern(29, 40, 1)[..., 0], "L"), "JPEG", quality=95)
+cases["jpeg_cmyk.jpg"] = save(Image.fromarray(pattern(26, 22, 4), "CMYK"), "JPEG", quality=90)
+la = pattern(37, 29, 2)
+la[:8, :10, 1] = 0          # fully transparent block
+la[-6:, :, 1] = 255         # opaque strip
+cases["png_la.png"] = save(Image.fromarray(la, "LA"), "PNG")
+rgba = pattern(33, 26, 4)
+rgba[5:15, 5:20, 3] = 0
+cases["png_rgba_interlaced.png"] = raw_png(33, 26, 8, 6, None, interlace=True, pixels=rgba)
+bits = (pattern(33, 21, 1)[..., 0] > 127).astype(np.uint8)
+cases["png_1bit.png"] = raw_png(33, 21, 1, 0, [pack_row(r, 1) for r in bits])
+g2 = pattern(27, 19, 1)[..., 0] >> 6
+cases["png_gray2.png"] = raw_png(27, 19, 2, 0, [pack_row(r, 2) for r in g2])
+g4 = pattern(23, 30, 1)[..., 0] >> 4
+cases["png_gray4_trns.png"] = raw_png(23, 30, 4, 0, [pack_row(r, 4) for r in g4], trns=b"\x00\x03")
+g8 = pattern(31, 18, 1)[..., 0]
+cases["png_gray_trns.png"] = raw_png(31, 18, 8, 0, [r.tobytes() for r in g8], trns=b"\x00\x80")
+p4 = pattern(25, 21, 1)[..., 0] >> 4  # indices 0..15, only 5 palette entries: the rest is Pillow's grey ramp
+cases["png_p4_short_palette.png"] = raw_png(25, 21, 4, 3, [pack_row(r, 4) for r in p4],
+                                            plte=bytes([200, 10, 10, 10, 200, 10, 10, 10, 200, 240, 240, 0, 0, 0, 0]),
+                                            trns=b"\x00\x80")
+p8 = pattern(40, 12, 1)[..., 0]
+cases["png_p8.png"] = raw_png(40, 12, 8, 3, [r.tobytes() for r in p8], plte=bytes(rng.randint(0, 256, 768).astype(np.uint8)))
+rgb16 = (pattern(21, 17, 3).astype(np.uint16) * 257 + rng.randint(0, 256, (17, 21, 3))).astype(">u2")
+cases["png_rgb16.png"] = raw_png(21, 17, 16, 2, [r.tobytes() for r in rgb16])
+la16 = (pattern(19, 23, 2).astype(np.uint16) * 257).astype(">u2")
+cases["png_la16.png"] = raw_png(19, 23, 16, 4, [r.tobytes() for r in la16])
+cases["bmp_rgb.bmp"] = save(Image.fromarray(pattern(22, 15, 3), "RGB"), "BMP")
+cases["ppm_rgb.ppm"] = save(Image.fromarray(pattern(18, 25, 3), "RGB"), "PPM")
+
+lines = []
+for name, data in cases.items():
+    with open(os.path.join(out_dir, name), "wb") as f:
+        f.write(data)
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    native = im.convert("L").tobytes() if im.mode == "1" else im.tobytes()
+    iw, ih = im.size
+    fields = [name, im.mode, str(iw), str(ih), hashlib.sha256(native).hexdigest()]
+    for tw, th in [(224, 224), (max(1, iw // 3), ih * 2 + 1), (iw, max(1, ih // 2))]:
+        r = im.resize((tw, th), Image.BICUBIC).convert("RGB")
+        fields.append(f"{tw}x{th}={hashlib.sha256(r.tobytes()).hexdigest()}")
+    lines.append("\t".join(fields))
+with open(os.path.join(out_dir, "expected.tsv"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+print(f"wrote {len(cases)} images and expected.tsv to {out_dir}")

@@ -1,0 +1,310 @@
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <thread>
+#include <unistd.h>
+
+#include "clip/error.h"
+#include "clip/fileio.h"
+#include "clip/sha256.h"
+#include "clip/tokenizer.h"
+#include "util.h"
+
+using namespace clip;
+using Strings = std::vector<std::string>;
+using Ids = std::vector<int64_t>;
+
+namespace {
+
+const Tokenizer& fixture_tokenizer() {
+  static const Tokenizer tok = Tokenizer::load(testutil::fixture("vocab.txt"));
+  return tok;
+}
+
+std::vector<nlohmann::json> read_jsonl(const std::string& path) {
+  std::ifstream in(path);
+  REQUIRE(in.good());
+  std::vector<nlohmann::json> rows;
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty()) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
+// [CLS] ids [SEP] followed by zeros up to `length`.
+Ids framed(const Ids& ids, size_t length = 52) {
+  Ids out{101};
+  out.insert(out.end(), ids.begin(), ids.end());
+  out.push_back(102);
+  out.resize(length, 0);
+  return out;
+}
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/cliptokXXXXXX";
+    REQUIRE(mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
+  std::string write(const std::string& name, const std::string& content) const {
+    std::string p = path + "/" + name;
+    std::ofstream(p, std::ios::binary) << content;
+    return p;
+  }
+};
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ModelError& e) {
+    return e.what();
+  }
+  return "(no ModelError)";
+}
+
+}  // namespace
+
+TEST_CASE("the fixture vocab loads with cn_clip's ids", "[tokenizer]") {
+  const Tokenizer& tok = fixture_tokenizer();
+  CHECK(tok.vocab_size() == 21128);
+  CHECK(tok.vocab_sha256() == sha256_hex(read_file(testutil::fixture("vocab.txt"))));
+  CHECK(tok.vocab_sha256() == "45bbac6b341c319adc98a532532882e91a9cefc0329aa57bac9ae761c27b291c");
+  CHECK(tok.path() == testutil::fixture("vocab.txt"));
+  CHECK(tok.token_id("[PAD]") == 0);
+  CHECK(tok.token_id("[UNK]") == 100);
+  CHECK(tok.token_id("[CLS]") == 101);
+  CHECK(tok.token_id("[SEP]") == 102);
+  CHECK(tok.token_id("[MASK]") == 103);
+  CHECK(tok.cls_id() == 101);
+  CHECK(tok.sep_id() == 102);
+  CHECK(tok.unk_id() == 100);
+  CHECK(tok.token_id("no-such-token") == -1);
+  // Python strip() removes U+2028 (line 344 is only that; line 13503 is "##" + U+2028).
+  CHECK(tok.token(343) == "");
+  CHECK(tok.token(13502) == "##");
+  CHECK(tok.token_id("") == 343);
+  CHECK(tok.token_id("##") == 13502);
+  CHECK(tok.token(101) == "[CLS]");
+  CHECK_THROWS_AS(tok.token(21128), UsageError);
+  CHECK_THROWS_AS(tok.token(-1), UsageError);
+}
+
+TEST_CASE("every fixture text tokenizes exactly as cn_clip did, on both paths", "[tokenizer]") {
+  const Tokenizer& tok = fixture_tokenizer();
+  std::map<int64_t, std::string> texts;
+  for (const auto& row : read_jsonl(testutil::fixture("texts.jsonl"))) texts[row["text_id"]] = row["text"];
+  auto expected = read_jsonl(testutil::fixture("expected/tokens.jsonl"));
+  REQUIRE(expected.size() == texts.size());
+  REQUIRE(expected.size() >= 12);
+  size_t checked = 0, truncated = 0, differ = 0;
+  for (const auto& row : expected) {
+    int64_t id = row["text_id"];
+    INFO("text_id " << id);
+    REQUIRE(texts.count(id) == 1);
+    const std::string& text = texts[id];
+    Strings pieces = tok.tokenize(text);
+    CHECK(pieces == row["wordpieces"].get<Strings>());
+    CHECK(pieces.size() == row["n_wordpieces"].get<size_t>());
+    CHECK(tok.encode(text, 52) == row["input_ids"].get<Ids>());
+    Ids buf(52, -7);
+    tok.encode_into(text, 52, buf.data());
+    CHECK(buf == row["input_ids"].get<Ids>());
+    Ids ids = tok.token_ids(text);
+    REQUIRE(ids.size() == pieces.size());
+    for (size_t i = 0; i < ids.size(); ++i) CHECK(tok.token(ids[i]) == pieces[i]);
+
+    std::string pre = preprocess_text(text);
+    CHECK(pre == row["preprocessed_text"].get<std::string>());
+    CHECK(tok.tokenize(pre) == row["wordpieces_preprocessed"].get<Strings>());
+    CHECK(tok.encode(pre) == row["input_ids_preprocessed"].get<Ids>());
+    truncated += row["truncated"].get<bool>();
+    differ += row["input_ids"] != row["input_ids_preprocessed"];
+    ++checked;
+  }
+  CHECK(checked == 12);
+  CHECK(truncated >= 1);  // the long text exercises truncation
+  CHECK(differ >= 1);     // the curly-quote text exercises preprocess_text
+}
+
+TEST_CASE("worked examples of the reference", "[tokenizer]") {
+  const Tokenizer& tok = fixture_tokenizer();
+  CHECK(tok.encode("杰尼龟") == framed({3345, 2225, 7991}));
+  CHECK(tok.encode("妙蛙种子") == framed({1975, 6032, 4905, 2094}));
+  const std::string phone = "iPhone14 Pro手机壳“新款”";
+  CHECK(tok.tokenize(phone) == Strings{"iphone", "##14", "pro", "手", "机", "壳", "[UNK]", "新", "款", "[UNK]"});
+  CHECK(tok.encode(phone) == framed({8210, 8717, 8376, 2797, 3322, 1900, 100, 3173, 3621, 100}));
+  CHECK(preprocess_text(phone) == "iphone14 pro手机壳\"新款\"");
+  CHECK(tok.tokenize(preprocess_text(phone)) ==
+        Strings{"iphone", "##14", "pro", "手", "机", "壳", "\"", "新", "款", "\""});
+  CHECK(tok.tokenize("Café déjà vu!") == Strings{"cafe", "de", "##ja", "v", "##u", "!"});
+  CHECK(tok.encode("Café déjà vu!") == framed({8377, 8363, 10067, 164, 8207, 106}));
+  CHECK(tok.tokenize("").empty());
+  CHECK(tok.encode("") == framed({}));
+  CHECK(tok.encode("   \t\n ") == framed({}));
+  CHECK(tok.tokenize("2023年") == Strings{"202", "##3", "年"});
+  CHECK(tok.tokenize("猫😀") == Strings{"猫", "[UNK]"});
+  CHECK(tok.tokenize("ＡＢＣ") == Strings{"ａ", "##ｂ", "##ｃ"});  // no NFKC, but lower-cased
+  CHECK(tok.tokenize("[CLS] [SEP]") == Strings{"[", "cl", "##s", "]", "[", "sep", "]"});
+
+  std::string cats;
+  for (int i = 0; i < 60; ++i) cats += "猫";
+  Ids ids = tok.encode(cats);
+  REQUIRE(ids.size() == 52);
+  CHECK(ids.front() == 101);
+  CHECK(ids[50] == 4344);
+  CHECK(ids[51] == 102);
+  CHECK(std::count(ids.begin(), ids.end(), 4344) == 50);
+  CHECK(tok.tokenize(cats).size() == 60);  // tokenize() does not truncate
+  CHECK(tok.encode(cats, 8) == Ids{101, 4344, 4344, 4344, 4344, 4344, 4344, 102});
+  CHECK(tok.encode(cats, 2) == Ids{101, 102});
+  CHECK(tok.encode("猫", 77).size() == 77);
+  CHECK_THROWS_AS(tok.encode("猫", 1), UsageError);
+}
+
+TEST_CASE("cleaning, whitespace, casing and accent rules", "[tokenizer]") {
+  const Tokenizer& tok = fixture_tokenizer();
+  // Cc/Cf and U+0000/U+FFFD vanish without splitting the word; 0x1C-0x1F and U+0085 are Cc, so dropped
+  // before Python's split() could see them as whitespace.
+  CHECK(tok.tokenize(std::string("ab\x00" "cd", 5)) == tok.tokenize("abcd"));
+  CHECK(tok.tokenize("ab\u200Bcd\u00ADef") == tok.tokenize("abcdef"));
+  CHECK(tok.tokenize("ab\x1c" "cd\u0085ef\uFFFD") == tok.tokenize("abcdef"));
+  // Zs and U+2028/U+2029 split words.
+  CHECK(tok.tokenize("hello\u3000world") == Strings{"hello", "world"});
+  CHECK(tok.tokenize("hello\u00A0world\u2028x\u2029y") == Strings{"hello", "world", "x", "y"});
+  // Punctuation: ASCII symbols and Unicode P* split; Unicode symbols (S*) do not.
+  CHECK(tok.tokenize("a$b^c`d") == Strings{"a", "$", "b", "^", "c", "[UNK]", "d"});  // ` is not in the vocab
+  CHECK(tok.tokenize("¥99") != Strings{"¥", "99"});
+  CHECK(tok.tokenize("a—b") == Strings{"a", "[UNK]", "b"});  // U+2014 is Pd, not in the vocab
+  // Upper-case Greek, final sigma (Python lower() context rule), dotted capital I.
+  CHECK(preprocess_text("ΟΔΟΣ ΟΔΟΣ.") == "οδος οδος.");
+  CHECK(preprocess_text("Σ") == "σ");
+  CHECK(preprocess_text("İ") == "i\u0307");
+  CHECK(tok.tokenize("İ") == tok.tokenize("i"));  // the U+0307 from lower() is stripped as Mn
+  // NFD decomposes Hangul into jamo and CJK compatibility ideographs into unified ones.
+  CHECK(tok.tokenize("\uF900") == tok.tokenize("\u8C48"));
+  CHECK(tok.tokenize("한") == tok.tokenize("\u1112\u1161\u11AB"));
+  // Characters assigned after Unicode 14 (Python 3.11) are unassigned for the reference: an Egyptian format
+  // control (Cf since 15.0) is kept, a Kawi vowel sign (Mn) is not stripped, a Kawi punctuation mark does not
+  // split; each word becomes [UNK]. Marks known to Unicode 14 are stripped.
+  CHECK(tok.tokenize("\U00013439") == Strings{"[UNK]"});
+  CHECK(tok.tokenize("a\U00013439b") == Strings{"[UNK]"});
+  CHECK(tok.tokenize("e\U00011F00") == Strings{"[UNK]"});
+  CHECK(tok.tokenize("a\U00011F43b") == Strings{"[UNK]"});
+  CHECK(tok.tokenize("a\u0301b") == Strings{"ab"});
+  // WordPiece: a word longer than 200 characters is one [UNK]; 200 is still split.
+  CHECK(tok.tokenize(std::string(201, 'a')) == Strings{"[UNK]"});
+  Strings two_hundred = tok.tokenize(std::string(200, 'a'));
+  CHECK(two_hundred.size() > 1);
+  CHECK(two_hundred.front() != "[UNK]");
+}
+
+TEST_CASE("invalid UTF-8 bytes are dropped like Python's decode(errors='ignore')", "[tokenizer]") {
+  const Tokenizer& tok = fixture_tokenizer();
+  CHECK(tok.tokenize("猫\xff狗") == Strings{"猫", "狗"});
+  CHECK(tok.tokenize("ab\xe7\x8c" "cd") == Strings{"abc", "##d"});                   // truncated 3-byte sequence
+  CHECK(tok.tokenize("ab\xc0\xaf" "cd\xed\xa0\x80" "ef") == tok.tokenize("abcdef"));  // overlong, surrogate
+  CHECK(tok.tokenize("x\xf4\x90\x80\x80y\xf0\x9f") == tok.tokenize("xy"));          // > U+10FFFF, truncated
+  CHECK(tok.encode("\x80\x80\x80") == framed({}));
+  CHECK(preprocess_text("A\xff" "B") == "a\uFFFDb");
+}
+
+TEST_CASE("vocab loading follows Python's line and strip rules, and errors name the file", "[tokenizer]") {
+  TempDir dir;
+  // \r\n and lone \r end lines (universal newlines); U+2028 stays inside a line and is stripped; a
+  // repeated token keeps the later id; a missing final newline still gives a line.
+  std::string v = "[PAD]\r\n[UNK]\r[CLS]\n[SEP]\n  ab \n##c\t\n\u2028x\u2028\nab\n##d";
+  Tokenizer t = Tokenizer::load(dir.write("vocab.txt", v));
+  CHECK(t.vocab_size() == 9);
+  CHECK(t.token(4) == "ab");
+  CHECK(t.token(6) == "x");
+  CHECK(t.token_id("ab") == 7);
+  CHECK(t.token_id("##c") == 5);
+  CHECK(t.token(8) == "##d");
+  CHECK(t.tokenize("AbC abd zz") == Strings{"ab", "##c", "ab", "##d", "[UNK]"});
+  CHECK(t.encode("abc", 6) == Ids{2, 7, 5, 3, 0, 0});
+  CHECK(t.vocab_sha256() == sha256_hex(v));
+
+  std::string missing = dir.path + "/nope/vocab.txt";
+  std::string msg = error_of([&] { Tokenizer::load(missing); });
+  CHECK_THAT(msg, Catch::Contains(missing) && Catch::Contains("--vocab"));
+  msg = error_of([&] { Tokenizer::load(dir.write("empty.txt", "")); });
+  CHECK_THAT(msg, Catch::Contains("empty.txt") && Catch::Contains("empty") && Catch::Contains("--vocab"));
+  msg = error_of([&] { Tokenizer::load(dir.write("nocls.txt", "[PAD]\n[UNK]\n[SEP]\n")); });
+  CHECK_THAT(msg, Catch::Contains("nocls.txt") && Catch::Contains("[CLS]"));
+  msg = error_of([&] { Tokenizer::load(dir.write("bad.txt", "[PAD]\n[UNK]\n\xff\xfe\n[CLS]\n[SEP]\n")); });
+  CHECK_THAT(msg, Catch::Contains("bad.txt") && Catch::Contains("line 3") && Catch::Contains("UTF-8"));
+  msg = error_of([&] { Tokenizer::load(dir.path); });
+  CHECK_THAT(msg, Catch::Contains(dir.path) && Catch::Contains("folder"));
+}
+
+TEST_CASE("find_vocab: explicit path, else vocab.txt beside or inside the checkpoint", "[tokenizer]") {
+  TempDir dir;
+  std::string ckpt = dir.write("model.pt", "x");
+  std::string other = dir.write("other.txt", "[CLS]\n");
+  // No vocab.txt yet: the error names the checkpoint and the remedy.
+  std::string msg = error_of([&] { find_vocab("", ckpt); });
+  CHECK(msg == "no vocab.txt beside " + ckpt + "; pass --vocab PATH (cn_clip's vocab.txt, 21128 lines)");
+  CHECK_THROWS_AS(find_vocab("", dir.path), ModelError);
+  CHECK_THROWS_AS(find_vocab("", ""), ModelError);
+  std::string beside = dir.write("vocab.txt", "[CLS]\n");
+  CHECK(find_vocab("", ckpt) == beside);
+  CHECK(find_vocab("", dir.path) == beside);  // a checkpoint folder holds its vocab.txt
+  CHECK(find_vocab(other, ckpt) == other);    // explicit wins
+  CHECK(find_vocab(dir.path, "") == beside);
+  msg = error_of([&] { find_vocab(dir.path + "/absent.txt", ckpt); });
+  CHECK_THAT(msg, Catch::Contains("absent.txt") && Catch::Contains("--vocab"));
+}
+
+TEST_CASE("concurrent use of one tokenizer gives the serial results", "[tokenizer]") {
+  const Tokenizer& tok = fixture_tokenizer();
+  std::vector<std::string> texts;
+  for (const auto& row : read_jsonl(testutil::fixture("texts.jsonl"))) texts.push_back(row["text"]);
+  std::vector<Ids> serial;
+  for (const auto& t : texts) serial.push_back(tok.encode(t));
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w) {
+    threads.emplace_back([&, w] {
+      for (int rep = 0; rep < 200; ++rep)
+        for (size_t i = 0; i < texts.size(); ++i) mismatches[w] += tok.encode(texts[(i + w) % texts.size()]) !=
+                                                                  serial[(i + w) % texts.size()];
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(mismatches == std::vector<int>(4, 0));
+}
+
+// Throughput on 1000 caption-like texts, printed to stderr (hidden from the suite; run clip_tests "[tokenizer-bench]" -s).
+TEST_CASE("tokenizer throughput", "[.][tokenizer-bench]") {
+  const Tokenizer& tok = fixture_tokenizer();
+  std::vector<std::string> base;
+  for (const auto& row : read_jsonl(testutil::fixture("texts.jsonl"))) base.push_back(row["text"]);
+  std::vector<std::string> captions;
+  for (size_t i = 0; captions.size() < 1000; ++i) {
+    const std::string& a = base[i % base.size()];
+    captions.push_back(i % 3 == 0 ? a : a + "，" + base[(i * 7 + 3) % base.size()]);
+  }
+  std::vector<int64_t> out(52);
+  int64_t checksum = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  int rounds = 0;
+  double secs = 0;
+  do {
+    for (const auto& c : captions) {
+      tok.encode_into(c, 52, out.data());
+      checksum += out[1];
+    }
+    ++rounds;
+    secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (secs < 0.5);
+  std::fprintf(stderr, "tokenizer: %.0f texts/s (%d x 1000 captions, %.2f s, checksum %lld)\n",
+               rounds * 1000.0 / secs, rounds, secs, (long long)checksum);
+  CHECK(checksum > 0);
+}

@@ -1,0 +1,56 @@
+// clip-index: L2-normalised image and text features, as cn_clip's extract_features writes them
+// (JSONL) or as a binary store that opens by mmap.
+#include "clip/cli.h"
+#include "clip/dataset.h"
+#include "clip/encoder.h"
+#include "clip/indexing.h"
+#include "clip/log.h"
+
+using namespace clip;
+
+static int body(int argc, char** argv) {
+  CLI::App app{"Encode images and texts into features.\n"
+               "  clip-index -c model.pt --data data/shapes-zh --split test --image-out test.img.clipfeat --text-out test.txt.clipfeat\n"
+               "  clip-index -c clip_cn_vit-b-16.pt --images test_imgs.tsv --image-out test_imgs.img_feat.jsonl\n"
+               "Outputs ending in .jsonl are cn_clip's feature files; any other name is a binary store (see docs/store-format.md).",
+               "clip-index"};
+  ModelOptions mo;
+  RuntimeOptions ro;
+  DataOptions dopt;
+  std::string image_out, text_out, dtype = "f32";
+  bool append = false;
+  mo.add_to(app);
+  ro.add_to(app);
+  dopt.add_to(app);
+  app.add_option("--image-out", image_out, "Image features: FILE.jsonl (cn_clip) or a store (e.g. FILE.clipfeat)");
+  app.add_option("--text-out", text_out, "Text features: FILE.jsonl (cn_clip) or a store");
+  app.add_option("--dtype", dtype, "Store element type: f32 or f16")->capture_default_str()->check(CLI::IsMember({"f32", "f16"}));
+  app.add_flag("--append", append, "Add to an existing store (new ids only) instead of replacing it");
+  app.set_version_flag("--version", std::string("clip-index ") + CLIP_VERSION);
+  CLIP_PARSE(app, argc, argv);
+  ro.apply();
+  dopt.resolve(!image_out.empty(), !text_out.empty());
+  if (image_out.empty() && text_out.empty()) throw UsageError("nothing to do: give --image-out and/or --text-out");
+  if (!image_out.empty() && dopt.images.empty()) throw UsageError("--image-out needs --images TSV or --data DIR");
+  if (!text_out.empty() && dopt.texts.empty()) throw UsageError("--text-out needs --texts JSONL or --data DIR");
+
+  Encoder enc(mo, ro);
+  const StoreDtype dt = parse_store_dtype(dtype);
+  if (!image_out.empty()) {
+    ReadReport rep;
+    ImageTsv tsv(dopt.images, rep, dopt.strict);
+    rep.summarize(dopt.images);
+    EncodedSet set = encode_images(enc, tsv, ro.threads, dopt.on_error == "skip" && !dopt.strict);
+    write_features(image_out, set, make_store_meta(enc, "image", dopt.images), dt, append);
+  }
+  if (!text_out.empty()) {
+    ReadReport rep;
+    auto texts = read_texts(dopt.texts, rep, dopt.strict);
+    rep.summarize(dopt.texts);
+    EncodedSet set = encode_texts(enc, texts);
+    write_features(text_out, set, make_store_meta(enc, "text", dopt.texts), dt, append);
+  }
+  return kExitOk;
+}
+
+int main(int argc, char** argv) { return run_main("clip-index", argc, argv, body); }

@@ -1,0 +1,67 @@
+// clip-query: text-to-image, image-to-image and image-to-text search against a feature store.
+#include <unistd.h>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <iostream>
+
+#include "clip/cli.h"
+#include "clip/dataset.h"
+#include "clip/encoder.h"
+#include "clip/fileio.h"
+#include "clip/image.h"
+#include "clip/indexing.h"
+#include "clip/log.h"
+#include "clip/query.h"
+#include "clip/search.h"
+
+using namespace clip;
+
+static int body(int argc, char** argv) {
+  CLI::App app{"Search a feature store with texts or images.\n"
+               "  clip-query --index test.img.clipfeat --text \"蓝色背景上的红色圆形\" -k 5\n"
+               "  cat queries.txt | clip-query --index test.img.clipfeat --format tsv\n"
+               "  clip-query --index test.img.clipfeat --texts test_texts.jsonl --format cnclip > t2i.jsonl\n"
+               "  clip-query --index test.img.clipfeat --image cat.jpg --montage hits.png",
+               "clip-query"};
+  ModelOptions mo;
+  RuntimeOptions ro;
+  QueryOptions q;
+  std::string index, format = "jsonl", montage, images_tsv;
+  mo.add_to(app, /*checkpoint_required=*/false);
+  ro.add_to(app);
+  app.add_option("--index", index, "Feature store (or cn_clip JSONL features) to search")->required();
+  app.add_option("--text,-t", q.texts, "A text query (repeatable)");
+  app.add_option("--text-file", q.text_file, "Text queries, one per line ('-' = stdin; also used when stdin is a pipe)");
+  app.add_option("--texts", q.texts_jsonl, "Text queries with ids from a cn_clip texts JSONL");
+  app.add_option("--image,-i", q.image_paths, "An image file query (repeatable)");
+  app.add_option("--query-images", q.query_tsv, "Image queries with ids from an images TSV");
+  app.add_option("-k,--top-k", q.k, "Hits per query")->capture_default_str()->check(CLI::Range(1, 100000));
+  app.add_option("--threshold", q.threshold, "Only hits scoring at least this cosine");
+  app.add_flag("--exclude-self", q.exclude_self, "Drop a hit whose id is the query image's own id");
+  app.add_option("--format,-f", format, "jsonl (query, rank, id, score), tsv, or cnclip prediction lines")
+      ->capture_default_str()->check(CLI::IsMember({"jsonl", "tsv", "cnclip"}));
+  app.add_option("--montage", montage, "Draw the top hits of each query as a contact sheet (PNG)");
+  app.add_option("--images", images_tsv, "Images TSV of the store, for --montage (default: the store's source)");
+  app.set_version_flag("--version", std::string("clip-query ") + CLIP_VERSION);
+  CLIP_PARSE(app, argc, argv);
+  ro.apply();
+  if (q.texts.empty() && q.text_file.empty() && q.texts_jsonl.empty() && q.image_paths.empty() && q.query_tsv.empty()) {
+    if (isatty(STDIN_FILENO)) throw UsageError("no query: give --text, --text-file, --texts, --image or --query-images");
+    q.text_file = "-";
+  }
+
+  FeatureSet store = read_features(index);
+  log_info("store {}: {} {} features, dim {}", index, store.size(), store.meta.kind, store.dim);
+  fill_model_options_from_store(mo, store);
+  Encoder enc(mo, ro);
+  QueryResults res = run_queries(enc, store, q, ro.threads);
+  const OutFormat of = parse_out_format(format);
+  out(format_results(res, store, of));
+  if (!montage.empty()) write_montage(montage, res, store, images_tsv);
+  return res.total_hits() == 0 ? kExitNoResults : kExitOk;
+}
+
+int main(int argc, char** argv) { return run_main("clip-query", argc, argv, body); }
