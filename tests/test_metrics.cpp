@@ -27,17 +27,23 @@ std::string temp_file(const std::string& content) {
 
 std::string ten(const std::string& first = "1") { return "[" + first + ", 2, 3, 4, 5, 6, 7, 8, 9, 10]"; }
 
-std::string prediction_error(const std::string& content) {
+// The DataError message of `read` on a file holding `content` (the test fails when nothing is thrown).
+template <typename Read>
+std::string data_error_of(Read read, const std::string& content) {
   const std::string p = temp_file(content);
   std::string msg;
   try {
-    read_predictions(p);
+    read(p);
   } catch (const DataError& e) {
     msg = e.what();
   }
   std::remove(p.c_str());
   REQUIRE(!msg.empty());
   return msg;
+}
+
+std::string prediction_error(const std::string& content) {
+  return data_error_of([](const std::string& p) { read_predictions(p); }, content);
 }
 
 }  // namespace
@@ -101,15 +107,7 @@ TEST_CASE("ground truth follows evaluation.py and transform_ir_annotation_to_tr.
   REQUIRE(n == 36);
 
   auto bad = [](const std::string& content) {
-    const std::string p = temp_file(content);
-    std::string msg;
-    try {
-      read_ground_truth(p);
-    } catch (const DataError& e) {
-      msg = e.what();
-    }
-    std::remove(p.c_str());
-    return msg;
+    return data_error_of([](const std::string& p) { read_ground_truth(p); }, content);
   };
   const std::string ok = "{\"text_id\": 1, \"text\": \"a\", \"image_ids\": [5]}\n";
   REQUIRE_THAT(bad(ok + "{\"text\": \"b\", \"image_ids\": [5]}\n"), Contains(":2:") && Contains("text_id"));

@@ -86,6 +86,23 @@ TEST_CASE("search equals brute force exactly, ties in store order, any chunk siz
       }
     }
   }
+  // One to four queries take the fused streaming path: the same answers, bit for bit, in both dtypes and
+  // across chunks.
+  for (StoreDtype dt : {StoreDtype::f32, StoreDtype::f16}) {
+    FeatureSet fs = make_feature_set(ids, g.data(), dim, dt);
+    for (int64_t nsub : {1, 2, 3, 4}) {
+      for (int64_t first : {0, 5, 19}) {
+        INFO("fused: " << nsub << " queries from " << first << ", " << dtype_name(dt));
+        auto hits = search(qt.narrow(0, first, nsub), fs, 10, -std::numeric_limits<float>::infinity(), nullptr,
+                           first == 5 ? 33 : 0);
+        for (int64_t i = 0; i < nsub; ++i)
+          for (int j = 0; j < 10; ++j) {
+            REQUIRE(hits[i][j].row == ref[first + i][j].row);
+            REQUIRE(hits[i][j].score == ref[first + i][j].score);
+          }
+      }
+    }
+  }
   // The zero query ties with every row: the first k rows of the store, in order.
   FeatureSet fs = make_feature_set(ids, g.data(), dim);
   auto hits = search(qt.narrow(0, 0, 1), fs, 5, -std::numeric_limits<float>::infinity(), nullptr, 3);

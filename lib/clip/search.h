@@ -1,9 +1,10 @@
 // Exact top-K search by inner product over a FeatureSet (a mapped store or JSONL features). With
 // L2-normalised rows the score is the cosine similarity.
 //
-// The store is scanned once per call, in chunks of rows: each chunk is one matrix product against all
-// the queries (zero copy for float32 stores; float16 chunks are widened to float32 one at a time, so
-// memory stays bounded), followed by a partial top-K. Ordering is deterministic and matches cn_clip's
+// The store is scanned once per call, in chunks of rows, each followed by a partial top-K. Up to 4
+// queries are scored in one streaming pass over the rows (memory-bound: AVX2, float16 widened in
+// registers); more are scored by one matrix product per chunk (zero copy for float32 stores; float16
+// chunks widened into a reused buffer, so memory stays bounded). Ordering is deterministic and matches cn_clip's
 // make_topk_predictions.py (Python's stable sort on the score): higher score first, and among equal
 // scores the lower row of the store first.
 #pragma once
