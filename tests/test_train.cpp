@@ -651,6 +651,20 @@ TEST_CASE("interrupted + resumed equals uninterrupted, bit for bit", "[train][ru
   for (size_t i = 0; i < oa->entries.size(); ++i)
     CHECK(at::equal(tensor_view(oa->entries[i].second->get("exp_avg_sq")->tensor),
                     tensor_view(ob->entries[i].second->get("exp_avg_sq")->tensor)));
+  // Stopped exactly at the end of an epoch: that epoch's validation and epoch1.pt come first, then
+  // the resumed run starts the next epoch; same weights again.
+  TrainOptions at_boundary = small_run(data, root + "/boundary");
+  at_boundary.stop_after_steps = 5;
+  run_finetune(at_boundary);
+  CHECK(file_exists(root + "/boundary/checkpoints/epoch1.pt"));
+  TrainOptions rest = TrainOptions::stored_for_resume(root + "/boundary/checkpoints/epoch_latest.pt");
+  rest.quiet = true;
+  CHECK(run_finetune(rest).steps == 7);
+  Checkpoint cc = load_checkpoint(root + "/boundary/checkpoints/epoch_latest.pt");
+  size_t differing_c = 0;
+  for (const auto& k : ca.state_dict.keys)
+    if (!at::equal(tensor_view(ca.state_dict.at(k)), tensor_view(cc.state_dict.at(k)))) ++differing_c;
+  CHECK(differing_c == 0);
   // The metrics log has each step once, and the same losses.
   auto ma = read_metrics(root + "/straight"), mb = read_metrics(root + "/resumed");
   std::vector<double> la, lb;
