@@ -248,8 +248,9 @@ void Trainer::setup_model() {
   beta1_ = o_.beta1 >= 0 ? o_.beta1 : defaults_.beta1;
   beta2_ = o_.beta2 >= 0 ? o_.beta2 : defaults_.beta2;
   eps_ = o_.eps > 0 ? o_.eps : defaults_.eps;
-  if (!defaults_.known && (o_.lr <= 0 || o_.beta2 < 0 || o_.eps <= 0))
-    log_info("{} is not an official cn_clip model: defaults of the {} family used (lr {}, betas {}/{}, eps {})",
+  if (!defaults_.known && (o_.lr <= 0 || o_.beta1 < 0 || o_.beta2 < 0 || o_.eps <= 0))
+    log_info("{} is not an official cn_clip model: the {} family's defaults fill in what was not given (lr {}, "
+             "betas {}/{}, eps {})",
              cfg.vision.name, cfg.vision.resnet ? "ResNet" : "ViT", lr_, beta1_, beta2_, eps_);
 
   std::vector<std::pair<std::string, at::Tensor>> trainable;

@@ -25,8 +25,9 @@ for split in train:12 valid:6; do
   grep -E "\"image_ids\": \[($ids)\]" "$demo/${name}_texts.jsonl" >"$data/${name}_texts.jsonl"
 done
 cp "$demo/vocab.txt" "$data/"
-common=(--data "$data" --vision-model "$demo/ViT-Demo.json" --text-model "$demo/RBT-Demo.json"
-        --batch-size 16 --lr 1e-3 --warmup 2 --log-interval 1 --threads 2)
+base=(--data "$data" --vision-model "$demo/ViT-Demo.json" --text-model "$demo/RBT-Demo.json"
+      --batch-size 16 --log-interval 1 --threads 2)
+common=("${base[@]}" --lr 1e-3 --warmup 2)
 
 # A short run: 60 pairs -> 4 batches of 16 per epoch, 2 epochs.
 "$bin/clip-finetune" "${common[@]}" --max-epochs 2 --save-step-frequency 3 -o "$tmp/run" 2>"$tmp/err1.txt"
@@ -65,7 +66,7 @@ check "resume exit 0" test $? -eq 0
 check "resumed run done" test -e "$tmp/b/DONE"
 
 # A diverging run stops with exit 6 and keeps its last good checkpoint.
-"$bin/clip-finetune" "${common[@]}" --lr 1e30 --warmup 1 --max-steps 6 --save-step-frequency 1 --no-validation \
+"$bin/clip-finetune" "${base[@]}" --lr 1e30 --warmup 1 --max-steps 6 --save-step-frequency 1 --no-validation \
   -o "$tmp/nan" 2>"$tmp/err4.txt"
 check "non-finite loss: exit 6" test $? -eq 6
 check "message says so" has "$tmp/err4.txt" 'loss became'
