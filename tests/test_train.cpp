@@ -548,3 +548,200 @@ TEST_CASE("training curves are a well-formed SVG chart", "[train][curves]") {
   // Empty panels (no data yet) still render.
   CHECK(render_curves_svg("empty", {{"Loss", "loss", {}, false}}, 0).find("</svg>") != std::string::npos);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Whole runs on a small slice of data/shapes-zh with the demo model.
+
+namespace {
+
+// <dir>/{train,valid}_{imgs.tsv,texts.jsonl}: the first n_train / n_valid images of shapes-zh and
+// their captions, plus the vocab.
+std::string make_small_dataset(size_t n_train, size_t n_valid) {
+  std::string src = testutil::source_dir() + "/data/shapes-zh";
+  std::string dir = make_temp_dir();
+  for (auto [split, n] : {std::pair<std::string, size_t>{"train", n_train}, {"valid", n_valid}}) {
+    std::ifstream in(src + "/" + split + "_imgs.tsv");
+    REQUIRE(in.good());
+    std::ofstream out(dir + "/" + split + "_imgs.tsv");
+    std::set<int64_t> ids;
+    std::string line;
+    while (ids.size() < n && std::getline(in, line)) {
+      out << line << "\n";
+      ids.insert(std::stoll(line.substr(0, line.find('\t'))));
+    }
+    std::ifstream tin(src + "/" + split + "_texts.jsonl");
+    std::ofstream tout(dir + "/" + split + "_texts.jsonl");
+    while (std::getline(tin, line)) {
+      json j = json::parse(line);
+      if (ids.count(j["image_ids"][0].get<int64_t>())) tout << line << "\n";
+    }
+  }
+  std::ifstream v(src + "/vocab.txt");
+  std::ofstream vo(dir + "/vocab.txt");
+  vo << v.rdbuf();
+  return dir;
+}
+
+TrainOptions small_run(const std::string& data, const std::string& out) {
+  std::string src = testutil::source_dir() + "/data/shapes-zh";
+  TrainOptions o;
+  o.data_dir = data;
+  o.vision_model = src + "/ViT-Demo.json";
+  o.text_model = src + "/RBT-Demo.json";
+  o.batch_size = 8;
+  o.valid_batch_size = 8;
+  o.lr = 2e-3;
+  o.warmup = 2;
+  o.max_steps = 7;
+  o.log_interval = 1;
+  o.seed = 11;
+  o.use_augment = true;  // per-(seed, epoch, sample) augmentation must replay exactly too
+  o.threads = 2;
+  o.quiet = true;
+  o.output_dir = out;
+  return o;
+}
+
+std::vector<json> read_metrics(const std::string& run) {
+  std::ifstream f(run + "/metrics.jsonl");
+  std::vector<json> out;
+  std::string line;
+  while (std::getline(f, line))
+    if (!line.empty()) out.push_back(json::parse(line));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("interrupted + resumed equals uninterrupted, bit for bit", "[train][run][resume]") {
+  std::string data = make_small_dataset(8, 4);  // 40 pairs: 5 batches of 8 per epoch, 7 steps = 2 epochs
+  std::string root = make_temp_dir();
+
+  TrainSummary a = run_finetune(small_run(data, root + "/straight"));
+  CHECK(a.steps == 7);
+  CHECK_FALSE(a.stopped_early);
+
+  TrainOptions first = small_run(data, root + "/resumed");
+  first.stop_after_steps = 3;  // mid-epoch
+  TrainSummary b1 = run_finetune(first);
+  CHECK(b1.stopped_early);
+  CHECK(b1.steps == 3);
+  CHECK_FALSE(file_exists(root + "/resumed/DONE"));
+  // As clip-finetune --resume does: the stored options, then the run continues.
+  TrainOptions again = TrainOptions::stored_for_resume(root + "/resumed");
+  again.quiet = true;
+  CHECK(again.max_steps == 7);
+  CHECK(again.seed == 11);
+  TrainSummary b2 = run_finetune(again);
+  CHECK(b2.steps == 7);
+  CHECK(file_exists(root + "/resumed/DONE"));
+
+  Checkpoint ca = load_checkpoint(root + "/straight/checkpoints/epoch_latest.pt");
+  Checkpoint cb = load_checkpoint(root + "/resumed/checkpoints/epoch_latest.pt");
+  CHECK(ca.step == 7);
+  CHECK(cb.step == 7);
+  REQUIRE(ca.state_dict.keys == cb.state_dict.keys);
+  size_t differing = 0;
+  for (const auto& k : ca.state_dict.keys)
+    if (!at::equal(tensor_view(ca.state_dict.at(k)), tensor_view(cb.state_dict.at(k)))) ++differing;
+  CHECK(differing == 0);
+  // The optimizer moments too.
+  PyPtr oa = ca.root->get("optimizer")->get("state"), ob = cb.root->get("optimizer")->get("state");
+  REQUIRE(oa->entries.size() == ob->entries.size());
+  for (size_t i = 0; i < oa->entries.size(); ++i)
+    CHECK(at::equal(tensor_view(oa->entries[i].second->get("exp_avg_sq")->tensor),
+                    tensor_view(ob->entries[i].second->get("exp_avg_sq")->tensor)));
+  // Stopped exactly at the end of an epoch: that epoch's validation and epoch1.pt come first, then
+  // the resumed run starts the next epoch; same weights again.
+  TrainOptions at_boundary = small_run(data, root + "/boundary");
+  at_boundary.stop_after_steps = 5;
+  run_finetune(at_boundary);
+  CHECK(file_exists(root + "/boundary/checkpoints/epoch1.pt"));
+  TrainOptions rest = TrainOptions::stored_for_resume(root + "/boundary/checkpoints/epoch_latest.pt");
+  rest.quiet = true;
+  CHECK(run_finetune(rest).steps == 7);
+  Checkpoint cc = load_checkpoint(root + "/boundary/checkpoints/epoch_latest.pt");
+  size_t differing_c = 0;
+  for (const auto& k : ca.state_dict.keys)
+    if (!at::equal(tensor_view(ca.state_dict.at(k)), tensor_view(cc.state_dict.at(k)))) ++differing_c;
+  CHECK(differing_c == 0);
+  // The metrics log has each step once, and the same losses.
+  auto ma = read_metrics(root + "/straight"), mb = read_metrics(root + "/resumed");
+  std::vector<double> la, lb;
+  for (const auto& j : ma)
+    if (j["type"] == "train") la.push_back(j["loss"]);
+  for (const auto& j : mb)
+    if (j["type"] == "train") lb.push_back(j["loss"]);
+  CHECK(la.size() == 7);
+  CHECK(la == lb);
+  set_log_level(LogLevel::info);
+}
+
+TEST_CASE("a run folder holds params, metrics, curves and cn_clip checkpoints; it is never overwritten",
+          "[train][run]") {
+  std::string data = make_small_dataset(8, 4);
+  std::string run = make_temp_dir() + "/run";
+  TrainOptions o = small_run(data, run);
+  o.use_augment = false;
+  o.max_steps = 5;  // exactly one epoch
+  o.save_step_frequency = 2;
+  TrainSummary s = run_finetune(o);
+  CHECK(s.steps == 5);
+  json params = read_json(run + "/params.json");
+  CHECK(params["options"]["lr"] == 2e-3);
+  CHECK(params["resolved"]["max_steps"] == 5);
+  CHECK(params["resolved"]["train_pairs"] == 40);
+  for (const char* f : {"epoch1.pt", "epoch_latest.pt", "epoch_1_2.pt", "epoch_1_4.pt", "vocab.txt", "ViT-Demo.json",
+                        "RBT-Demo.json"})
+    CHECK(file_exists(run + "/checkpoints/" + f));
+  auto metrics = read_metrics(run);
+  int train_lines = 0, val_lines = 0;
+  for (const auto& j : metrics) {
+    if (j["type"] == "train") {
+      ++train_lines;
+      for (const char* k : {"step", "epoch", "loss", "lr", "logit_scale", "samples_per_s"}) CHECK(j.contains(k));
+    } else if (j["type"] == "val") {
+      ++val_lines;
+      for (const char* k : {"val_loss", "t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"}) CHECK(j.contains(k));
+      CHECK(j["t2i_r10"].get<double>() >= j["t2i_r1"].get<double>());
+    }
+  }
+  CHECK(train_lines == 5);
+  CHECK(val_lines == 1);
+  std::string svg = read_file(run + "/curves.svg");
+  CHECK(svg.find("Validation Recall@1") != std::string::npos);
+  // The epoch checkpoint is a weights file every tool reads; our metadata is there.
+  Checkpoint ck = load_checkpoint(run + "/checkpoints/epoch1.pt");
+  CHECK(ck.epoch == 1);
+  CHECK(ck.step == 5);
+  CHECK(ck.name == "run");
+  // Not again into the same folder.
+  CHECK_THROWS_AS(run_finetune(o), TrainingError);
+  set_log_level(LogLevel::info);
+}
+
+TEST_CASE("a diverging run stops with TrainingError and keeps the last good checkpoint", "[train][run][nan]") {
+  std::string data = make_small_dataset(8, 4);
+  std::string run = make_temp_dir() + "/run";
+  TrainOptions o = small_run(data, run);
+  o.use_augment = false;
+  o.lr = 1e30;
+  o.warmup = 1;
+  o.save_step_frequency = 1;
+  o.no_validation = true;
+  try {
+    run_finetune(o);
+    FAIL("no TrainingError");
+  } catch (const TrainingError& e) {
+    std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find("loss became") != std::string::npos);
+    CHECK(msg.find("epoch_latest.pt") != std::string::npos);
+    CHECK(e.exit_code() == kExitTraining);
+  }
+  Checkpoint ck = load_checkpoint(run + "/checkpoints/epoch_latest.pt");
+  REQUIRE(ck.step.has_value());
+  CHECK(*ck.step >= 1);
+  CHECK_FALSE(file_exists(run + "/DONE"));
+  set_log_level(LogLevel::info);
+}

@@ -169,7 +169,7 @@ class Trainer {
   double lr_ = 0, beta1_ = 0, beta2_ = 0, eps_ = 0;
   int64_t num_batches_ = 0, steps_per_epoch_ = 0, max_steps_ = 0, max_epochs_ = 0;
   int64_t step_ = 0, start_epoch_ = 0, start_batch_ = 0, session_steps_ = 0;
-  bool stop_ = false, interrupted_ = false;
+  bool stop_ = false, interrupted_ = false, epoch_finished_ = false;
   nlohmann::json resolved_, best_;
   std::string model_source_;
   // curves
@@ -200,7 +200,8 @@ void Trainer::setup_run_dir() {
                           ", or choose another --output-dir");
   }
   ckpt_dir_ = path_join(run_dir_, "checkpoints");
-  make_dirs(ckpt_dir_);
+  // Created in write_params(), once the model and the data are known to be usable: a failed start
+  // leaves no folder behind that would then refuse the corrected command.
   metrics_path_ = path_join(run_dir_, "metrics.jsonl");
   if (o_.name.empty()) o_.name = basename_of(run_dir_);
 }
@@ -247,8 +248,9 @@ void Trainer::setup_model() {
   beta1_ = o_.beta1 >= 0 ? o_.beta1 : defaults_.beta1;
   beta2_ = o_.beta2 >= 0 ? o_.beta2 : defaults_.beta2;
   eps_ = o_.eps > 0 ? o_.eps : defaults_.eps;
-  if (!defaults_.known && (o_.lr <= 0 || o_.beta2 < 0 || o_.eps <= 0))
-    log_info("{} is not an official cn_clip model: defaults of the {} family used (lr {}, betas {}/{}, eps {})",
+  if (!defaults_.known && (o_.lr <= 0 || o_.beta1 < 0 || o_.beta2 < 0 || o_.eps <= 0))
+    log_info("{} is not an official cn_clip model: the {} family's defaults fill in what was not given (lr {}, "
+             "betas {}/{}, eps {})",
              cfg.vision.name, cfg.vision.resnet ? "ResNet" : "ViT", lr_, beta1_, beta2_, eps_);
 
   std::vector<std::pair<std::string, at::Tensor>> trainable;
@@ -313,13 +315,6 @@ void Trainer::setup_data() {
     throw ModelError(fmt::format("vocab {} has {} tokens but the text tower {} embeds only {}: use the vocab the model "
                                  "was made for (--vocab) or a text config with vocab_size >= {}",
                                  vocab, tok_->vocab_size(), tc.name, tc.vocab_size, tok_->vocab_size()));
-  // The checkpoints folder gets the vocab and the model configs, so that clip-index/clip-eval/clip-export
-  // find the vocab beside a checkpoint and can be given the exact configs (--vision-model/--text-model).
-  std::string vocab_copy = path_join(ckpt_dir_, "vocab.txt");
-  if (!file_exists(vocab_copy)) write_atomic(vocab_copy, read_file(vocab));
-  // (named <config name>.json: a config's name is its file stem, so the model keeps its name.)
-  write_atomic(path_join(ckpt_dir_, sanitize(m->config().vision.name) + ".json"), to_json(m->config().vision).dump(2) + "\n");
-  write_atomic(path_join(ckpt_dir_, sanitize(tc.name) + ".json"), to_json(tc).dump(2) + "\n");
 
   train_ = std::make_unique<DatasetSplit>(open_split(o_.data_dir, o_.train_split));
   if (train_->pairs.empty())
@@ -390,6 +385,15 @@ void Trainer::write_params() {
       {"data_order", "pairs padded to a multiple of the batch by wrapping, shuffled per epoch by a splitmix64 "
                      "Fisher-Yates keyed by (seed, epoch) (not torch's DistributedSampler)"},
   };
+  make_dirs(ckpt_dir_);
+  // The checkpoints folder gets the vocab and the model configs, so that clip-index/clip-eval/clip-export
+  // find the vocab beside a checkpoint and can be given the exact configs (--vision-model/--text-model).
+  std::string vocab_copy = path_join(ckpt_dir_, "vocab.txt");
+  if (!file_exists(vocab_copy)) write_atomic(vocab_copy, read_file(o_.vocab));
+  // (named <config name>.json: a config's name is its file stem, so the model keeps its name.)
+  write_atomic(path_join(ckpt_dir_, sanitize(cfg.vision.name) + ".json"), to_json(cfg.vision).dump(2) + "\n");
+  write_atomic(path_join(ckpt_dir_, sanitize(cfg.text.name) + ".json"), to_json(cfg.text).dump(2) + "\n");
+
   nlohmann::json j = {{"options", stored.to_json()}, {"resolved", resolved_}};
   write_atomic(path_join(run_dir_, "params.json"), j.dump(2) + "\n");
   log_info("run folder {}: {} pairs, {} steps/epoch, {} steps over {} epochs, lr {} (warmup {}), batch {}{}",
@@ -589,6 +593,7 @@ void Trainer::redraw_curves() {
 
 void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   ClipModel& m = *model_;
+  epoch_finished_ = false;
   m->train();
   const int R = aug_.resolution;
   const size_t item = 3 * size_t(R) * R;
@@ -689,13 +694,18 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     if (g_interrupted || (o_.stop_after_steps > 0 && session_steps_ >= o_.stop_after_steps)) {
       interrupted_ = g_interrupted;
       if (step_ < max_steps_) {
-        bool epoch_done = next_batch >= n_batches_used;
-        save("epoch_latest.pt", epoch + 1, epoch_done ? epoch + 1 : epoch, epoch_done ? 0 : next_batch);
         stop_ = true;
+        // At the end of an epoch, the epoch's validation and checkpoints come first (run()).
+        if (next_batch >= n_batches_used) {
+          epoch_finished_ = true;
+          return;
+        }
+        save("epoch_latest.pt", epoch + 1, epoch, next_batch);
         return;
       }
     }
   }
+  epoch_finished_ = true;
 }
 
 TrainSummary Trainer::run() {
@@ -735,7 +745,8 @@ TrainSummary Trainer::run() {
     const int64_t steps_before = step_;
     train_epoch(epoch, epoch == start_epoch_ ? start_batch_ : 0);
     summary_.epochs = epoch + 1;
-    if (stop_) break;
+    const bool mid_epoch_stop = stop_ && !epoch_finished_;
+    if (mid_epoch_stop) break;
     const bool stepped = step_ > steps_before;
     if (val_ && o_.valid_epoch_interval > 0 && (epoch + 1) % o_.valid_epoch_interval == 0) validate(epoch, step_);
     if (stepped) {
@@ -743,6 +754,7 @@ TrainSummary Trainer::run() {
         save(fmt::format("epoch{}.pt", epoch + 1), epoch + 1, epoch + 1, 0);
       save("epoch_latest.pt", epoch + 1, epoch + 1, 0);
     }
+    if (stop_) break;
   }
   progress_->finish();
   if (c_loss_.size() || c_val_loss_.size()) redraw_curves();

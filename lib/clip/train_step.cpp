@@ -23,8 +23,8 @@ namespace {
 
 void check_finite(double loss, int64_t micro) {
   if (!std::isfinite(loss))
-    throw TrainingError(fmt::format("the loss became {}{}; the weights of the last good step are kept. Lower --lr, "
-                                    "raise --warmup, or use --precision fp32",
+    throw TrainingError(fmt::format("the loss became {}{}; the weights of the last good step are kept. Lower --lr "
+                                    "or raise --warmup (with --precision amp, also try fp32)",
                                     loss, micro >= 0 ? fmt::format(" (micro-batch {})", micro) : std::string()));
 }
 

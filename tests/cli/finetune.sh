@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# clip-finetune end to end on a slice of data/shapes-zh with the demo model: the run folder, the
+# exit codes (refusal to overwrite, usage errors, a diverging run), resume, and torch.load of a
+# checkpoint when Debian's python3-torch is there.
+# Usage: finetune.sh BIN_DIR SOURCE_DIR SHARED_DIR
+set -u
+bin=$1 src=$2
+demo=$src/data/shapes-zh
+tmp=$(mktemp -d /tmp/clipfinetuneXXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+check() {  # check DESCRIPTION COMMAND...: report and count a failure
+  local what=$1; shift
+  if "$@"; then echo "ok: $what"; else echo "FAIL: $what" >&2; fails=$((fails + 1)); fi
+}
+has() { grep -qF -- "$2" "$1"; }
+
+# 12 training images (60 captions), 6 validation images.
+data=$tmp/data
+mkdir -p "$data"
+for split in train:12 valid:6; do
+  name=${split%%:*} n=${split##*:}
+  head -n "$n" "$demo/${name}_imgs.tsv" >"$data/${name}_imgs.tsv"
+  ids=$(cut -f1 "$data/${name}_imgs.tsv" | paste -sd'|')
+  grep -E "\"image_ids\": \[($ids)\]" "$demo/${name}_texts.jsonl" >"$data/${name}_texts.jsonl"
+done
+cp "$demo/vocab.txt" "$data/"
+base=(--data "$data" --vision-model "$demo/ViT-Demo.json" --text-model "$demo/RBT-Demo.json"
+      --batch-size 16 --log-interval 1 --threads 2)
+common=("${base[@]}" --lr 1e-3 --warmup 2)
+
+# A short run: 60 pairs -> 4 batches of 16 per epoch, 2 epochs.
+"$bin/clip-finetune" "${common[@]}" --max-epochs 2 --save-step-frequency 3 -o "$tmp/run" 2>"$tmp/err1.txt"
+check "exit 0" test $? -eq 0
+for f in params.json metrics.jsonl curves.svg DONE checkpoints/epoch1.pt checkpoints/epoch2.pt \
+         checkpoints/epoch_latest.pt checkpoints/epoch_1_3.pt checkpoints/epoch_2_6.pt checkpoints/vocab.txt; do
+  check "run folder has $f" test -s "$tmp/run/$f"
+done
+check "8 train lines in metrics.jsonl" test "$(grep -c '"type":"train"' "$tmp/run/metrics.jsonl")" -eq 8
+check "2 validations in metrics.jsonl" test "$(grep -c '"type":"val"' "$tmp/run/metrics.jsonl")" -eq 2
+check "validation recall logged" has "$tmp/run/metrics.jsonl" '"t2i_r1":'
+check "params record the schedule" has "$tmp/run/params.json" '"max_steps": 8'
+check "curves are an SVG" has "$tmp/run/curves.svg" '<svg'
+check "parseable progress lines" has "$tmp/err1.txt" 'progress task=train done=8 total=8'
+check "validation line" has "$tmp/err1.txt" 'validation (epoch 2 @ 8 steps)'
+
+# The same folder again is refused (exit 6), nothing touched.
+before=$(md5sum "$tmp/run/checkpoints/epoch_latest.pt")
+"$bin/clip-finetune" "${common[@]}" --max-epochs 2 -o "$tmp/run" 2>"$tmp/err2.txt"
+check "existing run folder refused with exit 6" test $? -eq 6
+check "refusal names --resume" has "$tmp/err2.txt" '--resume'
+check "checkpoint untouched" test "$before" = "$(md5sum "$tmp/run/checkpoints/epoch_latest.pt")"
+
+# Usage errors exit 2.
+"$bin/clip-finetune" --data "$data" -o "$tmp/x" 2>"$tmp/err3.txt"
+check "from scratch without configs: exit 2" test $? -eq 2
+"$bin/clip-finetune" "${common[@]}" --precision fp16 -o "$tmp/y" 2>/dev/null
+check "bad --precision: exit 2" test $? -eq 2
+
+# Interrupted (--stop-after-steps) then resumed with only --resume: same weights as straight through.
+"$bin/clip-finetune" "${common[@]}" --max-steps 6 -o "$tmp/a" -q
+"$bin/clip-finetune" "${common[@]}" --max-steps 6 -o "$tmp/b" --stop-after-steps 2 -q
+check "stopped run is resumable, not done" test ! -e "$tmp/b/DONE"
+"$bin/clip-finetune" --resume "$tmp/b" -q
+check "resume exit 0" test $? -eq 0
+check "resumed run done" test -e "$tmp/b/DONE"
+
+# A diverging run stops with exit 6 and keeps its last good checkpoint.
+"$bin/clip-finetune" "${base[@]}" --lr 1e30 --warmup 1 --max-steps 6 --save-step-frequency 1 --no-validation \
+  -o "$tmp/nan" 2>"$tmp/err4.txt"
+check "non-finite loss: exit 6" test $? -eq 6
+check "message says so" has "$tmp/err4.txt" 'loss became'
+check "last good checkpoint kept" test -s "$tmp/nan/checkpoints/epoch_latest.pt"
+
+if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+  /usr/bin/python3 - "$tmp/a/checkpoints/epoch_latest.pt" "$tmp/b/checkpoints/epoch_latest.pt" <<'PY'
+import sys, torch
+a, b = (torch.load(p, map_location="cpu") for p in sys.argv[1:3])
+assert a["step"] == b["step"] == 6, (a["step"], b["step"])
+assert list(a["state_dict"]) == list(b["state_dict"]) and all(k.startswith("module.") for k in a["state_dict"])
+assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), "resumed weights differ"
+assert len(a["optimizer"]["param_groups"]) == 2
+PY
+  check "torch.load: cn_clip layout, resumed weights identical" test $? -eq 0
+else
+  echo "skip: /usr/bin/python3 without torch"
+fi
+
+echo "$fails failure(s)"
+test "$fails" -eq 0
