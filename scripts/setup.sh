@@ -12,6 +12,8 @@ APT_PACKAGES=(
   libcli11-dev libfmt-dev catch2 libstb-dev nlohmann-json3-dev
   libjpeg62-turbo-dev libpng-dev zlib1g-dev libicu-dev
   python3-torch python3-numpy python3-pil   # test cross-checks only: torch.load of our checkpoints, Pillow references
+  libonnx-dev libprotobuf-dev protobuf-compiler   # clip-export builds ONNX graphs with ONNX's protobuf definitions
+  python3-onnx nodejs                             # tests: ONNX's Python checker; onnxruntime-node runs the exported graphs
   libcpp-httplib-dev                              # clip-serve
   chromium fonts-wqy-microhei                     # clip-serve's browser test and its screenshots (CJK font)
 )
@@ -29,6 +31,16 @@ if [[ -z "${CLIP_SKIP_APT:-}" ]]; then
   fi
 fi
 
+# onnxruntime-node for the ONNX tests (tests/node). Its install script would download GPU binaries;
+# the CPU runtime ships inside the package, so skip that step. Skipped when already installed.
+if [[ -z "${CLIP_SKIP_NPM:-}" && ! -d tests/node/node_modules/onnxruntime-node ]]; then
+  if ! command -v npm >/dev/null; then  # Debian's nodejs comes without npm (NodeSource's includes it)
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >&2
+  fi
+  echo "setup: npm install onnxruntime-node into tests/node" >&2
+  (cd tests/node && ONNXRUNTIME_NODE_INSTALL=skip npm install --no-audit --no-fund >&2)
+fi
 # The browser test's driver, from the npm registry (Chromium itself is Debian's: no browser download).
 if [[ -z "${CLIP_SKIP_NPM:-}" && ! -d tests/e2e/node_modules/playwright-core ]] && command -v npm >/dev/null; then
   echo "setup: npm install in tests/e2e" >&2

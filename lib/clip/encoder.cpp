@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "clip/checkpoint.h"
+#include "clip/convert.h"
 #include "clip/error.h"
 #include "clip/image.h"
 #include "clip/log.h"
@@ -20,6 +21,13 @@ struct Encoder::State {
 };
 
 namespace {
+
+// "a/b/hf-model/" -> "hf-model": names the towers of a Hugging Face folder.
+std::string folder_name(std::string p) {
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  size_t s = p.rfind('/');
+  return s == std::string::npos ? p : p.substr(s + 1);
+}
 
 at::Device parse_device(const std::string& s) {
   if (s == "cpu") return at::Device(at::kCPU);
@@ -54,6 +62,15 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro) : st_(std::ma
     if (PyPtr mc = ck.root->get("model_config"); mc && mc->kind == PyValue::Kind::string) {
       if (vision.empty()) vision = mc->s;
       if (text.empty()) text = mc->s;
+    }
+  }
+  // Hugging Face folders: the config.json gives what shapes cannot (head counts).
+  if (!ck.hf_config_json.empty() && (vision.empty() || text.empty())) {
+    nlohmann::json hj = nlohmann::json::parse(ck.hf_config_json, nullptr, /*allow_exceptions=*/false);
+    if (!hj.is_discarded() && hj.contains("vision_config") && hj.contains("text_config")) {
+      const std::string cfg = model_config_json(model_config_from_hf(hj, folder_name(mo.checkpoint)));
+      if (vision.empty()) vision = cfg;
+      if (text.empty()) text = cfg;
     }
   }
   InferredConfig ic = resolve_config(ck.state_dict, vision, text);
