@@ -6,7 +6,9 @@
 #include "clip/encoder.h"
 #include "clip/tokenizer.h"
 #include "clip/log.h"
+#ifdef CLIP_HAVE_ONNX
 #include "clip/onnx_export.h"
+#endif
 
 using namespace clip;
 
@@ -21,15 +23,15 @@ static int body(int argc, char** argv) {
   ModelOptions mo;
   RuntimeOptions ro;
   std::string format = "onnx", output, tower = "both";
-  OnnxExportOptions oo;
-  bool check = false;
+  bool fp16 = false, check = false;
+  int64_t external_threshold = -1;
   mo.add_to(app);
   app.add_option("--format,-f", format, "onnx, cnclip (.pt as the original saves) or hf (Hugging Face folder)")
       ->capture_default_str()->check(CLI::IsMember({"onnx", "cnclip", "hf"}));
   app.add_option("--output,-o", output, "onnx: file prefix; cnclip: .pt file; hf: folder")->required();
   app.add_option("--tower", tower, "onnx: text, image or both")->capture_default_str()->check(CLI::IsMember({"text", "image", "both"}));
-  app.add_flag("--fp16", oo.fp16, "onnx: float16 weights and compute (float32 inputs/outputs)");
-  app.add_option("--external-data-threshold", oo.external_data_threshold,
+  app.add_flag("--fp16", fp16, "onnx: float16 weights and compute (float32 inputs/outputs)");
+  app.add_option("--external-data-threshold", external_threshold,
                  "onnx: weights of at least this many bytes go to PREFIX...onnx.extra_file (default: only past 2 GB)");
   app.add_flag("--check", check, "onnx: run ONNX's checker on the written files");
   app.add_option("--threads,-j", ro.threads, "CPU threads (0 = all cores)")->capture_default_str();
@@ -38,7 +40,7 @@ static int body(int argc, char** argv) {
   app.set_version_flag("--version", std::string("clip-export ") + CLIP_VERSION);
   CLIP_PARSE(app, argc, argv);
   ro.apply();
-  if (format != "onnx" && (oo.fp16 || tower != "both" || oo.external_data_threshold >= 0))
+  if (format != "onnx" && (fp16 || tower != "both" || external_threshold >= 0))
     throw UsageError("--fp16, --tower and --external-data-threshold apply to --format onnx only");
 
   Encoder enc(mo, ro);
@@ -48,8 +50,13 @@ static int body(int argc, char** argv) {
     write_cnclip_checkpoint(output, enc.model());
     log_info("wrote {}", output);
   } else {
+#ifdef CLIP_HAVE_ONNX
+    OnnxExportOptions oo;
+    oo.fp16 = fp16;
+    oo.external_data_threshold = external_threshold;
     oo.context_length = enc.context_length();
-    for (const auto& [k, v] : enc.preprocess_meta().items()) oo.metadata[k] = v.is_string() ? v.get<std::string>() : v.dump();
+    const nlohmann::json meta = enc.preprocess_meta();
+    for (const auto& [k, v] : meta.items()) oo.metadata[k] = v.is_string() ? v.get<std::string>() : v.dump();
     oo.metadata["source_checkpoint"] = enc.checkpoint_path();
     oo.metadata["weights_hash"] = enc.weights_hash();
     for (OnnxTower t : {OnnxTower::text, OnnxTower::image}) {
@@ -57,6 +64,10 @@ static int body(int argc, char** argv) {
       auto r = export_onnx(enc.model(), t, onnx_file_name(output, t, oo.fp16), oo);
       if (check) check_onnx_file(r.model_path);
     }
+#else
+    throw UsageError("this clip-export was built without ONNX (libonnx-dev was not found at configure time): "
+                     "use --format cnclip or hf, or rebuild after scripts/setup.sh");
+#endif
   }
   return kExitOk;
 }

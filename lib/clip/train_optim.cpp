@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
-#include <torch/version.h>
+#include "clip/torch_compat.h"
 
 #include <fmt/format.h>
 
@@ -182,41 +182,18 @@ std::string shape_str(const at::Tensor& t) {
   return s + "]";
 }
 
-// PyTorch 2.4 replaced the per-backend autocast switches by ones taking the device type.
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-namespace {
-bool autocast_enabled(bool cuda) { return at::autocast::is_autocast_enabled(cuda ? at::kCUDA : at::kCPU); }
-void set_autocast(bool cuda, bool on) {
-  at::autocast::set_autocast_enabled(cuda ? at::kCUDA : at::kCPU, on);
-  if (on) at::autocast::set_autocast_dtype(cuda ? at::kCUDA : at::kCPU, at::kBFloat16);
-}
-}  // namespace
-#else
-namespace {
-bool autocast_enabled(bool cuda) { return cuda ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled(); }
-void set_autocast(bool cuda, bool on) {
-  if (cuda) {
-    at::autocast::set_enabled(on);
-    if (on) at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-  } else {
-    at::autocast::set_cpu_enabled(on);
-    if (on) at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-  }
-}
-}  // namespace
-#endif
 
 AutocastScope::AutocastScope(bool on, const at::Device& device) : on_(on), cuda_(device.is_cuda()) {
   if (!on_) return;
-  prev_ = autocast_enabled(cuda_);
-  set_autocast(cuda_, true);
+  prev_ = compat::autocast_enabled(cuda_);
+  compat::set_autocast(cuda_, true);
   at::autocast::increment_nesting();
 }
 
 AutocastScope::~AutocastScope() {
   if (!on_) return;
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  set_autocast(cuda_, prev_);
+  compat::set_autocast(cuda_, prev_);
 }
 
 double grad_global_l2(const std::vector<at::Tensor>& params) {

@@ -1,0 +1,111 @@
+// Training throughput of clip-finetune's optimizer step (lib/clip/train_step.cpp: forward of both
+// towers, symmetric InfoNCE, backward, cn_clip's AdamW groups, logit_scale clamp) on random weights
+// and random inputs already on the device, so that data loading is not measured.
+// bench_train_python.py measures the same step in Python cn_clip; run_train_gpu.sh runs both.
+//
+//   bench_train [--device cuda] [--batch 128] [--steps 20] [--warmup 5] [--precision fp32|amp]
+//               [--vision-model ViT-B-16] [--text-model RoBERTa-wwm-ext-base-chinese] [--grad-checkpointing]
+// Prints one line:
+//   bench impl=cpp device=cuda precision=amp batch=128 steps=20 samples_per_s=.. step_ms=.. peak_alloc_mib=..
+// (peak_* only in CUDA builds: the CUDA caching allocator's peak allocated and reserved bytes).
+#include <ATen/ATen.h>
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "clip/config.h"
+#include "clip/model.h"
+#include "clip/runtime.h"
+#include "clip/train.h"
+
+#ifdef CLIP_BENCH_CUDA_STATS
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace {
+
+// [CLS] + 12..41 tokens + [SEP], zero padded; the Python script makes the same ids.
+at::Tensor bench_ids(int64_t n, int64_t ctx, int64_t vocab) {
+  auto ids = at::zeros({n, ctx}, at::kLong);
+  auto* p = ids.data_ptr<int64_t>();
+  const int64_t lo = vocab > 1000 ? 672 : 103;  // past the special tokens (tiny vocabs: just past [SEP])
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t len = std::min<int64_t>(12 + (7 * i) % 30, ctx - 2);
+    p[i * ctx] = 101;
+    for (int64_t j = 1; j <= len; ++j) p[i * ctx + j] = lo + (i * 131 + j * 17) % (vocab - lo);
+    p[i * ctx + len + 1] = 102;
+  }
+  return ids;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Training step throughput (samples/s) of clip-finetune's step on random data", "bench_train"};
+  std::string device_name = "cuda", precision = "fp32", vision = "ViT-B-16", text = "RoBERTa-wwm-ext-base-chinese";
+  int64_t batch = 128, steps = 20, warmup = 5, ctx = 52;
+  int threads = 0;
+  bool grad_ckpt = false;
+  app.add_option("--device", device_name)->capture_default_str();
+  app.add_option("--batch", batch)->capture_default_str();
+  app.add_option("--steps", steps, "timed optimizer steps")->capture_default_str();
+  app.add_option("--warmup", warmup, "untimed steps first")->capture_default_str();
+  app.add_option("--precision", precision, "fp32 or amp (bf16 autocast)")->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "amp"}));
+  app.add_option("--vision-model", vision)->capture_default_str();
+  app.add_option("--text-model", text)->capture_default_str();
+  app.add_option("--context-length", ctx)->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads (0 = all cores)")->capture_default_str();
+  app.add_flag("--grad-checkpointing", grad_ckpt);
+  CLI11_PARSE(app, argc, argv);
+  clip::set_threads(threads);
+
+  const at::Device device(device_name);
+  clip::ModelConfig cfg{clip::vision_config(vision), clip::text_config(text)};
+  clip::ClipModel model(cfg);
+  model->initialize_parameters(0);
+  model->to(device);
+  model->train();
+  if (grad_ckpt) model->set_grad_checkpointing(true);
+  std::vector<std::pair<std::string, at::Tensor>> trainable;
+  for (auto& [name, t] : clip::model_state(model))
+    if (t.requires_grad()) trainable.emplace_back(name, t);
+  clip::AdamW opt(trainable, clip::AdamWOptions{5e-5, 0.9, 0.98, 1e-6, 0.001});
+
+  const int64_t R = cfg.vision.image_resolution;
+  at::manual_seed(0);
+  clip::TrainBatch b{at::randn({batch, 3, R, R}).to(device), bench_ids(batch, ctx, cfg.text.vocab_size).to(device)};
+  clip::StepOptions so;
+  so.autocast = precision == "amp";
+
+  for (int64_t i = 0; i < warmup; ++i) clip::train_step(model, opt, {b}, 5e-5, so);
+#ifdef CLIP_BENCH_CUDA_STATS
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#endif
+  // train_step reads the loss back (a device sync); the parameter read at the end waits for the last
+  // optimizer step.
+  double loss = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < steps; ++i) loss = clip::train_step(model, opt, {b}, 5e-5, so).loss;
+  (void)trainable.front().second.sum().item<float>();
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  std::string mem;
+#ifdef CLIP_BENCH_CUDA_STATS
+  if (device.is_cuda()) {
+    auto st = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    mem = " peak_alloc_mib=" + std::to_string(st.allocated_bytes[0].peak >> 20) +
+          " peak_reserved_mib=" + std::to_string(st.reserved_bytes[0].peak >> 20);
+  }
+#endif
+  std::printf("bench impl=cpp device=%s precision=%s batch=%lld steps=%lld grad_ckpt=%d samples_per_s=%.1f step_ms=%.1f "
+              "last_loss=%.4f%s\n",
+              device_name.c_str(), precision.c_str(), (long long)batch, (long long)steps, grad_ckpt ? 1 : 0,
+              batch * steps / s, 1000 * s / steps, loss, mem.c_str());
+  return 0;
+}
