@@ -9,6 +9,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include "clip/torch_compat.h"
+
 #include <cmath>
 #include <mutex>
 #include <set>
@@ -98,18 +100,16 @@ struct AutocastScope {
   bool cpu, gpu;
   at::ScalarType cpu_dt, gpu_dt;
   AutocastScope(bool c, at::ScalarType cdt, bool g, at::ScalarType gdt)
-      : cpu(at::autocast::is_cpu_enabled()), gpu(at::autocast::is_enabled()),
-        cpu_dt(at::autocast::get_autocast_cpu_dtype()), gpu_dt(at::autocast::get_autocast_gpu_dtype()) {
-    at::autocast::set_cpu_enabled(c);
-    at::autocast::set_autocast_cpu_dtype(cdt);
-    at::autocast::set_enabled(g);
-    at::autocast::set_autocast_gpu_dtype(gdt);
+      : cpu(compat::autocast_enabled(false)), gpu(compat::autocast_enabled(true)),
+        cpu_dt(compat::autocast_dtype(false)), gpu_dt(compat::autocast_dtype(true)) {
+    set(c, cdt, g, gdt);
   }
-  ~AutocastScope() {
-    at::autocast::set_cpu_enabled(cpu);
-    at::autocast::set_autocast_cpu_dtype(cpu_dt);
-    at::autocast::set_enabled(gpu);
-    at::autocast::set_autocast_gpu_dtype(gpu_dt);
+  ~AutocastScope() { set(cpu, cpu_dt, gpu, gpu_dt); }
+  static void set(bool c, at::ScalarType cdt, bool g, at::ScalarType gdt) {
+    compat::set_autocast_enabled(false, c);
+    compat::set_autocast_dtype(false, cdt);
+    compat::set_autocast_enabled(true, g);
+    compat::set_autocast_dtype(true, gdt);
   }
 };
 
@@ -130,10 +130,10 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
                             const c10::intrusive_ptr<BlockFn>& block) {
     block->device = x.device();
     block->rng_state = generator_state(x.device());
-    block->autocast_cpu = at::autocast::is_cpu_enabled();
-    block->autocast_gpu = at::autocast::is_enabled();
-    block->autocast_cpu_dtype = at::autocast::get_autocast_cpu_dtype();
-    block->autocast_gpu_dtype = at::autocast::get_autocast_gpu_dtype();
+    block->autocast_cpu = compat::autocast_enabled(false);
+    block->autocast_gpu = compat::autocast_enabled(true);
+    block->autocast_cpu_dtype = compat::autocast_dtype(false);
+    block->autocast_gpu_dtype = compat::autocast_dtype(true);
     ctx->saved_data["block"] = c10::IValue::make_capsule(block);
     std::vector<at::Tensor> saved{x};
     saved.insert(saved.end(), params.begin(), params.end());

@@ -27,28 +27,32 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
 #endif
 }
 
-// bf16 autocast switches: PyTorch 2.4 replaced the per-backend ones by ones taking the device type.
-inline bool autocast_enabled(bool cuda) {
+// Autocast switches, per backend (cuda: the GPU's, else the CPU's). PyTorch 2.4 replaced the
+// per-backend functions by ones taking the device type (the old ones warn on every call).
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  return at::autocast::is_autocast_enabled(cuda ? at::kCUDA : at::kCPU);
+inline bool autocast_enabled(bool cuda) { return at::autocast::is_autocast_enabled(cuda ? at::kCUDA : at::kCPU); }
+inline at::ScalarType autocast_dtype(bool cuda) { return at::autocast::get_autocast_dtype(cuda ? at::kCUDA : at::kCPU); }
+inline void set_autocast_enabled(bool cuda, bool on) { at::autocast::set_autocast_enabled(cuda ? at::kCUDA : at::kCPU, on); }
+inline void set_autocast_dtype(bool cuda, at::ScalarType dt) { at::autocast::set_autocast_dtype(cuda ? at::kCUDA : at::kCPU, dt); }
 #else
-  return cuda ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
-#endif
+inline bool autocast_enabled(bool cuda) { return cuda ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled(); }
+inline at::ScalarType autocast_dtype(bool cuda) {
+  return cuda ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
 }
-
-inline void set_autocast(bool cuda, bool on) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  at::autocast::set_autocast_enabled(cuda ? at::kCUDA : at::kCPU, on);
-  if (on) at::autocast::set_autocast_dtype(cuda ? at::kCUDA : at::kCPU, at::kBFloat16);
-#else
-  if (cuda) {
-    at::autocast::set_enabled(on);
-    if (on) at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-  } else {
-    at::autocast::set_cpu_enabled(on);
-    if (on) at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-  }
+inline void set_autocast_enabled(bool cuda, bool on) {
+  if (cuda) at::autocast::set_enabled(on);
+  else at::autocast::set_cpu_enabled(on);
+}
+inline void set_autocast_dtype(bool cuda, at::ScalarType dt) {
+  if (cuda) at::autocast::set_autocast_gpu_dtype(dt);
+  else at::autocast::set_autocast_cpu_dtype(dt);
+}
 #endif
+
+// bf16 autocast on or off for one backend.
+inline void set_autocast(bool cuda, bool on) {
+  set_autocast_enabled(cuda, on);
+  if (on) set_autocast_dtype(cuda, at::kBFloat16);
 }
 
 }  // namespace clip::compat

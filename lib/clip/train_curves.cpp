@@ -177,7 +177,9 @@ std::string render_curves_svg(const std::string& title, const std::vector<CurveP
     }
     // Legend (top right of the panel).
     if (!p.series.empty()) {
-      const double lw = 150, lh = 8 + 16.0 * p.series.size();
+      size_t longest = 0;  // the box fits the longest label (about 6.8 px a character at the 12 px font)
+      for (const auto& se : p.series) longest = std::max(longest, se.label.size());
+      const double lw = std::max(150.0, 44 + 6.8 * double(longest)), lh = 8 + 16.0 * p.series.size();
       const double lx = x1 - lw - 8, ly = y0 + 8;
       s += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"#ffffff\" "
                        "fill-opacity=\"0.85\" stroke=\"#bbb\"/>\n",

@@ -4,14 +4,7 @@
 set -u
 bin=$1 src=$2
 data=$src/tests/data/eval/quant
-tmp=$(mktemp -d /tmp/clipevalXXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() {  # check DESCRIPTION COMMAND...: report and count a failure
-  local what=$1; shift
-  if "$@"; then echo "ok: $what"; else echo "FAIL: $what" >&2; fails=$((fails + 1)); fi
-}
-has() { grep -qF -- "$2" "$1"; }
+source "$(dirname "$0")/checks.bash" eval
 
 # From features: both directions, the numbers evaluation.py printed, and cn_clip's prediction files.
 "$bin/clip-eval" --image-feats "$data/imgs.img_feat.jsonl" --text-feats "$data/texts.txt_feat.jsonl" \

@@ -5,13 +5,7 @@
 set -u
 bin=$1 src=$2 shared=$3
 fx=$shared/fixtures/cnclip-tiny
-tmp=$(mktemp -d /tmp/clipexportXXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() {  # check DESCRIPTION COMMAND...: report and count a failure
-  local what=$1; shift
-  if "$@"; then echo "ok: $what"; else echo "FAIL: $what" >&2; fails=$((fails + 1)); fi
-}
+source "$(dirname "$0")/checks.bash" export
 model=(-c "$fx/checkpoints/vit_bert.pt" --vision-model "$fx/configs/ViT-Tiny-P32.json"
        --text-model "$fx/configs/RBT-Tiny-H64-L2.json" --vocab "$fx/vocab.txt" -q)
 

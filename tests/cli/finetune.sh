@@ -6,14 +6,7 @@
 set -u
 bin=$1 src=$2
 demo=$src/data/shapes-zh
-tmp=$(mktemp -d /tmp/clipfinetuneXXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() {  # check DESCRIPTION COMMAND...: report and count a failure
-  local what=$1; shift
-  if "$@"; then echo "ok: $what"; else echo "FAIL: $what" >&2; fails=$((fails + 1)); fi
-}
-has() { grep -qF -- "$2" "$1"; }
+source "$(dirname "$0")/checks.bash" finetune
 
 # 12 training images (60 captions), 6 validation images.
 data=$tmp/data
