@@ -393,6 +393,28 @@ TEST_CASE("feature-caching accumulation equals the full batch", "[train][accum]"
   CHECK(compared > 50);
 }
 
+TEST_CASE("gradient checkpointing trains exactly as without it", "[train][checkpointing]") {
+  // The checkpointed blocks run their forward without autograd and again, with it, in backward: the
+  // same RNG and autocast state, the same gradients, so the same weights step after step.
+  TrainBatch batch = fixture_batch();
+  ClipModel a = fixture_model("vit"), b = fixture_model("vit");
+  a->train();
+  b->train();
+  a->set_grad_checkpointing(true);
+  AdamW oa(trainable(a), AdamWOptions{1e-2, 0.9, 0.98, 1e-6, 0.2}), ob(trainable(b), AdamWOptions{1e-2, 0.9, 0.98, 1e-6, 0.2});
+  for (int step = 0; step < 3; ++step) {
+    INFO("step " << step);
+    StepStats sa = train_step(a, oa, {batch}, 1e-2, StepOptions{}), sb = train_step(b, ob, {batch}, 1e-2, StepOptions{});
+    CHECK(sa.loss == sb.loss);
+  }
+  auto ta = trainable(a), tb = trainable(b);
+  REQUIRE(ta.size() == tb.size());
+  for (size_t i = 0; i < ta.size(); ++i) {
+    INFO(ta[i].first);
+    CHECK(at::equal(ta[i].second, tb[i].second));
+  }
+}
+
 TEST_CASE("a non-finite loss stops before the optimizer step", "[train][nan]") {
   ClipModel m = fixture_model("vit");
   m->train();

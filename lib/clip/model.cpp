@@ -95,7 +95,10 @@ struct BlockFn : torch::CustomClassHolder {
   at::ScalarType autocast_cpu_dtype = at::kBFloat16, autocast_gpu_dtype = at::kHalf;
 };
 
-// Sets the autocast state for a scope and restores the previous one.
+// Sets the autocast state for a scope and restores the previous one. Like torch.autocast, the scope
+// counts as one nesting level: leaving the outermost one drops autocast's cache of low-precision
+// weight copies. (Without that, the copies made while recomputing a checkpointed block in backward
+// would outlive the optimizer step and the next forward would use the old weights.)
 struct AutocastScope {
   bool cpu, gpu;
   at::ScalarType cpu_dt, gpu_dt;
@@ -103,8 +106,12 @@ struct AutocastScope {
       : cpu(compat::autocast_enabled(false)), gpu(compat::autocast_enabled(true)),
         cpu_dt(compat::autocast_dtype(false)), gpu_dt(compat::autocast_dtype(true)) {
     set(c, cdt, g, gdt);
+    at::autocast::increment_nesting();
   }
-  ~AutocastScope() { set(cpu, cpu_dt, gpu, gpu_dt); }
+  ~AutocastScope() {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    set(cpu, cpu_dt, gpu, gpu_dt);
+  }
   static void set(bool c, at::ScalarType cdt, bool g, at::ScalarType gdt) {
     compat::set_autocast_enabled(false, c);
     compat::set_autocast_dtype(false, cdt);
@@ -138,7 +145,20 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     std::vector<at::Tensor> saved{x};
     saved.insert(saved.end(), params.begin(), params.end());
     ctx->save_for_backward(saved);
-    return block->fn(x);  // Function::apply runs this with gradients off: nothing is stored
+    // Function::apply runs this with gradients off: nothing is stored. Autocast's cache of bf16 weight
+    // copies is off meanwhile: copies made here have no autograd history, and the recomputation in
+    // backward would pick them up and give those weights no gradient.
+    const bool cache = at::autocast::is_autocast_cache_enabled();
+    at::autocast::set_autocast_cache_enabled(false);
+    at::Tensor out;
+    try {
+      out = block->fn(x);
+    } catch (...) {
+      at::autocast::set_autocast_cache_enabled(cache);
+      throw;
+    }
+    at::autocast::set_autocast_cache_enabled(cache);
+    return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
