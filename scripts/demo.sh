@@ -21,6 +21,7 @@ CONFIGS=(--vision-model "$D/ViT-Demo.json" --text-model "$D/RBT-Demo.json" --voc
 TRAIN=(--data "$D" "${CONFIGS[@]}" --lr 1e-3 --wd 0.1 --warmup 50 --batch-size 64 --seed 123 --log-interval 20)
 
 evaluate() {  # $1 = checkpoint, $2 = label
+  echo "## $2 training: test split, Recall@1/5/10 (%)"
   "$B/clip-index" -q -c "$1" "${CONFIGS[@]}" --data "$D" --split test \
     --image-out "$OUT/$2.test.img.clipfeat" --text-out "$OUT/$2.test.txt.clipfeat"
   "$B/clip-eval" -q --image-feats "$OUT/$2.test.img.clipfeat" --text-feats "$OUT/$2.test.txt.clipfeat" \
@@ -40,6 +41,9 @@ echo "== 3. after training" >&2
 evaluate "$OUT/run/checkpoints/epoch_latest.pt" after
 
 echo "== 4. Chinese queries against the test images (top 3)" >&2
-printf '%s\n' "红色的圆形在左边，蓝色的正方形在右边" "两个黄色的三角形" "绿色背景上的一个紫色五角星" |
+# The first caption of test images 102201, 102221 and 102241: the right answer is that image.
+echo "## queries (captions of test images 102201, 102221, 102241), top 3 after training"
+printf '%s\n' "黄色的五角星在上方，两个颜色为紫色的十字在下方" \
+  "画面上方画着一个黄色的小五角星，下面画着一个较小的黄色三角，背景是白色" "三个颜色为黑色的圆圈位于画面正中间" |
   "$B/clip-query" -q --index "$OUT/after.test.img.clipfeat" -k 3 --montage "$OUT/queries.png"
 echo "contact sheet of the hits: $OUT/queries.png" >&2
