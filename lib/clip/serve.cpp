@@ -317,6 +317,9 @@ struct Server::Impl {
     // checked on the decoded bytes so the answer can say which limit was hit.
     http.set_payload_max_length(opt.max_upload_bytes / 3 * 4 + (64u << 10));
     http.set_read_timeout(10, 0);
+    // httplib writes a response's headers and body separately: with Nagle's algorithm on, the body
+    // then waits for the client's delayed ACK (40 ms on Linux) on a keep-alive connection.
+    http.set_tcp_nodelay(true);
     // SO_REUSEADDR (restart right after a stop) but not httplib's default SO_REUSEPORT, with which a
     // second server would silently share a port that is already taken.
     http.set_socket_options([](socket_t sock) {
