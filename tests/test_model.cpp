@@ -17,6 +17,7 @@
 #include "clip/error.h"
 #include "clip/model.h"
 #include "clip/tensor_torch.h"
+#include "fixture_model.h"
 #include "util.h"
 
 // glog (pulled in by c10) defines CHECK too; Catch's must win in this file, so it comes last.
@@ -49,27 +50,11 @@ at::Tensor vec(const json& a) {
   return at::tensor(v, at::kFloat);
 }
 
-at::Tensor pixels_of(int64_t image_id) {
-  std::ifstream f(testutil::fixture("expected/pixels/" + std::to_string(image_id) + ".f32"), std::ios::binary);
-  REQUIRE(f.good());
-  auto t = at::empty({3, 224, 224}, at::kFloat);
-  f.read(reinterpret_cast<char*>(t.data_ptr<float>()), t.numel() * 4);
-  REQUIRE(f.gcount() == t.numel() * 4);
-  return t;
-}
-
 struct Fixture {
   std::string kind;  // "vit" or "rn"
   Checkpoint ck;
   ModelConfig cfg;
 };
-
-ModelConfig fixture_config(const std::string& kind) {
-  ModelConfig c;
-  c.vision = vision_config(testutil::fixture(kind == "vit" ? "configs/ViT-Tiny-P32.json" : "configs/RN-Tiny.json"));
-  c.text = text_config(testutil::fixture("configs/RBT-Tiny-H64-L2.json"));
-  return c;
-}
 
 const Fixture& fixture(const std::string& kind) {
   static std::map<std::string, Fixture> cache;
@@ -78,7 +63,7 @@ const Fixture& fixture(const std::string& kind) {
   Fixture f;
   f.kind = kind;
   f.ck = load_checkpoint(testutil::fixture("checkpoints/" + std::string(kind == "vit" ? "vit_bert.pt" : "rn_bert.pt")));
-  f.cfg = fixture_config(kind);
+  f.cfg = testutil::fixture_config(kind);
   return cache.emplace(kind, std::move(f)).first->second;
 }
 
@@ -96,7 +81,7 @@ std::pair<std::vector<int64_t>, at::Tensor> all_pixels() {
   std::vector<at::Tensor> px;
   for (const auto& j : read_jsonl(testutil::fixture("expected/pixels.jsonl"))) {
     ids.push_back(j["image_id"].get<int64_t>());
-    px.push_back(pixels_of(ids.back()));
+    px.push_back(testutil::fixture_pixels(ids.back()));
   }
   return {ids, at::stack(px)};
 }
@@ -137,7 +122,7 @@ void check_features(const at::Tensor& got, const std::vector<int64_t>& ids, cons
 
 at::Tensor train_batch_pixels(const json& ts) {
   std::vector<at::Tensor> px;
-  for (const auto& p : ts["batch_pairs"]) px.push_back(pixels_of(p["image_id"].get<int64_t>()));
+  for (const auto& p : ts["batch_pairs"]) px.push_back(testutil::fixture_pixels(p["image_id"].get<int64_t>()));
   return at::stack(px);
 }
 
@@ -284,7 +269,7 @@ TEST_CASE("gradient checkpointing gives the same gradients", "[model]") {
   auto px = train_batch_pixels(ts);
   auto ids = train_batch_ids(ts);
   // With BERT dropout on, the re-run must reproduce the forward's dropout masks.
-  ModelConfig cfg = fixture_config("vit");
+  ModelConfig cfg = testutil::fixture_config("vit");
   cfg.text.hidden_dropout = 0.1;
   cfg.text.attention_dropout = 0.1;
   // Nodes of the autograd graph that belong to the checkpointing function.
@@ -527,7 +512,7 @@ TEST_CASE("every official config constructs with cn_clip's parameter counts", "[
 TEST_CASE("initialize_parameters follows cn_clip's rules and is deterministic", "[model]") {
   for (std::string kind : {"vit", "rn"}) {
     INFO(kind);
-    ModelConfig cfg = fixture_config(kind);
+    ModelConfig cfg = testutil::fixture_config(kind);
     ClipModel a(cfg), b(cfg), c(cfg);
     a->initialize_parameters(42);
     b->initialize_parameters(42);

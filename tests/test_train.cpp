@@ -25,6 +25,7 @@
 #include "clip/model.h"
 #include "clip/tensor_torch.h"
 #include "clip/train.h"
+#include "fixture_model.h"
 #include "util.h"
 
 // glog (pulled in by c10) defines CHECK too; Catch's must win in this file, so it comes last.
@@ -47,27 +48,11 @@ const json& train_step_json() {
   return j;
 }
 
-at::Tensor pixels_of(int64_t image_id) {
-  std::ifstream f(testutil::fixture("expected/pixels/" + std::to_string(image_id) + ".f32"), std::ios::binary);
-  REQUIRE(f.good());
-  auto t = at::empty({3, 224, 224}, at::kFloat);
-  f.read(reinterpret_cast<char*>(t.data_ptr<float>()), t.numel() * 4);
-  REQUIRE(f.gcount() == t.numel() * 4);
-  return t;
-}
-
-ModelConfig fixture_config(const std::string& kind) {
-  ModelConfig c;
-  c.vision = vision_config(testutil::fixture(kind == "vit" ? "configs/ViT-Tiny-P32.json" : "configs/RN-Tiny.json"));
-  c.text = text_config(testutil::fixture("configs/RBT-Tiny-H64-L2.json"));
-  return c;
-}
-
 ClipModel fixture_model(const std::string& kind) {
   static std::map<std::string, Checkpoint> cache;
   if (!cache.count(kind))
     cache[kind] = load_checkpoint(testutil::fixture("checkpoints/" + std::string(kind == "vit" ? "vit_bert.pt" : "rn_bert.pt")));
-  ClipModel m(fixture_config(kind));
+  ClipModel m(testutil::fixture_config(kind));
   load_weights(m, cache[kind].state_dict, true);
   return m;
 }
@@ -76,7 +61,7 @@ ClipModel fixture_model(const std::string& kind) {
 TrainBatch fixture_batch() {
   const json& ts = train_step_json();
   std::vector<at::Tensor> px;
-  for (const auto& p : ts["batch_pairs"]) px.push_back(pixels_of(p["image_id"].get<int64_t>()));
+  for (const auto& p : ts["batch_pairs"]) px.push_back(testutil::fixture_pixels(p["image_id"].get<int64_t>()));
   std::vector<at::Tensor> ids;
   for (const auto& row : ts["batch_input_ids"]) ids.push_back(at::tensor(row.get<std::vector<int64_t>>(), at::kLong));
   return {at::stack(px), at::stack(ids)};
@@ -464,7 +449,7 @@ TEST_CASE("training checkpoints round-trip and load in torch", "[train][checkpoi
   CHECK(ck.epoch == 1);
   CHECK(ck.step == 2);
   CHECK(ck.name == "unit");
-  ClipModel m2(fixture_config("vit"));
+  ClipModel m2(testutil::fixture_config("vit"));
   load_weights(m2, ck.state_dict, true);
   auto s1 = model_state(m), s2 = model_state(m2);
   REQUIRE(s1.size() == s2.size());
