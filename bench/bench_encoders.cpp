@@ -67,6 +67,7 @@ Timing time_it(int warmup, int iters, const std::function<void()>& fn) {
 
 int main(int argc, char** argv) {
   clip::maybe_reexec_for_blas(argc, argv);
+  clip::tune_malloc();
   int threads = 2, image_batch = 8, text_batch = 16, iters = 3, warmup = 1;
   std::vector<std::string> dtypes{"fp32", "bf16"}, towers{"image", "text"};
   for (int i = 1; i < argc; ++i) {

@@ -46,6 +46,8 @@ at::Tensor bench_ids(int64_t n, int64_t ctx, int64_t vocab) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  clip::maybe_reexec_for_blas(argc, argv);
+  clip::tune_malloc();
   CLI::App app{"Training step throughput (samples/s) of clip-finetune's step on random data", "bench_train"};
   std::string device_name = "cuda", precision = "fp32", vision = "ViT-B-16", text = "RoBERTa-wwm-ext-base-chinese";
   int64_t batch = 128, steps = 20, warmup = 5, ctx = 52;

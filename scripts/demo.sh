@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (data/shapes-zh): sets up and builds, then
 #   1. fine-tunes the demo model from scratch with cn_clip's recipe on the train split (3 epochs, about
-#      4 minutes on 2 CPU cores), keeping the initial weights,
+#      3 minutes on 2 CPU cores), keeping the initial weights,
 #   2. indexes the test split with the initial weights and measures Recall@1/5/10 (before training),
 #   3. does the same with the trained weights (after training), and runs Chinese queries,
 #      writing a contact sheet of the hits.

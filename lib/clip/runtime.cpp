@@ -1,6 +1,7 @@
 #include "clip/runtime.h"
 
 #include <dlfcn.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <ATen/Parallel.h>
@@ -18,6 +19,15 @@ std::string blas_core_name() {
   if (!fn) return {};
   const char* n = fn();
   return n ? std::string(n) : std::string();
+}
+
+void tune_malloc() {
+#ifdef __GLIBC__
+  for (const char* v : {"GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "CLIP_NO_MALLOC_TUNING"})
+    if (std::getenv(v)) return;
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed value on 64-bit
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
 }
 
 void maybe_reexec_for_blas(int argc, char** argv) {
