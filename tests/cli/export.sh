@@ -17,6 +17,14 @@ check "image graph named as the original" test -s "$tmp/tiny.img.fp32.onnx"
 check "fp16 text only" test -s "$tmp/tiny.txt.fp16.onnx" -a ! -e "$tmp/tiny.img.fp16.onnx"
 check "python checker" /usr/bin/python3 -c "import onnx,sys; [onnx.checker.check_model(p, full_check=True) for p in sys.argv[1:]]" \
   "$tmp/tiny.txt.fp32.onnx" "$tmp/tiny.img.fp32.onnx" "$tmp/tiny.txt.fp16.onnx"
+# What a consumer needs to preprocess travels in the graph's metadata.
+vocab_sha=$(sha256sum "$fx/vocab.txt" | cut -d' ' -f1)
+check "metadata: resolution, context length, vocab hash, source" /usr/bin/python3 -c "
+import onnx, sys
+m = {p.key: p.value for p in onnx.load(sys.argv[1]).metadata_props}
+assert m['resolution'] == '224' and m['context_length'] == '52', m
+assert m['vocab_sha256'] == sys.argv[2] and m['source_checkpoint'].endswith('vit_bert.pt'), m
+assert m['interpolation'].startswith('bicubic') and m['mean'].startswith('[0.481'), m" "$tmp/tiny.img.fp32.onnx" "$vocab_sha"
 
 # ORT on 3 all-[CLS][SEP]-like id rows: runs and gives [3, 32].
 /usr/bin/python3 -c "import numpy as n; a=n.zeros((3,52),n.int64); a[:,0]=101; a[:,1]=102; a[1,1:3]=[3300,102]; a.tofile('$tmp/ids.bin')"
