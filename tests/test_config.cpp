@@ -16,21 +16,6 @@ using nlohmann::json;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/clipcfgXXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  std::string write(const std::string& name, const std::string& text) const {
-    std::string p = path + "/" + name;
-    std::ofstream(p) << text;
-    return p;
-  }
-};
-
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
@@ -136,7 +121,7 @@ TEST_CASE("JSON config files in cn_clip's schema", "[config]") {
   CHECK(t.hidden_dropout == 0.0);
   CHECK(t.initializer_range == 0.15);
 
-  TempDir d;
+  testutil::TempDir d{"cfg"};
   // vision_layers as a JSON list, and as a string with spaces; vision_patch_size absent for a ResNet.
   auto l = vision_config(d.write("rn-list.json", R"({"embed_dim": 16, "image_resolution": 64, "vision_layers": [2, 1, 1, 1],
                                                      "vision_width": 16, "vision_patch_size": null})"));
@@ -166,7 +151,7 @@ TEST_CASE("config errors name the file, the key and the known names", "[config]"
   CHECK(msg.find("RBT3-chinese") != std::string::npos);
   CHECK(error_of([] { vision_config("/nonexistent/dir/x.json"); }).find("/nonexistent/dir/x.json") != std::string::npos);
 
-  TempDir d;
+  testutil::TempDir d{"cfg"};
   std::string bad = d.write("bad.json", "{\"embed_dim\": 32,,}");
   msg = error_of([&] { vision_config(bad); });
   CHECK(msg.find(bad) != std::string::npos);

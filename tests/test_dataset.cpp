@@ -27,21 +27,6 @@ using namespace clip;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/clipdataXXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  std::string write(const std::string& name, const std::string& content) const {
-    std::string p = path + "/" + name;
-    std::ofstream(p, std::ios::binary) << content;
-    return p;
-  }
-};
-
 bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 
 // The message of the DataError thrown by f (fails the test when nothing is thrown).
@@ -69,7 +54,7 @@ bool reported(const ReadReport& r, std::initializer_list<std::string> parts) {
 }  // namespace
 
 TEST_CASE("ImageTsv: offset index gives the same records as a sequential read", "[dataset]") {
-  TempDir dir;
+  testutil::TempDir dir{"data"};
   std::mt19937 rng(7);
   std::vector<std::pair<int64_t, std::string>> expect;
   std::string content;
@@ -128,7 +113,7 @@ TEST_CASE("ImageTsv: offset index gives the same records as a sequential read", 
 }
 
 TEST_CASE("ImageTsv: each bad line is reported with file and line, skipped or fatal", "[dataset]") {
-  TempDir dir;
+  testutil::TempDir dir{"data"};
   std::string content =
       "1\tQUJD\n"             // 1 ok
       "2 QUJD\n"              // 2 no tab
@@ -175,7 +160,7 @@ TEST_CASE("ImageTsv: each bad line is reported with file and line, skipped or fa
 }
 
 TEST_CASE("ImageTsv::bytes decodes the payload and names the line of a bad one", "[dataset]") {
-  TempDir dir;
+  testutil::TempDir dir{"data"};
   std::string good = base64_encode(reinterpret_cast<const uint8_t*>("hello, world"), 12);
   std::string path = dir.write("i.tsv", "4\t" + good + "\n5\tQ===\n");
   ReadReport report;
@@ -190,7 +175,7 @@ TEST_CASE("ImageTsv::bytes decodes the payload and names the line of a bad one",
 }
 
 TEST_CASE("read_texts: records, CRLF, and every kind of bad line", "[dataset]") {
-  TempDir dir;
+  testutil::TempDir dir{"data"};
   std::string imgs = dir.write("imgs.tsv", "100\tQUJD\n101\tQUJD\n102\tQUJD\n");
   ReadReport ir;
   ImageTsv tsv(imgs, ir, true);
@@ -289,7 +274,7 @@ TEST_CASE("UTF-8 validation", "[dataset]") {
 }
 
 TEST_CASE("open_split reads and cross-checks a split folder", "[dataset]") {
-  TempDir dir;
+  testutil::TempDir dir{"data"};
   dir.write("valid_imgs.tsv", "1\tQUJD\n2\tQUJD\n");
   dir.write("valid_texts.jsonl",
             "{\"text_id\": 1, \"text\": \"a\", \"image_ids\": [1, 2]}\n"
@@ -410,7 +395,7 @@ TEST_CASE("demo data: splits, ids and the vocabulary", "[dataset][demo]") {
 TEST_CASE("demo data: the generator reproduces data/shapes-zh byte for byte", "[dataset][demo]") {
   std::string gen = testutil::bin_dir() + "/make-demo-data";
   REQUIRE(file_exists(gen));
-  TempDir dir;
+  testutil::TempDir dir{"data"};
   int rc = std::system(("'" + gen + "' --out '" + dir.path + "/shapes-zh' 2>/dev/null").c_str());
   REQUIRE(rc == 0);
   for (const char* f : kDemoFiles) {

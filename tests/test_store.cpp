@@ -18,17 +18,6 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/clipstoreXXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
-};
-
 std::vector<float> random_rows(int64_t n, int64_t dim, unsigned seed, bool normalize = true) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd;
@@ -75,7 +64,7 @@ float half_round(float x) { return static_cast<float>(c10::Half(x)); }
 }  // namespace
 
 TEST_CASE("store round trip keeps ids, values and metadata (f32 and f16)", "[store]") {
-  TempDir dir;
+  testutil::TempDir dir{"store"};
   const int64_t n = 257, dim = 48;
   auto data = random_rows(n, dim, 1);
   std::vector<int64_t> ids(n);
@@ -136,7 +125,7 @@ TEST_CASE("store round trip keeps ids, values and metadata (f32 and f16)", "[sto
 }
 
 TEST_CASE("store writer refuses duplicate ids, bad values and bad dims", "[store]") {
-  TempDir dir;
+  testutil::TempDir dir{"store"};
   auto data = random_rows(4, 8, 2);
   auto msg = expect_data_error([&] { write_store(dir / "d.clipfeat", {1, 2, 1, 3}, data.data(), 8, StoreDtype::f32, test_meta()); });
   REQUIRE_THAT(msg, Contains("id 1 occurs twice") && Contains("rows 0 and 2"));
@@ -155,7 +144,7 @@ TEST_CASE("store writer refuses duplicate ids, bad values and bad dims", "[store
 }
 
 TEST_CASE("truncated, foreign and corrupted stores are refused with a clear message", "[store]") {
-  TempDir dir;
+  testutil::TempDir dir{"store"};
   const int64_t n = 50, dim = 16;
   auto data = random_rows(n, dim, 3);
   std::vector<int64_t> ids(n);
@@ -205,7 +194,7 @@ TEST_CASE("truncated, foreign and corrupted stores are refused with a clear mess
 }
 
 TEST_CASE("append adds rows, refuses duplicate ids unless replacing", "[store]") {
-  TempDir dir;
+  testutil::TempDir dir{"store"};
   const int64_t dim = 12;
   auto a = random_rows(5, dim, 4), b = random_rows(3, dim, 5);
   const std::string p = dir / "s.clipfeat";
@@ -243,7 +232,7 @@ TEST_CASE("append adds rows, refuses duplicate ids unless replacing", "[store]")
 }
 
 TEST_CASE("merge joins two stores of one model", "[store]") {
-  TempDir dir;
+  testutil::TempDir dir{"store"};
   const int64_t dim = 8;
   auto a = random_rows(3, dim, 6), b = random_rows(3, dim, 7);
   const std::string pa = dir / "a.clipfeat", pb = dir / "b.clipfeat", out = dir / "m.clipfeat";
@@ -324,7 +313,7 @@ TEST_CASE("python_float_repr prints floats as Python's repr", "[store]") {
 }
 
 TEST_CASE("cn_clip JSONL features: read, write byte-identical, line-numbered errors", "[store]") {
-  TempDir dir;
+  testutil::TempDir dir{"store"};
   for (const char* c : {"quant", "float"}) {
     for (const char* f : {"imgs.img_feat.jsonl", "texts.txt_feat.jsonl"}) {
       const std::string src = testutil::source_dir() + "/tests/data/eval/" + c + "/" + f;
@@ -367,7 +356,7 @@ TEST_CASE("cn_clip JSONL features: read, write byte-identical, line-numbered err
 }
 
 TEST_CASE("source file info records size and mtime", "[store]") {
-  TempDir dir;
+  testutil::TempDir dir{"store"};
   write_bytes(dir / "src.tsv", "1\tAAAA\n");
   SourceFile s = source_file_info(dir / "src.tsv");
   REQUIRE(s.path[0] == '/');
@@ -379,7 +368,7 @@ TEST_CASE("source file info records size and mtime", "[store]") {
 }
 
 TEST_CASE("a 100k x 512 store maps and reads back", "[store][large]") {
-  TempDir dir;
+  testutil::TempDir dir{"store"};
   const int64_t n = 100000, dim = 512;
   std::vector<float> data(n * dim);
   for (int64_t i = 0; i < n * dim; ++i) data[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.f - 0.5f;

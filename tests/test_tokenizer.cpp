@@ -45,21 +45,6 @@ Ids framed(const Ids& ids, size_t length = 52) {
   return out;
 }
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/cliptokXXXXXX";
-    REQUIRE(mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
-  std::string write(const std::string& name, const std::string& content) const {
-    std::string p = path + "/" + name;
-    std::ofstream(p, std::ios::binary) << content;
-    return p;
-  }
-};
-
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
@@ -216,7 +201,7 @@ TEST_CASE("invalid UTF-8 bytes are dropped like Python's decode(errors='ignore')
 }
 
 TEST_CASE("vocab loading follows Python's line and strip rules, and errors name the file", "[tokenizer]") {
-  TempDir dir;
+  testutil::TempDir dir{"tok"};
   // \r\n and lone \r end lines (universal newlines); U+2028 stays inside a line and is stripped; a
   // repeated token keeps the later id; a missing final newline still gives a line.
   std::string v = "[PAD]\r\n[UNK]\r[CLS]\n[SEP]\n  ab \n##c\t\n\u2028x\u2028\nab\n##d";
@@ -245,7 +230,7 @@ TEST_CASE("vocab loading follows Python's line and strip rules, and errors name 
 }
 
 TEST_CASE("find_vocab: explicit path, else vocab.txt beside or inside the checkpoint", "[tokenizer]") {
-  TempDir dir;
+  testutil::TempDir dir{"tok"};
   std::string ckpt = dir.write("model.pt", "x");
   std::string other = dir.write("other.txt", "[CLS]\n");
   // No vocab.txt yet: the error names the checkpoint and the remedy.
