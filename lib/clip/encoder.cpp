@@ -2,14 +2,16 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
-#include <torch/torch.h>
+#include <ATen/core/grad_mode.h>
 
 #include "clip/checkpoint.h"
 #include "clip/convert.h"
 #include "clip/error.h"
+#include "clip/fileio.h"
 #include "clip/image.h"
 #include "clip/log.h"
 #include "clip/model.h"
+#include "clip/tensor_torch.h"
 #include "clip/tokenizer.h"
 
 namespace clip {
@@ -21,23 +23,6 @@ struct Encoder::State {
 };
 
 namespace {
-
-// "a/b/hf-model/" -> "hf-model": names the towers of a Hugging Face folder.
-std::string folder_name(std::string p) {
-  while (p.size() > 1 && p.back() == '/') p.pop_back();
-  size_t s = p.rfind('/');
-  return s == std::string::npos ? p : p.substr(s + 1);
-}
-
-at::Device parse_device(const std::string& s) {
-  if (s == "cpu") return at::Device(at::kCPU);
-  if (s.rfind("cuda", 0) == 0) {
-    if (!torch::cuda::is_available())
-      throw UsageError("--device " + s + " requested but CUDA is not available in this build/machine; use --device cpu");
-    return at::Device(s);
-  }
-  throw UsageError("unknown --device '" + s + "' (expected cpu, cuda or cuda:N)");
-}
 
 at::ScalarType parse_precision(const std::string& p, const at::Device& dev) {
   if (p == "fp32") return at::kFloat;
@@ -68,7 +53,7 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro) : st_(std::ma
   if (!ck.hf_config_json.empty() && (vision.empty() || text.empty())) {
     nlohmann::json hj = nlohmann::json::parse(ck.hf_config_json, nullptr, /*allow_exceptions=*/false);
     if (!hj.is_discarded() && hj.contains("vision_config") && hj.contains("text_config")) {
-      const std::string cfg = model_config_json(model_config_from_hf(hj, folder_name(mo.checkpoint)));
+      const std::string cfg = model_config_json(model_config_from_hf(hj, path_basename(mo.checkpoint)));
       if (vision.empty()) vision = cfg;
       if (text.empty()) text = cfg;
     }
@@ -104,7 +89,7 @@ int Encoder::resolution() const { return config().vision.image_resolution; }
 int Encoder::embed_dim() const { return config().embed_dim(); }
 
 at::Tensor Encoder::encode_ids(const at::Tensor& ids) {
-  torch::NoGradGuard ng;
+  at::NoGradGuard ng;
   auto f = st_->model->encode_text(ids.to(st_->device));
   f = f.to(at::kFloat);
   f = f / f.norm(2, -1, true);
@@ -124,7 +109,7 @@ at::Tensor Encoder::encode_texts(const std::vector<std::string>& texts, bool pre
 }
 
 at::Tensor Encoder::encode_pixels(const at::Tensor& pixels) {
-  torch::NoGradGuard ng;
+  at::NoGradGuard ng;
   auto f = st_->model->encode_image(pixels.to(st_->device, st_->dtype));
   f = f.to(at::kFloat);
   f = f / f.norm(2, -1, true);

@@ -42,6 +42,13 @@ std::string path_dirname(const std::string& path) {
   return path.substr(0, pos);
 }
 
+std::string path_basename(const std::string& path) {
+  std::string s = path;
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  size_t k = s.rfind('/');
+  return k == std::string::npos ? s : s.substr(k + 1);
+}
+
 std::string path_join(const std::string& a, const std::string& b) {
   if (a.empty() || (!b.empty() && b[0] == '/')) return b;
   if (a.back() == '/') return a + b;

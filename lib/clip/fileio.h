@@ -13,6 +13,7 @@ std::string read_file(const std::string& path);  // throws IoError
 bool file_exists(const std::string& path);
 bool is_directory(const std::string& path);
 std::string path_dirname(const std::string& path);   // "a/b/c.pt" -> "a/b", "c.pt" -> "."
+std::string path_basename(const std::string& path);  // "a/b/c.pt" -> "c.pt", "a/hf-model/" -> "hf-model"
 std::string path_join(const std::string& a, const std::string& b);
 
 // Read-only memory map of a whole file (an empty file maps to size 0, data nullptr).

@@ -291,8 +291,7 @@ std::string build_resnet(Builder& b, const VisionConfig& v, const std::string& p
 // Moves initializers of >= threshold bytes into one external file beside the model.
 int64_t externalize(onnx::ModelProto& m, const std::string& model_path, int64_t threshold, std::string* data_path) {
   const std::string dir = path_dirname(model_path);
-  std::string base = model_path.substr(model_path.rfind('/') == std::string::npos ? 0 : model_path.rfind('/') + 1);
-  const std::string location = base + ".extra_file";
+  const std::string location = path_basename(model_path) + ".extra_file";
   *data_path = path_join(dir, location);
   AtomicFile f(*data_path);
   int64_t offset = 0, count = 0;

@@ -6,6 +6,16 @@
 
 namespace clip {
 
+at::Device parse_device(const std::string& d) {
+  if (d == "cpu") return at::Device(at::kCPU);
+  if (d.rfind("cuda", 0) == 0) {
+    if (!at::hasCUDA())
+      throw UsageError("--device " + d + ": this build of LibTorch has no CUDA support or no GPU is visible; use --device cpu");
+    return d == "cuda" ? at::Device(at::kCUDA, 0) : at::Device(d);
+  }
+  throw UsageError("--device '" + d + "': expected cpu, cuda or cuda:N");
+}
+
 at::ScalarType to_scalar_type(DType t) {
   switch (t) {
     case DType::f32: return at::kFloat;

@@ -22,4 +22,8 @@ at::Tensor to_tensor(const TensorData& t, at::ScalarType dtype);
 // another device or not contiguous); `owner` keeps the tensor alive.
 TensorData to_tensor_data(const at::Tensor& t);
 
+// --device: "cpu", "cuda" (= cuda:0) or "cuda:N". UsageError for anything else, and for cuda when
+// this LibTorch has no CUDA or no GPU is visible.
+at::Device parse_device(const std::string& name);
+
 }  // namespace clip

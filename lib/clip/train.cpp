@@ -23,6 +23,7 @@
 #include "clip/dataset.h"
 #include "clip/error.h"
 #include "clip/fileio.h"
+#include "clip/tensor_torch.h"
 #include "clip/image.h"
 #include "clip/log.h"
 #include "clip/metrics.h"
@@ -90,23 +91,6 @@ std::string sanitize(std::string s) {
   for (auto& c : s)
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) c = '-';
   return s;
-}
-
-std::string basename_of(const std::string& p) {
-  std::string s = p;
-  while (s.size() > 1 && s.back() == '/') s.pop_back();
-  size_t k = s.rfind('/');
-  return k == std::string::npos ? s : s.substr(k + 1);
-}
-
-at::Device parse_device(const std::string& d) {
-  if (d == "cpu") return at::Device(at::kCPU);
-  if (d.rfind("cuda", 0) == 0) {
-    if (!at::hasCUDA())
-      throw UsageError("--device " + d + ": this build of LibTorch has no CUDA support or no GPU is visible; use --device cpu");
-    return d == "cuda" ? at::Device(at::kCUDA, 0) : at::Device(d);
-  }
-  throw UsageError("--device '" + d + "': expected cpu, cuda or cuda:N");
 }
 
 void append_line(const std::string& path, const std::string& line) {
@@ -203,7 +187,7 @@ void Trainer::setup_run_dir() {
   // Created in write_params(), once the model and the data are known to be usable: a failed start
   // leaves no folder behind that would then refuse the corrected command.
   metrics_path_ = path_join(run_dir_, "metrics.jsonl");
-  if (o_.name.empty()) o_.name = basename_of(run_dir_);
+  if (o_.name.empty()) o_.name = path_basename(run_dir_);
 }
 
 void Trainer::setup_model() {
@@ -719,7 +703,7 @@ TrainSummary Trainer::run() {
   if (o_.precision != "fp32" && o_.precision != "amp") throw UsageError("--precision must be fp32 or amp");
   if (o_.resume.empty() && o_.output_dir.empty()) {
     // The vision name is known only once the model is resolved: a provisional name from the flags.
-    std::string vision = !o_.vision_model.empty() ? basename_of(o_.vision_model) : (!o_.checkpoint.empty() ? basename_of(o_.checkpoint) : "model");
+    std::string vision = !o_.vision_model.empty() ? path_basename(o_.vision_model) : (!o_.checkpoint.empty() ? path_basename(o_.checkpoint) : "model");
     if (vision.size() > 5 && vision.compare(vision.size() - 5, 5, ".json") == 0) vision.resize(vision.size() - 5);
     if (vision.size() > 3 && vision.compare(vision.size() - 3, 3, ".pt") == 0) vision.resize(vision.size() - 3);
     o_.output_dir = path_join("runs", sanitize(fmt::format("{}-{}-lr{}-bs{}", timestamp(), vision,
