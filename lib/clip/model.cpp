@@ -91,33 +91,7 @@ struct BlockFn : torch::CustomClassHolder {
   std::function<at::Tensor(const at::Tensor&)> fn;
   at::Tensor rng_state;
   at::Device device{at::kCPU};
-  bool autocast_cpu = false, autocast_gpu = false;
-  at::ScalarType autocast_cpu_dtype = at::kBFloat16, autocast_gpu_dtype = at::kHalf;
-};
-
-// Sets the autocast state for a scope and restores the previous one. Like torch.autocast, the scope
-// counts as one nesting level: leaving the outermost one drops autocast's cache of low-precision
-// weight copies. (Without that, the copies made while recomputing a checkpointed block in backward
-// would outlive the optimizer step and the next forward would use the old weights.)
-struct AutocastScope {
-  bool cpu, gpu;
-  at::ScalarType cpu_dt, gpu_dt;
-  AutocastScope(bool c, at::ScalarType cdt, bool g, at::ScalarType gdt)
-      : cpu(compat::autocast_enabled(false)), gpu(compat::autocast_enabled(true)),
-        cpu_dt(compat::autocast_dtype(false)), gpu_dt(compat::autocast_dtype(true)) {
-    set(c, cdt, g, gdt);
-    at::autocast::increment_nesting();
-  }
-  ~AutocastScope() {
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    set(cpu, cpu_dt, gpu, gpu_dt);
-  }
-  static void set(bool c, at::ScalarType cdt, bool g, at::ScalarType gdt) {
-    compat::set_autocast_enabled(false, c);
-    compat::set_autocast_dtype(false, cdt);
-    compat::set_autocast_enabled(true, g);
-    compat::set_autocast_dtype(true, gdt);
-  }
+  compat::AutocastState autocast;
 };
 
 at::Tensor generator_state(const at::Device& d) {
@@ -137,10 +111,7 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
                             const c10::intrusive_ptr<BlockFn>& block) {
     block->device = x.device();
     block->rng_state = generator_state(x.device());
-    block->autocast_cpu = compat::autocast_enabled(false);
-    block->autocast_gpu = compat::autocast_enabled(true);
-    block->autocast_cpu_dtype = compat::autocast_dtype(false);
-    block->autocast_gpu_dtype = compat::autocast_dtype(true);
+    block->autocast = compat::AutocastState::current();
     ctx->saved_data["block"] = c10::IValue::make_capsule(block);
     std::vector<at::Tensor> saved{x};
     saved.insert(saved.end(), params.begin(), params.end());
@@ -148,17 +119,12 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     // Function::apply runs this with gradients off: nothing is stored. Autocast's cache of bf16 weight
     // copies is off meanwhile: copies made here have no autograd history, and the recomputation in
     // backward would pick them up and give those weights no gradient.
-    const bool cache = at::autocast::is_autocast_cache_enabled();
-    at::autocast::set_autocast_cache_enabled(false);
-    at::Tensor out;
-    try {
-      out = block->fn(x);
-    } catch (...) {
-      at::autocast::set_autocast_cache_enabled(cache);
-      throw;
-    }
-    at::autocast::set_autocast_cache_enabled(cache);
-    return out;
+    struct NoCastCache {
+      bool prev = at::autocast::is_autocast_cache_enabled();
+      NoCastCache() { at::autocast::set_autocast_cache_enabled(false); }
+      ~NoCastCache() { at::autocast::set_autocast_cache_enabled(prev); }
+    } no_cache;
+    return block->fn(x);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -174,7 +140,7 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
       at::Tensor now = generator_state(block->device);
       set_generator_state(block->device, block->rng_state);
       torch::autograd::AutoGradMode grad_on(true);
-      AutocastScope ac(block->autocast_cpu, block->autocast_cpu_dtype, block->autocast_gpu, block->autocast_gpu_dtype);
+      compat::AutocastScope ac(block->autocast);
       try {
         out = block->fn(xd);
       } catch (...) {

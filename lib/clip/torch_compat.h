@@ -27,32 +27,62 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
 #endif
 }
 
-// Autocast switches, per backend (cuda: the GPU's, else the CPU's). PyTorch 2.4 replaced the
-// per-backend functions by ones taking the device type (the old ones warn on every call).
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-inline bool autocast_enabled(bool cuda) { return at::autocast::is_autocast_enabled(cuda ? at::kCUDA : at::kCPU); }
-inline at::ScalarType autocast_dtype(bool cuda) { return at::autocast::get_autocast_dtype(cuda ? at::kCUDA : at::kCPU); }
-inline void set_autocast_enabled(bool cuda, bool on) { at::autocast::set_autocast_enabled(cuda ? at::kCUDA : at::kCPU, on); }
-inline void set_autocast_dtype(bool cuda, at::ScalarType dt) { at::autocast::set_autocast_dtype(cuda ? at::kCUDA : at::kCPU, dt); }
-#else
-inline bool autocast_enabled(bool cuda) { return cuda ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled(); }
-inline at::ScalarType autocast_dtype(bool cuda) {
-  return cuda ? at::autocast::get_autocast_gpu_dtype() : at::autocast::get_autocast_cpu_dtype();
-}
-inline void set_autocast_enabled(bool cuda, bool on) {
-  if (cuda) at::autocast::set_enabled(on);
-  else at::autocast::set_cpu_enabled(on);
-}
-inline void set_autocast_dtype(bool cuda, at::ScalarType dt) {
-  if (cuda) at::autocast::set_autocast_gpu_dtype(dt);
-  else at::autocast::set_autocast_cpu_dtype(dt);
-}
-#endif
+// The autocast switches of both backends. PyTorch 2.4 replaced the per-backend functions by ones
+// taking the device type (the old ones warn on every call).
+struct AutocastState {
+  bool cpu = false, gpu = false;
+  at::ScalarType cpu_dtype = at::kBFloat16, gpu_dtype = at::kHalf;
 
-// bf16 autocast on or off for one backend.
-inline void set_autocast(bool cuda, bool on) {
-  set_autocast_enabled(cuda, on);
-  if (on) set_autocast_dtype(cuda, at::kBFloat16);
-}
+  static AutocastState current() {
+    AutocastState s;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    s.cpu = at::autocast::is_autocast_enabled(at::kCPU);
+    s.gpu = at::autocast::is_autocast_enabled(at::kCUDA);
+    s.cpu_dtype = at::autocast::get_autocast_dtype(at::kCPU);
+    s.gpu_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+#else
+    s.cpu = at::autocast::is_cpu_enabled();
+    s.gpu = at::autocast::is_enabled();
+    s.cpu_dtype = at::autocast::get_autocast_cpu_dtype();
+    s.gpu_dtype = at::autocast::get_autocast_gpu_dtype();
+#endif
+    return s;
+  }
+
+  void apply() const {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCPU, cpu);
+    at::autocast::set_autocast_enabled(at::kCUDA, gpu);
+    at::autocast::set_autocast_dtype(at::kCPU, cpu_dtype);
+    at::autocast::set_autocast_dtype(at::kCUDA, gpu_dtype);
+#else
+    at::autocast::set_cpu_enabled(cpu);
+    at::autocast::set_enabled(gpu);
+    at::autocast::set_autocast_cpu_dtype(cpu_dtype);
+    at::autocast::set_autocast_gpu_dtype(gpu_dtype);
+#endif
+  }
+};
+
+// Applies an autocast state for a scope and restores the previous one. Like torch.autocast, the
+// scope counts as one nesting level: leaving the outermost one drops autocast's cache of
+// low-precision weight copies. (Without that, copies made while recomputing a checkpointed block in
+// backward would outlive the optimizer step, and the next forward would use the old weights.)
+class AutocastScope {
+ public:
+  explicit AutocastScope(const AutocastState& state) : prev_(AutocastState::current()) {
+    state.apply();
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    prev_.apply();
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  AutocastState prev_;
+};
 
 }  // namespace clip::compat

@@ -2,10 +2,12 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "clip/pyobj.h"
+#include "clip/torch_compat.h"
 
 namespace clip::detail {
 
@@ -18,12 +20,9 @@ std::string shape_str(const at::Tensor& t);
 class AutocastScope {
  public:
   AutocastScope(bool on, const at::Device& device);
-  ~AutocastScope();
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
 
  private:
-  bool on_, cuda_, prev_ = false;
+  std::optional<compat::AutocastScope> scope_;
 };
 
 // The run folder of a --resume argument: the folder itself, or <run> for <run>/checkpoints/x.pt.

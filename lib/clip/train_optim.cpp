@@ -183,17 +183,12 @@ std::string shape_str(const at::Tensor& t) {
 }
 
 
-AutocastScope::AutocastScope(bool on, const at::Device& device) : on_(on), cuda_(device.is_cuda()) {
-  if (!on_) return;
-  prev_ = compat::autocast_enabled(cuda_);
-  compat::set_autocast(cuda_, true);
-  at::autocast::increment_nesting();
-}
-
-AutocastScope::~AutocastScope() {
-  if (!on_) return;
-  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  compat::set_autocast(cuda_, prev_);
+AutocastScope::AutocastScope(bool on, const at::Device& device) {
+  if (!on) return;
+  compat::AutocastState s = compat::AutocastState::current();
+  (device.is_cuda() ? s.gpu : s.cpu) = true;
+  (device.is_cuda() ? s.gpu_dtype : s.cpu_dtype) = at::kBFloat16;
+  scope_.emplace(s);
 }
 
 double grad_global_l2(const std::vector<at::Tensor>& params) {
