@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # clip-serve end to end: indexes the embedded demo split, starts the server on a free loopback port,
-# drives the page in headless Chromium (tests/e2e/serve.test.mjs), takes the screenshots in
-# docs/screenshots/, and stops the server with SIGTERM (it must exit 0).
+# drives the page in headless Chromium (tests/e2e/serve.test.mjs), takes screenshots (into
+# CLIP_SCREENSHOTS_DIR when set, e.g. docs/screenshots to refresh the documentation's, else a scratch
+# folder), and stops the server with SIGTERM (it must exit 0).
 # Usage: serve_e2e.sh BIN_DIR SOURCE_DIR SHARED_DIR
 # The model: CLIP_DEMO_CHECKPOINT (with CLIP_DEMO_VISION/CLIP_DEMO_TEXT configs when the checkpoint
 # needs them) when set, else the reference fixture model in SHARED_DIR/fixtures/cnclip-tiny.
@@ -57,7 +58,7 @@ done
 echo "clip-serve on 127.0.0.1:$port (pid $pid); expected top hit $expect, image query $image_id"
 
 node "$e2e/serve.test.mjs" --url "http://127.0.0.1:$port/" --query "$query" --expect-id "$expect" \
-  --image "$tmp/query.jpg" --image-id "$image_id" --shots "$src/docs/screenshots"
+  --image "$tmp/query.jpg" --image-id "$image_id" --shots "${CLIP_SCREENSHOTS_DIR:-$tmp/shots}"
 rc=$?
 
 kill -TERM "$pid"
