@@ -30,12 +30,6 @@ StateDict float32_state(ClipModel& model) {
   return sd;
 }
 
-void write_text(const std::string& path, const std::string& text) {
-  AtomicFile f(path, /*binary=*/true);
-  f.write(text);
-  f.commit();
-}
-
 }  // namespace
 
 void write_cnclip_checkpoint(const std::string& path, ClipModel& model, const CnclipWriteOptions& opt) {
@@ -175,8 +169,8 @@ void write_hf_folder(const std::string& dir, ClipModel& model, const std::string
   if (ec) throw IoError("cannot create folder '" + dir + "': " + ec.message());
   StateDict hf = cnclip_to_hf(float32_state(model));
   save_safetensors(path_join(dir, "model.safetensors"), hf);
-  write_text(path_join(dir, "config.json"), config.dump(2) + "\n");
-  write_text(path_join(dir, "vocab.txt"), read_file(vocab_path));
+  write_file_atomic(path_join(dir, "config.json"), config.dump(2) + "\n");
+  write_file_atomic(path_join(dir, "vocab.txt"), read_file(vocab_path));
   const int r = cfg.vision.image_resolution;
   nlohmann::json pre = {
       {"image_processor_type", "ChineseCLIPImageProcessor"},
@@ -193,7 +187,7 @@ void write_hf_folder(const std::string& dir, ClipModel& model, const std::string
       {"image_mean", {kClipMean[0], kClipMean[1], kClipMean[2]}},
       {"image_std", {kClipStd[0], kClipStd[1], kClipStd[2]}},
   };
-  write_text(path_join(dir, "preprocessor_config.json"), pre.dump(2) + "\n");
+  write_file_atomic(path_join(dir, "preprocessor_config.json"), pre.dump(2) + "\n");
   nlohmann::json tok = {
       {"tokenizer_class", "BertTokenizer"},
       {"processor_class", "ChineseCLIPProcessor"},
@@ -203,7 +197,7 @@ void write_hf_folder(const std::string& dir, ClipModel& model, const std::string
       {"unk_token", "[UNK]"}, {"sep_token", "[SEP]"}, {"pad_token", "[PAD]"}, {"cls_token", "[CLS]"},
       {"mask_token", "[MASK]"},
   };
-  write_text(path_join(dir, "tokenizer_config.json"), tok.dump(2) + "\n");
+  write_file_atomic(path_join(dir, "tokenizer_config.json"), tok.dump(2) + "\n");
   log_info("wrote Hugging Face ChineseCLIP folder {} ({} tensors)", dir, hf.keys.size());
 }
 

@@ -115,4 +115,10 @@ void AtomicFile::commit() {
   committed_ = true;
 }
 
+void write_file_atomic(const std::string& path, const std::string& content) {
+  AtomicFile f(path);
+  f.write(content);
+  f.commit();
+}
+
 }  // namespace clip

@@ -35,6 +35,9 @@ class MappedFile {
 
 // Writes to "<path>.tmp.<pid>" and renames over <path> on commit(). If commit() is never reached
 // (an exception, a crash) the destination is untouched and the temporary file is removed.
+// The whole of `content` written atomically to `path` (AtomicFile below); throws IoError.
+void write_file_atomic(const std::string& path, const std::string& content);
+
 class AtomicFile {
  public:
   explicit AtomicFile(const std::string& path, bool binary = true);  // throws IoError

@@ -110,9 +110,7 @@ void write_predictions(const std::string& path, const Predictions& p) {
     if (std::fwrite(all.data(), 1, all.size(), stdout) != all.size()) throw_io_error("write", "<stdout>");
     return;
   }
-  AtomicFile f(path, false);
-  f.write(all);
-  f.commit();
+  write_file_atomic(path, all);
 }
 
 Recall compute_recall(const std::vector<int64_t>& gold_order, const Ranking& gold, const Ranking& predicted,

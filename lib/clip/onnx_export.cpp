@@ -396,9 +396,7 @@ OnnxExportResult export_onnx(ClipModel& model, OnnxTower tower, const std::strin
   std::string bytes;
   if (!m.SerializeToString(&bytes))
     throw ModelError("ONNX export: cannot serialise " + path + " (over protobuf's 2 GB limit?); lower --external-data-threshold");
-  AtomicFile f(path);
-  f.write(bytes);
-  f.commit();
+  write_file_atomic(path, bytes);
   log_info("wrote {} ({} nodes, {} initializers{}, {:.1f} MB)", path, res.nodes, res.initializers,
            res.external_tensors ? ", " + std::to_string(res.external_tensors) + " in " + res.external_data_path : "",
            double(bytes.size()) / 1e6);

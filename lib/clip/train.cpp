@@ -101,12 +101,6 @@ void append_line(const std::string& path, const std::string& line) {
   if (!ok) throw_io_error("write", path);
 }
 
-void write_atomic(const std::string& path, const std::string& content) {
-  AtomicFile f(path, false);
-  f.write(content);
-  f.commit();
-}
-
 // cn_clip's params.py defaults per architecture (get_default_params).
 struct ArchDefaults {
   double lr, beta1, beta2, eps;
@@ -373,13 +367,13 @@ void Trainer::write_params() {
   // The checkpoints folder gets the vocab and the model configs, so that clip-index/clip-eval/clip-export
   // find the vocab beside a checkpoint and can be given the exact configs (--vision-model/--text-model).
   std::string vocab_copy = path_join(ckpt_dir_, "vocab.txt");
-  if (!file_exists(vocab_copy)) write_atomic(vocab_copy, read_file(o_.vocab));
+  if (!file_exists(vocab_copy)) write_file_atomic(vocab_copy, read_file(o_.vocab));
   // (named <config name>.json: a config's name is its file stem, so the model keeps its name.)
-  write_atomic(path_join(ckpt_dir_, sanitize(cfg.vision.name) + ".json"), to_json(cfg.vision).dump(2) + "\n");
-  write_atomic(path_join(ckpt_dir_, sanitize(cfg.text.name) + ".json"), to_json(cfg.text).dump(2) + "\n");
+  write_file_atomic(path_join(ckpt_dir_, sanitize(cfg.vision.name) + ".json"), to_json(cfg.vision).dump(2) + "\n");
+  write_file_atomic(path_join(ckpt_dir_, sanitize(cfg.text.name) + ".json"), to_json(cfg.text).dump(2) + "\n");
 
   nlohmann::json j = {{"options", stored.to_json()}, {"resolved", resolved_}};
-  write_atomic(path_join(run_dir_, "params.json"), j.dump(2) + "\n");
+  write_file_atomic(path_join(run_dir_, "params.json"), j.dump(2) + "\n");
   log_info("run folder {}: {} pairs, {} steps/epoch, {} steps over {} epochs, lr {} (warmup {}), batch {}{}",
            run_dir_, train_->pairs.size(), steps_per_epoch_, max_steps_, max_epochs_, lr_, o_.warmup, o_.batch_size,
            o_.accum_freq > 1 ? fmt::format(" x {} accumulated", o_.accum_freq) : std::string());
@@ -410,7 +404,7 @@ void Trainer::restore_metrics(int64_t upto_step) {
       if (j.contains("t2i_r1")) c_t2i_.push_back({s, j["t2i_r1"].get<double>()});
     }
   }
-  write_atomic(metrics_path_, kept);
+  write_file_atomic(metrics_path_, kept);
 }
 
 at::Tensor Trainer::tokens_of(const std::vector<size_t>& text_indices) const {
@@ -572,7 +566,7 @@ void Trainer::redraw_curves() {
                       {{"text -> image", "#9467bd", c_t2i_, true}, {"image -> text", "#ff7f0e", c_i2t_, true}},
                       false});
   std::string title = fmt::format("{} - {} (lr {}, batch {})", o_.name, (*model_)->config().name(), lr_, o_.batch_size);
-  write_atomic(path_join(run_dir_, "curves.svg"), render_curves_svg(title, panels, max_steps_));
+  write_file_atomic(path_join(run_dir_, "curves.svg"), render_curves_svg(title, panels, max_steps_));
 }
 
 void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
@@ -747,7 +741,7 @@ TrainSummary Trainer::run() {
   if (stop_)
     log_info("stopped after step {} of {}: continue with --resume {}", step_, max_steps_, run_dir_);
   else {
-    write_atomic(path_join(run_dir_, "DONE"), fmt::format("{{\"steps\": {}, \"epochs\": {}}}\n", step_, max_epochs_));
+    write_file_atomic(path_join(run_dir_, "DONE"), fmt::format("{{\"steps\": {}, \"epochs\": {}}}\n", step_, max_epochs_));
     log_info("finished: {} steps, last loss {:.4f}; checkpoints in {}", step_, summary_.last_loss, ckpt_dir_);
   }
   return summary_;
