@@ -18,11 +18,11 @@
 #include <thread>
 #include <vector>
 
-#include "clip/cli.h"
-#include "clip/dataset.h"
-#include "clip/image.h"
-#include "clip/log.h"
-#include "clip/pipeline.h"
+#include "clip/cli/cli.h"
+#include "clip/data/dataset.h"
+#include "clip/image/image.h"
+#include "clip/base/log.h"
+#include "clip/base/pipeline.h"
 
 namespace {
 

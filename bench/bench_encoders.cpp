@@ -18,9 +18,9 @@
 #include <string>
 #include <vector>
 
-#include "clip/config.h"
-#include "clip/model.h"
-#include "clip/runtime.h"
+#include "clip/model/config.h"
+#include "clip/model/model.h"
+#include "clip/base/runtime.h"
 
 namespace {
 

@@ -11,11 +11,11 @@
 #include <cstring>
 #include <unistd.h>
 
-#include "clip/cli.h"
-#include "clip/log.h"
-#include "clip/runtime.h"
-#include "clip/search.h"
-#include "clip/store.h"
+#include "clip/cli/cli.h"
+#include "clip/base/log.h"
+#include "clip/base/runtime.h"
+#include "clip/retrieval/search.h"
+#include "clip/retrieval/store.h"
 
 using namespace clip;
 using Clock = std::chrono::steady_clock;

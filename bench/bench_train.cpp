@@ -1,4 +1,4 @@
-// Training throughput of clip-finetune's optimizer step (lib/clip/train_step.cpp: forward of both
+// Training throughput of clip-finetune's optimizer step (lib/clip/train/train_step.cpp: forward of both
 // towers, symmetric InfoNCE, backward, cn_clip's AdamW groups, logit_scale clamp) on random weights
 // and random inputs already on the device, so that data loading is not measured.
 // bench_train_python.py measures the same step in Python cn_clip; run_train_gpu.sh runs both.
@@ -18,10 +18,10 @@
 #include <string>
 #include <vector>
 
-#include "clip/config.h"
-#include "clip/model.h"
-#include "clip/runtime.h"
-#include "clip/train.h"
+#include "clip/model/config.h"
+#include "clip/model/model.h"
+#include "clip/base/runtime.h"
+#include "clip/train/train.h"
 
 #ifdef CLIP_BENCH_CUDA_STATS
 #include <c10/cuda/CUDACachingAllocator.h>

@@ -2,7 +2,7 @@
 # the binary at run time. Run as: cmake -DWEB_DIR=... -DOUT=... -P embed_web.cmake
 file(GLOB files RELATIVE ${WEB_DIR} ${WEB_DIR}/*.html ${WEB_DIR}/*.js ${WEB_DIR}/*.css ${WEB_DIR}/*.svg)
 list(SORT files)
-set(body "// Generated from web/ by cmake/embed_web.cmake at build time; do not edit.\n#include \"clip/serve.h\"\n\nnamespace clip {\nnamespace {\n")
+set(body "// Generated from web/ by cmake/embed_web.cmake at build time; do not edit.\n#include \"clip/serve/serve.h\"\n\nnamespace clip {\nnamespace {\n")
 set(table "")
 set(i 0)
 foreach(f ${files})

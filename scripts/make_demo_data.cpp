@@ -26,11 +26,11 @@
 #include <string>
 #include <vector>
 
-#include "clip/cli.h"
-#include "clip/error.h"
-#include "clip/fileio.h"
-#include "clip/image.h"
-#include "clip/log.h"
+#include "clip/cli/cli.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/image/image.h"
+#include "clip/base/log.h"
 
 namespace {
 

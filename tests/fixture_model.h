@@ -8,7 +8,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "clip/config.h"
+#include "clip/model/config.h"
 #include "util.h"
 
 namespace testutil {

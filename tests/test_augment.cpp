@@ -13,10 +13,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "clip/augment.h"
-#include "clip/error.h"
-#include "clip/fileio.h"
-#include "clip/image.h"
+#include "clip/data/augment.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/image/image.h"
 #include "util.h"
 
 using namespace clip;

@@ -13,11 +13,11 @@
 #include <sstream>
 #include <unistd.h>
 
-#include "clip/checkpoint.h"
-#include "clip/error.h"
-#include "clip/fileio.h"
-#include "clip/pickle.h"
-#include "clip/zip.h"
+#include "clip/io/checkpoint.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/io/pickle.h"
+#include "clip/io/zip.h"
 #include "util.h"
 
 using namespace clip;

@@ -7,8 +7,8 @@
 #include <fstream>
 #include <string>
 
-#include "clip/config.h"
-#include "clip/error.h"
+#include "clip/model/config.h"
+#include "clip/base/error.h"
 #include "util.h"
 
 using namespace clip;

@@ -15,12 +15,12 @@
 #include <string>
 #include <vector>
 
-#include "clip/dataset.h"
-#include "clip/error.h"
-#include "clip/fileio.h"
-#include "clip/image.h"
-#include "clip/log.h"
-#include "clip/tokenizer.h"
+#include "clip/data/dataset.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/image/image.h"
+#include "clip/base/log.h"
+#include "clip/text/tokenizer.h"
 #include "util.h"
 
 using namespace clip;

@@ -11,12 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "clip/convert.h"
-#include "clip/encoder.h"
-#include "clip/error.h"
-#include "clip/model.h"
-#include "clip/onnx_export.h"
-#include "clip/tokenizer.h"
+#include "clip/export/convert.h"
+#include "clip/retrieval/encoder.h"
+#include "clip/base/error.h"
+#include "clip/model/model.h"
+#include "clip/export/onnx_export.h"
+#include "clip/text/tokenizer.h"
 #include "util.h"
 
 #undef CHECK

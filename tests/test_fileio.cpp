@@ -3,8 +3,8 @@
 #include <cstdio>
 #include <unistd.h>
 
-#include "clip/error.h"
-#include "clip/fileio.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
 
 using namespace clip;
 

@@ -14,10 +14,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "clip/error.h"
-#include "clip/fileio.h"
-#include "clip/image.h"
-#include "clip/sha256.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/image/image.h"
+#include "clip/base/sha256.h"
 #include "util.h"
 
 

@@ -4,9 +4,9 @@
 #include <fstream>
 #include <unistd.h>
 
-#include "clip/error.h"
-#include "clip/fileio.h"
-#include "clip/metrics.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/retrieval/metrics.h"
 #include "util.h"
 
 using namespace clip;

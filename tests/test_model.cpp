@@ -12,11 +12,11 @@
 #include <string>
 #include <vector>
 
-#include "clip/checkpoint.h"
-#include "clip/config.h"
-#include "clip/error.h"
-#include "clip/model.h"
-#include "clip/tensor_torch.h"
+#include "clip/io/checkpoint.h"
+#include "clip/model/config.h"
+#include "clip/base/error.h"
+#include "clip/model/model.h"
+#include "clip/model/tensor_torch.h"
 #include "fixture_model.h"
 #include "util.h"
 

@@ -8,8 +8,8 @@
 #include <thread>
 #include <vector>
 
-#include "clip/error.h"
-#include "clip/pipeline.h"
+#include "clip/base/error.h"
+#include "clip/base/pipeline.h"
 
 using namespace clip;
 

@@ -5,11 +5,11 @@
 #include <numeric>
 #include <random>
 
-#include "clip/error.h"
-#include "clip/fileio.h"
-#include "clip/metrics.h"
-#include "clip/search.h"
-#include "clip/store.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/retrieval/metrics.h"
+#include "clip/retrieval/search.h"
+#include "clip/retrieval/store.h"
 #include "util.h"
 
 using namespace clip;

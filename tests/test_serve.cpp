@@ -11,12 +11,12 @@
 #include <future>
 #include <thread>
 
-#include "clip/dataset.h"
-#include "clip/encoder.h"
-#include "clip/image.h"
-#include "clip/query.h"
-#include "clip/serve.h"
-#include "clip/store.h"
+#include "clip/data/dataset.h"
+#include "clip/retrieval/encoder.h"
+#include "clip/image/image.h"
+#include "clip/retrieval/query.h"
+#include "clip/serve/serve.h"
+#include "clip/retrieval/store.h"
 #include "util.h"
 
 using namespace clip;

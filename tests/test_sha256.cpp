@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "clip/sha256.h"
+#include "clip/base/sha256.h"
 
 using namespace clip;
 

@@ -8,9 +8,9 @@
 #include <random>
 #include <unistd.h>
 
-#include "clip/error.h"
-#include "clip/fileio.h"
-#include "clip/store.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/retrieval/store.h"
 #include "util.h"
 
 using namespace clip;

@@ -9,10 +9,10 @@
 #include <thread>
 #include <unistd.h>
 
-#include "clip/error.h"
-#include "clip/fileio.h"
-#include "clip/sha256.h"
-#include "clip/tokenizer.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/base/sha256.h"
+#include "clip/text/tokenizer.h"
 #include "util.h"
 
 using namespace clip;

@@ -17,14 +17,14 @@
 #include <string>
 #include <vector>
 
-#include "clip/checkpoint.h"
-#include "clip/config.h"
-#include "clip/error.h"
-#include "clip/fileio.h"
-#include "clip/log.h"
-#include "clip/model.h"
-#include "clip/tensor_torch.h"
-#include "clip/train.h"
+#include "clip/io/checkpoint.h"
+#include "clip/model/config.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/base/log.h"
+#include "clip/model/model.h"
+#include "clip/model/tensor_torch.h"
+#include "clip/train/train.h"
 #include "fixture_model.h"
 #include "util.h"
 
@@ -593,9 +593,9 @@ TrainOptions small_run(const std::string& data, const std::string& out) {
   std::string src = testutil::source_dir() + "/data/shapes-zh";
   TrainOptions o;
   o.data_dir = data;
-  o.vision_model = src + "/ViT-Demo.json";
-  o.text_model = src + "/RBT-Demo.json";
-  o.batch_size = 8;
+  o.model.vision_model = src + "/ViT-Demo.json";
+  o.model.text_model = src + "/RBT-Demo.json";
+  o.runtime.batch_size = 8;
   o.valid_batch_size = 8;
   o.lr = 2e-3;
   o.warmup = 2;
@@ -603,8 +603,8 @@ TrainOptions small_run(const std::string& data, const std::string& out) {
   o.log_interval = 1;
   o.seed = 11;
   o.use_augment = true;  // per-(seed, epoch, sample) augmentation must replay exactly too
-  o.threads = 2;
-  o.quiet = true;
+  o.runtime.threads = 2;
+  o.runtime.quiet = true;
   o.output_dir = out;
   return o;
 }
@@ -636,7 +636,7 @@ TEST_CASE("interrupted + resumed equals uninterrupted, bit for bit", "[train][ru
   CHECK_FALSE(file_exists(root + "/resumed/DONE"));
   // As clip-finetune --resume does: the stored options, then the run continues.
   TrainOptions again = TrainOptions::stored_for_resume(root + "/resumed");
-  again.quiet = true;
+  again.runtime.quiet = true;
   CHECK(again.max_steps == 7);
   CHECK(again.seed == 11);
   TrainSummary b2 = run_finetune(again);
@@ -665,7 +665,7 @@ TEST_CASE("interrupted + resumed equals uninterrupted, bit for bit", "[train][ru
   run_finetune(at_boundary);
   CHECK(file_exists(root + "/boundary/checkpoints/epoch1.pt"));
   TrainOptions rest = TrainOptions::stored_for_resume(root + "/boundary/checkpoints/epoch_latest.pt");
-  rest.quiet = true;
+  rest.runtime.quiet = true;
   CHECK(run_finetune(rest).steps == 7);
   Checkpoint cc = load_checkpoint(root + "/boundary/checkpoints/epoch_latest.pt");
   size_t differing_c = 0;

@@ -1,11 +1,11 @@
 // clip-eval: text<->image retrieval recall with cn_clip's rules, from features (stores or cn_clip JSONL)
 // or from cn_clip prediction files. JSON record on stdout, a readable table on stderr.
-#include "clip/cli.h"
-#include "clip/log.h"
-#include "clip/metrics.h"
-#include "clip/runtime.h"
-#include "clip/search.h"
-#include "clip/store.h"
+#include "clip/cli/cli.h"
+#include "clip/base/log.h"
+#include "clip/retrieval/metrics.h"
+#include "clip/base/runtime.h"
+#include "clip/retrieval/search.h"
+#include "clip/retrieval/store.h"
 
 using namespace clip;
 
@@ -15,8 +15,7 @@ static int body(int argc, char** argv) {
                "  clip-eval --predictions t2i.jsonl [--tr-predictions i2t.jsonl] --texts test_texts.jsonl",
                "clip-eval"};
   std::string image_feats, text_feats, texts, predictions, tr_predictions, format = "json", write_topk, name;
-  int threads = 0;
-  bool quiet = false, verbose = false;
+  RuntimeOptions ro;
   app.add_option("--image-feats", image_feats, "Image features: a clip-index store or cn_clip JSONL");
   app.add_option("--text-feats", text_feats, "Text features: a clip-index store or cn_clip JSONL");
   app.add_option("--predictions", predictions, "cn_clip text->image predictions ({\"text_id\", \"image_ids\": [10 ids]})");
@@ -25,13 +24,12 @@ static int body(int argc, char** argv) {
   app.add_option("--format", format, "Record on stdout: json, md or tsv")->check(CLI::IsMember({"json", "md", "tsv"}))->capture_default_str();
   app.add_option("--write-topk", write_topk, "Also write cn_clip prediction files PREFIX.t2i.jsonl and PREFIX.i2t.jsonl");
   app.add_option("--name", name, "A label copied into the record (e.g. the split)");
-  app.add_option("--threads,-j", threads, "CPU threads (0 = all cores)")->capture_default_str();
-  app.add_flag("--quiet,-q", quiet, "Only errors on stderr");
-  app.add_flag("--verbose,-v", verbose, "Debug messages on stderr");
+  RuntimeFlags rf;
+  rf.device = rf.precision = rf.batch_size = false;
+  add_runtime_options(app, ro, rf);
+  add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
-  if (quiet) set_log_level(LogLevel::error);
-  else if (verbose) set_log_level(LogLevel::debug);
-  set_threads(threads);
+  ro.apply();
 
   const bool from_feats = !image_feats.empty() || !text_feats.empty();
   if (from_feats == (!predictions.empty() || !tr_predictions.empty()))

@@ -1,13 +1,13 @@
 // clip-export: ONNX graphs of the encoders, and conversion to cn_clip checkpoints and Hugging Face folders.
 #include <nlohmann/json.hpp>
 
-#include "clip/cli.h"
-#include "clip/convert.h"
-#include "clip/encoder.h"
-#include "clip/tokenizer.h"
-#include "clip/log.h"
+#include "clip/cli/cli.h"
+#include "clip/export/convert.h"
+#include "clip/retrieval/encoder.h"
+#include "clip/text/tokenizer.h"
+#include "clip/base/log.h"
 #ifdef CLIP_HAVE_ONNX
-#include "clip/onnx_export.h"
+#include "clip/export/onnx_export.h"
 #endif
 
 using namespace clip;
@@ -25,7 +25,7 @@ static int body(int argc, char** argv) {
   std::string format = "onnx", output, tower = "both";
   bool fp16 = false, check = false;
   int64_t external_threshold = -1;
-  mo.add_to(app);
+  add_model_options(app, mo);
   app.add_option("--format,-f", format, "onnx, cnclip (.pt as the original saves) or hf (Hugging Face folder)")
       ->capture_default_str()->check(CLI::IsMember({"onnx", "cnclip", "hf"}));
   app.add_option("--output,-o", output, "onnx: file prefix; cnclip: .pt file; hf: folder")->required();
@@ -34,10 +34,10 @@ static int body(int argc, char** argv) {
   app.add_option("--external-data-threshold", external_threshold,
                  "onnx: weights of at least this many bytes go to PREFIX...onnx.extra_file (default: only past 2 GB)");
   app.add_flag("--check", check, "onnx: run ONNX's checker on the written files");
-  app.add_option("--threads,-j", ro.threads, "CPU threads (0 = all cores)")->capture_default_str();
-  app.add_flag("--quiet,-q", ro.quiet, "Only errors on stderr");
-  app.add_flag("--verbose,-v", ro.verbose, "Debug messages on stderr");
-  app.set_version_flag("--version", std::string("clip-export ") + CLIP_VERSION);
+  RuntimeFlags rf;
+  rf.device = rf.precision = rf.batch_size = false;
+  add_runtime_options(app, ro, rf);
+  add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
   ro.apply();
   if (format != "onnx" && (fp16 || tower != "both" || external_threshold >= 0))

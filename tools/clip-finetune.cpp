@@ -5,8 +5,8 @@
 
 #include <cstdlib>
 
-#include "clip/cli.h"
-#include "clip/train.h"
+#include "clip/cli/cli.h"
+#include "clip/train/train.h"
 
 namespace {
 
@@ -19,14 +19,14 @@ int body(int argc, char** argv) {
                "      --max-epochs 3 --use-augment --precision amp --device cuda\n"
                "  clip-finetune --resume runs/demo            # continue an interrupted run exactly",
                "clip-finetune"};
-  app.set_version_flag("--version", CLIP_VERSION);
-  opts.add_to(app);
+  clip::add_version_flag(app);
+  clip::add_train_options(app, opts);
   CLIP_PARSE(app, argc, argv);
   if (!opts.resume.empty()) {
     // Resuming: the run's own settings, overridden by any flag given now.
     clip::TrainOptions stored = clip::TrainOptions::stored_for_resume(opts.resume);
     CLI::App again{"", "clip-finetune"};
-    stored.add_to(again);
+    clip::add_train_options(again, stored);
     CLIP_PARSE(again, argc, argv);
     opts = stored;
   }

@@ -1,10 +1,10 @@
 // clip-index: L2-normalised image and text features, as cn_clip's extract_features writes them
 // (JSONL) or as a binary store that opens by mmap.
-#include "clip/cli.h"
-#include "clip/dataset.h"
-#include "clip/encoder.h"
-#include "clip/indexing.h"
-#include "clip/log.h"
+#include "clip/cli/cli.h"
+#include "clip/data/dataset.h"
+#include "clip/retrieval/encoder.h"
+#include "clip/retrieval/indexing.h"
+#include "clip/base/log.h"
 
 using namespace clip;
 
@@ -19,14 +19,14 @@ static int body(int argc, char** argv) {
   DataOptions dopt;
   std::string image_out, text_out, dtype = "f32";
   bool append = false;
-  mo.add_to(app);
-  ro.add_to(app);
-  dopt.add_to(app);
+  add_model_options(app, mo);
+  add_runtime_options(app, ro);
+  add_data_options(app, dopt);
   app.add_option("--image-out", image_out, "Image features: FILE.jsonl (cn_clip) or a store (e.g. FILE.clipfeat)");
   app.add_option("--text-out", text_out, "Text features: FILE.jsonl (cn_clip) or a store");
   app.add_option("--dtype", dtype, "Store element type: f32 or f16")->capture_default_str()->check(CLI::IsMember({"f32", "f16"}));
   app.add_flag("--append", append, "Add to an existing store (new ids only) instead of replacing it");
-  app.set_version_flag("--version", std::string("clip-index ") + CLIP_VERSION);
+  add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
   ro.apply();
   dopt.resolve(!image_out.empty(), !text_out.empty());

@@ -7,15 +7,15 @@
 #include <fstream>
 #include <iostream>
 
-#include "clip/cli.h"
-#include "clip/dataset.h"
-#include "clip/encoder.h"
-#include "clip/fileio.h"
-#include "clip/image.h"
-#include "clip/indexing.h"
-#include "clip/log.h"
-#include "clip/query.h"
-#include "clip/search.h"
+#include "clip/cli/cli.h"
+#include "clip/data/dataset.h"
+#include "clip/retrieval/encoder.h"
+#include "clip/base/fileio.h"
+#include "clip/image/image.h"
+#include "clip/retrieval/indexing.h"
+#include "clip/base/log.h"
+#include "clip/retrieval/query.h"
+#include "clip/retrieval/search.h"
 
 using namespace clip;
 
@@ -30,8 +30,8 @@ static int body(int argc, char** argv) {
   RuntimeOptions ro;
   QueryOptions q;
   std::string index, format = "jsonl", montage, images_tsv;
-  mo.add_to(app, /*checkpoint_required=*/false);
-  ro.add_to(app);
+  add_model_options(app, mo, /*checkpoint_required=*/false);
+  add_runtime_options(app, ro);
   app.add_option("--index", index, "Feature store (or cn_clip JSONL features) to search")->required();
   app.add_option("--text,-t", q.texts, "A text query (repeatable)");
   app.add_option("--text-file", q.text_file, "Text queries, one per line ('-' = stdin; also used when stdin is a pipe)");
@@ -45,7 +45,7 @@ static int body(int argc, char** argv) {
       ->capture_default_str()->check(CLI::IsMember({"jsonl", "tsv", "cnclip"}));
   app.add_option("--montage", montage, "Draw the top hits of each query as a contact sheet (PNG)");
   app.add_option("--images", images_tsv, "Images TSV of the store, for --montage (default: the store's source)");
-  app.set_version_flag("--version", std::string("clip-query ") + CLIP_VERSION);
+  add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
   ro.apply();
   if (q.texts.empty() && q.text_file.empty() && q.texts_jsonl.empty() && q.image_paths.empty() && q.query_tsv.empty()) {

@@ -1,4 +1,4 @@
-// clip-serve: the search page and JSON API over one feature store (lib/clip/serve.h).
+// clip-serve: the search page and JSON API over one feature store (lib/clip/serve/serve.h).
 #include <pthread.h>
 #include <signal.h>
 
@@ -6,12 +6,12 @@
 #include <chrono>
 #include <thread>
 
-#include "clip/cli.h"
-#include "clip/encoder.h"
-#include "clip/store.h"
-#include "clip/log.h"
-#include "clip/query.h"
-#include "clip/serve.h"
+#include "clip/cli/cli.h"
+#include "clip/retrieval/encoder.h"
+#include "clip/retrieval/store.h"
+#include "clip/base/log.h"
+#include "clip/retrieval/query.h"
+#include "clip/serve/serve.h"
 
 using namespace clip;
 
@@ -24,8 +24,8 @@ static int body(int argc, char** argv) {
   ServeOptions so;
   std::string index;
   double max_upload_mb = static_cast<double>(so.max_upload_bytes) / (1 << 20);
-  mo.add_to(app, /*checkpoint_required=*/false);
-  ro.add_to(app);
+  add_model_options(app, mo, /*checkpoint_required=*/false);
+  add_runtime_options(app, ro);
   app.add_option("--index", index, "Image feature store to search (its recorded checkpoint is used by default)")->required();
   app.add_option("--images", so.images_tsv, "Images TSV for thumbnails (default: the store's source TSV)");
   app.add_option("--host", so.host, "Address to listen on; anything but loopback exposes the server")->capture_default_str();
@@ -36,7 +36,7 @@ static int body(int argc, char** argv) {
   app.add_option("--http-threads", so.http_threads, "Threads answering requests")->capture_default_str()->check(CLI::Range(1, 256));
   app.add_option("--batch-window-ms", so.batch_window_ms, "How long text queries are collected into one batch")->capture_default_str()->check(CLI::Range(0, 1000));
   app.add_option("--max-batch", so.max_batch, "Most text queries encoded together")->capture_default_str()->check(CLI::Range(1, 4096));
-  app.set_version_flag("--version", std::string("clip-serve ") + CLIP_VERSION);
+  add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
   ro.apply();
   so.max_upload_bytes = static_cast<size_t>(max_upload_mb * (1 << 20));

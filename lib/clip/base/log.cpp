@@ -1,0 +1,98 @@
+#include "clip/base/log.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+
+#include "clip/base/error.h"
+
+namespace clip {
+
+namespace {
+std::atomic<int> g_level{static_cast<int>(LogLevel::info)};
+std::mutex g_log_mutex;
+}  // namespace
+
+void throw_io_error(const std::string& action, const std::string& path) {
+  throw IoError(fmt::format("cannot {} '{}': {}", action, path, std::strerror(errno)));
+}
+
+void set_log_level(LogLevel level) { g_level = static_cast<int>(level); }
+LogLevel log_level() { return static_cast<LogLevel>(g_level.load()); }
+
+void log_write(LogLevel level, const std::string& msg) {
+  std::lock_guard<std::mutex> lock(g_log_mutex);
+  std::fflush(stdout);
+  const char* prefix = "";
+  switch (level) {
+    case LogLevel::error: prefix = "error: "; break;
+    case LogLevel::warn: prefix = "warning: "; break;
+    case LogLevel::debug: prefix = "debug: "; break;
+    default: break;
+  }
+  std::fprintf(stderr, "%s%s\n", prefix, msg.c_str());
+  std::fflush(stderr);
+}
+
+bool stderr_is_tty() { return isatty(STDERR_FILENO) == 1; }
+
+Progress::Progress(std::string task, int64_t total, std::string unit)
+    : task_(std::move(task)), unit_(std::move(unit)), total_(total), tty_(stderr_is_tty()) {
+  start_ = last_draw_ = std::chrono::steady_clock::now();
+}
+
+Progress::~Progress() {
+  if (!finished_) finish();
+}
+
+double Progress::elapsed_s() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+}
+
+void Progress::add(int64_t n) { set(done_ + n); }
+
+void Progress::set(int64_t done) {
+  done_ = done;
+  auto now = std::chrono::steady_clock::now();
+  // Terminal: redraw at most 10 times a second. Pipe/file: one line per update (per batch/step).
+  if (tty_ && std::chrono::duration<double>(now - last_draw_).count() < 0.1 && done_ < total_) return;
+  last_draw_ = now;
+  draw(false);
+}
+
+void Progress::finish() {
+  if (finished_) return;
+  finished_ = true;
+  if (log_level() < LogLevel::info) return;
+  if (!tty_ && drawn_ == done_) return;  // the last line already says it
+  draw(true);
+}
+
+void Progress::draw(bool final) {
+  if (log_level() < LogLevel::info) return;
+  drawn_ = done_;
+  double el = elapsed_s();
+  double rate = el > 0 ? done_ / el : 0.0;
+  double eta = (rate > 0 && total_ > done_) ? (total_ - done_) / rate : 0.0;
+  std::lock_guard<std::mutex> lock(g_log_mutex);
+  if (tty_) {
+    const int width = 30;
+    double frac = total_ > 0 ? std::min(1.0, double(done_) / total_) : 0.0;
+    int fill = static_cast<int>(frac * width);
+    std::string bar(fill, '#');
+    bar.resize(width, '.');
+    std::fprintf(stderr, "\r%s [%s] %lld/%lld %s  %.1f %s/s  ETA %.0fs %s\x1b[K", task_.c_str(), bar.c_str(),
+                 (long long)done_, (long long)total_, unit_.c_str(), rate, unit_.c_str(), eta, extra_.c_str());
+    if (final) std::fprintf(stderr, "\n");
+  } else {
+    std::fprintf(stderr, "progress task=%s done=%lld total=%lld elapsed_s=%.2f rate=%.2f eta_s=%.1f%s%s\n",
+                 task_.c_str(), (long long)done_, (long long)total_, el, rate, eta, extra_.empty() ? "" : " ",
+                 extra_.c_str());
+  }
+  std::fflush(stderr);
+}
+
+}  // namespace clip

@@ -1,0 +1,64 @@
+#include "clip/base/runtime.h"
+
+#include "clip/base/log.h"
+
+#include <dlfcn.h>
+#include <malloc.h>
+#include <unistd.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <thread>
+
+namespace clip {
+
+std::string blas_core_name() {
+  using Fn = char* (*)();
+  auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (!fn) return {};
+  const char* n = fn();
+  return n ? std::string(n) : std::string();
+}
+
+void tune_malloc() {
+#ifdef __GLIBC__
+  for (const char* v : {"GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "CLIP_NO_MALLOC_TUNING"})
+    if (std::getenv(v)) return;
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed value on 64-bit
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
+
+void maybe_reexec_for_blas(int argc, char** argv) {
+  (void)argc;
+  if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("CLIP_NO_REEXEC")) return;
+  std::string core = blas_core_name();
+  std::transform(core.begin(), core.end(), core.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (core != "prescott") return;
+  const char* kernel = nullptr;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) kernel = "SkylakeX";
+  else if (__builtin_cpu_supports("avx2")) kernel = "Haswell";
+  if (!kernel) return;
+  setenv("OPENBLAS_CORETYPE", kernel, 1);
+  setenv("CLIP_NO_REEXEC", "1", 1);
+  execv("/proc/self/exe", argv);  // on failure simply continue with the slow kernel
+}
+
+int set_threads(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads);
+  return threads;
+}
+
+void RuntimeOptions::apply() const {
+  if (quiet) set_log_level(LogLevel::error);
+  else if (verbose) set_log_level(LogLevel::debug);
+  int n = set_threads(threads);
+  log_debug("threads: {}, BLAS core: {}", n, blas_core_name().empty() ? "?" : blas_core_name());
+}
+
+}  // namespace clip

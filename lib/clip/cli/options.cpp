@@ -1,0 +1,127 @@
+#include "clip/cli/options.h"
+
+#include "clip/train/train.h"
+
+namespace clip {
+
+void add_version_flag(CLI::App& app) { app.set_version_flag("--version", app.get_name() + " " + CLIP_VERSION); }
+
+void add_model_options(CLI::App& app, ModelOptions& mo, bool checkpoint_required, const std::string& checkpoint_help) {
+  auto* c = app.add_option("--checkpoint,-c", mo.checkpoint,
+                           checkpoint_help.empty()
+                               ? "Checkpoint: cn_clip .pt (torch.save), or a Hugging Face ChineseCLIP folder, "
+                                 "model.safetensors or pytorch_model.bin"
+                               : checkpoint_help);
+  if (checkpoint_required) c->required();
+  app.add_option("--vision-model", mo.vision_model,
+                 "Vision tower: an official name (ViT-B-16, ViT-B-32, ViT-L-14, ViT-L-14-336, ViT-H-14, RN50) or a "
+                 "cn_clip JSON config. Default: the config the checkpoint carries, else inferred from its shapes");
+  app.add_option("--text-model", mo.text_model,
+                 "Text tower: an official name (RoBERTa-wwm-ext-base-chinese, RoBERTa-wwm-ext-large-chinese, "
+                 "RBT3-chinese) or a cn_clip JSON config. Default: as --vision-model");
+  app.add_option("--vocab", mo.vocab,
+                 "BERT vocab.txt (default: vocab.txt beside the checkpoint, beside the --text-model config, or in the "
+                 "data folder)");
+  app.add_option("--context-length", mo.context_length, "Text context length in tokens, [CLS] and [SEP] included")
+      ->capture_default_str()
+      ->check(CLI::Range(3, 512));
+}
+
+void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& f) {
+  ro.precision = f.default_precision;
+  app.add_option("--threads,-j", ro.threads, "CPU threads (0 = all cores)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  if (f.device) app.add_option("--device", ro.device, "cpu, cuda or cuda:N")->capture_default_str();
+  if (f.precision) {
+    std::string help = "Precision:";
+    for (const auto& p : f.precisions) help += " " + p;
+    help += " (fp16 on CUDA only; amp = bf16 autocast)";
+    app.add_option("--precision", ro.precision, help)->capture_default_str()->check(CLI::IsMember(f.precisions));
+  }
+  if (f.batch_size)
+    app.add_option("--batch-size,-b", ro.batch_size, f.batch_help)->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_flag("--quiet,-q", ro.quiet, "Only errors on stderr");
+  app.add_flag("--verbose,-v", ro.verbose, "Debug messages on stderr");
+}
+
+void add_data_options(CLI::App& app, DataOptions& d, bool with_split) {
+  app.add_option("--data", d.data_dir, "Dataset folder in the Flickr30k-CN layout ({split}_imgs.tsv, {split}_texts.jsonl)");
+  if (with_split) app.add_option("--split", d.split, "Split name inside --data")->capture_default_str();
+  app.add_option("--images", d.images, "Images TSV (image_id<TAB>base64)");
+  app.add_option("--texts", d.texts, "Texts JSONL ({\"text_id\", \"text\", \"image_ids\"})");
+  app.add_flag("--strict", d.strict, "Treat any skipped line or image as an error");
+  app.add_option("--on-error", d.on_error, "On an undecodable image or bad line: stop (default) or skip (log and go on)")
+      ->check(CLI::IsMember({"stop", "skip"}));
+}
+
+void add_train_options(CLI::App& app, TrainOptions& o) {
+  auto* g = app.add_option_group("Model");
+  add_model_options(*g, o.model, /*checkpoint_required=*/false,
+                    "Start from these weights: cn_clip .pt (official or fine-tuned), Hugging Face folder, "
+                    "model.safetensors or pytorch_model.bin. Without it the model is trained from scratch (cn_clip's "
+                    "initialisation; then --vision-model and --text-model are required)");
+
+  auto* d = app.add_option_group("Data");
+  // Required, but checked by run_finetune: on --resume it comes from the run's params.json.
+  d->add_option("--data", o.data_dir, "Dataset folder: {split}_imgs.tsv and {split}_texts.jsonl (Flickr30k-CN layout)");
+  d->add_option("--train-split", o.train_split, "Training split name")->capture_default_str();
+  d->add_option("--val-split", o.val_split, "Validation split name (skipped when its files are absent)")
+      ->capture_default_str();
+  d->add_flag("--no-validation", o.no_validation, "Never validate");
+  d->add_flag("--use-augment", o.use_augment,
+              "cn_clip's training augmentation (RandomResizedCrop 0.9-1, flip, AutoAugment), per (seed, epoch, sample)");
+
+  auto* op = app.add_option_group("Optimisation (cn_clip defaults)");
+  op->add_option("--lr", o.lr, "Peak learning rate (default by model: 5e-4, 4e-4 for ViT-L-14*)");
+  op->add_option("--wd", o.wd, "AdamW weight decay (not for bn/ln/bias/logit_scale parameters)")->capture_default_str();
+  op->add_option("--beta1", o.beta1, "AdamW beta1 (default 0.9)");
+  op->add_option("--beta2", o.beta2, "AdamW beta2 (default 0.98 ViT, 0.999 ResNet)");
+  op->add_option("--eps", o.eps, "AdamW eps (default 1e-6 ViT, 1e-8 ResNet)");
+  op->add_option("--warmup", o.warmup, "Linear warmup steps before the cosine decay")->capture_default_str();
+  op->add_option("--valid-batch-size", o.valid_batch_size, "Batch size of the validation loss")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  op->add_option("--max-epochs", o.max_epochs, "Epochs (ignored when --max-steps is given)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  op->add_option("--max-steps", o.max_steps, "Optimizer steps in total; the cosine schedule ends here")
+      ->check(CLI::PositiveNumber);
+  op->add_option("--accum-freq", o.accum_freq,
+                 "Gradient accumulation with feature caching: one step every N micro-batches, contrasting all N*B")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  op->add_flag("--freeze-vision", o.freeze_vision, "Train the text tower only (vision frozen, ResNet BN in eval mode)");
+  op->add_flag("--grad-checkpointing", o.grad_checkpointing, "Recompute activations in backward to save memory");
+  op->add_option("--seed", o.seed, "Seed of the data order, augmentation, dropout and from-scratch initialisation")
+      ->capture_default_str();
+
+  auto* s = app.add_option_group("Schedule of validation, checkpoints and logs");
+  s->add_option("--valid-step-interval", o.valid_step_interval, "Validate every N steps (0 = only per epoch)");
+  s->add_option("--valid-epoch-interval", o.valid_epoch_interval, "Validate every N epochs (0 = never)")
+      ->capture_default_str();
+  s->add_option("--save-step-frequency", o.save_step_frequency, "Save epoch_<E>_<S>.pt every N steps (-1 = never)")
+      ->capture_default_str();
+  s->add_option("--save-epoch-frequency", o.save_epoch_frequency, "Save epoch<E>.pt every N epochs (and the last)")
+      ->capture_default_str();
+  s->add_option("--log-interval", o.log_interval, "Log a metrics line every N steps")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  s->add_flag("--save-init", o.save_init, "Also save the starting weights as checkpoints/epoch0.pt (a before/after baseline)");
+  s->add_option("--stop-after-steps", o.stop_after_steps,
+                "Leave after N steps of this session, with a checkpoint that --resume continues exactly");
+
+  auto* r = app.add_option_group("Runtime");
+  RuntimeFlags rf;
+  rf.precisions = {"fp32", "amp"};
+  rf.batch_help = "Batch size (per step and micro-batch)";
+  add_runtime_options(*r, o.runtime, rf);
+  r->add_option("--workers", o.workers, "Image decoding threads (0 = as many as --threads)")->capture_default_str();
+
+  auto* f = app.add_option_group("Run folder");
+  f->add_option("--output-dir,-o", o.output_dir, "Run folder (default runs/<date>-<vision>-lr<lr>-bs<batch>)");
+  f->add_option("--name", o.name, "Experiment name stored in the checkpoints (default: the run folder's name)");
+  f->add_option("--resume", o.resume,
+                "Continue a run exactly: its folder or one of its checkpoints. Settings come from its params.json; "
+                "flags given now override them (e.g. --max-epochs to train longer)");
+}
+
+}  // namespace clip

@@ -1,0 +1,41 @@
+// The one option table: the flag groups that several tools share, registered on a CLI::App (or an
+// option group of one) with the same spelling, help and checks in every tool. The core takes the
+// plain structs (ModelOptions in model/loader.h, RuntimeOptions in base/runtime.h, DataOptions in
+// data/dataset.h, TrainOptions in train/train.h); only this layer knows CLI11.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <string>
+#include <vector>
+
+#include "clip/base/runtime.h"
+#include "clip/data/dataset.h"
+#include "clip/model/loader.h"
+
+namespace clip {
+
+struct TrainOptions;
+
+// --checkpoint/-c, --vision-model, --text-model, --vocab, --context-length.
+void add_model_options(CLI::App& app, ModelOptions& mo, bool checkpoint_required = true,
+                       const std::string& checkpoint_help = "");
+
+// Which runtime flags a tool has beyond the common ones (--threads/-j, --quiet/-q, --verbose/-v).
+struct RuntimeFlags {
+  bool device = true, precision = true, batch_size = true;
+  std::vector<std::string> precisions{"fp32", "bf16", "fp16", "amp"};
+  std::string default_precision = "fp32";
+  std::string batch_help = "Batch size";
+};
+void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& flags = {});
+
+// --data, --split, --images, --texts, --strict, --on-error.
+void add_data_options(CLI::App& app, DataOptions& d, bool with_split = true);
+
+// Every clip-finetune flag (the model and runtime groups above, plus the recipe's own).
+void add_train_options(CLI::App& app, TrainOptions& o);
+
+// --version printing "<tool> <version>" (every tool).
+void add_version_flag(CLI::App& app);
+
+}  // namespace clip

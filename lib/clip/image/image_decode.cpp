@@ -1,0 +1,441 @@
+// Image decoding into Pillow's modes, with Pillow's decoder settings, so that decode + resize give
+// the same bytes as PIL.Image.open(...) in cn_clip:
+//  * JPEG through libjpeg(-turbo) with its defaults (ISLOW DCT, fancy upsampling) - the library and
+//    settings Pillow uses. 1 component -> L, 3 -> RGB (libjpeg's YCbCr->RGB), 4 -> CMYK asked from
+//    libjpeg as CMYK (it converts YCCK) and then inverted, since Pillow reads every 4-component
+//    JPEG with rawmode "CMYK;I" (Adobe's inverted convention). EXIF orientation is not applied.
+//    libjpeg warnings are ignored like Pillow does; data that runs out before libjpeg has produced
+//    the last scanline is an error, as Pillow's "image file is truncated" (in practice a missing EOI
+//    marker already is, because libjpeg needs it to finish the last MCU row); bytes after the EOI
+//    are ignored.
+//  * PNG through libpng, no colour transforms (gamma, sRGB, iCCP are ignored as in Pillow):
+//    1-bit grey -> "1"; 2/4-bit grey -> L scaled by 0x55/0x11; 8-bit grey -> L (tRNS ignored);
+//    grey+alpha -> LA; RGB -> RGB; RGBA -> RGBA; palette (1/2/4/8 bit) -> P with the PLTE colours
+//    (tRNS ignored: still P); 16-bit RGB/RGBA -> RGB/RGBA and 16-bit grey+alpha -> RGBA, all from the
+//    high bytes, exactly like Pillow's ";16B" unpackers. 16-bit grey becomes Pillow mode "I"
+//    (32-bit integers) in Pillow; we return L holding min(value, 255), which is what Pillow's later
+//    convert('RGB') makes of it (bicubic resizing before that clip can differ at edges).
+//    Chunk CRCs are checked as Pillow checks them: before the first IDAT only.
+//  * Anything else (BMP, GIF, TGA, PNM, PSD, HDR) through stb_image as L/LA/RGB/RGBA. Not
+//    bit-exact with Pillow (which keeps GIF and 8-bit BMP as mode P, for instance).
+// Errors never abort the process: libjpeg / libpng errors longjmp back here and become DataError
+// carrying the library's message.
+#include <array>
+#include <csetjmp>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <jerror.h>
+#include <jpeglib.h>
+#include <png.h>
+#ifdef CLIP_HAVE_STB
+#include <stb_image.h>
+#endif
+
+#include "clip/base/error.h"
+#include "clip/image/image.h"
+
+namespace clip {
+namespace {
+
+// Pillow refuses images above 2 * MAX_IMAGE_PIXELS (DecompressionBombError).
+constexpr uint64_t kMaxPixels = 2ull * 89478485ull;
+
+void check_dimensions(uint64_t w, uint64_t h, const char* fmt) {
+  if (w == 0 || h == 0) throw DataError(std::string(fmt) + ": image has zero width or height");
+  if (w * h > kMaxPixels)
+    throw DataError(std::string(fmt) + ": image of " + std::to_string(w) + "x" + std::to_string(h) +
+                    " pixels exceeds the limit of " + std::to_string(kMaxPixels) +
+                    " pixels (Pillow's decompression-bomb limit)");
+}
+
+// ------------------------------------------------------------------------------------ JPEG
+
+struct JpegCtx {
+  jpeg_decompress_struct cinfo;
+  jpeg_error_mgr err;
+  jpeg_source_mgr src;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX] = {0};
+  bool scanlines_done = false;
+  bool truncated = false;
+};
+
+JpegCtx* ctx_of(j_common_ptr cinfo) { return static_cast<JpegCtx*>(cinfo->client_data); }
+
+void jpeg_on_error(j_common_ptr cinfo) {
+  JpegCtx* ctx = ctx_of(cinfo);
+  (*cinfo->err->format_message)(cinfo, ctx->message);
+  std::longjmp(ctx->jump, 1);
+}
+void jpeg_on_message(j_common_ptr, int) {}  // warnings (corrupt-data notices) ignored, as Pillow does
+void jpeg_src_init(j_decompress_ptr) {}
+void jpeg_src_term(j_decompress_ptr) {}
+
+boolean jpeg_src_fill(j_decompress_ptr cinfo) {
+  // Called only once the whole buffer has been consumed.
+  JpegCtx* ctx = ctx_of(reinterpret_cast<j_common_ptr>(cinfo));
+  if (!ctx->scanlines_done) {
+    ctx->truncated = true;
+    std::snprintf(ctx->message, sizeof ctx->message, "image data is truncated (ends before the last scanline)");
+    std::longjmp(ctx->jump, 1);
+  }
+  static const JOCTET kEoi[2] = {0xFF, JPEG_EOI};
+  cinfo->src->next_input_byte = kEoi;
+  cinfo->src->bytes_in_buffer = 2;
+  return TRUE;
+}
+
+void jpeg_src_skip(j_decompress_ptr cinfo, long n) {
+  if (n <= 0) return;
+  jpeg_source_mgr* src = cinfo->src;
+  while (static_cast<size_t>(n) > src->bytes_in_buffer) {
+    n -= static_cast<long>(src->bytes_in_buffer);
+    (void)jpeg_src_fill(cinfo);
+  }
+  src->next_input_byte += n;
+  src->bytes_in_buffer -= static_cast<size_t>(n);
+}
+
+// Runs the libjpeg calls; returns false after a longjmp. Kept free of C++ objects with destructors
+// between setjmp and longjmp.
+bool jpeg_decode_into(JpegCtx* ctx, const uint8_t* data, size_t n, Image* out) {
+  jpeg_decompress_struct* cinfo = &ctx->cinfo;
+  cinfo->err = jpeg_std_error(&ctx->err);
+  ctx->err.error_exit = jpeg_on_error;
+  ctx->err.emit_message = jpeg_on_message;
+  if (setjmp(ctx->jump)) {
+    jpeg_destroy_decompress(cinfo);
+    return false;
+  }
+  jpeg_create_decompress(cinfo);
+  cinfo->client_data = ctx;
+  ctx->src.init_source = jpeg_src_init;
+  ctx->src.fill_input_buffer = jpeg_src_fill;
+  ctx->src.skip_input_data = jpeg_src_skip;
+  ctx->src.resync_to_restart = jpeg_resync_to_restart;
+  ctx->src.term_source = jpeg_src_term;
+  ctx->src.next_input_byte = data;
+  ctx->src.bytes_in_buffer = n;
+  cinfo->src = &ctx->src;
+
+  jpeg_read_header(cinfo, TRUE);
+  if (cinfo->data_precision != 8) {
+    std::snprintf(ctx->message, sizeof ctx->message, "cannot handle %d-bit samples", cinfo->data_precision);
+    jpeg_destroy_decompress(cinfo);
+    return false;
+  }
+  switch (cinfo->num_components) {
+    case 1: out->mode = PixelMode::L; cinfo->out_color_space = JCS_GRAYSCALE; break;
+    case 3: out->mode = PixelMode::RGB; cinfo->out_color_space = JCS_RGB; break;
+    case 4: out->mode = PixelMode::CMYK; cinfo->out_color_space = JCS_CMYK; break;
+    default:
+      std::snprintf(ctx->message, sizeof ctx->message, "cannot handle %d-component images", cinfo->num_components);
+      jpeg_destroy_decompress(cinfo);
+      return false;
+  }
+  const uint64_t w = cinfo->image_width, h = cinfo->image_height;
+  if (w == 0 || h == 0 || w * h > kMaxPixels) {
+    std::snprintf(ctx->message, sizeof ctx->message, "image size %llux%llu is empty or above the %llu-pixel limit",
+                  static_cast<unsigned long long>(w), static_cast<unsigned long long>(h),
+                  static_cast<unsigned long long>(kMaxPixels));
+    jpeg_destroy_decompress(cinfo);
+    return false;
+  }
+  jpeg_start_decompress(cinfo);
+  out->width = static_cast<int>(cinfo->output_width);
+  out->height = static_cast<int>(cinfo->output_height);
+  const size_t stride = static_cast<size_t>(out->width) * cinfo->output_components;
+  try {
+    out->pixels.resize(stride * out->height);
+  } catch (...) {  // out of memory: release libjpeg's state before unwinding
+    jpeg_destroy_decompress(cinfo);
+    throw;
+  }
+  while (cinfo->output_scanline < cinfo->output_height) {
+    JSAMPROW row = out->pixels.data() + stride * cinfo->output_scanline;
+    jpeg_read_scanlines(cinfo, &row, 1);
+  }
+  ctx->scanlines_done = true;
+  jpeg_finish_decompress(cinfo);
+  jpeg_destroy_decompress(cinfo);
+  return true;
+}
+
+Image decode_jpeg(const uint8_t* data, size_t n) {
+  Image out;
+  auto ctx = std::make_unique<JpegCtx>();
+  std::memset(&ctx->cinfo, 0, sizeof ctx->cinfo);
+  if (!jpeg_decode_into(ctx.get(), data, n, &out)) throw DataError(std::string("JPEG: ") + ctx->message);
+  if (out.mode == PixelMode::CMYK)
+    for (auto& v : out.pixels) v = static_cast<uint8_t>(255 - v);
+  return out;
+}
+
+// ------------------------------------------------------------------------------------ PNG
+
+struct PngCtx {
+  const uint8_t* data = nullptr;
+  size_t n = 0, pos = 0;
+  size_t last_chunk_data_end = 0;  // where the CRC field of the file's last (possibly cut) chunk starts
+  char message[256] = {0};
+  png_uint_32 width = 0, height = 0;
+  int bit_depth = 0, color_type = 0;
+  std::vector<uint8_t> raw;  // packed rows as stored (after de-interlacing)
+  size_t rowbytes = 0;
+  std::vector<png_bytep> rows;
+  std::vector<uint8_t> palette;
+};
+
+void png_on_error(png_structp png, png_const_charp msg) {
+  auto* ctx = static_cast<PngCtx*>(png_get_error_ptr(png));
+  std::snprintf(ctx->message, sizeof ctx->message, "%s", msg);
+  png_longjmp(png, 1);
+}
+void png_on_warning(png_structp, png_const_charp) {}
+
+void png_read_mem(png_structp png, png_bytep dst, png_size_t len) {
+  auto* ctx = static_cast<PngCtx*>(png_get_io_ptr(png));
+  const size_t avail = ctx->n - ctx->pos;
+  if (len > avail) {
+    // Pillow never reads the CRC of the last IDAT, so a file cut inside that CRC field still decodes
+    // there; CRC checks are off in libpng (see png_prescan), so zeros stand in for the missing bytes.
+    if (ctx->pos + avail < ctx->last_chunk_data_end || ctx->pos + len > ctx->last_chunk_data_end + 4)
+      png_error(png, "image data is truncated");
+    std::memcpy(dst, ctx->data + ctx->pos, avail);
+    std::memset(dst + avail, 0, len - avail);
+    ctx->pos += len;
+    return;
+  }
+  std::memcpy(dst, ctx->data + ctx->pos, len);
+  ctx->pos += len;
+}
+
+uint32_t crc32_png(const uint8_t* p, size_t n) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) c = table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+uint32_t be32(const uint8_t* p) { return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3]; }
+
+// Pillow checks the CRC of every chunk before the first IDAT (and fails on a mismatch) but never
+// the CRCs of IDAT or later chunks. We check the same chunks here and switch libpng's own CRC
+// checks off, so that both accept and reject the same files. Also records where the last chunk's
+// CRC field starts (for files cut inside it).
+void png_prescan(PngCtx* ctx) {
+  size_t pos = 8;
+  bool before_idat = true;
+  while (pos + 8 <= ctx->n) {
+    const uint32_t len = be32(ctx->data + pos);
+    const uint8_t* type = ctx->data + pos + 4;
+    const size_t data_end = pos + 8 + static_cast<size_t>(len);
+    ctx->last_chunk_data_end = data_end;
+    if (std::memcmp(type, "IDAT", 4) == 0) before_idat = false;
+    if (before_idat) {
+      if (data_end + 4 > ctx->n)
+        throw DataError("PNG: image data is truncated (the file ends inside the " + std::string(reinterpret_cast<const char*>(type), 4) +
+                        " chunk)");
+      if (crc32_png(type, len + 4) != be32(ctx->data + data_end))
+        throw DataError("PNG: broken file (bad checksum in the " + std::string(reinterpret_cast<const char*>(type), 4) +
+                        " chunk)");
+    }
+    if (std::memcmp(type, "IEND", 4) == 0) break;
+    pos = data_end + 4;
+  }
+}
+
+bool png_decode_raw(PngCtx* ctx) {
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, ctx, png_on_error, png_on_warning);
+  if (!png) {
+    std::snprintf(ctx->message, sizeof ctx->message, "cannot create the libpng reader");
+    return false;
+  }
+  png_infop info = png_create_info_struct(png);
+  if (!info) {
+    png_destroy_read_struct(&png, nullptr, nullptr);
+    std::snprintf(ctx->message, sizeof ctx->message, "cannot create the libpng info struct");
+    return false;
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    return false;
+  }
+  png_set_read_fn(png, ctx, png_read_mem);
+  png_set_benign_errors(png, 1);
+  png_set_crc_action(png, PNG_CRC_QUIET_USE, PNG_CRC_QUIET_USE);
+  png_read_info(png, info);
+  int interlace = 0;
+  png_get_IHDR(png, info, &ctx->width, &ctx->height, &ctx->bit_depth, &ctx->color_type, &interlace, nullptr, nullptr);
+  const uint64_t w = ctx->width, h = ctx->height;
+  if (w == 0 || h == 0 || w * h > kMaxPixels) png_error(png, "image size is empty or above Pillow's pixel limit");
+  if (ctx->color_type == PNG_COLOR_TYPE_PALETTE) {
+    png_colorp plte = nullptr;
+    int count = 0;
+    if (png_get_PLTE(png, info, &plte, &count) & PNG_INFO_PLTE)
+      for (int i = 0; i < count; ++i) ctx->palette.insert(ctx->palette.end(), {plte[i].red, plte[i].green, plte[i].blue});
+  }
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  ctx->rowbytes = png_get_rowbytes(png, info);
+  try {
+    ctx->raw.resize(ctx->rowbytes * ctx->height);
+    ctx->rows.resize(ctx->height);
+  } catch (...) {  // out of memory: release libpng's state before unwinding
+    png_destroy_read_struct(&png, &info, nullptr);
+    throw;
+  }
+  for (png_uint_32 y = 0; y < ctx->height; ++y) ctx->rows[y] = ctx->raw.data() + ctx->rowbytes * y;
+  png_read_image(png, ctx->rows.data());
+  png_destroy_read_struct(&png, &info, nullptr);
+  return true;
+}
+
+Image decode_png(const uint8_t* data, size_t n) {
+  PngCtx ctx;
+  ctx.data = data;
+  ctx.n = n;
+  png_prescan(&ctx);
+  if (!png_decode_raw(&ctx)) throw DataError(std::string("PNG: ") + ctx.message);
+  Image out;
+  out.width = static_cast<int>(ctx.width);
+  out.height = static_cast<int>(ctx.height);
+  const size_t w = ctx.width, h = ctx.height;
+  const int bd = ctx.bit_depth;
+  auto packed = [&](const uint8_t* row, size_t x) -> unsigned {  // sample x of a 1/2/4-bit row
+    const int per_byte = 8 / bd;
+    const int shift = 8 - bd * (1 + static_cast<int>(x % per_byte));
+    return (row[x / per_byte] >> shift) & ((1u << bd) - 1);
+  };
+  switch (ctx.color_type) {
+    case PNG_COLOR_TYPE_GRAY: {
+      out.mode = bd == 1 ? PixelMode::One : PixelMode::L;
+      out.pixels.resize(w * h);
+      for (size_t y = 0; y < h; ++y) {
+        const uint8_t* r = ctx.rows[y];
+        uint8_t* o = &out.pixels[y * w];
+        for (size_t x = 0; x < w; ++x) {
+          switch (bd) {
+            case 1: o[x] = packed(r, x) ? 255 : 0; break;
+            case 2: o[x] = static_cast<uint8_t>(packed(r, x) * 0x55); break;
+            case 4: o[x] = static_cast<uint8_t>(packed(r, x) * 0x11); break;
+            case 8: o[x] = r[x]; break;
+            default: {  // 16: Pillow's mode "I", seen through its clip to 0..255
+              const unsigned v = (unsigned(r[2 * x]) << 8) | r[2 * x + 1];
+              o[x] = static_cast<uint8_t>(v > 255 ? 255 : v);
+            }
+          }
+        }
+      }
+      break;
+    }
+    case PNG_COLOR_TYPE_PALETTE: {
+      out.mode = PixelMode::P;
+      out.palette = std::move(ctx.palette);
+      out.pixels.resize(w * h);
+      for (size_t y = 0; y < h; ++y) {
+        const uint8_t* r = ctx.rows[y];
+        uint8_t* o = &out.pixels[y * w];
+        for (size_t x = 0; x < w; ++x) o[x] = static_cast<uint8_t>(bd == 8 ? r[x] : packed(r, x));
+      }
+      break;
+    }
+    case PNG_COLOR_TYPE_GRAY_ALPHA: {
+      if (bd == 8) {
+        out.mode = PixelMode::LA;
+        out.pixels = std::move(ctx.raw);
+      } else {  // 16-bit: Pillow's "LA;16B" -> RGBA from the high bytes
+        out.mode = PixelMode::RGBA;
+        out.pixels.resize(w * h * 4);
+        for (size_t i = 0; i < w * h; ++i) {
+          const uint8_t* s = &ctx.raw[i * 4];
+          uint8_t* o = &out.pixels[i * 4];
+          o[0] = o[1] = o[2] = s[0];
+          o[3] = s[2];
+        }
+      }
+      break;
+    }
+    case PNG_COLOR_TYPE_RGB:
+    case PNG_COLOR_TYPE_RGB_ALPHA: {
+      const int c = ctx.color_type == PNG_COLOR_TYPE_RGB ? 3 : 4;
+      out.mode = c == 3 ? PixelMode::RGB : PixelMode::RGBA;
+      if (bd == 8) {
+        out.pixels = std::move(ctx.raw);
+      } else {  // 16-bit: high bytes
+        out.pixels.resize(w * h * c);
+        for (size_t i = 0; i < w * h * c; ++i) out.pixels[i] = ctx.raw[2 * i];
+      }
+      break;
+    }
+    default:
+      throw DataError("PNG: unsupported colour type " + std::to_string(ctx.color_type));
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------------ other formats
+
+Image decode_stb(const uint8_t* data, size_t n) {
+#ifdef CLIP_HAVE_STB
+  if (n > static_cast<size_t>(INT32_MAX)) throw DataError("image: encoded data larger than 2 GiB");
+  int w = 0, h = 0, comp = 0;
+  if (!stbi_info_from_memory(data, static_cast<int>(n), &w, &h, &comp)) {
+    const char* why = stbi_failure_reason();
+    throw DataError(std::string("image: unrecognised or unsupported format (not JPEG/PNG; stb_image: ") +
+                    (why ? why : "unknown") + ")");
+  }
+  check_dimensions(static_cast<uint64_t>(w), static_cast<uint64_t>(h), "image");
+  stbi_uc* px = stbi_load_from_memory(data, static_cast<int>(n), &w, &h, &comp, 0);
+  if (!px) {
+    const char* why = stbi_failure_reason();
+    throw DataError(std::string("image: stb_image could not decode the data: ") + (why ? why : "unknown error"));
+  }
+  Image out;
+  out.width = w;
+  out.height = h;
+  switch (comp) {
+    case 1: out.mode = PixelMode::L; break;
+    case 2: out.mode = PixelMode::LA; break;
+    case 3: out.mode = PixelMode::RGB; break;
+    default: out.mode = PixelMode::RGBA; break;
+  }
+  out.pixels.assign(px, px + static_cast<size_t>(w) * h * comp);
+  stbi_image_free(px);
+  // stb reports GIFs (and some BMPs) as 4 channels even when nothing is transparent.
+  if (out.mode == PixelMode::RGBA) {
+    bool opaque = true;
+    for (size_t i = 3; i < out.pixels.size() && opaque; i += 4) opaque = out.pixels[i] == 255;
+    if (opaque) out = convert_rgb(out);
+  }
+  return out;
+#else
+  (void)data;
+  (void)n;
+  throw DataError("image: not a JPEG or PNG file (other formats need stb_image, absent from this build)");
+#endif
+}
+
+}  // namespace
+
+Image decode_image(const uint8_t* data, size_t n) {
+  if (data == nullptr || n == 0) throw DataError("image: empty data");
+  static const uint8_t kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
+  if (n >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) return decode_jpeg(data, n);
+  if (n >= 8 && std::memcmp(data, kPng, 8) == 0) return decode_png(data, n);
+  return decode_stb(data, n);
+}
+
+}  // namespace clip

@@ -1,0 +1,298 @@
+#include "clip/io/zip.h"
+
+#include <cstring>
+
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+
+namespace clip {
+
+namespace {
+
+// CRC-32 (IEEE 802.3, reflected 0xEDB88320), slicing by 8 so that checksumming a large checkpoint
+// while writing it costs well under a second per GB.
+struct CrcTables {
+  uint32_t t[8][256];
+  CrcTables() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
+  }
+};
+
+const CrcTables& crc_tables() {
+  static const CrcTables tables;
+  return tables;
+}
+
+uint16_t rd16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
+uint32_t rd32(const uint8_t* p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24); }
+uint64_t rd64(const uint8_t* p) { return uint64_t(rd32(p)) | (uint64_t(rd32(p + 4)) << 32); }
+
+void wr16(std::string& s, uint16_t v) {
+  s.push_back(char(v & 0xFF));
+  s.push_back(char(v >> 8));
+}
+void wr32(std::string& s, uint32_t v) {
+  for (int i = 0; i < 4; ++i) s.push_back(char((v >> (8 * i)) & 0xFF));
+}
+void wr64(std::string& s, uint64_t v) {
+  for (int i = 0; i < 8; ++i) s.push_back(char((v >> (8 * i)) & 0xFF));
+}
+
+constexpr uint32_t kLocalSig = 0x04034b50, kCentralSig = 0x02014b50, kEndSig = 0x06054b50;
+constexpr uint32_t kEnd64Sig = 0x06064b50, kLocator64Sig = 0x07064b50;
+constexpr uint64_t k32Max = 0xFFFFFFFFu;
+constexpr uint16_t kDosDate = (0 << 9) | (1 << 5) | 1;  // 1980-01-01, like PyTorch's writer: reproducible files
+
+}  // namespace
+
+uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
+  const auto& T = crc_tables().t;
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  crc = ~crc;
+  while (n >= 8) {
+    uint32_t a = crc ^ rd32(p);
+    uint32_t b = rd32(p + 4);
+    crc = T[7][a & 0xFF] ^ T[6][(a >> 8) & 0xFF] ^ T[5][(a >> 16) & 0xFF] ^ T[4][a >> 24] ^ T[3][b & 0xFF] ^
+          T[2][(b >> 8) & 0xFF] ^ T[1][(b >> 16) & 0xFF] ^ T[0][b >> 24];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) crc = T[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader
+
+ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_(data), size_(size), what_(std::move(what)) {
+  auto fail = [&](const std::string& msg) -> ModelError {
+    return ModelError(what_ + ": " + msg + " (the file is truncated or damaged; re-download or re-save it)");
+  };
+  if (size_ < 22) throw fail("too small to be a zip archive (" + std::to_string(size_) + " bytes)");
+  // End of central directory: the last 22 bytes plus an optional comment of up to 65535 bytes.
+  size_t eocd = SIZE_MAX;
+  size_t lowest = size_ >= 22 + 65535 ? size_ - 22 - 65535 : 0;
+  for (size_t p = size_ - 22 + 1; p-- > lowest;) {
+    if (rd32(base_ + p) == kEndSig && p + 22 + rd16(base_ + p + 20) == size_) {
+      eocd = p;
+      break;
+    }
+  }
+  if (eocd == SIZE_MAX) throw fail("not a complete zip archive (end of central directory record not found)");
+  uint64_t n_entries = rd16(base_ + eocd + 10);
+  uint64_t cd_size = rd32(base_ + eocd + 12);
+  uint64_t cd_offset = rd32(base_ + eocd + 16);
+  if (eocd >= 20 && rd32(base_ + eocd - 20) == kLocator64Sig) {
+    uint64_t z64 = rd64(base_ + eocd - 20 + 8);
+    if (z64 > size_ || size_ - z64 < 56 || rd32(base_ + z64) != kEnd64Sig) throw fail("bad ZIP64 end of central directory");
+    n_entries = rd64(base_ + z64 + 32);
+    cd_size = rd64(base_ + z64 + 40);
+    cd_offset = rd64(base_ + z64 + 48);
+  }
+  if (cd_offset > size_ || cd_size > size_ - cd_offset) throw fail("central directory lies outside the file");
+  if (n_entries > cd_size / 46) throw fail("central directory too small for " + std::to_string(n_entries) + " entries");
+  entries_.reserve(size_t(n_entries));
+  const uint8_t* p = base_ + cd_offset;
+  const uint8_t* end = p + cd_size;
+  for (uint64_t i = 0; i < n_entries; ++i) {
+    if (end - p < 46 || rd32(p) != kCentralSig) throw fail("bad central directory entry #" + std::to_string(i));
+    ZipEntry e;
+    uint16_t flags = rd16(p + 8);
+    e.method = rd16(p + 10);
+    e.crc = rd32(p + 16);
+    e.compressed_size = rd32(p + 20);
+    e.size = rd32(p + 24);
+    size_t nlen = rd16(p + 28), elen = rd16(p + 30), clen = rd16(p + 32);
+    uint64_t local = rd32(p + 42);
+    if (size_t(end - p) < 46 + nlen + elen + clen) throw fail("central directory entry #" + std::to_string(i) + " overruns");
+    e.name.assign(reinterpret_cast<const char*>(p + 46), nlen);
+    // ZIP64 extended information: present fields follow the order usize, csize, offset.
+    const uint8_t* x = p + 46 + nlen;
+    const uint8_t* xend = x + elen;
+    while (xend - x >= 4) {
+      uint16_t id = rd16(x), len = rd16(x + 2);
+      if (size_t(xend - x - 4) < len) break;
+      if (id == 0x0001) {
+        const uint8_t* f = x + 4;
+        const uint8_t* fend = f + len;
+        auto take = [&](uint64_t& v) {
+          if (v != k32Max) return;
+          if (fend - f < 8) throw fail("short ZIP64 field in entry '" + e.name + "'");
+          v = rd64(f);
+          f += 8;
+        };
+        take(e.size);
+        take(e.compressed_size);
+        take(local);
+      }
+      x += 4 + len;
+    }
+    if (flags & 1) throw fail("entry '" + e.name + "' is encrypted");
+    if (local > size_ || size_ - local < 30 || rd32(base_ + local) != kLocalSig)
+      throw fail("local header of entry '" + e.name + "' is missing");
+    uint64_t start = local + 30 + rd16(base_ + local + 26) + uint64_t(rd16(base_ + local + 28));
+    if (start > size_ || e.compressed_size > size_ - start)
+      throw fail("data of entry '" + e.name + "' extends past the end of the file");
+    e.data_offset = start;
+    entries_.push_back(std::move(e));
+    p += 46 + nlen + elen + clen;
+  }
+}
+
+const ZipEntry* ZipReader::find(const std::string& name) const {
+  for (const auto& e : entries_)
+    if (e.name == name) return &e;
+  return nullptr;
+}
+
+const uint8_t* ZipReader::data(const ZipEntry& e) const {
+  if (e.method != 0)
+    throw ModelError(what_ + ": zip entry '" + e.name + "' is compressed (method " + std::to_string(e.method) +
+                     "); torch.save never compresses, so this archive was repacked by another tool. "
+                     "Re-save it with torch.save or repack it without compression (zip -0)");
+  if (e.compressed_size != e.size)
+    throw ModelError(what_ + ": stored zip entry '" + e.name + "' has inconsistent sizes (damaged file)");
+  return base_ + e.data_offset;
+}
+
+const uint8_t* ZipReader::checked_data(const ZipEntry& e) const {
+  const uint8_t* d = data(e);
+  if (crc32(d, size_t(e.size)) != e.crc)
+    throw ModelError(what_ + ": CRC mismatch in zip entry '" + e.name + "' (the file is damaged; re-download or re-save it)");
+  return d;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+void ZipWriter::put(const void* p, size_t n) {
+  out_.write(p, n);
+  pos_ += n;
+}
+
+void ZipWriter::add(const std::string& name, const std::vector<std::pair<const void*, size_t>>& parts, size_t align) {
+  if (name.size() > 0xFFFF) throw ModelError("zip entry name too long: " + name.substr(0, 80) + "...");
+  uint64_t size = 0;
+  uint32_t crc = 0;
+  for (const auto& [ptr, n] : parts) {
+    size += n;
+    crc = crc32_update(crc, ptr, n);
+  }
+  bool z64 = force_zip64_ || size >= k32Max || pos_ >= k32Max;
+  std::string h;
+  wr32(h, kLocalSig);
+  wr16(h, z64 ? 45 : 20);
+  wr16(h, 0);  // flags: sizes are known up front, so no data descriptor
+  wr16(h, 0);  // stored
+  wr16(h, 0);
+  wr16(h, kDosDate);
+  wr32(h, crc);
+  wr32(h, z64 ? uint32_t(k32Max) : uint32_t(size));
+  wr32(h, z64 ? uint32_t(k32Max) : uint32_t(size));
+  wr16(h, uint16_t(name.size()));
+  size_t extra_pos = h.size();
+  wr16(h, 0);  // extra length, patched below
+  h += name;
+  std::string extra;
+  if (z64) {
+    wr16(extra, 0x0001);
+    wr16(extra, 16);
+    wr64(extra, size);
+    wr64(extra, size);
+  }
+  if (align > 1) {
+    // Padding extra field ("FB" + length + filler) as PyTorch writes it, so that tensor data can
+    // be mapped and used in place.
+    uint64_t start = pos_ + h.size() + extra.size() + 4;
+    size_t pad = size_t((align - start % align) % align);
+    extra += "FB";
+    wr16(extra, uint16_t(pad));
+    extra.append(pad, 'Z');
+  }
+  h[extra_pos] = char(extra.size() & 0xFF);
+  h[extra_pos + 1] = char(extra.size() >> 8);
+  h += extra;
+  Rec r{name, crc, size, pos_};
+  put(h.data(), h.size());
+  for (const auto& [ptr, n] : parts) put(ptr, n);
+  recs_.push_back(std::move(r));
+}
+
+void ZipWriter::finish() {
+  uint64_t cd_start = pos_;
+  for (const auto& r : recs_) {
+    bool big_size = force_zip64_ || r.size >= k32Max;
+    bool big_off = force_zip64_ || r.offset >= k32Max;
+    std::string extra;
+    if (big_size || big_off) {
+      std::string f;
+      if (big_size) {
+        wr64(f, r.size);
+        wr64(f, r.size);
+      }
+      if (big_off) wr64(f, r.offset);
+      wr16(extra, 0x0001);
+      wr16(extra, uint16_t(f.size()));
+      extra += f;
+    }
+    std::string c;
+    wr32(c, kCentralSig);
+    wr16(c, extra.empty() ? 20 : 45);  // version made by
+    wr16(c, extra.empty() ? 20 : 45);  // version needed
+    wr16(c, 0);
+    wr16(c, 0);
+    wr16(c, 0);
+    wr16(c, kDosDate);
+    wr32(c, r.crc);
+    wr32(c, big_size ? uint32_t(k32Max) : uint32_t(r.size));
+    wr32(c, big_size ? uint32_t(k32Max) : uint32_t(r.size));
+    wr16(c, uint16_t(r.name.size()));
+    wr16(c, uint16_t(extra.size()));
+    wr16(c, 0);  // comment
+    wr16(c, 0);  // disk
+    wr16(c, 0);  // internal attributes
+    wr32(c, 0);  // external attributes
+    wr32(c, big_off ? uint32_t(k32Max) : uint32_t(r.offset));
+    c += r.name;
+    c += extra;
+    put(c.data(), c.size());
+  }
+  uint64_t cd_size = pos_ - cd_start;
+  uint64_t n = recs_.size();
+  bool z64 = force_zip64_ || n >= 0xFFFF || cd_start >= k32Max || cd_size >= k32Max;
+  std::string e;
+  if (z64) {
+    uint64_t z64_pos = pos_;
+    wr32(e, kEnd64Sig);
+    wr64(e, 44);
+    wr16(e, 45);
+    wr16(e, 45);
+    wr32(e, 0);
+    wr32(e, 0);
+    wr64(e, n);
+    wr64(e, n);
+    wr64(e, cd_size);
+    wr64(e, cd_start);
+    wr32(e, kLocator64Sig);
+    wr32(e, 0);
+    wr64(e, z64_pos);
+    wr32(e, 1);
+  }
+  wr32(e, kEndSig);
+  wr16(e, 0);
+  wr16(e, 0);
+  wr16(e, z64 ? 0xFFFF : uint16_t(n));
+  wr16(e, z64 ? 0xFFFF : uint16_t(n));
+  wr32(e, z64 ? uint32_t(k32Max) : uint32_t(cd_size));
+  wr32(e, z64 ? uint32_t(k32Max) : uint32_t(cd_start));
+  wr16(e, 0);
+  put(e.data(), e.size());
+}
+
+}  // namespace clip

@@ -1,0 +1,89 @@
+#include "clip/model/loader.h"
+
+#include <fmt/format.h>
+
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/base/log.h"
+#include "clip/model/hf_config.h"
+#include "clip/model/model.h"
+#include "clip/text/tokenizer.h"
+
+namespace clip {
+
+std::optional<ModelConfig> carried_config(const Checkpoint& ck) {
+  if (ck.root && ck.root->kind == PyValue::Kind::dict) {
+    if (PyPtr mc = ck.root->get("model_config"); mc && mc->kind == PyValue::Kind::string)
+      return model_config_from_json(mc->s, ck.path + ": model_config");
+  }
+  if (!ck.hf_config_json.empty()) {
+    nlohmann::json hj = nlohmann::json::parse(ck.hf_config_json, nullptr, /*allow_exceptions=*/false);
+    if (hj.is_discarded() || !hj.is_object())
+      throw ModelError(ck.path + ": config.json is not valid JSON; restore the folder's config.json as "
+                       "transformers wrote it, or pass --vision-model and --text-model");
+    if (!hj.contains("vision_config") || !hj.contains("text_config"))
+      throw ModelError(ck.path + ": config.json has no vision_config/text_config (not a ChineseCLIPConfig); pass "
+                       "--vision-model and --text-model");
+    return model_config_from_hf(hj, path_basename(ck.path));
+  }
+  return std::nullopt;
+}
+
+ModelSource resolve_model(const ModelOptions& mo, bool need_vocab, const std::vector<std::string>& vocab_dirs) {
+  ModelSource src;
+  std::optional<ModelConfig> carried;
+  std::string carried_from;
+  if (!mo.checkpoint.empty()) {
+    src.checkpoint = load_checkpoint(mo.checkpoint);
+    carried = carried_config(*src.checkpoint);
+    carried_from = mo.checkpoint;
+    if (src.checkpoint->had_module_prefix) log_debug("stripped 'module.' from checkpoint keys");
+    for (const auto& k : src.checkpoint->dropped_keys) log_debug("ignored checkpoint key {}", k);
+  }
+  if (!carried && mo.known_config) {
+    carried = mo.known_config;
+    carried_from = mo.known_config_source;
+  }
+  if (!src.checkpoint && (mo.vision_model.empty() || mo.text_model.empty()) && !carried)
+    throw UsageError("without --checkpoint the model needs --vision-model and --text-model (official names or cn_clip "
+                     "JSON configs)");
+  // Per tower: the explicit flag, then the carried config, then shape inference.
+  static const StateDict kNoTensors;
+  const StateDict& sd = src.checkpoint ? src.checkpoint->state_dict : kNoTensors;
+  if (!mo.vision_model.empty()) src.config.vision = vision_config(mo.vision_model);
+  else if (carried) src.config.vision = carried->vision;
+  else src.config.vision = infer_vision_config(sd, src.notes);
+  if (!mo.text_model.empty()) src.config.text = text_config(mo.text_model);
+  else if (carried) src.config.text = carried->text;
+  else src.config.text = infer_text_config(sd, src.notes);
+  if (carried && (mo.vision_model.empty() || mo.text_model.empty()))
+    src.notes.push_back("model config " + carried->name() + " as recorded in " + carried_from);
+  for (const auto& n : src.notes) log_info("{}", n);
+
+  if (need_vocab) {
+    std::vector<std::string> dirs;
+    if (!mo.text_model.empty() && file_exists(mo.text_model) && !is_directory(mo.text_model))
+      dirs.push_back(path_dirname(mo.text_model));
+    dirs.insert(dirs.end(), vocab_dirs.begin(), vocab_dirs.end());
+    src.vocab_path = find_vocab(mo.vocab, mo.checkpoint, dirs);
+  }
+  if (mo.context_length > src.config.text.max_position_embeddings)
+    throw UsageError("--context-length " + std::to_string(mo.context_length) + " exceeds the text tower's " +
+                     std::to_string(src.config.text.max_position_embeddings) + " position embeddings");
+  return src;
+}
+
+void check_vocab_fits(const Tokenizer& tok, const TextConfig& tc) {
+  if (tok.vocab_size() > tc.vocab_size)
+    throw ModelError(fmt::format("vocab {} has {} tokens but the text tower {} embeds only {}: use the vocab the model "
+                                 "was made for (--vocab) or a text config with vocab_size >= {}",
+                                 tok.path(), tok.vocab_size(), tc.name, tc.vocab_size, tok.vocab_size()));
+}
+
+ClipModel build_model(const ModelSource& src) {
+  ClipModel model(src.config);
+  if (src.checkpoint) load_weights(model, src.checkpoint->state_dict, /*strict=*/true);
+  return model;
+}
+
+}  // namespace clip

@@ -1,0 +1,80 @@
+// The Chinese-CLIP model in LibTorch: VisualTransformer / ModifiedResNet, BERT, projections and
+// logit_scale, exactly as cn_clip/clip/model.py and modeling_bert.py compute them.
+//
+// Parameter and buffer names as returned by named_parameters()/named_buffers() are cn_clip's own
+// state-dict keys without "module." (e.g. "visual.transformer.resblocks.0.attn.in_proj_weight",
+// "bert.encoder.layer.0.attention.self.query.weight", "visual.layer1.0.downsample.0.weight"),
+// so checkpoints, weight-decay groups and exports all use one naming.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "clip/io/checkpoint.h"
+#include "clip/model/config.h"
+
+namespace clip {
+
+class ClipModelImpl : public torch::nn::Module {
+ public:
+  explicit ClipModelImpl(const ModelConfig& cfg);
+  ~ClipModelImpl() override;
+
+  // [N,3,R,R] float (normalised pixels) -> [N,E] unnormalised image features.
+  at::Tensor encode_image(const at::Tensor& pixels);
+  // [N,L] int64 token ids (0 = padding) -> [N,E] unnormalised text features ([CLS] @ text_projection).
+  at::Tensor encode_text(const at::Tensor& ids);
+  // Training/eval forward: (L2-normalised image features, L2-normalised text features, exp(logit_scale)).
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& pixels, const at::Tensor& ids);
+
+  const ModelConfig& config() const { return cfg_; }
+  at::Tensor& logit_scale() { return logit_scale_; }
+
+  // Recompute each transformer block / BERT layer in backward instead of storing activations.
+  void set_grad_checkpointing(bool on);
+  // requires_grad=false on visual.*; ModifiedResNet BatchNorms stay in eval mode while training.
+  void freeze_vision(bool on);
+  bool vision_frozen() const { return vision_frozen_; }
+  void train(bool on = true) override;
+
+  // cn_clip's random initialisation (CLIP.initialize_parameters and BERT's init), for training from scratch.
+  // Deterministic for a seed (drawn on the CPU in float32, whatever the model's device/dtype). A freshly
+  // constructed model holds zeros (LayerNorm/BatchNorm at 1/0) until this or load_weights is called.
+  void initialize_parameters(uint64_t seed);
+
+  // Moves/casts like torch::nn::Module::to, but as cn_clip's convert_weights does for half precision:
+  // logit_scale, the ViT's class/positional embeddings and LayerNorms, and the ResNet's BatchNorms and
+  // attention-pool positional embedding stay float32 (the layers compute in float32 and cast back);
+  // integer buffers (num_batches_tracked) keep their type.
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
+  // Whether `to(dtype)` leaves the named tensor in float32 (see above).
+  static bool keeps_float32(const std::string& name);
+
+ private:
+  struct Towers;
+  ModelConfig cfg_;
+  std::shared_ptr<Towers> towers_;
+  at::Tensor logit_scale_;
+  bool vision_frozen_ = false;
+};
+TORCH_MODULE(ClipModel);
+
+// Copies the tensors of `sd` (cn_clip names) into the model, casting float16/bfloat16 to the
+// model's dtype. strict: every model key must be present and no unknown key may remain. A shape
+// mismatch throws ModelError naming the key, the expected and the found shape.
+void load_weights(ClipModel& model, const StateDict& sd, bool strict = true);
+
+// The model's parameters and buffers under cn_clip names, in cn_clip's state_dict order.
+std::vector<std::pair<std::string, at::Tensor>> model_state(ClipModel& model);
+
+// SHA-256 (hex, first 16 chars) over the names, shapes and bytes of the float32 weights: identifies
+// the weights in feature stores.
+std::string weights_hash(ClipModel& model);
+
+}  // namespace clip

@@ -1,0 +1,29 @@
+// Conversions between stored tensors (TensorData, no LibTorch) and at::Tensor.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include "clip/io/pyobj.h"
+
+namespace clip {
+
+at::ScalarType to_scalar_type(DType t);
+// Throws ModelError for element types a checkpoint cannot hold (complex, quantized, ...).
+DType from_scalar_type(at::ScalarType t);
+
+// Zero-copy CPU view of the stored bytes (any dtype and strides); the view keeps t.owner alive.
+// The bytes may be a read-only mapping of the file: never write through the view.
+at::Tensor tensor_view(const TensorData& t);
+
+// The tensor as `dtype`: the zero-copy view when it already has that dtype (e.g. float32 weights
+// into a float32 model), otherwise a converted copy (float16/bfloat16/float64 -> model dtype).
+at::Tensor to_tensor(const TensorData& t, at::ScalarType dtype);
+
+// A CPU, contiguous TensorData sharing the tensor's memory (copied first when the tensor is on
+// another device or not contiguous); `owner` keeps the tensor alive.
+TensorData to_tensor_data(const at::Tensor& t);
+
+// --device: "cpu", "cuda" (= cuda:0) or "cuda:N". UsageError for anything else, and for cuda when
+// this LibTorch has no CUDA or no GPU is visible.
+at::Device parse_device(const std::string& name);
+
+}  // namespace clip

@@ -1,0 +1,107 @@
+#include "clip/retrieval/encoder.h"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
+
+#include "clip/model/loader.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/image/image.h"
+#include "clip/base/log.h"
+#include "clip/model/model.h"
+#include "clip/model/tensor_torch.h"
+#include "clip/text/tokenizer.h"
+
+namespace clip {
+
+struct Encoder::State {
+  ClipModel model{nullptr};
+  at::Device device{at::kCPU};
+  at::ScalarType dtype = at::kFloat;
+};
+
+namespace {
+
+at::ScalarType parse_precision(const std::string& p, const at::Device& dev) {
+  if (p == "fp32") return at::kFloat;
+  if (p == "bf16" || p == "amp") return at::kBFloat16;
+  if (p == "fp16") {
+    if (!dev.is_cuda()) throw UsageError("--precision fp16 needs --device cuda; on the CPU use bf16");
+    return at::kHalf;
+  }
+  throw UsageError("unknown --precision '" + p + "'");
+}
+
+}  // namespace
+
+Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro) : st_(std::make_unique<State>()) {
+  context_length_ = mo.context_length;
+  batch_size_ = ro.batch_size;
+  checkpoint_path_ = mo.checkpoint;
+  ModelSource src = resolve_model(mo);
+  st_->model = build_model(src);
+  weights_hash_ = clip::weights_hash(st_->model);
+  tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(src.vocab_path));
+  check_vocab_fits(*tokenizer_, src.config.text);
+  st_->device = parse_device(ro.device);
+  st_->dtype = parse_precision(ro.precision, st_->device);
+  st_->model->to(st_->device, st_->dtype);
+  st_->model->eval();
+  log_info("model {} ({} weights {}), {} on {}", src.config.name(), src.checkpoint->format, weights_hash_,
+           ro.precision, st_->device.str());
+}
+
+Encoder::~Encoder() = default;
+
+ClipModel& Encoder::model() { return st_->model; }
+const ModelConfig& Encoder::config() const { return st_->model->config(); }
+int Encoder::resolution() const { return config().vision.image_resolution; }
+int Encoder::embed_dim() const { return config().embed_dim(); }
+
+at::Tensor Encoder::encode_ids(const at::Tensor& ids) {
+  at::NoGradGuard ng;
+  auto f = st_->model->encode_text(ids.to(st_->device));
+  f = f.to(at::kFloat);
+  f = f / f.norm(2, -1, true);
+  return f.to(at::kCPU).contiguous();
+}
+
+at::Tensor Encoder::encode_texts(const std::vector<std::string>& texts, bool preprocess) {
+  const int64_t n = static_cast<int64_t>(texts.size());
+  auto ids = at::zeros({n, context_length_}, at::kLong);
+  int64_t* p = ids.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    tokenizer_->encode_into(preprocess ? preprocess_text(texts[i]) : texts[i], context_length_, p + i * context_length_);
+  std::vector<at::Tensor> out;
+  for (int64_t s = 0; s < n; s += batch_size_) out.push_back(encode_ids(ids.slice(0, s, std::min(n, s + batch_size_))));
+  if (out.empty()) return at::empty({0, embed_dim()}, at::kFloat);
+  return at::cat(out, 0);
+}
+
+at::Tensor Encoder::encode_pixels(const at::Tensor& pixels) {
+  at::NoGradGuard ng;
+  auto f = st_->model->encode_image(pixels.to(st_->device, st_->dtype));
+  f = f.to(at::kFloat);
+  f = f / f.norm(2, -1, true);
+  return f.to(at::kCPU).contiguous();
+}
+
+void Encoder::preprocess_image(const uint8_t* data, size_t n, float* out) const {
+  Image im = decode_image(data, n);
+  preprocess_eval(im, resolution(), out);
+}
+
+nlohmann::json Encoder::preprocess_meta() const {
+  return {
+      {"model", config().name()},
+      {"resolution", resolution()},
+      {"mean", {kClipMean[0], kClipMean[1], kClipMean[2]}},
+      {"std", {kClipStd[0], kClipStd[1], kClipStd[2]}},
+      {"interpolation", "bicubic (Pillow, squash, resize before RGB)"},
+      {"context_length", context_length_},
+      {"vocab_sha256", tokenizer_->vocab_sha256()},
+  };
+}
+
+}  // namespace clip

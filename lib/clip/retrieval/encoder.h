@@ -1,0 +1,62 @@
+// A loaded model ready to encode: checkpoint + config + tokenizer + device/precision, with the
+// preprocessing that belongs to it. Shared by clip-index, clip-query, clip-serve and validation.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "clip/model/config.h"
+#include "clip/base/runtime.h"
+#include "clip/model/loader.h"
+
+namespace clip {
+
+class Tokenizer;
+class ClipModel;
+
+class Encoder {
+ public:
+  // Loads the checkpoint, resolves the config (explicit names/JSON or inferred, logging what was
+  // assumed), finds the vocab, moves the model to the device and precision, eval mode.
+  Encoder(const ModelOptions& model, const RuntimeOptions& runtime);
+  ~Encoder();
+  Encoder(const Encoder&) = delete;
+  Encoder& operator=(const Encoder&) = delete;
+
+  // Texts -> L2-normalised features [N, E] float32 on the CPU. `preprocess` applies cn_clip's
+  // dataset preprocessing (lower-case, curly quotes) before tokenising, as extract_features does.
+  at::Tensor encode_texts(const std::vector<std::string>& texts, bool preprocess = true);
+  // Token ids [N, context_length] int64 -> L2-normalised features [N, E] float32 CPU.
+  at::Tensor encode_ids(const at::Tensor& ids);
+  // Preprocessed pixels [N, 3, R, R] float32 (any device) -> L2-normalised features [N, E] float32 CPU.
+  at::Tensor encode_pixels(const at::Tensor& pixels);
+  // Encoded image file bytes -> normalised CHW floats (3*R*R) with this model's eval transform.
+  void preprocess_image(const uint8_t* data, size_t n, float* out) const;
+
+  int resolution() const;
+  int context_length() const { return context_length_; }
+  int embed_dim() const;
+  int batch_size() const { return batch_size_; }
+  const ModelConfig& config() const;
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const std::string& checkpoint_path() const { return checkpoint_path_; }
+  const std::string& weights_hash() const { return weights_hash_; }
+  // Settings a consumer needs to reproduce the inputs: resolution, mean/std, interpolation,
+  // context length, vocab sha256, model name; stored in feature stores and exports.
+  nlohmann::json preprocess_meta() const;
+  ClipModel& model();
+
+ private:
+  struct State;
+  std::unique_ptr<State> st_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::string checkpoint_path_, weights_hash_;
+  int context_length_ = 52;
+  int batch_size_ = 64;
+};
+
+}  // namespace clip

@@ -1,0 +1,123 @@
+#include "clip/retrieval/indexing.h"
+
+#include <ATen/ATen.h>
+
+#include "clip/model/config.h"
+#include "clip/data/dataset.h"
+#include "clip/retrieval/encoder.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/base/log.h"
+#include "clip/base/pipeline.h"
+#include "clip/text/tokenizer.h"
+
+namespace clip {
+
+EncodedSet encode_images(Encoder& enc, const ImageTsv& tsv, int threads, bool skip_errors,
+                         const std::vector<size_t>& only) {
+  const int r = enc.resolution();
+  const size_t item = static_cast<size_t>(3) * r * r;
+  const size_t n = only.empty() ? tsv.size() : only.size();
+  auto row_of = [&](size_t i) { return only.empty() ? i : only[i]; };
+  BatchPipeline pipe(
+      n, enc.batch_size(), threads,
+      [&](size_t i, float* out) {
+        const size_t row = row_of(i);
+        std::vector<uint8_t> bytes;
+        try {
+          bytes = tsv.bytes(row);
+          enc.preprocess_image(bytes.data(), bytes.size(), out);
+        } catch (const DataError& e) {
+          throw DataError(tsv.where(row) + ": " + e.what() +
+                          (skip_errors ? "" : " (use --on-error skip to leave such images out)"));
+        }
+      },
+      item, 4, skip_errors);
+  EncodedSet set;
+  std::vector<at::Tensor> parts;
+  Progress prog("encode images", static_cast<int64_t>(n), "img");
+  for (BatchPipeline::Batch b; pipe.next(b);) {
+    for (const auto& [i, why] : b.errors) {
+      log_warn("skipped {}", why);
+      set.skipped.emplace_back(tsv.id(row_of(i)), why);
+    }
+    if (!b.items.empty()) {
+      auto px = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, r, r}, at::kFloat);
+      parts.push_back(enc.encode_pixels(px));
+      for (size_t i : b.items) set.ids.push_back(tsv.id(row_of(i)));
+    }
+    prog.add(static_cast<int64_t>(b.items.size() + b.errors.size()));
+  }
+  prog.finish();
+  set.features = parts.empty() ? at::empty({0, enc.embed_dim()}, at::kFloat) : at::cat(parts, 0);
+  if (!set.skipped.empty()) log_warn("{} of {} images skipped", set.skipped.size(), n);
+  return set;
+}
+
+EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts) {
+  EncodedSet set;
+  std::vector<at::Tensor> parts;
+  Progress prog("encode texts", static_cast<int64_t>(texts.size()), "txt");
+  const size_t bs = static_cast<size_t>(enc.batch_size());
+  for (size_t s = 0; s < texts.size(); s += bs) {
+    std::vector<std::string> batch;
+    for (size_t i = s; i < std::min(texts.size(), s + bs); ++i) {
+      batch.push_back(texts[i].text);
+      set.ids.push_back(texts[i].text_id);
+    }
+    parts.push_back(enc.encode_texts(batch, /*preprocess=*/true));
+    prog.add(static_cast<int64_t>(batch.size()));
+  }
+  prog.finish();
+  set.features = parts.empty() ? at::empty({0, enc.embed_dim()}, at::kFloat) : at::cat(parts, 0);
+  return set;
+}
+
+StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std::string& source_path) {
+  StoreMeta m;
+  m.kind = kind;
+  m.model_name = enc.config().name();
+  m.weights_hash = enc.weights_hash();
+  m.preprocess = enc.preprocess_meta();
+  if (!source_path.empty()) m.sources.push_back(source_file_info(source_path));
+  m.normalized = true;
+  char buf[4096];
+  std::string ckpt = enc.checkpoint_path();
+  if (realpath(ckpt.c_str(), buf)) ckpt = buf;
+  m.extra["checkpoint"] = ckpt;
+  m.extra["model_config"] = model_config_json(enc.config());
+  std::string vocab = enc.tokenizer().path();
+  if (realpath(vocab.c_str(), buf)) vocab = buf;
+  m.extra["vocab"] = vocab;
+  m.extra["tool"] = std::string("clip-cpp ") + CLIP_VERSION;
+  return m;
+}
+
+static bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
+                    bool append) {
+  at::Tensor f = set.features.contiguous();
+  const float* data = f.data_ptr<float>();
+  const int64_t dim = f.size(1);
+  if (ends_with(path, ".jsonl")) {
+    if (append) throw UsageError("--append works on binary stores, not on JSONL output '" + path + "'");
+    write_features_jsonl(path, meta.kind + "_id", set.ids, data, dim);
+  } else if (append && file_exists(path)) {
+    FeatureSet old = open_store(path);
+    if (old.meta.weights_hash != meta.weights_hash || old.meta.kind != meta.kind)
+      throw DataError("cannot append to '" + path + "': it holds " + old.meta.kind + " features of weights " +
+                      old.meta.weights_hash + ", these are " + meta.kind + " features of weights " + meta.weights_hash +
+                      "; index into a new store instead");
+    AppendOptions opt;
+    if (!meta.sources.empty()) opt.source = meta.sources.front();
+    append_store(path, set.ids, data, dim, opt);
+  } else {
+    write_store(path, set.ids, data, dim, dtype, meta);
+  }
+  log_info("wrote {} {} features to {}", set.ids.size(), meta.kind, path);
+}
+
+}  // namespace clip

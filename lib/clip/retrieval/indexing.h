@@ -1,0 +1,41 @@
+// Encoding whole inputs with a loaded model: every image of a TSV (decoded in parallel, in order)
+// and every text of a JSONL, and writing the features as a binary store or cn_clip JSONL.
+// Used by clip-index, clip-query (image queries from a TSV) and clip-finetune's validation.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "clip/retrieval/store.h"
+
+namespace clip {
+
+class Encoder;
+class ImageTsv;
+struct TextRecord;
+
+struct EncodedSet {
+  std::vector<int64_t> ids;                                // ids of the rows of `features`, input order
+  at::Tensor features;                                     // [n, E] float32, L2-normalised, CPU
+  std::vector<std::pair<int64_t, std::string>> skipped;    // (id, why) of inputs dropped with skip_errors
+};
+
+// All images of `tsv` (or the rows `only` when non-empty). Decoding runs on `threads` workers ahead of
+// the model; with skip_errors an undecodable image is logged and dropped, otherwise the DataError
+// naming the file, line and image_id propagates.
+EncodedSet encode_images(Encoder& enc, const ImageTsv& tsv, int threads, bool skip_errors,
+                         const std::vector<size_t>& only = {});
+EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts);
+
+// Store metadata describing these features: model, weights hash, preprocessing, source file.
+StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std::string& source_path);
+
+// Writes features to `path`: cn_clip JSONL when it ends in .jsonl, else a binary store (dtype f32/f16);
+// append=true adds to an existing store instead (ids must be new). Atomic either way.
+void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
+                    bool append);
+
+}  // namespace clip

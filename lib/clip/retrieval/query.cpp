@@ -1,0 +1,242 @@
+#include "clip/retrieval/query.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <iostream>
+
+#include "clip/data/dataset.h"
+#include "clip/retrieval/encoder.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/image/image.h"
+#include "clip/retrieval/indexing.h"
+#include "clip/base/log.h"
+#include "clip/model/config.h"
+#include "clip/model/loader.h"
+
+namespace clip {
+
+size_t QueryResults::total_hits() const {
+  size_t n = 0;
+  for (const auto& q : queries) n += q.hits.size();
+  return n;
+}
+
+void fill_model_options_from_store(ModelOptions& mo, const FeatureSet& store) {
+  const auto& extra = store.meta.extra;
+  if (mo.checkpoint.empty()) {
+    if (!extra.contains("checkpoint") || !extra["checkpoint"].is_string())
+      throw UsageError("'" + store.path + "' does not record its checkpoint; pass --checkpoint");
+    mo.checkpoint = extra["checkpoint"].get<std::string>();
+    if (!file_exists(mo.checkpoint))
+      throw UsageError("the store was built from " + mo.checkpoint + ", which no longer exists; pass --checkpoint");
+    log_info("checkpoint from the store: {}", mo.checkpoint);
+  }
+  if (mo.vocab.empty() && extra.contains("vocab") && extra["vocab"].is_string() &&
+      file_exists(extra["vocab"].get<std::string>()))
+    mo.vocab = extra["vocab"].get<std::string>();
+  // The towers as the store's model had them (head counts are in no tensor shape).
+  if (extra.contains("model_config") && extra["model_config"].is_string()) {
+    mo.known_config = model_config_from_json(extra["model_config"].get<std::string>(), store.path + ": model_config");
+    mo.known_config_source = store.path;
+  }
+  if (mo.context_length == 52 && store.meta.preprocess.contains("context_length"))
+    mo.context_length = store.meta.preprocess["context_length"].get<int>();
+}
+
+static std::vector<std::string> read_lines(const std::string& path) {
+  std::vector<std::string> lines;
+  std::string line;
+  if (path == "-") {
+    while (std::getline(std::cin, line)) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (!line.empty()) lines.push_back(line);
+    }
+    return lines;
+  }
+  std::ifstream f(path);
+  if (!f) throw_io_error("open", path);
+  while (std::getline(f, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) lines.push_back(line);
+  }
+  return lines;
+}
+
+static void check_compatible(const Encoder& enc, const FeatureSet& store) {
+  if (store.dim != enc.embed_dim())
+    throw UsageError(fmt::format("the store holds {}-d features but the model makes {}-d ones: query it with the model "
+                                 "it was built with", store.dim, enc.embed_dim()));
+  if (!store.meta.weights_hash.empty() && store.meta.weights_hash != enc.weights_hash())
+    log_warn("the store was built with weights {}, the model loaded is {}: scores mix two models",
+             store.meta.weights_hash, enc.weights_hash());
+}
+
+std::vector<std::vector<Hit>> search_texts(Encoder& enc, const FeatureSet& store, const std::vector<std::string>& texts,
+                                           int k, float threshold) {
+  at::Tensor f = enc.encode_texts(texts, true);
+  return search(f, store, k, threshold);
+}
+
+std::vector<Hit> search_image_bytes(Encoder& enc, const FeatureSet& store, const uint8_t* data, size_t n, int k,
+                                    float threshold) {
+  const int r = enc.resolution();
+  at::Tensor px = at::empty({1, 3, r, r}, at::kFloat);
+  enc.preprocess_image(data, n, px.data_ptr<float>());
+  return search(enc.encode_pixels(px), store, k, threshold).at(0);
+}
+
+QueryResults run_queries(Encoder& enc, const FeatureSet& store, const QueryOptions& q, int threads) {
+  check_compatible(enc, store);
+  QueryResults res;
+  // Text queries: all of them through the encoder in batches, then one search.
+  std::vector<Query> tq;
+  for (const auto& t : q.texts) tq.push_back({"text", t});
+  if (!q.text_file.empty())
+    for (auto& t : read_lines(q.text_file)) tq.push_back({"text", std::move(t)});
+  if (!q.texts_jsonl.empty()) {
+    ReadReport rep;
+    for (auto& rec : read_texts(q.texts_jsonl, rep, false)) {
+      Query qq{"text", rec.text};
+      qq.has_id = true;
+      qq.id = rec.text_id;
+      tq.push_back(std::move(qq));
+    }
+    rep.summarize(q.texts_jsonl);
+  }
+  if (!tq.empty()) {
+    std::vector<std::string> texts;
+    for (const auto& t : tq) texts.push_back(t.label);
+    auto hits = search(enc.encode_texts(texts, true), store, q.k, q.threshold);
+    for (size_t i = 0; i < tq.size(); ++i) tq[i].hits = std::move(hits[i]);
+    for (auto& t : tq) res.queries.push_back(std::move(t));
+  }
+  // Image queries: files and/or a TSV, decoded in parallel, encoded in batches.
+  std::vector<Query> iq;
+  std::vector<at::Tensor> feats;
+  if (!q.image_paths.empty()) {
+    const int r = enc.resolution();
+    at::Tensor px = at::empty({static_cast<int64_t>(q.image_paths.size()), 3, r, r}, at::kFloat);
+    for (size_t i = 0; i < q.image_paths.size(); ++i) {
+      std::string bytes = read_file(q.image_paths[i]);
+      try {
+        enc.preprocess_image(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(),
+                             px.data_ptr<float>() + i * 3 * r * r);
+      } catch (const DataError& e) {
+        throw DataError(q.image_paths[i] + ": " + e.what());
+      }
+      iq.push_back({"image", q.image_paths[i]});
+    }
+    feats.push_back(enc.encode_pixels(px));
+  }
+  if (!q.query_tsv.empty()) {
+    ReadReport rep;
+    ImageTsv tsv(q.query_tsv, rep, false);
+    rep.summarize(q.query_tsv);
+    EncodedSet set = encode_images(enc, tsv, threads, /*skip_errors=*/true);
+    for (int64_t id : set.ids) {
+      Query qq{"image", "image_id " + std::to_string(id)};
+      qq.has_id = true;
+      qq.id = id;
+      iq.push_back(std::move(qq));
+    }
+    feats.push_back(set.features);
+  }
+  if (!iq.empty()) {
+    std::vector<int64_t> self;
+    for (const auto& qq : iq) self.push_back(qq.has_id ? qq.id : std::numeric_limits<int64_t>::min());
+    auto hits = search(at::cat(feats, 0), store, q.k, q.threshold, q.exclude_self ? &self : nullptr);
+    for (size_t i = 0; i < iq.size(); ++i) iq[i].hits = std::move(hits[i]);
+    for (auto& qq : iq) res.queries.push_back(std::move(qq));
+  }
+  return res;
+}
+
+static std::string tsv_field(std::string s) {
+  for (char& c : s)
+    if (c == '\t' || c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
+std::string format_results(const QueryResults& r, const FeatureSet& store, OutFormat f) {
+  std::string o;
+  for (const auto& q : r.queries) {
+    if (f == OutFormat::cnclip) {
+      if (!q.has_id)
+        throw UsageError("--format cnclip needs queries with ids: use --texts JSONL or --query-images TSV");
+      const bool text = q.kind == "text";
+      nlohmann::ordered_json j;
+      j[text ? "text_id" : "image_id"] = q.id;
+      auto& arr = j[store.meta.kind == "text" ? "text_ids" : "image_ids"] = nlohmann::ordered_json::array();
+      for (const auto& h : q.hits) arr.push_back(h.id);
+      o += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+      continue;
+    }
+    for (size_t i = 0; i < q.hits.size(); ++i) {
+      const auto& h = q.hits[i];
+      if (f == OutFormat::tsv) {
+        o += fmt::format("{}\t{}\t{}\t{:.6f}\n", tsv_field(q.label), i + 1, h.id, h.score);
+      } else {
+        nlohmann::ordered_json j;
+        j["query"] = q.label;
+        if (q.has_id) j["query_id"] = q.id;
+        j["rank"] = i + 1;
+        j["id"] = h.id;
+        j["score"] = std::round(static_cast<double>(h.score) * 1e6) / 1e6;
+        o += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+      }
+    }
+  }
+  return o;
+}
+
+void write_montage(const std::string& path, const QueryResults& r, const FeatureSet& store,
+                   const std::string& images_tsv) {
+  if (store.meta.kind != "image") throw UsageError("--montage needs an image store");
+  std::string src = images_tsv;
+  if (src.empty()) {
+    if (store.meta.sources.empty()) throw UsageError("the store records no images TSV; pass --images");
+    src = store.meta.sources.front().path;
+    if (!source_unchanged(store.meta.sources.front()))
+      log_warn("{} changed since the store was built: thumbnails may not match", src);
+  }
+  ImageTsv tsv(src);
+  std::vector<Image> keep;
+  keep.reserve(r.total_hits() + r.queries.size());
+  std::vector<std::vector<MontageTile>> rows;
+  std::vector<std::string> labels;
+  for (size_t qi = 0; qi < r.queries.size(); ++qi) {
+    const auto& q = r.queries[qi];
+    std::vector<MontageTile> row;
+    if (q.kind == "image" && !q.has_id) {
+      std::string bytes = read_file(q.label);
+      keep.push_back(decode_image(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+      row.push_back({&keep.back(), "query"});
+    } else if (q.kind == "image") {
+      if (auto i = tsv.find(q.id)) {
+        keep.push_back(tsv.decode(*i));
+        row.push_back({&keep.back(), "query"});
+      }
+    }
+    for (size_t i = 0; i < q.hits.size(); ++i) {
+      auto idx = tsv.find(q.hits[i].id);
+      if (!idx) continue;
+      keep.push_back(tsv.decode(*idx));
+      row.push_back({&keep.back(), fmt::format("#{} {:.3f} id {}", i + 1, q.hits[i].score, q.hits[i].id)});
+    }
+    rows.push_back(std::move(row));
+    labels.push_back(fmt::format("q{}", qi + 1));
+    log_info("montage row q{}: {}", qi + 1, q.label);
+  }
+  Image sheet = make_montage(rows, labels);
+  auto png = encode_png(sheet);
+  AtomicFile f(path);
+  f.write(png.data(), png.size());
+  f.commit();
+  log_info("wrote {}", path);
+}
+
+}  // namespace clip

@@ -1,0 +1,733 @@
+// clip-finetune's run: model and data set-up, the epoch/step loop of cn_clip's main.py + train.py,
+// validation, checkpoints, metrics and curves.
+#include "clip/train/train.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <torch/version.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <ctime>
+#include <fstream>
+#include <optional>
+
+#include "clip/data/augment.h"
+#include "clip/io/checkpoint.h"
+#include "clip/data/dataset.h"
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/model/tensor_torch.h"
+#include "clip/image/image.h"
+#include "clip/base/log.h"
+#include "clip/retrieval/metrics.h"
+#include "clip/model/loader.h"
+#include "clip/model/model.h"
+#include "clip/base/pipeline.h"
+#include "clip/base/runtime.h"
+#include "clip/retrieval/search.h"
+#include "clip/retrieval/store.h"
+#include "clip/text/tokenizer.h"
+#include "clip/train/train_internal.h"
+
+namespace clip {
+
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_sigint(int) { g_interrupted = true; }
+
+// SIGINT/SIGTERM finish the current step, save a resumable checkpoint and stop; a second one kills.
+class InterruptScope {
+ public:
+  InterruptScope() {
+    g_interrupted = false;
+    struct sigaction sa {};
+    sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESETHAND;
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~InterruptScope() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+void make_dirs(const std::string& path) {
+  std::string cur;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = path.find('/', pos + 1);
+    cur = path.substr(0, pos);
+    if (cur.empty()) continue;
+    if (mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) throw_io_error("create folder", cur);
+  }
+}
+
+bool dir_has_entries(const std::string& dir) {
+  return file_exists(path_join(dir, "params.json")) || file_exists(path_join(dir, "metrics.jsonl")) ||
+         is_directory(path_join(dir, "checkpoints"));
+}
+
+std::string timestamp() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
+  return buf;
+}
+
+std::string sanitize(std::string s) {
+  for (auto& c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) c = '-';
+  return s;
+}
+
+void append_line(const std::string& path, const std::string& line) {
+  std::FILE* f = std::fopen(path.c_str(), "ab");
+  if (!f) throw_io_error("open for appending", path);
+  bool ok = std::fwrite(line.data(), 1, line.size(), f) == line.size() && std::fputc('\n', f) != EOF;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) throw_io_error("write", path);
+}
+
+// cn_clip's params.py defaults per architecture (get_default_params).
+struct ArchDefaults {
+  double lr, beta1, beta2, eps;
+  bool known;
+};
+ArchDefaults arch_defaults(const VisionConfig& v) {
+  ArchDefaults d{5e-4, 0.9, v.resnet ? 0.999 : 0.98, v.resnet ? 1e-8 : 1e-6, false};
+  for (const char* n : {"ViT-B-32", "ViT-B-16", "ViT-H-14", "RN50"})
+    if (v.name == n) d.known = true;
+  if (v.name == "ViT-L-14" || v.name == "ViT-L-14-336") d.lr = 4e-4, d.known = true;
+  return d;
+}
+
+class Trainer {
+ public:
+  explicit Trainer(const TrainOptions& o) : o_(o) {}
+  TrainSummary run();
+
+ private:
+  void setup_run_dir();
+  void setup_model();
+  void setup_data();
+  void setup_schedule();
+  void write_params();
+  void restore_metrics(int64_t upto_step);
+  void train_epoch(int64_t epoch, int64_t first_batch);
+  nlohmann::json validate(int64_t epoch, int64_t step);
+  void save(const std::string& file, int64_t epoch_1based, int64_t batch_pos_epoch, int64_t batch_pos);
+  void redraw_curves();
+  at::Tensor tokens_of(const std::vector<size_t>& text_indices) const;
+  at::Tensor encode_images(const DatasetSplit& split, std::vector<size_t> indices);
+
+  TrainOptions o_;
+  TrainSummary summary_;
+  std::string run_dir_, ckpt_dir_, metrics_path_, resume_ckpt_;
+  at::Device device_{at::kCPU};
+  std::optional<ClipModel> model_;
+  std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<Tokenizer> tok_;
+  std::unique_ptr<DatasetSplit> train_, val_;
+  std::vector<int64_t> train_tokens_, val_tokens_;  // [texts, context] per split
+  AugmentConfig aug_;
+  ArchDefaults defaults_{};
+  double lr_ = 0, beta1_ = 0, beta2_ = 0, eps_ = 0;
+  int64_t num_batches_ = 0, steps_per_epoch_ = 0, max_steps_ = 0, max_epochs_ = 0;
+  int64_t step_ = 0, start_epoch_ = 0, start_batch_ = 0, session_steps_ = 0;
+  bool stop_ = false, interrupted_ = false, epoch_finished_ = false;
+  nlohmann::json resolved_, best_;
+  std::string model_source_;
+  // curves
+  std::vector<CurvePoint> c_loss_, c_lr_, c_val_loss_, c_i2t_, c_t2i_;
+  // interval accumulators
+  double loss_sum_ = 0;
+  int64_t loss_n_ = 0, samples_since_log_ = 0;
+  double data_s_ = 0, step_s_ = 0;
+  std::chrono::steady_clock::time_point log_t0_;
+  std::unique_ptr<Progress> progress_;
+  bool tty_ = false;
+  int64_t first_step_ = 0;
+};
+
+void Trainer::setup_run_dir() {
+  if (!o_.resume.empty()) {
+    run_dir_ = o_.output_dir.empty() ? detail::resume_run_dir(o_.resume) : o_.output_dir;
+    resume_ckpt_ = is_directory(o_.resume) ? path_join(path_join(o_.resume, "checkpoints"), "epoch_latest.pt") : o_.resume;
+    if (!file_exists(resume_ckpt_))
+      throw UsageError("--resume " + o_.resume + ": no checkpoint '" + resume_ckpt_ +
+                       "' (the run saved none yet); start it again without --resume in a new --output-dir");
+  } else {
+    run_dir_ = o_.output_dir;
+    if (run_dir_.empty()) throw UsageError("no run folder (internal: output_dir not resolved)");
+    if (is_directory(run_dir_) && dir_has_entries(run_dir_))
+      throw TrainingError("run folder '" + run_dir_ +
+                          "' already holds a run; continue it with --resume " + run_dir_ +
+                          ", or choose another --output-dir");
+  }
+  ckpt_dir_ = path_join(run_dir_, "checkpoints");
+  // Created in write_params(), once the model and the data are known to be usable: a failed start
+  // leaves no folder behind that would then refuse the corrected command.
+  metrics_path_ = path_join(run_dir_, "metrics.jsonl");
+  if (o_.name.empty()) o_.name = path_basename(run_dir_);
+}
+
+void Trainer::setup_model() {
+  // The one model loader (model/loader.h), as every tool: flags, then the config the checkpoint
+  // carries, then shape inference; on --resume the weights come from the run's checkpoint and the
+  // run's recorded config stands in for checkpoints that carry none.
+  ModelOptions mo = o_.model;
+  if (!resume_ckpt_.empty()) {
+    mo.checkpoint = resume_ckpt_;
+    const std::string params = path_join(run_dir_, "params.json");
+    nlohmann::json stored;
+    if (file_exists(params))
+      stored = nlohmann::json::parse(read_file(params), nullptr, false).value("resolved", nlohmann::json());
+    if (stored.is_object() && stored.contains("vision_config") && stored.contains("text_config")) {
+      ModelConfig known;
+      known.vision = vision_config_from_json(stored["vision_config"], stored.value("vision_name", std::string("vision")));
+      known.text = text_config_from_json(stored["text_config"], stored.value("text_name", std::string("text")));
+      mo.known_config = known;
+      mo.known_config_source = params;
+    }
+  } else if (mo.checkpoint.empty() && (mo.vision_model.empty() || mo.text_model.empty())) {
+    throw UsageError("training from scratch needs --vision-model and --text-model (official names or cn_clip JSON "
+                     "configs); or start from weights with --checkpoint");
+  }
+  model_source_ = mo.checkpoint.empty() ? "scratch (seed " + std::to_string(o_.seed) + ")" : mo.checkpoint;
+  ModelSource src = resolve_model(mo, /*need_vocab=*/true, {o_.data_dir});
+  std::optional<Checkpoint>& ck = src.checkpoint;
+  const ModelConfig& cfg = src.config;
+  tok_ = std::make_unique<Tokenizer>(Tokenizer::load(src.vocab_path));
+  o_.model.vocab = src.vocab_path;
+  check_vocab_fits(*tok_, cfg.text);
+  model_.emplace(build_model(src));
+  ClipModel& m = *model_;
+  if (!ck) m->initialize_parameters(o_.seed);
+  m->to(device_);
+  if (o_.grad_checkpointing) m->set_grad_checkpointing(true);
+  if (o_.freeze_vision) m->freeze_vision(true);
+
+  defaults_ = arch_defaults(cfg.vision);
+  lr_ = o_.lr > 0 ? o_.lr : defaults_.lr;
+  beta1_ = o_.beta1 >= 0 ? o_.beta1 : defaults_.beta1;
+  beta2_ = o_.beta2 >= 0 ? o_.beta2 : defaults_.beta2;
+  eps_ = o_.eps > 0 ? o_.eps : defaults_.eps;
+  if (!defaults_.known && (o_.lr <= 0 || o_.beta1 < 0 || o_.beta2 < 0 || o_.eps <= 0))
+    log_info("{} is not an official cn_clip model: the {} family's defaults fill in what was not given (lr {}, "
+             "betas {}/{}, eps {})",
+             cfg.vision.name, cfg.vision.resnet ? "ResNet" : "ViT", lr_, beta1_, beta2_, eps_);
+
+  std::vector<std::pair<std::string, at::Tensor>> trainable;
+  for (auto& [name, t] : model_state(m))
+    if (t.requires_grad()) trainable.emplace_back(name, t);
+  opt_ = std::make_unique<AdamW>(trainable, AdamWOptions{lr_, beta1_, beta2_, eps_, o_.wd});
+
+  if (!resume_ckpt_.empty()) {
+    ResumeState rs;
+    if (!read_resume_state(ck->root, rs))
+      throw UsageError("--resume " + resume_ckpt_ +
+                       ": the file has no clip-finetune resume information (a cn_clip checkpoint?); start a new run "
+                       "from its weights with --checkpoint instead");
+    PyPtr osd = ck->root ? ck->root->get("optimizer") : nullptr;
+    if (!osd) throw ModelError(resume_ckpt_ + ": no optimizer state to resume from");
+    opt_->load_state_dict(*osd);
+    step_ = rs.step;
+    start_epoch_ = rs.epoch;
+    start_batch_ = rs.batch_in_epoch;
+    if (rs.cpu_rng.defined()) {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(rs.cpu_rng);
+    }
+    if (rs.cuda_rng.defined() && device_.is_cuda()) {
+      auto gen = at::globalContext().defaultGenerator(device_);
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(rs.cuda_rng);
+    }
+    best_ = rs.extra.value("best", nlohmann::json());
+    log_info("resuming {} at step {} (epoch {}, batch {})", resume_ckpt_, step_, start_epoch_ + 1, start_batch_);
+  } else {
+    // Dropout draws from torch's default generator: seed it so that runs repeat.
+    at::manual_seed(o_.seed);
+  }
+  log_info("model {} from {}: {} trainable tensors ({} without weight decay)", cfg.name(), model_source_,
+           opt_->params().size(), opt_->group_size(0));
+}
+
+void Trainer::setup_data() {
+  ClipModel& m = *model_;
+  train_ = std::make_unique<DatasetSplit>(open_split(o_.data_dir, o_.train_split));
+  if (train_->pairs.empty())
+    throw DataError("training split '" + o_.train_split + "' in " + o_.data_dir + " has no (text, image) pair");
+  bool want_val = !o_.no_validation && (o_.valid_epoch_interval > 0 || o_.valid_step_interval > 0);
+  if (want_val && file_exists(split_images_path(o_.data_dir, o_.val_split)) &&
+      file_exists(split_texts_path(o_.data_dir, o_.val_split))) {
+    val_ = std::make_unique<DatasetSplit>(open_split(o_.data_dir, o_.val_split));
+  } else if (want_val) {
+    log_info("no '{}' split in {}: validation is off", o_.val_split, o_.data_dir);
+  }
+  const int ctx = o_.model.context_length;
+  auto tokenize_all = [&](const DatasetSplit& s, std::vector<int64_t>& out) {
+    out.assign(s.texts.size() * ctx, 0);
+    for (size_t i = 0; i < s.texts.size(); ++i) tok_->encode_into(preprocess_text(s.texts[i].text), ctx, &out[i * ctx]);
+  };
+  tokenize_all(*train_, train_tokens_);
+  if (val_) tokenize_all(*val_, val_tokens_);
+  aug_.resolution = m->config().vision.image_resolution;
+}
+
+void Trainer::setup_schedule() {
+  const int64_t n = static_cast<int64_t>(train_->pairs.size());
+  num_batches_ = (n + o_.runtime.batch_size - 1) / o_.runtime.batch_size;
+  steps_per_epoch_ = num_batches_ / o_.accum_freq;
+  if (steps_per_epoch_ == 0)
+    throw UsageError(fmt::format("{} training pairs make {} batches of {}, fewer than --accum-freq {}: lower "
+                                 "--batch-size or --accum-freq",
+                                 n, num_batches_, o_.runtime.batch_size, o_.accum_freq));
+  if (o_.max_steps > 0) {
+    max_steps_ = o_.max_steps;
+    max_epochs_ = (max_steps_ * o_.accum_freq + num_batches_ - 1) / num_batches_;
+  } else {
+    max_epochs_ = o_.max_epochs;
+    max_steps_ = steps_per_epoch_ * max_epochs_;
+  }
+  if (o_.warmup >= max_steps_)
+    log_warn("--warmup {} is not below the {} training steps: the learning rate never decays", o_.warmup, max_steps_);
+}
+
+void Trainer::write_params() {
+  TrainOptions stored = o_;
+  stored.resume.clear();
+  const ModelConfig& cfg = (*model_)->config();
+  resolved_ = {
+      {"lr", lr_},
+      {"betas", {beta1_, beta2_}},
+      {"eps", eps_},
+      {"max_steps", max_steps_},
+      {"max_epochs", max_epochs_},
+      {"train_pairs", train_->pairs.size()},
+      {"train_images", train_->images.size()},
+      {"train_texts", train_->texts.size()},
+      {"batches_per_epoch", num_batches_},
+      {"steps_per_epoch", steps_per_epoch_},
+      {"val_images", val_ ? val_->images.size() : 0},
+      {"val_texts", val_ ? val_->texts.size() : 0},
+      {"model", cfg.name()},
+      {"model_source", model_source_},
+      {"vision_name", cfg.vision.name},
+      {"text_name", cfg.text.name},
+      {"vision_config", to_json(cfg.vision)},
+      {"text_config", to_json(cfg.text)},
+      {"device", o_.runtime.device},
+      {"threads", at::get_num_threads()},
+      {"torch_version", TORCH_VERSION},
+      {"version", CLIP_VERSION},
+      {"data_order", "pairs padded to a multiple of the batch by wrapping, shuffled per epoch by a splitmix64 "
+                     "Fisher-Yates keyed by (seed, epoch) (not torch's DistributedSampler)"},
+  };
+  make_dirs(ckpt_dir_);
+  // The checkpoints folder gets the vocab and the model configs, so that clip-index/clip-eval/clip-export
+  // find the vocab beside a checkpoint and can be given the exact configs (--vision-model/--text-model).
+  std::string vocab_copy = path_join(ckpt_dir_, "vocab.txt");
+  if (!file_exists(vocab_copy)) write_file_atomic(vocab_copy, read_file(o_.model.vocab));
+  // (named <config name>.json: a config's name is its file stem, so the model keeps its name.)
+  write_file_atomic(path_join(ckpt_dir_, sanitize(cfg.vision.name) + ".json"), to_json(cfg.vision).dump(2) + "\n");
+  write_file_atomic(path_join(ckpt_dir_, sanitize(cfg.text.name) + ".json"), to_json(cfg.text).dump(2) + "\n");
+
+  nlohmann::json j = {{"options", stored.to_json()}, {"resolved", resolved_}};
+  write_file_atomic(path_join(run_dir_, "params.json"), j.dump(2) + "\n");
+  log_info("run folder {}: {} pairs, {} steps/epoch, {} steps over {} epochs, lr {} (warmup {}), batch {}{}",
+           run_dir_, train_->pairs.size(), steps_per_epoch_, max_steps_, max_epochs_, lr_, o_.warmup, o_.runtime.batch_size,
+           o_.accum_freq > 1 ? fmt::format(" x {} accumulated", o_.accum_freq) : std::string());
+}
+
+// On resume, metrics logged after the checkpoint are dropped (they will be produced again) and the
+// curves are rebuilt from what remains.
+void Trainer::restore_metrics(int64_t upto_step) {
+  if (!file_exists(metrics_path_)) return;
+  std::string kept;
+  std::string all = read_file(metrics_path_);
+  size_t pos = 0;
+  while (pos < all.size()) {
+    size_t nl = all.find('\n', pos);
+    std::string line = all.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? all.size() : nl + 1;
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || j.value("step", int64_t{0}) > upto_step) continue;
+    kept += line + "\n";
+    int64_t s = j.value("step", int64_t{0});
+    if (j.value("type", "") == "train") {
+      c_loss_.push_back({s, j.value("loss_avg", j.value("loss", 0.0))});
+      c_lr_.push_back({s, j.value("lr", 0.0)});
+    } else if (j.value("type", "") == "val") {
+      if (j.contains("val_loss")) c_val_loss_.push_back({s, j["val_loss"].get<double>()});
+      if (j.contains("i2t_r1")) c_i2t_.push_back({s, j["i2t_r1"].get<double>()});
+      if (j.contains("t2i_r1")) c_t2i_.push_back({s, j["t2i_r1"].get<double>()});
+    }
+  }
+  write_file_atomic(metrics_path_, kept);
+}
+
+at::Tensor Trainer::tokens_of(const std::vector<size_t>& text_indices) const {
+  const int ctx = o_.model.context_length;
+  at::Tensor ids = at::empty({static_cast<int64_t>(text_indices.size()), ctx}, at::kLong);
+  int64_t* p = ids.data_ptr<int64_t>();
+  for (size_t i = 0; i < text_indices.size(); ++i)
+    std::copy_n(&train_tokens_[text_indices[i] * ctx], ctx, p + i * ctx);
+  return ids;
+}
+
+void Trainer::save(const std::string& file, int64_t epoch_1based, int64_t next_epoch, int64_t next_batch) {
+  ResumeState rs;
+  rs.step = step_;
+  rs.epoch = next_epoch;
+  rs.batch_in_epoch = next_batch;
+  {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    rs.cpu_rng = gen.get_state();
+  }
+  if (device_.is_cuda()) {
+    auto gen = at::globalContext().defaultGenerator(device_);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    rs.cuda_rng = gen.get_state();
+  }
+  rs.extra = {{"seed", o_.seed}, {"batch_size", o_.runtime.batch_size}, {"best", best_}};
+  auto t0 = std::chrono::steady_clock::now();
+  std::string path = path_join(ckpt_dir_, file);
+  save_training_checkpoint(path, *model_, opt_.get(), epoch_1based, step_, o_.name, &rs);
+  log_info("saved {} (epoch {} @ {} steps, {:.1f}s)", path, epoch_1based, step_,
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+
+at::Tensor Trainer::encode_images(const DatasetSplit& split, std::vector<size_t> indices) {
+  ClipModel& m = *model_;
+  const int R = aug_.resolution;
+  const size_t item = 3 * size_t(R) * R;
+  at::Tensor out;
+  std::vector<at::Tensor> parts;
+  BatchPipeline pipe(
+      indices.size(), static_cast<size_t>(o_.valid_batch_size), o_.workers,
+      [&](size_t i, float* dst) {
+        std::vector<uint8_t> bytes = split.images.bytes(indices[i]);
+        preprocess_eval(decode_image(bytes.data(), bytes.size()), R, dst);
+      },
+      item);
+  detail::AutocastScope ac(o_.runtime.precision == "amp", device_);
+  for (BatchPipeline::Batch b; pipe.next(b);) {
+    at::Tensor px = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, R, R}, at::kFloat)
+                        .to(device_, /*non_blocking=*/false, /*copy=*/true);
+    at::Tensor f = m->encode_image(px).to(at::kFloat);
+    parts.push_back(f / f.norm(2, {-1}, true));
+  }
+  return at::cat(parts);
+}
+
+nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
+  if (!val_) return {};
+  ClipModel& m = *model_;
+  auto t0 = std::chrono::steady_clock::now();
+  at::NoGradGuard ng;
+  m->eval();
+  const DatasetSplit& v = *val_;
+  std::vector<size_t> img_idx(v.images.size());
+  for (size_t i = 0; i < img_idx.size(); ++i) img_idx[i] = i;
+  at::Tensor img = encode_images(v, img_idx);
+  // Text features.
+  const int ctx = o_.model.context_length;
+  std::vector<at::Tensor> tparts;
+  {
+    detail::AutocastScope ac(o_.runtime.precision == "amp", device_);
+    for (size_t s = 0; s < v.texts.size(); s += o_.valid_batch_size) {
+      int64_t n = static_cast<int64_t>(std::min(v.texts.size(), s + o_.valid_batch_size) - s);
+      at::Tensor ids = at::from_blob(const_cast<int64_t*>(&val_tokens_[s * ctx]), {n, ctx}, at::kLong).to(device_, false, true);
+      at::Tensor f = m->encode_text(ids).to(at::kFloat);
+      tparts.push_back(f / f.norm(2, {-1}, true));
+    }
+  }
+  at::Tensor txt = at::cat(tparts);
+  at::Tensor scale = m->logit_scale().exp().to(at::kFloat);
+  // Validation loss: cn_clip's in-batch loss over the pairs, in file order, weighted by batch size.
+  double loss_sum = 0;
+  int64_t loss_n = 0;
+  for (size_t s = 0; s < v.pairs.size(); s += o_.valid_batch_size) {
+    size_t e = std::min(v.pairs.size(), s + o_.valid_batch_size);
+    std::vector<int64_t> ti, ii;
+    for (size_t k = s; k < e; ++k) ti.push_back(static_cast<int64_t>(v.pairs[k].first)), ii.push_back(static_cast<int64_t>(v.pairs[k].second));
+    at::Tensor tix = at::tensor(ti, at::kLong).to(device_), iix = at::tensor(ii, at::kLong).to(device_);
+    ContrastiveLoss l = contrastive_loss(img.index_select(0, iix), txt.index_select(0, tix), scale);
+    loss_sum += l.loss.item<double>() * static_cast<double>(e - s);
+    loss_n += static_cast<int64_t>(e - s);
+  }
+  // Recall both ways over all val images / texts: clip-eval's ranking and scoring code.
+  const int64_t dim = img.size(1);
+  at::Tensor img_cpu = img.to(at::kCPU).contiguous(), txt_cpu = txt.to(at::kCPU).contiguous();
+  std::vector<int64_t> image_ids(v.images.size()), text_ids(v.texts.size());
+  for (size_t i = 0; i < image_ids.size(); ++i) image_ids[i] = v.images.id(i);
+  for (size_t i = 0; i < text_ids.size(); ++i) text_ids[i] = v.texts[i].text_id;
+  StoreMeta im_meta, tx_meta;
+  im_meta.kind = "image";
+  tx_meta.kind = "text";
+  FeatureSet img_fs = make_feature_set(image_ids, img_cpu.data_ptr<float>(), dim, StoreDtype::f32, im_meta);
+  FeatureSet txt_fs = make_feature_set(text_ids, txt_cpu.data_ptr<float>(), dim, StoreDtype::f32, tx_meta);
+  // Gold from the pairs actually loaded (texts and images that passed validation).
+  Ranking t2i_gold, i2t_gold;
+  std::vector<int64_t> t2i_order, i2t_order;
+  for (const auto& [t, i] : v.pairs) {
+    int64_t tid = v.texts[t].text_id, iid = v.images.id(i);
+    if (!t2i_gold.count(tid)) t2i_order.push_back(tid);
+    if (!i2t_gold.count(iid)) i2t_order.push_back(iid);
+    t2i_gold[tid].push_back(iid);
+    i2t_gold[iid].push_back(tid);
+  }
+  Recall t2i = compute_recall(t2i_order, t2i_gold, topk_predictions(txt_fs, img_fs, 10).ranked, "validation text->image");
+  Recall i2t = compute_recall(i2t_order, i2t_gold, topk_predictions(img_fs, txt_fs, 10).ranked, "validation image->text");
+  m->train();
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::json j = {{"type", "val"},
+                      {"step", step},
+                      {"epoch", epoch + 1},
+                      {"val_loss", loss_n ? loss_sum / loss_n : 0.0},
+                      {"t2i_r1", t2i.r1},
+                      {"t2i_r5", t2i.r5},
+                      {"t2i_r10", t2i.r10},
+                      {"i2t_r1", i2t.r1},
+                      {"i2t_r5", i2t.r5},
+                      {"i2t_r10", i2t.r10},
+                      {"t2i_mean_recall", t2i.mean_recall},
+                      {"i2t_mean_recall", i2t.mean_recall},
+                      {"mean_recall", (t2i.mean_recall + i2t.mean_recall) / 2},
+                      {"logit_scale", m->logit_scale().item<double>()},
+                      {"val_images", v.images.size()},
+                      {"val_texts", v.texts.size()},
+                      {"time_s", secs}};
+  append_line(metrics_path_, j.dump());
+  c_val_loss_.push_back({step, j["val_loss"].get<double>()});
+  c_i2t_.push_back({step, i2t.r1});
+  c_t2i_.push_back({step, t2i.r1});
+  if (best_.is_null() || j["mean_recall"].get<double>() > best_.value("mean_recall", -1.0))
+    best_ = {{"step", step}, {"mean_recall", j["mean_recall"]}};
+  log_info("validation (epoch {} @ {} steps): loss {:.4f} | text->image R@1/5/10 {:.2f}/{:.2f}/{:.2f} | "
+           "image->text R@1/5/10 {:.2f}/{:.2f}/{:.2f} | {:.1f}s",
+           epoch + 1, step, j["val_loss"].get<double>(), t2i.r1, t2i.r5, t2i.r10, i2t.r1, i2t.r5, i2t.r10, secs);
+  redraw_curves();
+  summary_.last_validation = j;
+  return j;
+}
+
+void Trainer::redraw_curves() {
+  std::vector<CurvePanel> panels;
+  panels.push_back({"Loss", "contrastive loss",
+                    {{"train (mean per log interval)", "#1f77b4", c_loss_, false},
+                     {"validation", "#d62728", c_val_loss_, true}},
+                    false});
+  panels.push_back({"Learning rate", "lr", {{"lr", "#2ca02c", c_lr_, false}}, false});
+  if (val_)
+    panels.push_back({"Validation Recall@1", "R@1 (%)",
+                      {{"text -> image", "#9467bd", c_t2i_, true}, {"image -> text", "#ff7f0e", c_i2t_, true}},
+                      false});
+  std::string title = fmt::format("{} - {} (lr {}, batch {})", o_.name, (*model_)->config().name(), lr_, o_.runtime.batch_size);
+  write_file_atomic(path_join(run_dir_, "curves.svg"), render_curves_svg(title, panels, max_steps_));
+}
+
+void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
+  ClipModel& m = *model_;
+  epoch_finished_ = false;
+  m->train();
+  const int R = aug_.resolution;
+  const size_t item = 3 * size_t(R) * R;
+  const int64_t bs = o_.runtime.batch_size;
+  const int64_t n_batches_used = steps_per_epoch_ * o_.accum_freq;  // trailing micro-batches never step (cn_clip)
+  std::vector<int64_t> order = epoch_order(static_cast<int64_t>(train_->pairs.size()), bs, o_.seed, epoch);
+  const size_t first_item = static_cast<size_t>(first_batch * bs);
+  const size_t n_items = static_cast<size_t>(n_batches_used * bs) - first_item;
+  const DatasetSplit& tr = *train_;
+  BatchPipeline pipe(
+      n_items, static_cast<size_t>(bs), o_.workers,
+      [&](size_t i, float* dst) {
+        size_t pos = first_item + i;
+        size_t img = tr.pairs[static_cast<size_t>(order[pos])].second;
+        std::vector<uint8_t> bytes = tr.images.bytes(img);
+        Image im = decode_image(bytes.data(), bytes.size());
+        if (o_.use_augment) augment_to_chw(im, aug_, o_.seed, static_cast<uint64_t>(epoch), pos, dst);
+        else preprocess_eval(im, R, dst);
+      },
+      item);
+  StepOptions so;
+  so.autocast = o_.runtime.precision == "amp";
+  std::vector<TrainBatch> micro;
+  int64_t batch_index = first_batch;
+  auto t_wait = std::chrono::steady_clock::now();
+  for (BatchPipeline::Batch b; pipe.next(b); ++batch_index) {
+    data_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_wait).count();
+    std::vector<size_t> texts;
+    for (size_t k = 0; k < b.items.size(); ++k) texts.push_back(tr.pairs[static_cast<size_t>(order[first_item + b.items[k]])].first);
+    TrainBatch tb;
+    tb.pixels = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, R, R}, at::kFloat)
+                    .to(device_, false, /*copy=*/true);
+    tb.ids = tokens_of(texts).to(device_);
+    micro.push_back(std::move(tb));
+    if (static_cast<int64_t>(micro.size()) < o_.accum_freq) {
+      t_wait = std::chrono::steady_clock::now();
+      continue;
+    }
+    if (step_ >= max_steps_) return;
+    auto t_step = std::chrono::steady_clock::now();
+    const double lr = cosine_lr(lr_, o_.warmup, max_steps_, step_);
+    StepStats st;
+    try {
+      st = train_step(m, *opt_, micro, lr, so);
+    } catch (const TrainingError& e) {
+      std::string last = path_join(ckpt_dir_, "epoch_latest.pt");
+      throw TrainingError(fmt::format("step {} (epoch {}): {}; {}", step_ + 1, epoch + 1, e.what(),
+                                      file_exists(last) ? "the last good checkpoint is " + last
+                                                        : std::string("no checkpoint was saved yet")));
+    }
+    const int64_t samples = bs * o_.accum_freq;
+    step_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_step).count();
+    micro.clear();
+    ++step_;
+    ++session_steps_;
+    summary_.steps = step_;
+    summary_.last_loss = st.loss;
+    loss_sum_ += st.loss;
+    ++loss_n_;
+    samples_since_log_ += samples;
+    if (step_ % o_.log_interval == 0 || step_ == max_steps_) {
+      double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - log_t0_).count();
+      nlohmann::json j = {{"type", "train"},
+                          {"step", step_},
+                          {"epoch", epoch + 1},
+                          {"loss", st.loss},
+                          {"loss_avg", loss_sum_ / loss_n_},
+                          {"lr", lr},
+                          {"logit_scale", st.logit_scale},
+                          {"i2t_acc", st.i2t_acc},
+                          {"t2i_acc", st.t2i_acc},
+                          {"samples_per_s", secs > 0 ? samples_since_log_ / secs : 0.0},
+                          {"data_wait_s", data_s_},  // waiting for decoded batches since the last log line
+                          {"step_s", step_s_}};      // forward + backward + optimizer since the last log line
+      append_line(metrics_path_, j.dump());
+      c_loss_.push_back({step_, loss_sum_ / loss_n_});
+      c_lr_.push_back({step_, lr});
+      log_debug("step {}/{} | epoch {} [{}/{}] | loss {:.6f} | lr {:.6g} | logit_scale {:.3f} | {:.1f} samples/s",
+                step_, max_steps_, epoch + 1, (batch_index + 1) / o_.accum_freq, steps_per_epoch_, st.loss, lr,
+                st.logit_scale, j["samples_per_s"].get<double>());
+      loss_sum_ = 0;
+      loss_n_ = 0;
+      data_s_ = step_s_ = 0;
+      samples_since_log_ = 0;
+      log_t0_ = std::chrono::steady_clock::now();
+    }
+    // Terminal: a bar redrawn every step. Otherwise: one parseable line per log step.
+    progress_->set_extra(fmt::format("step={}/{} epoch={} loss={:.4f} lr={:.3g} logit_scale={:.3f}", step_, max_steps_,
+                                     epoch + 1, st.loss, lr, st.logit_scale));
+    if (tty_ || step_ % o_.log_interval == 0 || step_ == max_steps_) progress_->set(step_ - first_step_);
+    const int64_t next_batch = batch_index + 1;
+    if (val_ && o_.valid_step_interval > 0 && step_ % o_.valid_step_interval == 0) validate(epoch, step_);
+    if (o_.save_step_frequency > 0 && step_ % o_.save_step_frequency == 0) {
+      save(fmt::format("epoch_{}_{}.pt", epoch + 1, step_), epoch + 1, epoch, next_batch);
+      save("epoch_latest.pt", epoch + 1, epoch, next_batch);
+    }
+    t_wait = std::chrono::steady_clock::now();
+    if (g_interrupted || (o_.stop_after_steps > 0 && session_steps_ >= o_.stop_after_steps)) {
+      interrupted_ = g_interrupted;
+      if (step_ < max_steps_) {
+        stop_ = true;
+        // At the end of an epoch, the epoch's validation and checkpoints come first (run()).
+        if (next_batch >= n_batches_used) {
+          epoch_finished_ = true;
+          return;
+        }
+        save("epoch_latest.pt", epoch + 1, epoch, next_batch);
+        return;
+      }
+    }
+  }
+  epoch_finished_ = true;
+}
+
+TrainSummary Trainer::run() {
+  if (o_.runtime.quiet) set_log_level(LogLevel::error);
+  else if (o_.runtime.verbose) set_log_level(LogLevel::debug);
+  set_threads(o_.runtime.threads);
+  device_ = parse_device(o_.runtime.device);
+  if (o_.accum_freq < 1 || o_.runtime.batch_size < 1 || o_.log_interval < 1)
+    throw UsageError("--batch-size, --accum-freq and --log-interval must be positive");
+  if (o_.data_dir.empty()) throw UsageError("--data DIR is required (folder with {split}_imgs.tsv and {split}_texts.jsonl)");
+  if (o_.runtime.precision != "fp32" && o_.runtime.precision != "amp") throw UsageError("--precision must be fp32 or amp");
+  if (o_.resume.empty() && o_.output_dir.empty()) {
+    // The vision name is known only once the model is resolved: a provisional name from the flags.
+    std::string vision = !o_.model.vision_model.empty() ? path_basename(o_.model.vision_model) : (!o_.model.checkpoint.empty() ? path_basename(o_.model.checkpoint) : "model");
+    if (vision.size() > 5 && vision.compare(vision.size() - 5, 5, ".json") == 0) vision.resize(vision.size() - 5);
+    if (vision.size() > 3 && vision.compare(vision.size() - 3, 3, ".pt") == 0) vision.resize(vision.size() - 3);
+    o_.output_dir = path_join("runs", sanitize(fmt::format("{}-{}-lr{}-bs{}", timestamp(), vision,
+                                                           o_.lr > 0 ? fmt::format("{:g}", o_.lr) : "default", o_.runtime.batch_size)));
+  }
+  setup_run_dir();
+  setup_model();
+  setup_data();
+  setup_schedule();
+  write_params();
+  if (!resume_ckpt_.empty()) restore_metrics(step_);
+  summary_.run_dir = run_dir_;
+  summary_.steps = step_;
+
+  InterruptScope interrupts;
+  log_t0_ = std::chrono::steady_clock::now();
+  tty_ = stderr_is_tty();
+  first_step_ = step_;
+  if (o_.save_init && resume_ckpt_.empty()) save("epoch0.pt", 0, 0, 0);
+  progress_ = std::make_unique<Progress>("train", max_steps_ - step_, "steps");
+  for (int64_t epoch = start_epoch_; epoch < max_epochs_ && !stop_; ++epoch) {
+    if (step_ >= max_steps_) break;
+    const int64_t steps_before = step_;
+    train_epoch(epoch, epoch == start_epoch_ ? start_batch_ : 0);
+    summary_.epochs = epoch + 1;
+    const bool mid_epoch_stop = stop_ && !epoch_finished_;
+    if (mid_epoch_stop) break;
+    const bool stepped = step_ > steps_before;
+    if (val_ && o_.valid_epoch_interval > 0 && (epoch + 1) % o_.valid_epoch_interval == 0) validate(epoch, step_);
+    if (stepped) {
+      if (epoch + 1 == max_epochs_ || (o_.save_epoch_frequency > 0 && (epoch + 1) % o_.save_epoch_frequency == 0))
+        save(fmt::format("epoch{}.pt", epoch + 1), epoch + 1, epoch + 1, 0);
+      save("epoch_latest.pt", epoch + 1, epoch + 1, 0);
+    }
+    if (stop_) break;
+  }
+  progress_->finish();
+  if (c_loss_.size() || c_val_loss_.size()) redraw_curves();
+  summary_.stopped_early = stop_;
+  summary_.interrupted = interrupted_;
+  if (stop_)
+    log_info("stopped after step {} of {}: continue with --resume {}", step_, max_steps_, run_dir_);
+  else {
+    write_file_atomic(path_join(run_dir_, "DONE"), fmt::format("{{\"steps\": {}, \"epochs\": {}}}\n", step_, max_epochs_));
+    log_info("finished: {} steps, last loss {:.4f}; checkpoints in {}", step_, summary_.last_loss, ckpt_dir_);
+  }
+  return summary_;
+}
+
+}  // namespace
+
+TrainSummary run_finetune(const TrainOptions& options) {
+  Trainer t(options);
+  return t.run();
+}
+
+}  // namespace clip

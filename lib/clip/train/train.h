@@ -1,0 +1,234 @@
+// cn_clip's fine-tuning recipe (cn_clip/training/{main,train,scheduler}.py) on LibTorch:
+// symmetric InfoNCE over in-batch logits, AdamW with cn_clip's two weight-decay groups, linear
+// warmup then cosine learning rate set before every step, logit_scale clamped to [0, 4.6052]
+// after every step, optional feature-caching gradient accumulation (--accum-freq).
+//
+// A run writes one folder: params.json (resolved settings), metrics.jsonl (append-only, one JSON
+// object per logged step and per validation), curves.svg (loss, lr, validation Recall@1 over steps)
+// and checkpoints/ in cn_clip's layout ({epoch, step, name, state_dict with "module." keys,
+// optimizer in torch.optim.AdamW.state_dict() layout}) plus a "clip_cpp_resume" entry holding what an
+// exact resume needs (data position, schedule step, RNG state). torch.load reads every file.
+//
+// Deliberate difference from cn_clip: the per-epoch shuffle uses our own seeded generator, not
+// torch's DistributedSampler, so the sample order differs from a Python run with the same seed (the
+// set of samples per epoch and the padding rule are the same).
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "clip/base/runtime.h"
+#include "clip/io/pyobj.h"
+#include "clip/model/loader.h"
+
+namespace clip {
+
+class ClipModel;
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks (each one reproduces a piece of cn_clip; the parity tests check them).
+
+// cn_clip.training.scheduler.cosine_lr for one step (0-based): base*(step+1)/warmup while
+// step < warmup, then 0.5*(1+cos(pi*(step-warmup)/(total-warmup)))*base, evaluated in the same
+// floating-point order as the Python code.
+double cosine_lr(double base_lr, int64_t warmup, int64_t total_steps, int64_t step);
+
+// cn_clip's rule: no weight decay iff the name contains "bn", "ln", "bias" or "logit_scale"
+// (case-sensitive substrings: BERT's "LayerNorm.weight" IS decayed).
+bool no_weight_decay(const std::string& name);
+
+// logit_scale.data = clamp(logit_scale, 0, 4.6052), as after every cn_clip optimizer step.
+constexpr double kLogitScaleMax = 4.6052;
+void clamp_logit_scale(ClipModel& model);
+
+struct AdamWOptions {
+  double lr = 5e-4;
+  double beta1 = 0.9, beta2 = 0.98, eps = 1e-6;
+  double weight_decay = 0.2;
+};
+
+// torch.optim.AdamW (torch 1.13, single-tensor path, amsgrad/maximize off), written out so that its
+// state can be saved in PyTorch's layout and the update is bit-for-bit the same sequence of ATen ops:
+//   p *= 1 - lr*wd;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;
+//   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+// Parameters are split like cn_clip's main.py: group 0 = names matched by no_weight_decay (wd 0),
+// group 1 = the rest (wd). Parameters without a gradient are skipped (no state, as PyTorch).
+class AdamW {
+ public:
+  struct Param {
+    std::string name;
+    at::Tensor tensor;
+    at::Tensor exp_avg, exp_avg_sq;  // undefined until the first step that sees a gradient
+    int64_t step = 0;
+  };
+  // `named`: the trainable parameters in cn_clip's state-dict order.
+  AdamW(const std::vector<std::pair<std::string, at::Tensor>>& named, const AdamWOptions& options);
+
+  void set_lr(double lr) { options_.lr = lr; }
+  double lr() const { return options_.lr; }
+  const AdamWOptions& options() const { return options_; }
+  void zero_grad();  // grads set to undefined, like zero_grad(set_to_none=True)
+  void step();
+
+  // Parameters in PyTorch's index order (group 0 first); group_of(i) is 0 or 1.
+  const std::vector<Param>& params() const { return params_; }
+  size_t group_size(int group) const { return group == 0 ? n_no_decay_ : params_.size() - n_no_decay_; }
+  int group_of(size_t i) const { return i < n_no_decay_ ? 0 : 1; }
+
+  // torch.optim.AdamW.state_dict(): {"state": {idx: {"step": 0-dim float32 tensor, "exp_avg",
+  // "exp_avg_sq"}}, "param_groups": [{"lr", "betas", "eps", "weight_decay", "amsgrad", "foreach",
+  // "maximize", "capturable", "params": [idx...]}] x 2}. CPU tensors are shared, not copied:
+  // serialise the result before the next step.
+  PyPtr state_dict() const;
+  // Restores moments and step counts (hyper-parameters stay those of this optimizer). Throws
+  // ModelError when the group sizes or a tensor shape do not match.
+  void load_state_dict(const PyValue& sd);
+
+ private:
+  AdamWOptions options_;
+  std::vector<Param> params_;
+  size_t n_no_decay_ = 0;
+};
+
+// Symmetric InfoNCE: logits_per_image = (scale * img) @ txt^T, logits_per_text its transpose,
+// loss = (CE(logits_per_image, arange) + CE(logits_per_text, arange)) / 2. img/txt L2-normalised.
+struct ContrastiveLoss {
+  at::Tensor loss;              // 0-dim
+  at::Tensor logits_per_image;  // [N, N]
+};
+ContrastiveLoss contrastive_loss(const at::Tensor& image_features, const at::Tensor& text_features,
+                                 const at::Tensor& scale);
+
+struct TrainBatch {
+  at::Tensor pixels;  // [B, 3, R, R] float32, normalised
+  at::Tensor ids;     // [B, L] int64
+};
+
+struct StepOptions {
+  bool autocast = false;       // bf16 autocast for the forward passes (CPU or CUDA, by the model's device)
+  bool compute_grad_norm = false;
+};
+
+struct StepStats {
+  double loss = 0;        // loss of the (last) forward with gradients, as cn_clip logs it
+  double i2t_acc = 0, t2i_acc = 0;
+  double grad_l2 = -1;    // global L2 norm of all gradients (when requested)
+  double logit_scale = 0; // after the step and the clamp
+};
+
+// One optimizer step with cn_clip's semantics. One batch: forward, loss, backward. Several batches
+// (--accum-freq): features of every batch are first computed without gradients, then each batch is
+// re-run with gradients and its fresh features substituted into the cached set, one backward each,
+// one optimizer step at the end. The learning rate is set to `lr` first; logit_scale is clamped
+// after. A non-finite loss throws TrainingError BEFORE the optimizer step, leaving weights intact.
+StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<TrainBatch>& batches, double lr,
+                     const StepOptions& options);
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints.
+
+// Position of a run, stored under "clip_cpp_resume" in our checkpoints.
+struct ResumeState {
+  int64_t step = 0;            // optimizer steps done (the schedule's next step index)
+  int64_t epoch = 0;           // 0-based epoch the next batch belongs to
+  int64_t batch_in_epoch = 0;  // index of the next batch inside that epoch
+  at::Tensor cpu_rng;          // torch's default CPU generator state (dropout)
+  at::Tensor cuda_rng;         // CUDA generator state, undefined on CPU runs
+  nlohmann::json extra;        // best validation so far, seed, run name ...
+};
+
+// Writes {epoch, step, name, state_dict ("module." + cn_clip keys, OrderedDict), optimizer,
+// clip_cpp_resume} atomically with save_torch_zip. `optimizer`/`resume` may be null (weights-only
+// file, like the released checkpoints).
+void save_training_checkpoint(const std::string& path, ClipModel& model, const AdamW* optimizer,
+                              int64_t epoch, int64_t step, const std::string& name, const ResumeState* resume);
+
+// Reads a clip_cpp_resume entry and the optimizer state from the unpickled checkpoint root.
+// Returns false when the file carries no resume information (e.g. written by cn_clip).
+bool read_resume_state(const PyPtr& root, ResumeState& out);
+
+// ---------------------------------------------------------------------------------------------
+// Data order.
+
+// The pair indices of one epoch: cn_clip pads the dataset to a multiple of the (global) batch by
+// wrapping (padded index i -> sample i % n), then shuffles the padded index list. Our shuffle is a
+// Fisher-Yates over a splitmix64 stream seeded by (seed, epoch) — reproducible, not torch's.
+std::vector<int64_t> epoch_order(int64_t num_samples, int64_t batch_size, uint64_t seed, int64_t epoch,
+                                 bool shuffle = true);
+
+// ---------------------------------------------------------------------------------------------
+// Training curves: an SVG chart of train/val loss, learning rate and validation Recall@1 over steps.
+
+struct CurvePoint {
+  int64_t step;
+  double value;
+};
+struct CurveSeries {
+  std::string label, color;
+  std::vector<CurvePoint> points;
+  bool markers = false;  // dots at each point (sparse series such as validations)
+};
+struct CurvePanel {
+  std::string title, y_label;
+  std::vector<CurveSeries> series;
+  bool log_y = false;
+};
+std::string render_curves_svg(const std::string& title, const std::vector<CurvePanel>& panels, int64_t max_step);
+
+// ---------------------------------------------------------------------------------------------
+// The whole run (clip-finetune).
+
+struct TrainOptions {
+  // model: checkpoint to start from (empty = scratch; then both towers are required), towers, vocab
+  // (default: beside the checkpoint / the text config / in the data folder), context length
+  ModelOptions model;
+  // data
+  std::string data_dir, train_split = "train", val_split = "valid";
+  bool no_validation = false;
+  // optimisation (negative = cn_clip's default for the architecture)
+  double lr = -1, wd = 0.2, beta1 = -1, beta2 = -1, eps = -1;
+  int64_t warmup = 500;
+  int valid_batch_size = 64;
+  int64_t max_epochs = 32, max_steps = -1;
+  int accum_freq = 1;
+  bool use_augment = false, freeze_vision = false, grad_checkpointing = false;
+  uint64_t seed = 123;
+  // schedule of side tasks (<= 0: off)
+  int64_t valid_step_interval = 0, valid_epoch_interval = 1;
+  int64_t save_step_frequency = -1, save_epoch_frequency = 1;
+  int64_t log_interval = 10;
+  int64_t stop_after_steps = 0;           // leave the run after N steps of this session (resumable)
+  bool save_init = false;                 // also save the starting weights as checkpoints/epoch0.pt
+  // runtime: precision fp32 | amp (bf16 autocast), device, threads, batch size (per step), verbosity
+  RuntimeOptions runtime;
+  int workers = 0;                        // decode threads (0 = as many as --threads)
+  // run folder
+  std::string output_dir;                 // default runs/<date>-<vision>-lr<lr>-bs<bs>
+  std::string name;                       // cn_clip's experiment name (stored in checkpoints); default: folder name
+  std::string resume;                     // run folder or checkpoint to continue exactly
+
+  nlohmann::json to_json() const;
+  static TrainOptions from_json(const nlohmann::json& j);  // unknown keys ignored
+  // The options stored in the run folder of `resume` (a run folder or a checkpoint inside one).
+  static TrainOptions stored_for_resume(const std::string& resume);
+};
+
+struct TrainSummary {
+  std::string run_dir;
+  int64_t steps = 0, epochs = 0;
+  double last_loss = 0;
+  nlohmann::json last_validation;  // empty when no validation ran
+  bool stopped_early = false;      // --stop-after-steps or an interrupt
+  bool interrupted = false;        // SIGINT/SIGTERM: a resumable checkpoint was saved
+};
+
+// Runs (or resumes) a fine-tuning run. Throws UsageError / DataError / ModelError / IoError, and
+// TrainingError for a non-finite loss (the last good checkpoint stays) or an existing run folder.
+TrainSummary run_finetune(const TrainOptions& options);
+
+}  // namespace clip

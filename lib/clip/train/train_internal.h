@@ -1,0 +1,34 @@
+// Helpers shared by the train_*.cpp files (not a public interface).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "clip/io/pyobj.h"
+#include "clip/model/torch_compat.h"
+
+namespace clip::detail {
+
+// A tensor owning a copy of the stored bytes (any strides, any supported dtype): safe to update in
+// place even when the bytes are a read-only file mapping.
+at::Tensor from_tensor_data(const TensorData& d);
+std::string shape_str(const at::Tensor& t);
+
+// bf16 autocast for the scope (CPU or CUDA by `device`), restoring the previous state after.
+class AutocastScope {
+ public:
+  AutocastScope(bool on, const at::Device& device);
+
+ private:
+  std::optional<compat::AutocastScope> scope_;
+};
+
+// The run folder of a --resume argument: the folder itself, or <run> for <run>/checkpoints/x.pt.
+std::string resume_run_dir(const std::string& resume);
+
+// sqrt(sum of squared gradient norms), in double.
+double grad_global_l2(const std::vector<at::Tensor>& params);
+
+}  // namespace clip::detail

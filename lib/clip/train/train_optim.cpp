@@ -1,0 +1,238 @@
+// cn_clip's optimisation pieces that need no model: schedule, weight-decay rule, AdamW, loss,
+// tensor <-> checkpoint conversion, autocast scope, data order.
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
+#include "clip/model/torch_compat.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "clip/base/error.h"
+#include "clip/train/train.h"
+#include "clip/model/tensor_torch.h"
+#include "clip/train/train_internal.h"
+
+namespace clip {
+
+double cosine_lr(double base_lr, int64_t warmup, int64_t total_steps, int64_t step) {
+  if (step < warmup) return base_lr * static_cast<double>(step + 1) / static_cast<double>(warmup);
+  // Same operation order as cn_clip: 0.5 * (1 + cos(pi * e / es)) * base_lr.
+  double e = static_cast<double>(step - warmup);
+  double es = static_cast<double>(total_steps - warmup);
+  if (es <= 0) return 0.0;  // cn_clip would divide by zero; no step runs there anyway
+  return 0.5 * (1.0 + std::cos(M_PI * e / es)) * base_lr;
+}
+
+bool no_weight_decay(const std::string& n) {
+  return n.find("bn") != std::string::npos || n.find("ln") != std::string::npos ||
+         n.find("bias") != std::string::npos || n.find("logit_scale") != std::string::npos;
+}
+
+// ---------------------------------------------------------------------------------------------
+// AdamW
+
+AdamW::AdamW(const std::vector<std::pair<std::string, at::Tensor>>& named, const AdamWOptions& options)
+    : options_(options) {
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const auto& [name, t] : named) {
+      if (no_weight_decay(name) != (pass == 0)) continue;
+      Param p;
+      p.name = name;
+      p.tensor = t;
+      params_.push_back(std::move(p));
+    }
+    if (pass == 0) n_no_decay_ = params_.size();
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& p : params_) {
+    if (p.tensor.grad().defined()) p.tensor.mutable_grad() = at::Tensor();
+  }
+}
+
+void AdamW::step() {
+  at::NoGradGuard ng;
+  const double lr = options_.lr, b1 = options_.beta1, b2 = options_.beta2, eps = options_.eps;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Param& p = params_[i];
+    const at::Tensor& grad = p.tensor.grad();
+    if (!grad.defined()) continue;
+    if (!p.exp_avg.defined()) {
+      p.exp_avg = at::zeros_like(p.tensor, at::MemoryFormat::Preserve);
+      p.exp_avg_sq = at::zeros_like(p.tensor, at::MemoryFormat::Preserve);
+    }
+    const double wd = group_of(i) == 0 ? 0.0 : options_.weight_decay;
+    p.step += 1;
+    // torch/optim/adamw.py (1.13) _single_tensor_adamw, op for op.
+    p.tensor.mul_(1 - lr * wd);
+    p.exp_avg.mul_(b1).add_(grad, 1 - b1);
+    p.exp_avg_sq.mul_(b2).addcmul_(grad, grad, 1 - b2);
+    const double step = static_cast<double>(static_cast<float>(p.step));  // PyTorch counts in a float32 tensor
+    const double bias_correction1 = 1 - std::pow(b1, step);
+    const double bias_correction2 = 1 - std::pow(b2, step);
+    const double step_size = lr / bias_correction1;
+    const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+    at::Tensor denom = (p.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps);
+    p.tensor.addcdiv_(p.exp_avg, denom, -step_size);
+  }
+}
+
+PyPtr AdamW::state_dict() const {
+  auto state = PyValue::dict();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Param& p = params_[i];
+    if (!p.exp_avg.defined()) continue;
+    auto s = PyValue::dict();
+    s->set("step", PyValue::from_tensor(to_tensor_data(at::scalar_tensor(static_cast<double>(p.step),
+                                                                                  at::TensorOptions(at::kFloat)))));
+    s->set("exp_avg", PyValue::from_tensor(to_tensor_data(p.exp_avg)));
+    s->set("exp_avg_sq", PyValue::from_tensor(to_tensor_data(p.exp_avg_sq)));
+    state->set(PyValue::integer(static_cast<int64_t>(i)), s);
+  }
+  auto groups = PyValue::list();
+  for (int g = 0; g < 2; ++g) {
+    auto grp = PyValue::dict();
+    grp->set("lr", PyValue::floating(options_.lr));
+    grp->set("betas", PyValue::tuple({PyValue::floating(options_.beta1), PyValue::floating(options_.beta2)}));
+    grp->set("eps", PyValue::floating(options_.eps));
+    grp->set("weight_decay", PyValue::floating(g == 0 ? 0.0 : options_.weight_decay));
+    grp->set("amsgrad", PyValue::boolean(false));
+    grp->set("foreach", PyValue::none());
+    grp->set("maximize", PyValue::boolean(false));
+    grp->set("capturable", PyValue::boolean(false));
+    auto idx = PyValue::list();
+    size_t begin = g == 0 ? 0 : n_no_decay_, end = g == 0 ? n_no_decay_ : params_.size();
+    for (size_t i = begin; i < end; ++i) idx->items.push_back(PyValue::integer(static_cast<int64_t>(i)));
+    grp->set("params", idx);
+    groups->items.push_back(grp);
+  }
+  auto root = PyValue::dict();
+  root->set("state", state);
+  root->set("param_groups", groups);
+  return root;
+}
+
+void AdamW::load_state_dict(const PyValue& sd) {
+  PyPtr groups = sd.get("param_groups");
+  PyPtr state = sd.get("state");
+  if (!groups || groups->kind != PyValue::Kind::list || !state || state->kind != PyValue::Kind::dict)
+    throw ModelError("optimizer state: expected a dict with 'state' and 'param_groups' (torch.optim layout)");
+  if (groups->items.size() != 2)
+    throw ModelError(fmt::format("optimizer state: {} parameter groups, expected 2 (cn_clip's no-decay and decay "
+                                 "groups); start without the optimizer state instead",
+                                 groups->items.size()));
+  // Map the file's parameter indices to ours by position inside each group.
+  std::vector<int64_t> file_index(params_.size(), -1);
+  for (int g = 0; g < 2; ++g) {
+    PyPtr idx = groups->items[g]->get("params");
+    if (!idx || idx->kind != PyValue::Kind::list || idx->items.size() != group_size(g))
+      throw ModelError(fmt::format("optimizer state: group {} holds {} parameters, this model trains {}; was the file "
+                                   "written for another model or with --freeze-vision set differently?",
+                                   g, idx ? idx->items.size() : 0, group_size(g)));
+    size_t base = g == 0 ? 0 : n_no_decay_;
+    for (size_t k = 0; k < idx->items.size(); ++k) file_index[base + k] = idx->items[k]->i;
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Param& p = params_[i];
+    PyPtr s = state->get(file_index[i]);
+    p.exp_avg = at::Tensor();
+    p.exp_avg_sq = at::Tensor();
+    p.step = 0;
+    if (!s) continue;
+    PyPtr step = s->get("step"), m = s->get("exp_avg"), v = s->get("exp_avg_sq");
+    if (!step || !m || !v || m->kind != PyValue::Kind::tensor || v->kind != PyValue::Kind::tensor)
+      throw ModelError("optimizer state of '" + p.name + "': missing step/exp_avg/exp_avg_sq");
+    at::Tensor mt = detail::from_tensor_data(m->tensor), vt = detail::from_tensor_data(v->tensor);
+    if (mt.sizes() != p.tensor.sizes() || vt.sizes() != p.tensor.sizes())
+      throw ModelError(fmt::format("optimizer state of '{}': moment shape {} does not match the parameter {}", p.name,
+                                   m->tensor.shape_str(), detail::shape_str(p.tensor)));
+    p.exp_avg = mt.to(p.tensor.options()).contiguous();
+    p.exp_avg_sq = vt.to(p.tensor.options()).contiguous();
+    if (step->kind == PyValue::Kind::tensor) p.step = static_cast<int64_t>(detail::from_tensor_data(step->tensor).item<double>());
+    else if (step->kind == PyValue::Kind::integer) p.step = step->i;
+    else if (step->kind == PyValue::Kind::floating) p.step = static_cast<int64_t>(step->f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loss and step
+
+ContrastiveLoss contrastive_loss(const at::Tensor& image_features, const at::Tensor& text_features,
+                                 const at::Tensor& scale) {
+  ContrastiveLoss out;
+  // cn_clip: logit_scale * all_image_features @ all_text_features.t()  (left to right)
+  out.logits_per_image = at::matmul(scale.mean() * image_features, text_features.t());
+  at::Tensor logits_per_text = out.logits_per_image.t();
+  at::Tensor gt = at::arange(out.logits_per_image.size(0), at::TensorOptions(at::kLong).device(image_features.device()));
+  out.loss = (at::cross_entropy_loss(out.logits_per_image, gt) + at::cross_entropy_loss(logits_per_text, gt)) / 2;
+  return out;
+}
+
+namespace detail {
+
+at::Tensor from_tensor_data(const TensorData& d) { return tensor_view(d).clone(at::MemoryFormat::Contiguous); }
+
+std::string shape_str(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+  return s + "]";
+}
+
+
+AutocastScope::AutocastScope(bool on, const at::Device& device) {
+  if (!on) return;
+  compat::AutocastState s = compat::AutocastState::current();
+  (device.is_cuda() ? s.gpu : s.cpu) = true;
+  (device.is_cuda() ? s.gpu_dtype : s.cpu_dtype) = at::kBFloat16;
+  scope_.emplace(s);
+}
+
+double grad_global_l2(const std::vector<at::Tensor>& params) {
+  double sq = 0;
+  for (const auto& p : params) {
+    const at::Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    double n = g.detach().to(at::kDouble).norm().item<double>();
+    sq += n * n;
+  }
+  return std::sqrt(sq);
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------
+// Data order
+
+namespace {
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+}  // namespace
+
+std::vector<int64_t> epoch_order(int64_t num_samples, int64_t batch_size, uint64_t seed, int64_t epoch, bool shuffle) {
+  if (num_samples <= 0) return {};
+  if (batch_size <= 0) throw UsageError("batch size must be positive");
+  const int64_t padded = (num_samples + batch_size - 1) / batch_size * batch_size;
+  std::vector<int64_t> order(padded);
+  std::iota(order.begin(), order.end(), int64_t{0});
+  if (shuffle) {
+    uint64_t state = seed * 0x2545F4914F6CDD1Dull ^ (static_cast<uint64_t>(epoch) + 0x632BE59BD9B4E019ull);
+    for (int64_t i = padded - 1; i > 0; --i) {
+      // Unbiased bounded draw (Lemire's multiply-shift; the bias at these sizes is far below 2^-40).
+      uint64_t r = splitmix64(state);
+      auto j = static_cast<int64_t>((static_cast<unsigned __int128>(r) * static_cast<uint64_t>(i + 1)) >> 64);
+      std::swap(order[i], order[j]);
+    }
+  }
+  for (auto& v : order) v %= num_samples;  // cn_clip's padding: index i reads sample i % n
+  return order;
+}
+
+}  // namespace clip
