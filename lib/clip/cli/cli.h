@@ -1,5 +1,5 @@
-// Shared command-line plumbing: every tool's main() is `return clip::run_main(argc, argv, tool)`,
-// and option groups spelled the same way in every tool register themselves on a CLI::App.
+// Shared command-line plumbing: every tool's main() is `return clip::run_main("tool", argc, argv, body)`;
+// the option groups shared by the tools are in cli/options.h.
 #pragma once
 #include <CLI/CLI.hpp>
 

@@ -139,16 +139,21 @@ std::string base64_encode(const uint8_t* data, size_t n) {
 
 // ---------------------------------------------------------------------------------------------
 
-Image crop(const Image& im, int x, int y, int width, int height) {
-  if (width < 0 || height < 0) throw UsageError("crop: negative size " + std::to_string(width) + "x" + std::to_string(height));
+Image blank_image(int width, int height, PixelMode mode, const std::vector<uint8_t>& palette) {
   Image out;
   out.width = width;
   out.height = height;
-  out.mode = im.mode;
-  out.palette = im.palette;
-  const int c = im.channels();
+  out.mode = mode;
+  out.palette = palette;
+  out.pixels.assign(static_cast<size_t>(width) * height * mode_channels(mode), 0);
+  return out;
+}
+
+Image crop(const Image& im, int x, int y, int width, int height) {
+  if (width < 0 || height < 0) throw UsageError("crop: negative size " + std::to_string(width) + "x" + std::to_string(height));
   // Pillow's crop: the parts outside the source are zero.
-  out.pixels.assign(static_cast<size_t>(width) * height * c, 0);
+  Image out = blank_image(width, height, im.mode, im.palette);
+  const int c = im.channels();
   for (int yy = 0; yy < height; ++yy) {
     const int sy = y + yy;
     if (sy < 0 || sy >= im.height) continue;
@@ -162,15 +167,11 @@ Image crop(const Image& im, int x, int y, int width, int height) {
 
 Image convert_rgb(const Image& im) {
   if (im.mode == PixelMode::RGB) return im;
-  Image out;
-  out.width = im.width;
-  out.height = im.height;
-  out.mode = PixelMode::RGB;
   const size_t n = static_cast<size_t>(im.width) * im.height;
   if (im.pixels.size() != n * im.channels())
     throw DataError(std::string("convert_rgb: pixel buffer size does not match a ") + std::to_string(im.width) + "x" +
                     std::to_string(im.height) + " " + mode_name(im.mode) + " image");
-  out.pixels.resize(n * 3);
+  Image out = blank_image(im.width, im.height, PixelMode::RGB);
   const uint8_t* in = im.pixels.data();
   uint8_t* o = out.pixels.data();
   switch (im.mode) {

@@ -22,6 +22,9 @@ struct Image {
   int channels() const { return mode_channels(mode); }
 };
 
+// A width x height image of `mode` with every byte 0 (palette copied for mode P).
+Image blank_image(int width, int height, PixelMode mode, const std::vector<uint8_t>& palette = {});
+
 constexpr std::array<float, 3> kClipMean{0.48145466f, 0.4578275f, 0.40821073f};
 constexpr std::array<float, 3> kClipStd{0.26862954f, 0.26130258f, 0.27577711f};
 

@@ -184,13 +184,8 @@ inline uint8_t unpremul(unsigned v, unsigned alpha) {
 Image resize_nearest(const Image& im, int width, int height) {
   check_size(im, width, height, "resize_nearest");
   if (width == im.width && height == im.height) return im;
-  Image out;
-  out.width = width;
-  out.height = height;
-  out.mode = im.mode;
-  out.palette = im.palette;
+  Image out = blank_image(width, height, im.mode, im.palette);
   const int c = im.channels();
-  out.pixels.assign(static_cast<size_t>(width) * height * c, 0);
   // Pillow's affine "scale" transform: sample points start at half a step and advance by
   // repeated addition (the accumulated double is what gets truncated).
   const double ax = static_cast<double>(static_cast<float>(im.width)) / width;

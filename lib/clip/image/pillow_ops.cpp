@@ -33,14 +33,7 @@ void require_rgb_or_l(const Image& im, const char* what) {
                      "x" + std::to_string(im.height) + "x" + std::to_string(im.channels()));
 }
 
-Image same_shape(const Image& im) {
-  Image out;
-  out.width = im.width;
-  out.height = im.height;
-  out.mode = im.mode;
-  out.pixels.resize(im.pixels.size());
-  return out;
-}
+Image same_shape(const Image& im) { return blank_image(im.width, im.height, im.mode); }
 
 // One lookup table per channel, as Image.point with 256*bands entries.
 Image apply_luts(const Image& im, const std::vector<std::array<uint8_t, 256>>& luts) {
@@ -305,12 +298,8 @@ Image blend(const Image& a, const Image& b, float alpha) {
 Image to_gray(const Image& im) {
   require_rgb_or_l(im, "convert to L");
   if (im.mode == PixelMode::L) return im;
-  Image out;
-  out.width = im.width;
-  out.height = im.height;
-  out.mode = PixelMode::L;
+  Image out = blank_image(im.width, im.height, PixelMode::L);
   const size_t n = static_cast<size_t>(im.width) * im.height;
-  out.pixels.resize(n);
   for (size_t i = 0; i < n; ++i) {
     const uint8_t* p = im.pixels.data() + 3 * i;
     out.pixels[i] = static_cast<uint8_t>((p[0] * 19595 + p[1] * 38470 + p[2] * 7471 + 0x8000) >> 16);
@@ -323,11 +312,7 @@ namespace {
 // L -> the target mode (RGB replicates the grey level).
 Image gray_to_mode(const Image& gray, PixelMode mode) {
   if (mode == PixelMode::L) return gray;
-  Image out;
-  out.width = gray.width;
-  out.height = gray.height;
-  out.mode = PixelMode::RGB;
-  out.pixels.resize(gray.pixels.size() * 3);
+  Image out = blank_image(gray.width, gray.height, PixelMode::RGB);
   for (size_t i = 0; i < gray.pixels.size(); ++i)
     out.pixels[3 * i] = out.pixels[3 * i + 1] = out.pixels[3 * i + 2] = gray.pixels[i];
   return out;

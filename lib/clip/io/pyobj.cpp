@@ -63,60 +63,60 @@ std::string TensorData::shape_str() const {
   return s + "]";
 }
 
+namespace {
+PyPtr of_kind(PyValue::Kind k) {
+  auto p = std::make_shared<PyValue>();
+  p->kind = k;
+  return p;
+}
+}  // namespace
+
 PyPtr PyValue::none() { return std::make_shared<PyValue>(); }
 
 PyPtr PyValue::boolean(bool v) {
-  auto p = std::make_shared<PyValue>();
-  p->kind = Kind::boolean;
+  auto p = of_kind(Kind::boolean);
   p->b = v;
   return p;
 }
 
 PyPtr PyValue::integer(int64_t v) {
-  auto p = std::make_shared<PyValue>();
-  p->kind = Kind::integer;
+  auto p = of_kind(Kind::integer);
   p->i = v;
   return p;
 }
 
 PyPtr PyValue::floating(double v) {
-  auto p = std::make_shared<PyValue>();
-  p->kind = Kind::floating;
+  auto p = of_kind(Kind::floating);
   p->f = v;
   return p;
 }
 
 PyPtr PyValue::str(std::string v) {
-  auto p = std::make_shared<PyValue>();
-  p->kind = Kind::string;
+  auto p = of_kind(Kind::string);
   p->s = std::move(v);
   return p;
 }
 
 PyPtr PyValue::list(std::vector<PyPtr> v) {
-  auto p = std::make_shared<PyValue>();
-  p->kind = Kind::list;
+  auto p = of_kind(Kind::list);
   p->items = std::move(v);
   return p;
 }
 
 PyPtr PyValue::tuple(std::vector<PyPtr> v) {
-  auto p = std::make_shared<PyValue>();
-  p->kind = Kind::tuple;
+  auto p = of_kind(Kind::tuple);
   p->items = std::move(v);
   return p;
 }
 
 PyPtr PyValue::dict(bool ordered) {
-  auto p = std::make_shared<PyValue>();
-  p->kind = Kind::dict;
+  auto p = of_kind(Kind::dict);
   p->ordered = ordered;
   return p;
 }
 
 PyPtr PyValue::from_tensor(TensorData t) {
-  auto p = std::make_shared<PyValue>();
-  p->kind = Kind::tensor;
+  auto p = of_kind(Kind::tensor);
   p->tensor = std::move(t);
   return p;
 }

@@ -1,6 +1,7 @@
 // The few API differences between Debian's LibTorch 1.13 (CPU, CI) and the PyTorch 2.x LibTorch
 // (CUDA, GPU machine) live here and nowhere else.
 #pragma once
+#include <optional>
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
@@ -83,6 +84,22 @@ class AutocastScope {
 
  private:
   AutocastState prev_;
+};
+
+// bf16 autocast for the scope when `on` (CPU or CUDA by `device`), restoring the previous state after:
+// the trainer's --precision amp, in its steps and in validation's encoders.
+class Bf16Autocast {
+ public:
+  Bf16Autocast(bool on, const at::Device& device) {
+    if (!on) return;
+    AutocastState s = AutocastState::current();
+    (device.is_cuda() ? s.gpu : s.cpu) = true;
+    (device.is_cuda() ? s.gpu_dtype : s.cpu_dtype) = at::kBFloat16;
+    scope_.emplace(s);
+  }
+
+ private:
+  std::optional<AutocastScope> scope_;
 };
 
 }  // namespace clip::compat

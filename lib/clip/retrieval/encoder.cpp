@@ -11,6 +11,7 @@
 #include "clip/base/log.h"
 #include "clip/model/model.h"
 #include "clip/model/tensor_torch.h"
+#include "clip/model/torch_compat.h"
 #include "clip/text/tokenizer.h"
 
 namespace clip {
@@ -19,6 +20,7 @@ struct Encoder::State {
   ClipModel model{nullptr};
   at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
+  bool amp = false;  // bf16 autocast around the forward (a wrapped training model)
 };
 
 namespace {
@@ -42,7 +44,7 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro) : st_(std::ma
   ModelSource src = resolve_model(mo);
   st_->model = build_model(src);
   weights_hash_ = clip::weights_hash(st_->model);
-  tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(src.vocab_path));
+  tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(src.vocab_path));
   check_vocab_fits(*tokenizer_, src.config.text);
   st_->device = parse_device(ro.device);
   st_->dtype = parse_precision(ro.precision, st_->device);
@@ -50,6 +52,18 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro) : st_(std::ma
   st_->model->eval();
   log_info("model {} ({} weights {}), {} on {}", src.config.name(), src.checkpoint->format, weights_hash_,
            ro.precision, st_->device.str());
+}
+
+Encoder::Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, int context_length, int batch_size,
+                 bool amp)
+    : st_(std::make_unique<State>()), tokenizer_(std::move(tokenizer)), context_length_(context_length),
+      batch_size_(batch_size) {
+  st_->model = std::move(model);
+  for (const auto& p : st_->model->parameters()) {
+    st_->device = p.device();
+    break;
+  }
+  st_->amp = amp;
 }
 
 Encoder::~Encoder() = default;
@@ -61,6 +75,7 @@ int Encoder::embed_dim() const { return config().embed_dim(); }
 
 at::Tensor Encoder::encode_ids(const at::Tensor& ids) {
   at::NoGradGuard ng;
+  compat::Bf16Autocast ac(st_->amp, st_->device);
   auto f = st_->model->encode_text(ids.to(st_->device));
   f = f.to(at::kFloat);
   f = f / f.norm(2, -1, true);
@@ -81,6 +96,7 @@ at::Tensor Encoder::encode_texts(const std::vector<std::string>& texts, bool pre
 
 at::Tensor Encoder::encode_pixels(const at::Tensor& pixels) {
   at::NoGradGuard ng;
+  compat::Bf16Autocast ac(st_->amp, st_->device);
   auto f = st_->model->encode_image(pixels.to(st_->device, st_->dtype));
   f = f.to(at::kFloat);
   f = f / f.norm(2, -1, true);

@@ -1,5 +1,6 @@
 // A loaded model ready to encode: checkpoint + config + tokenizer + device/precision, with the
-// preprocessing that belongs to it. Shared by clip-index, clip-query, clip-serve and validation.
+// preprocessing that belongs to it. Shared by clip-index, clip-query, clip-serve, clip-export and
+// clip-finetune's validation.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
@@ -23,6 +24,9 @@ class Encoder {
   // Loads the checkpoint, resolves the config (explicit names/JSON or inferred, logging what was
   // assumed), finds the vocab, moves the model to the device and precision, eval mode.
   Encoder(const ModelOptions& model, const RuntimeOptions& runtime);
+  // An encoder over a model that lives elsewhere (the trainer's, for validation): shares its weights
+  // on their device and dtype, with bf16 autocast when `amp`; no checkpoint, no weights hash.
+  Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, int context_length, int batch_size, bool amp);
   ~Encoder();
   Encoder(const Encoder&) = delete;
   Encoder& operator=(const Encoder&) = delete;
@@ -53,7 +57,7 @@ class Encoder {
  private:
   struct State;
   std::unique_ptr<State> st_;
-  std::unique_ptr<Tokenizer> tokenizer_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
   std::string checkpoint_path_, weights_hash_;
   int context_length_ = 52;
   int batch_size_ = 64;

@@ -31,6 +31,8 @@
 #include "clip/model/model.h"
 #include "clip/base/pipeline.h"
 #include "clip/base/runtime.h"
+#include "clip/retrieval/encoder.h"
+#include "clip/retrieval/indexing.h"
 #include "clip/retrieval/search.h"
 #include "clip/retrieval/store.h"
 #include "clip/text/tokenizer.h"
@@ -132,7 +134,6 @@ class Trainer {
   void save(const std::string& file, int64_t epoch_1based, int64_t batch_pos_epoch, int64_t batch_pos);
   void redraw_curves();
   at::Tensor tokens_of(const std::vector<size_t>& text_indices) const;
-  at::Tensor encode_images(const DatasetSplit& split, std::vector<size_t> indices);
 
   TrainOptions o_;
   TrainSummary summary_;
@@ -140,7 +141,7 @@ class Trainer {
   at::Device device_{at::kCPU};
   std::optional<ClipModel> model_;
   std::unique_ptr<AdamW> opt_;
-  std::unique_ptr<Tokenizer> tok_;
+  std::shared_ptr<const Tokenizer> tok_;
   std::unique_ptr<DatasetSplit> train_, val_;
   std::vector<int64_t> train_tokens_, val_tokens_;  // [texts, context] per split
   AugmentConfig aug_;
@@ -211,7 +212,7 @@ void Trainer::setup_model() {
   ModelSource src = resolve_model(mo, /*need_vocab=*/true, {o_.data_dir});
   std::optional<Checkpoint>& ck = src.checkpoint;
   const ModelConfig& cfg = src.config;
-  tok_ = std::make_unique<Tokenizer>(Tokenizer::load(src.vocab_path));
+  tok_ = std::make_shared<const Tokenizer>(Tokenizer::load(src.vocab_path));
   o_.model.vocab = src.vocab_path;
   check_vocab_fits(*tok_, cfg.text);
   model_.emplace(build_model(src));
@@ -415,29 +416,6 @@ void Trainer::save(const std::string& file, int64_t epoch_1based, int64_t next_e
            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
-at::Tensor Trainer::encode_images(const DatasetSplit& split, std::vector<size_t> indices) {
-  ClipModel& m = *model_;
-  const int R = aug_.resolution;
-  const size_t item = 3 * size_t(R) * R;
-  at::Tensor out;
-  std::vector<at::Tensor> parts;
-  BatchPipeline pipe(
-      indices.size(), static_cast<size_t>(o_.valid_batch_size), o_.workers,
-      [&](size_t i, float* dst) {
-        std::vector<uint8_t> bytes = split.images.bytes(indices[i]);
-        preprocess_eval(decode_image(bytes.data(), bytes.size()), R, dst);
-      },
-      item);
-  detail::AutocastScope ac(o_.runtime.precision == "amp", device_);
-  for (BatchPipeline::Batch b; pipe.next(b);) {
-    at::Tensor px = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, R, R}, at::kFloat)
-                        .to(device_, /*non_blocking=*/false, /*copy=*/true);
-    at::Tensor f = m->encode_image(px).to(at::kFloat);
-    parts.push_back(f / f.norm(2, {-1}, true));
-  }
-  return at::cat(parts);
-}
-
 nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
   if (!val_) return {};
   ClipModel& m = *model_;
@@ -445,22 +423,17 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
   at::NoGradGuard ng;
   m->eval();
   const DatasetSplit& v = *val_;
-  std::vector<size_t> img_idx(v.images.size());
-  for (size_t i = 0; i < img_idx.size(); ++i) img_idx[i] = i;
-  at::Tensor img = encode_images(v, img_idx);
-  // Text features.
+  // Features through the retrieval layer's encoders, as clip-index computes them (eval transform,
+  // L2-normalised, float32), from the training model itself.
+  Encoder enc(m, tok_, o_.model.context_length, o_.valid_batch_size, o_.runtime.precision == "amp");
+  at::Tensor img = encode_images(enc, v.images, o_.workers, /*skip_errors=*/false).features.to(device_);
   const int ctx = o_.model.context_length;
   std::vector<at::Tensor> tparts;
-  {
-    detail::AutocastScope ac(o_.runtime.precision == "amp", device_);
-    for (size_t s = 0; s < v.texts.size(); s += o_.valid_batch_size) {
-      int64_t n = static_cast<int64_t>(std::min(v.texts.size(), s + o_.valid_batch_size) - s);
-      at::Tensor ids = at::from_blob(const_cast<int64_t*>(&val_tokens_[s * ctx]), {n, ctx}, at::kLong).to(device_, false, true);
-      at::Tensor f = m->encode_text(ids).to(at::kFloat);
-      tparts.push_back(f / f.norm(2, {-1}, true));
-    }
+  for (size_t s = 0; s < v.texts.size(); s += o_.valid_batch_size) {
+    int64_t n = static_cast<int64_t>(std::min(v.texts.size(), s + o_.valid_batch_size) - s);
+    tparts.push_back(enc.encode_ids(at::from_blob(const_cast<int64_t*>(&val_tokens_[s * ctx]), {n, ctx}, at::kLong)));
   }
-  at::Tensor txt = at::cat(tparts);
+  at::Tensor txt = at::cat(tparts).to(device_);
   at::Tensor scale = m->logit_scale().exp().to(at::kFloat);
   // Validation loss: cn_clip's in-batch loss over the pairs, in file order, weighted by batch size.
   double loss_sum = 0;

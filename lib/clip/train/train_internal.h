@@ -16,14 +16,7 @@ namespace clip::detail {
 at::Tensor from_tensor_data(const TensorData& d);
 std::string shape_str(const at::Tensor& t);
 
-// bf16 autocast for the scope (CPU or CUDA by `device`), restoring the previous state after.
-class AutocastScope {
- public:
-  AutocastScope(bool on, const at::Device& device);
-
- private:
-  std::optional<compat::AutocastScope> scope_;
-};
+using AutocastScope = compat::Bf16Autocast;
 
 // The run folder of a --resume argument: the folder itself, or <run> for <run>/checkpoints/x.pt.
 std::string resume_run_dir(const std::string& resume);

@@ -183,14 +183,6 @@ std::string shape_str(const at::Tensor& t) {
 }
 
 
-AutocastScope::AutocastScope(bool on, const at::Device& device) {
-  if (!on) return;
-  compat::AutocastState s = compat::AutocastState::current();
-  (device.is_cuda() ? s.gpu : s.cpu) = true;
-  (device.is_cuda() ? s.gpu_dtype : s.cpu_dtype) = at::kBFloat16;
-  scope_.emplace(s);
-}
-
 double grad_global_l2(const std::vector<at::Tensor>& params) {
   double sq = 0;
   for (const auto& p : params) {

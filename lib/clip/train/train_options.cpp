@@ -6,86 +6,61 @@
 
 namespace clip {
 
+namespace {
+
+// Every saved setting with its params.json key, in one list for both directions.
+template <class Options, class F>
+void for_each_setting(Options& o, F&& f) {
+  f("checkpoint", o.model.checkpoint);
+  f("vision_model", o.model.vision_model);
+  f("text_model", o.model.text_model);
+  f("vocab", o.model.vocab);
+  f("context_length", o.model.context_length);
+  f("data_dir", o.data_dir);
+  f("train_split", o.train_split);
+  f("val_split", o.val_split);
+  f("no_validation", o.no_validation);
+  f("lr", o.lr);
+  f("wd", o.wd);
+  f("beta1", o.beta1);
+  f("beta2", o.beta2);
+  f("eps", o.eps);
+  f("warmup", o.warmup);
+  f("batch_size", o.runtime.batch_size);
+  f("valid_batch_size", o.valid_batch_size);
+  f("max_epochs", o.max_epochs);
+  f("max_steps", o.max_steps);
+  f("accum_freq", o.accum_freq);
+  f("use_augment", o.use_augment);
+  f("freeze_vision", o.freeze_vision);
+  f("grad_checkpointing", o.grad_checkpointing);
+  f("seed", o.seed);
+  f("valid_step_interval", o.valid_step_interval);
+  f("valid_epoch_interval", o.valid_epoch_interval);
+  f("save_step_frequency", o.save_step_frequency);
+  f("save_epoch_frequency", o.save_epoch_frequency);
+  f("log_interval", o.log_interval);
+  f("precision", o.runtime.precision);
+  f("device", o.runtime.device);
+  f("threads", o.runtime.threads);
+  f("workers", o.workers);
+  f("output_dir", o.output_dir);
+  f("name", o.name);
+}
+
+}  // namespace
+
 nlohmann::json TrainOptions::to_json() const {
-  return nlohmann::json{
-      {"checkpoint", model.checkpoint},
-      {"vision_model", model.vision_model},
-      {"text_model", model.text_model},
-      {"vocab", model.vocab},
-      {"context_length", model.context_length},
-      {"data_dir", data_dir},
-      {"train_split", train_split},
-      {"val_split", val_split},
-      {"no_validation", no_validation},
-      {"lr", lr},
-      {"wd", wd},
-      {"beta1", beta1},
-      {"beta2", beta2},
-      {"eps", eps},
-      {"warmup", warmup},
-      {"batch_size", runtime.batch_size},
-      {"valid_batch_size", valid_batch_size},
-      {"max_epochs", max_epochs},
-      {"max_steps", max_steps},
-      {"accum_freq", accum_freq},
-      {"use_augment", use_augment},
-      {"freeze_vision", freeze_vision},
-      {"grad_checkpointing", grad_checkpointing},
-      {"seed", seed},
-      {"valid_step_interval", valid_step_interval},
-      {"valid_epoch_interval", valid_epoch_interval},
-      {"save_step_frequency", save_step_frequency},
-      {"save_epoch_frequency", save_epoch_frequency},
-      {"log_interval", log_interval},
-      {"precision", runtime.precision},
-      {"device", runtime.device},
-      {"threads", runtime.threads},
-      {"workers", workers},
-      {"output_dir", output_dir},
-      {"name", name},
-  };
+  nlohmann::json j = nlohmann::json::object();
+  for_each_setting(*this, [&](const char* key, const auto& field) { j[key] = field; });
+  return j;
 }
 
 TrainOptions TrainOptions::from_json(const nlohmann::json& j) {
   TrainOptions o;
-  auto get = [&](const char* k, auto& field) {
-    if (j.contains(k) && !j[k].is_null()) j[k].get_to(field);
-  };
-  get("checkpoint", o.model.checkpoint);
-  get("vision_model", o.model.vision_model);
-  get("text_model", o.model.text_model);
-  get("vocab", o.model.vocab);
-  get("context_length", o.model.context_length);
-  get("data_dir", o.data_dir);
-  get("train_split", o.train_split);
-  get("val_split", o.val_split);
-  get("no_validation", o.no_validation);
-  get("lr", o.lr);
-  get("wd", o.wd);
-  get("beta1", o.beta1);
-  get("beta2", o.beta2);
-  get("eps", o.eps);
-  get("warmup", o.warmup);
-  get("batch_size", o.runtime.batch_size);
-  get("valid_batch_size", o.valid_batch_size);
-  get("max_epochs", o.max_epochs);
-  get("max_steps", o.max_steps);
-  get("accum_freq", o.accum_freq);
-  get("use_augment", o.use_augment);
-  get("freeze_vision", o.freeze_vision);
-  get("grad_checkpointing", o.grad_checkpointing);
-  get("seed", o.seed);
-  get("valid_step_interval", o.valid_step_interval);
-  get("valid_epoch_interval", o.valid_epoch_interval);
-  get("save_step_frequency", o.save_step_frequency);
-  get("save_epoch_frequency", o.save_epoch_frequency);
-  get("log_interval", o.log_interval);
-  get("precision", o.runtime.precision);
-  get("device", o.runtime.device);
-  get("threads", o.runtime.threads);
-  get("workers", o.workers);
-  get("output_dir", o.output_dir);
-  get("name", o.name);
+  for_each_setting(o, [&](const char* key, auto& field) {
+    if (j.contains(key) && !j[key].is_null()) j[key].get_to(field);
+  });
   return o;
 }
 
