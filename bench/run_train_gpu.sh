@@ -41,5 +41,6 @@ for ckpt in "" --grad-checkpointing; do
   with_peak "$PYTHON" bench/bench_train_python.py --cnclip "$CNCLIP" --precision fp32 "${common[@]}" $ckpt
   with_peak "$BUILD_DIR/bin/bench_train" --device cuda --precision amp "${common[@]}" $ckpt
   with_peak "$PYTHON" bench/bench_train_python.py --cnclip "$CNCLIP" --precision amp-bf16 "${common[@]}" $ckpt
+  with_peak "$PYTHON" bench/bench_train_python.py --cnclip "$CNCLIP" --precision amp-bf16 --fused-adamw "${common[@]}" $ckpt
   with_peak "$PYTHON" bench/bench_train_python.py --cnclip "$CNCLIP" --precision amp-fp16 "${common[@]}" $ckpt
 done
