@@ -41,6 +41,9 @@ nlohmann::json TrainOptions::to_json() const {
       {"device", runtime.device},
       {"threads", runtime.threads},
       {"workers", workers},
+      {"nproc_per_node", nproc_per_node},
+      {"dist_backend", dist_backend},
+      {"dist_timeout_s", dist_timeout_s},
       {"output_dir", output_dir},
       {"name", name},
   };
@@ -84,6 +87,9 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& j) {
   get("device", o.runtime.device);
   get("threads", o.runtime.threads);
   get("workers", o.workers);
+  get("nproc_per_node", o.nproc_per_node);
+  get("dist_backend", o.dist_backend);
+  get("dist_timeout_s", o.dist_timeout_s);
   get("output_dir", o.output_dir);
   get("name", o.name);
   return o;
