@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 
+#include "clip/base/log.h"
 #include "clip/cli/cli.h"
 #include "clip/train/dist.h"
 #include "clip/train/train.h"
@@ -34,8 +35,10 @@ int body(int argc, char** argv) {
   }
   // --nproc-per-node N: this process only starts and watches the workers (which re-read argv and
   // join through torchrun's variables); a process that has those variables is a worker.
-  if (opts.nproc_per_node > 0 && !clip::dist_env_from_environment())
+  if (opts.nproc_per_node > 0 && !clip::dist_env_from_environment()) {
+    if (opts.runtime.quiet) clip::set_log_level(clip::LogLevel::error);
     return clip::launch_local_workers(opts.nproc_per_node, argv);
+  }
   clip::TrainSummary s = clip::run_finetune(opts);
   if (s.interrupted) return clip::kExitInterrupted;
   return clip::kExitOk;

@@ -389,6 +389,12 @@ int launch_local_workers(int nproc, char** argv, int grace_s) {
   }
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
+  if (failed >= 0 && WIFEXITED(status[failed])) {
+    // The worker printed its own error (a usage, data or model error keeps its exit code).
+    log_error("worker rank {} (pid {}) {}; the run was stopped on all {} ranks", failed, pids[failed],
+              describe_status(status[failed]), nproc);
+    return WEXITSTATUS(status[failed]);
+  }
   if (failed >= 0)
     throw TrainingError(fmt::format("worker rank {} (pid {}) {}; the run was stopped on all {} ranks{}", failed,
                                     pids[failed], describe_status(status[failed]), nproc,

@@ -68,7 +68,8 @@ class DistGroup {
 // torchrun's variables (ranks 0..N-1 on 127.0.0.1, MASTER_PORT from the environment or a free
 // port), forwards SIGINT/SIGTERM to them, and waits. When one exits with an error or is killed,
 // the others get SIGTERM, then SIGKILL after `grace_s`. Returns 0 when all succeeded, 130 when the
-// run was interrupted; throws TrainingError naming the first worker that failed.
+// run was interrupted, the exit code of the first worker that failed (after an error line naming
+// its rank); throws TrainingError naming the first worker killed by a signal.
 int launch_local_workers(int nproc, char** argv, int grace_s = 10);
 
 }  // namespace clip
