@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
-  libtorch-dev libopenblas0-openmp
+  libtorch-dev libopenblas0-openmp libgloo-dev   # libgloo-dev: the Gloo backend of distributed fine-tuning
   libcli11-dev libfmt-dev catch2 libstb-dev nlohmann-json3-dev
   libjpeg62-turbo-dev libpng-dev zlib1g-dev libicu-dev
   python3-torch python3-numpy python3-pil   # test cross-checks only: torch.load of our checkpoints, Pillow references

@@ -5,7 +5,9 @@
 
 #include <cstdlib>
 
+#include "clip/base/log.h"
 #include "clip/cli/cli.h"
+#include "clip/train/dist.h"
 #include "clip/train/train.h"
 
 namespace {
@@ -17,7 +19,8 @@ int body(int argc, char** argv) {
                "      --text-model data/shapes-zh/RBT-Demo.json --lr 1e-3 --max-epochs 8 -o runs/demo\n"
                "  clip-finetune --checkpoint clip_cn_vit-b-16.pt --data Flickr30k-CN --lr 5e-5 --wd 1e-3 --warmup 100 \\\n"
                "      --max-epochs 3 --use-augment --precision amp --device cuda\n"
-               "  clip-finetune --resume runs/demo            # continue an interrupted run exactly",
+               "  clip-finetune --resume runs/demo            # continue an interrupted run exactly\n"
+               "  clip-finetune --nproc-per-node 8 --device cuda -b 128 ...   # data-parallel, global batch 1024",
                "clip-finetune"};
   clip::add_version_flag(app);
   clip::add_train_options(app, opts);
@@ -29,6 +32,12 @@ int body(int argc, char** argv) {
     clip::add_train_options(again, stored);
     CLIP_PARSE(again, argc, argv);
     opts = stored;
+  }
+  // --nproc-per-node N: this process only starts and watches the workers (which re-read argv and
+  // join through torchrun's variables); a process that has those variables is a worker.
+  if (opts.nproc_per_node > 0 && !clip::dist_env_from_environment()) {
+    if (opts.runtime.quiet) clip::set_log_level(clip::LogLevel::error);
+    return clip::launch_local_workers(opts.nproc_per_node, argv);
   }
   clip::TrainSummary s = clip::run_finetune(opts);
   if (s.interrupted) return clip::kExitInterrupted;

@@ -112,9 +112,22 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   auto* r = app.add_option_group("Runtime");
   RuntimeFlags rf;
   rf.precisions = {"fp32", "amp"};
-  rf.batch_help = "Batch size (per step and micro-batch)";
+  rf.batch_help = "Batch size (per step and micro-batch; per process when data-parallel)";
   add_runtime_options(*r, o.runtime, rf);
   r->add_option("--workers", o.workers, "Image decoding threads (0 = as many as --threads)")->capture_default_str();
+
+  auto* dp = app.add_option_group("Data-parallel (docs/distributed.md)");
+  dp->add_option("--nproc-per-node", o.nproc_per_node,
+                 "Start N worker processes on this machine (ranks 0..N-1; rank r on cuda:r with --device cuda). "
+                 "--batch-size is per process: the global batch is N x batch. A process started with torchrun's "
+                 "variables (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) joins that group instead")
+      ->check(CLI::NonNegativeNumber);
+  dp->add_option("--dist-backend", o.dist_backend, "c10d backend: nccl (default with --device cuda) or gloo (CPU default)")
+      ->check(CLI::IsMember({"gloo", "nccl"}));
+  dp->add_option("--dist-timeout", o.dist_timeout_s,
+                 "Seconds a rank waits for the others to join, and for any collective, before the run fails")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 
   auto* f = app.add_option_group("Run folder");
   f->add_option("--output-dir,-o", o.output_dir, "Run folder (default runs/<date>-<vision>-lr<lr>-bs<batch>)");

@@ -17,6 +17,7 @@
 #include <ctime>
 #include <fstream>
 #include <optional>
+#include <thread>
 
 #include "clip/data/augment.h"
 #include "clip/io/checkpoint.h"
@@ -36,6 +37,7 @@
 #include "clip/retrieval/search.h"
 #include "clip/retrieval/store.h"
 #include "clip/text/tokenizer.h"
+#include "clip/train/dist.h"
 #include "clip/train/train_internal.h"
 
 namespace clip {
@@ -123,6 +125,7 @@ class Trainer {
   TrainSummary run();
 
  private:
+  void setup_dist();
   void setup_run_dir();
   void setup_model();
   void setup_data();
@@ -137,6 +140,12 @@ class Trainer {
 
   TrainOptions o_;
   TrainSummary summary_;
+  // data-parallel: this process is rank_ of world_; it reads rows [rank_*B, (rank_+1)*B) of each
+  // global batch of gbs_ = world_*B pairs. Only rank 0 writes the run folder and validates.
+  std::unique_ptr<DistGroup> dist_;
+  int world_ = 1, rank_ = 0;
+  int64_t gbs_ = 0;
+  bool lead() const { return rank_ == 0; }
   std::string run_dir_, ckpt_dir_, metrics_path_, resume_ckpt_;
   at::Device device_{at::kCPU};
   std::optional<ClipModel> model_;
@@ -164,6 +173,34 @@ class Trainer {
   int64_t first_step_ = 0;
 };
 
+void Trainer::setup_dist() {
+  std::optional<DistEnv> env = dist_env_from_environment();
+  if (!env) {
+    if (o_.nproc_per_node > 0)
+      throw UsageError("--nproc-per-node: internal: the workers were not started (clip-finetune starts them)");
+    gbs_ = o_.runtime.batch_size;
+    return;
+  }
+  std::string backend = o_.dist_backend;
+  if (backend.empty()) backend = device_.is_cuda() ? "nccl" : "gloo";
+  if (backend != "gloo" && backend != "nccl") throw UsageError("--dist-backend must be gloo or nccl, not '" + backend + "'");
+  if (backend == "nccl" && !device_.is_cuda())
+    throw UsageError("--dist-backend nccl needs --device cuda (NCCL reduces GPU tensors); use gloo on the CPU");
+  // Rank r trains on cuda:LOCAL_RANK.
+  if (device_.is_cuda()) device_ = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env->local_rank));
+  world_ = env->world_size;
+  rank_ = env->rank;
+  // Only rank 0 talks (its errors, and every rank's errors and warnings, still come through).
+  if (!lead() && !o_.runtime.verbose) set_log_level(std::min(log_level(), LogLevel::warn));
+  // Without --threads the cores are shared by this machine's workers.
+  if (o_.runtime.threads <= 0 && env->local_world_size > 1)
+    set_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / env->local_world_size));
+  dist_ = DistGroup::join(*env, backend, o_.dist_timeout_s);
+  gbs_ = o_.runtime.batch_size * world_;
+  log_info("distributed: rank {} of {} ({}, {}), rendezvous {}:{}; batch {} per rank, {} in all", rank_, world_,
+           backend, device_.str(), env->master_addr, env->master_port, o_.runtime.batch_size, gbs_);
+}
+
 void Trainer::setup_run_dir() {
   if (!o_.resume.empty()) {
     run_dir_ = o_.output_dir.empty() ? detail::resume_run_dir(o_.resume) : o_.output_dir;
@@ -174,7 +211,7 @@ void Trainer::setup_run_dir() {
   } else {
     run_dir_ = o_.output_dir;
     if (run_dir_.empty()) throw UsageError("no run folder (internal: output_dir not resolved)");
-    if (is_directory(run_dir_) && dir_has_entries(run_dir_))
+    if (lead() && is_directory(run_dir_) && dir_has_entries(run_dir_))
       throw TrainingError("run folder '" + run_dir_ +
                           "' already holds a run; continue it with --resume " + run_dir_ +
                           ", or choose another --output-dir");
@@ -246,24 +283,59 @@ void Trainer::setup_model() {
     PyPtr osd = ck->root ? ck->root->get("optimizer") : nullptr;
     if (!osd) throw ModelError(resume_ckpt_ + ": no optimizer state to resume from");
     opt_->load_state_dict(*osd);
+    // The data order depends on the global batch only: a run continues exactly with any world size
+    // whose world x batch equals the run's (the per-rank batch is adjusted to keep it).
+    const int64_t old_world = rs.extra.value("world_size", int64_t{1});
+    const int64_t old_global = rs.extra.value("global_batch", rs.extra.value("batch_size", int64_t(o_.runtime.batch_size)));
+    if (old_global != int64_t(o_.runtime.batch_size) * world_) {
+      if (old_global % world_ != 0)
+        throw UsageError(fmt::format("--resume {}: the run used a global batch of {} ({} x {}); {} processes cannot "
+                                     "split it evenly. Resume with a world size that divides {} (e.g. {})",
+                                     resume_ckpt_, old_global, old_world, old_global / std::max<int64_t>(1, old_world),
+                                     world_, old_global, old_world));
+      if (lead())
+        log_warn("--resume: the run used {} process{} with batch {} (global {}); now {} process{}: the batch per process "
+                 "becomes {} so that the global batch, the data order and the schedule stay the same",
+                 old_world, old_world > 1 ? "es" : "", old_global / std::max<int64_t>(1, old_world), old_global, world_,
+                 world_ > 1 ? "es" : "", old_global / world_);
+      o_.runtime.batch_size = static_cast<int>(old_global / world_);
+      gbs_ = old_global;
+    }
     step_ = rs.step;
     start_epoch_ = rs.epoch;
     start_batch_ = rs.batch_in_epoch;
-    if (rs.cpu_rng.defined()) {
+    // A distributed run stores one generator state per rank (rows); a rank without its own row
+    // (the world size changed) derives a fresh stream from the seed, the step and its rank.
+    auto rank_state = [&](const at::Tensor& t) -> at::Tensor {
+      if (t.dim() == 1) return rank_ == 0 ? t : at::Tensor();
+      return rank_ < t.size(0) && t.size(0) == world_ ? t[rank_].contiguous() : (rank_ == 0 ? t[0].contiguous() : at::Tensor());
+    };
+    at::Tensor cpu_state = rs.cpu_rng.defined() ? rank_state(rs.cpu_rng) : at::Tensor();
+    if (cpu_state.defined()) {
       auto gen = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(gen.mutex());
-      gen.set_state(rs.cpu_rng);
+      gen.set_state(cpu_state);
+    } else if (rs.cpu_rng.defined()) {
+      at::manual_seed(o_.seed + static_cast<uint64_t>(rank_) + 1000003ull * static_cast<uint64_t>(rs.step));
     }
-    if (rs.cuda_rng.defined() && device_.is_cuda()) {
+    at::Tensor cuda_state = rs.cuda_rng.defined() ? rank_state(rs.cuda_rng) : at::Tensor();
+    if (cuda_state.defined() && device_.is_cuda()) {
       auto gen = at::globalContext().defaultGenerator(device_);
       std::lock_guard<std::mutex> lock(gen.mutex());
-      gen.set_state(rs.cuda_rng);
+      gen.set_state(cuda_state);
     }
     best_ = rs.extra.value("best", nlohmann::json());
     log_info("resuming {} at step {} (epoch {}, batch {})", resume_ckpt_, step_, start_epoch_ + 1, start_batch_);
   } else {
-    // Dropout draws from torch's default generator: seed it so that runs repeat.
-    at::manual_seed(o_.seed);
+    // Dropout draws from torch's default generator: seed it so that runs repeat (each rank its own
+    // stream, as its rows differ).
+    at::manual_seed(o_.seed + static_cast<uint64_t>(rank_));
+  }
+  if (dist_) {
+    // Identical starting weights on every rank (as DDP does), whatever each rank loaded.
+    std::vector<at::Tensor> ts;
+    for (auto& [name, t] : model_state(m)) ts.push_back(t);
+    dist_->broadcast_from_rank0(ts);
   }
   log_info("model {} from {}: {} trainable tensors ({} without weight decay)", cfg.name(), model_source_,
            opt_->params().size(), opt_->group_size(0));
@@ -293,12 +365,12 @@ void Trainer::setup_data() {
 
 void Trainer::setup_schedule() {
   const int64_t n = static_cast<int64_t>(train_->pairs.size());
-  num_batches_ = (n + o_.runtime.batch_size - 1) / o_.runtime.batch_size;
+  num_batches_ = (n + gbs_ - 1) / gbs_;
   steps_per_epoch_ = num_batches_ / o_.accum_freq;
   if (steps_per_epoch_ == 0)
     throw UsageError(fmt::format("{} training pairs make {} batches of {}, fewer than --accum-freq {}: lower "
                                  "--batch-size or --accum-freq",
-                                 n, num_batches_, o_.runtime.batch_size, o_.accum_freq));
+                                 n, num_batches_, gbs_, o_.accum_freq));
   if (o_.max_steps > 0) {
     max_steps_ = o_.max_steps;
     max_epochs_ = (max_steps_ * o_.accum_freq + num_batches_ - 1) / num_batches_;
@@ -306,7 +378,7 @@ void Trainer::setup_schedule() {
     max_epochs_ = o_.max_epochs;
     max_steps_ = steps_per_epoch_ * max_epochs_;
   }
-  if (o_.warmup >= max_steps_)
+  if (o_.warmup >= max_steps_ && lead())
     log_warn("--warmup {} is not below the {} training steps: the learning rate never decays", o_.warmup, max_steps_);
 }
 
@@ -334,6 +406,9 @@ void Trainer::write_params() {
       {"vision_config", to_json(cfg.vision)},
       {"text_config", to_json(cfg.text)},
       {"device", o_.runtime.device},
+      {"world_size", world_},
+      {"global_batch", gbs_},
+      {"dist_backend", dist_ ? dist_->backend() : std::string()},
       {"threads", at::get_num_threads()},
       {"torch_version", TORCH_VERSION},
       {"version", CLIP_VERSION},
@@ -408,7 +483,19 @@ void Trainer::save(const std::string& file, int64_t epoch_1based, int64_t next_e
     std::lock_guard<std::mutex> lock(gen.mutex());
     rs.cuda_rng = gen.get_state();
   }
-  rs.extra = {{"seed", o_.seed}, {"batch_size", o_.runtime.batch_size}, {"best", best_}};
+  if (dist_) {
+    // Each rank's generator (dropout): one row per rank.
+    auto rows = [&](const at::Tensor& t) {
+      at::Tensor local = t.unsqueeze(0);
+      if (dist_->backend() == "nccl") local = local.to(device_);
+      return dist_->all_gather_rows(local).to(at::kCPU).contiguous();
+    };
+    rs.cpu_rng = rows(rs.cpu_rng);
+    if (rs.cuda_rng.defined()) rs.cuda_rng = rows(rs.cuda_rng);
+  }
+  if (!lead()) return;
+  rs.extra = {{"seed", o_.seed}, {"batch_size", o_.runtime.batch_size}, {"world_size", world_},
+              {"global_batch", gbs_}, {"best", best_}};
   auto t0 = std::chrono::steady_clock::now();
   std::string path = path_join(ckpt_dir_, file);
   save_training_checkpoint(path, *model_, opt_.get(), epoch_1based, step_, o_.name, &rs);
@@ -417,7 +504,7 @@ void Trainer::save(const std::string& file, int64_t epoch_1based, int64_t next_e
 }
 
 nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
-  if (!val_) return {};
+  if (!val_ || !lead()) return {};
   ClipModel& m = *model_;
   auto t0 = std::chrono::steady_clock::now();
   at::NoGradGuard ng;
@@ -504,6 +591,7 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
 }
 
 void Trainer::redraw_curves() {
+  if (!lead()) return;
   std::vector<CurvePanel> panels;
   panels.push_back({"Loss", "contrastive loss",
                     {{"train (mean per log interval)", "#1f77b4", c_loss_, false},
@@ -526,14 +614,19 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   const size_t item = 3 * size_t(R) * R;
   const int64_t bs = o_.runtime.batch_size;
   const int64_t n_batches_used = steps_per_epoch_ * o_.accum_freq;  // trailing micro-batches never step (cn_clip)
-  std::vector<int64_t> order = epoch_order(static_cast<int64_t>(train_->pairs.size()), bs, o_.seed, epoch);
-  const size_t first_item = static_cast<size_t>(first_batch * bs);
-  const size_t n_items = static_cast<size_t>(n_batches_used * bs) - first_item;
+  // The order of the global batches (gbs_ = world x bs); this rank reads its slice of each.
+  std::vector<int64_t> order = epoch_order(static_cast<int64_t>(train_->pairs.size()), gbs_, o_.seed, epoch);
+  const size_t n_items = static_cast<size_t>((n_batches_used - first_batch) * bs);
+  // Position in the epoch's order of this rank's i-th item from `first_batch` on.
+  auto position = [&](size_t i) {
+    return static_cast<size_t>((first_batch + static_cast<int64_t>(i) / bs) * gbs_ + rank_ * bs +
+                               static_cast<int64_t>(i) % bs);
+  };
   const DatasetSplit& tr = *train_;
   BatchPipeline pipe(
       n_items, static_cast<size_t>(bs), o_.workers,
       [&](size_t i, float* dst) {
-        size_t pos = first_item + i;
+        size_t pos = position(i);
         size_t img = tr.pairs[static_cast<size_t>(order[pos])].second;
         std::vector<uint8_t> bytes = tr.images.bytes(img);
         Image im = decode_image(bytes.data(), bytes.size());
@@ -543,13 +636,14 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       item);
   StepOptions so;
   so.autocast = o_.runtime.precision == "amp";
+  so.dist = dist_.get();
   std::vector<TrainBatch> micro;
   int64_t batch_index = first_batch;
   auto t_wait = std::chrono::steady_clock::now();
   for (BatchPipeline::Batch b; pipe.next(b); ++batch_index) {
     data_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_wait).count();
     std::vector<size_t> texts;
-    for (size_t k = 0; k < b.items.size(); ++k) texts.push_back(tr.pairs[static_cast<size_t>(order[first_item + b.items[k]])].first);
+    for (size_t k = 0; k < b.items.size(); ++k) texts.push_back(tr.pairs[static_cast<size_t>(order[position(b.items[k])])].first);
     TrainBatch tb;
     tb.pixels = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, R, R}, at::kFloat)
                     .to(device_, false, /*copy=*/true);
@@ -571,7 +665,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                                       file_exists(last) ? "the last good checkpoint is " + last
                                                         : std::string("no checkpoint was saved yet")));
     }
-    const int64_t samples = bs * o_.accum_freq;
+    const int64_t samples = gbs_ * o_.accum_freq;
     step_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_step).count();
     micro.clear();
     ++step_;
@@ -581,7 +675,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     loss_sum_ += st.loss;
     ++loss_n_;
     samples_since_log_ += samples;
-    if (step_ % o_.log_interval == 0 || step_ == max_steps_) {
+    if (lead() && (step_ % o_.log_interval == 0 || step_ == max_steps_)) {
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - log_t0_).count();
       nlohmann::json j = {{"type", "train"},
                           {"step", step_},
@@ -618,8 +712,10 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       save("epoch_latest.pt", epoch + 1, epoch, next_batch);
     }
     t_wait = std::chrono::steady_clock::now();
-    if (g_interrupted || (o_.stop_after_steps > 0 && session_steps_ >= o_.stop_after_steps)) {
-      interrupted_ = g_interrupted;
+    // Every rank stops at the same step: a signal on any of them counts for all.
+    const bool signalled = dist_ ? dist_->any(g_interrupted) : g_interrupted.load();
+    if (signalled || (o_.stop_after_steps > 0 && session_steps_ >= o_.stop_after_steps)) {
+      interrupted_ = signalled;
       if (step_ < max_steps_) {
         stop_ = true;
         // At the end of an epoch, the epoch's validation and checkpoints come first (run()).
@@ -652,12 +748,13 @@ TrainSummary Trainer::run() {
     o_.output_dir = path_join("runs", sanitize(fmt::format("{}-{}-lr{}-bs{}", timestamp(), vision,
                                                            o_.lr > 0 ? fmt::format("{:g}", o_.lr) : "default", o_.runtime.batch_size)));
   }
+  setup_dist();
   setup_run_dir();
   setup_model();
   setup_data();
   setup_schedule();
-  write_params();
-  if (!resume_ckpt_.empty()) restore_metrics(step_);
+  if (lead()) write_params();
+  if (!resume_ckpt_.empty() && lead()) restore_metrics(step_);
   summary_.run_dir = run_dir_;
   summary_.steps = step_;
 
@@ -690,7 +787,8 @@ TrainSummary Trainer::run() {
   if (stop_)
     log_info("stopped after step {} of {}: continue with --resume {}", step_, max_steps_, run_dir_);
   else {
-    write_file_atomic(path_join(run_dir_, "DONE"), fmt::format("{{\"steps\": {}, \"epochs\": {}}}\n", step_, max_epochs_));
+    if (lead())
+      write_file_atomic(path_join(run_dir_, "DONE"), fmt::format("{{\"steps\": {}, \"epochs\": {}}}\n", step_, max_epochs_));
     log_info("finished: {} steps, last loss {:.4f}; checkpoints in {}", step_, summary_.last_loss, ckpt_dir_);
   }
   return summary_;

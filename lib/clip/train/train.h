@@ -29,6 +29,7 @@
 namespace clip {
 
 class ClipModel;
+class DistGroup;
 
 // ---------------------------------------------------------------------------------------------
 // Building blocks (each one reproduces a piece of cn_clip; the parity tests check them).
@@ -112,6 +113,11 @@ struct TrainBatch {
 struct StepOptions {
   bool autocast = false;       // bf16 autocast for the forward passes (CPU or CUDA, by the model's device)
   bool compute_grad_norm = false;
+  // Data-parallel (dist.h): the batches are this rank's slices of the global ones. Features of all
+  // ranks are gathered (this rank's keep their gradients) so that the loss is the global batch's,
+  // and the gradients are summed over ranks before the step (logit_scale's, which every rank
+  // computes in full, is averaged): the step equals a single process's on the global batch.
+  DistGroup* dist = nullptr;
 };
 
 struct StepStats {
@@ -121,7 +127,7 @@ struct StepStats {
   double logit_scale = 0; // after the step and the clamp
 };
 
-// One optimizer step with cn_clip's semantics. One batch: forward, loss, backward. Several batches
+// One optimizer step with cn_clip's semantics (data-parallel when options.dist is set). One batch: forward, loss, backward. Several batches
 // (--accum-freq): features of every batch are first computed without gradients, then each batch is
 // re-run with gradients and its fresh features substituted into the cached set, one backward each,
 // one optimizer step at the end. The learning rate is set to `lr` first; logit_scale is clamped
@@ -211,6 +217,10 @@ struct TrainOptions {
   std::string output_dir;                 // default runs/<date>-<vision>-lr<lr>-bs<bs>
   std::string name;                       // cn_clip's experiment name (stored in checkpoints); default: folder name
   std::string resume;                     // run folder or checkpoint to continue exactly
+  // data-parallel (docs/distributed.md): batch_size is per process, the global batch world x batch
+  int nproc_per_node = 0;                 // > 0: start this many local workers (0: one process, or torchrun's env)
+  std::string dist_backend;               // gloo | nccl (empty: nccl on cuda, gloo on the CPU)
+  int dist_timeout_s = 1800;              // rendezvous and every collective
 
   nlohmann::json to_json() const;
   static TrainOptions from_json(const nlohmann::json& j);  // unknown keys ignored

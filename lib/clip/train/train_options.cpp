@@ -46,6 +46,9 @@ void for_each_setting(Options& o, F&& f) {
   f("workers", o.workers);
   f("output_dir", o.output_dir);
   f("name", o.name);
+  f("nproc_per_node", o.nproc_per_node);
+  f("dist_backend", o.dist_backend);
+  f("dist_timeout_s", o.dist_timeout_s);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "clip/base/error.h"
 #include "clip/model/model.h"
+#include "clip/train/dist.h"
 #include "clip/train/train.h"
 #include "clip/train/train_internal.h"
 
@@ -46,12 +47,15 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
   optimizer.set_lr(lr);
   optimizer.zero_grad();
   at::Device device = model->logit_scale().device();
+  DistGroup* dist = options.dist;
+  // Every rank's rows of a feature matrix (only this rank's keep their autograd path).
+  auto global = [dist](const at::Tensor& local) { return dist ? dist->all_gather_rows(local) : local; };
   if (batches.size() == 1) {
     ContrastiveLoss l;
     {
       detail::AutocastScope ac(options.autocast, device);
       auto [img, txt, scale] = model->forward(batches[0].pixels, batches[0].ids);
-      l = contrastive_loss(img.to(at::kFloat), txt.to(at::kFloat), scale.to(at::kFloat));
+      l = contrastive_loss(global(img.to(at::kFloat)), global(txt.to(at::kFloat)), scale.to(at::kFloat));
     }
     st.loss = l.loss.item<double>();
     check_finite(st.loss, -1);
@@ -78,12 +82,28 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
         std::vector<at::Tensor> all_img = cached_img, all_txt = cached_txt;
         all_img[j] = img.to(at::kFloat);
         all_txt[j] = txt.to(at::kFloat);
-        l = contrastive_loss(at::cat(all_img), at::cat(all_txt), scale.to(at::kFloat));
+        // Distributed: [rank 0's micro-batches..., rank 1's ...]: the global set in another row order,
+        // which the loss does not depend on (images and texts are permuted alike).
+        l = contrastive_loss(global(at::cat(all_img)), global(at::cat(all_txt)), scale.to(at::kFloat));
       }
       st.loss = l.loss.item<double>();
       check_finite(st.loss, static_cast<int64_t>(j));
       accuracy(l, st);
       l.loss.backward();
+    }
+  }
+  if (dist && dist->size() > 1) {
+    // Each rank's gradient is the global loss's through its own rows: their sum is the
+    // single-process gradient. logit_scale enters every rank's loss directly, so each rank already
+    // holds its full gradient: average that one.
+    std::vector<at::Tensor> grads;
+    for (const auto& p : optimizer.params())
+      if (p.tensor.grad().defined()) grads.push_back(p.tensor.grad());
+    dist->all_reduce_sum(grads);
+    at::Tensor g = model->logit_scale().grad();
+    if (g.defined()) {
+      at::NoGradGuard ng;
+      g.div_(dist->size());
     }
   }
   if (options.compute_grad_norm) {
