@@ -16,6 +16,7 @@ APT_PACKAGES=(
   python3-onnx nodejs                             # tests: ONNX's Python checker; onnxruntime-node runs the exported graphs
   libcpp-httplib-dev                              # clip-serve
   chromium fonts-wqy-microhei                     # clip-serve's browser test and its screenshots (CJK font)
+  clang libclang-rt-14-dev                        # tests: libFuzzer harnesses with ASan + UBSan (scripts/fuzz.sh)
 )
 
 if [[ -z "${CLIP_SKIP_APT:-}" ]]; then

@@ -1,4 +1,5 @@
 #include "clip/base/runtime.h"
+#include "clip/base/cpu.h"
 
 #include "clip/base/log.h"
 
@@ -39,9 +40,8 @@ void maybe_reexec_for_blas(int argc, char** argv) {
   std::transform(core.begin(), core.end(), core.begin(), [](unsigned char c) { return std::tolower(c); });
   if (core != "prescott") return;
   const char* kernel = nullptr;
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) kernel = "SkylakeX";
-  else if (__builtin_cpu_supports("avx2")) kernel = "Haswell";
+  if (cpu_features().avx512f) kernel = "SkylakeX";
+  else if (cpu_features().avx2) kernel = "Haswell";
   if (!kernel) return;
   setenv("OPENBLAS_CORETYPE", kernel, 1);
   setenv("CLIP_NO_REEXEC", "1", 1);

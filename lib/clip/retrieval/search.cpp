@@ -1,5 +1,7 @@
 #include "clip/retrieval/search.h"
 
+#include "clip/base/cpu.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
@@ -33,11 +35,8 @@ constexpr int64_t kQueryBlock = 1024;
 constexpr int64_t kFusedMaxQueries = 4;
 
 bool have_avx2_f16c() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  }();
-  return yes;
+  const CpuFeatures& c = cpu_features();
+  return c.avx2 && c.fma && c.f16c;
 }
 
 // Eight row values widened to float32.

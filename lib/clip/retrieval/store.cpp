@@ -1,5 +1,7 @@
 #include "clip/retrieval/store.h"
 
+#include "clip/base/cpu.h"
+
 #include <c10/util/Half.h>
 #include <fmt/format.h>
 #include <immintrin.h>
@@ -140,13 +142,7 @@ __attribute__((target("avx,f16c"))) void float_to_half_f16c(const float* src, ui
   for (; i < n; ++i) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
-bool have_f16c() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
-  }();
-  return yes;
-}
+bool have_f16c() { return cpu_features().f16c; }
 
 void float_to_half(const float* src, uint16_t* dst, size_t n) {
   if (have_f16c()) return float_to_half_f16c(src, dst, n);
