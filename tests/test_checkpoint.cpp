@@ -1007,6 +1007,39 @@ print(json.dumps(out))
   }
 }
 
+TEST_CASE("safetensors whose tensors overlap or leave gaps are refused", "[checkpoint][hostile]") {
+  testutil::TempDir dir{"st"};
+  auto file = [&](const std::string& header, size_t data_bytes) {
+    std::string h = header;
+    std::string out(8, '\0');
+    for (int i = 0; i < 8; ++i) out[size_t(i)] = static_cast<char>((uint64_t(h.size()) >> (8 * i)) & 0xFF);
+    out += h;
+    out += std::string(data_bytes, '\0');
+    return dir.write("t.safetensors", out);
+  };
+  auto error_of = [&](const std::string& path) {
+    try {
+      load_safetensors(path);
+    } catch (const ModelError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  // Tiled exactly: loads.
+  CHECK(load_safetensors(file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", 16))
+            .keys.size() == 2);
+  // Two tensors on the same bytes.
+  std::string msg = error_of(file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12));
+  CHECK(msg.find("overlaps") != std::string::npos);
+  msg = error_of(file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8));
+  CHECK(msg.find("overlaps") != std::string::npos);
+  // Bytes that belong to no tensor, between tensors and at the end.
+  msg = error_of(file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})", 20));
+  CHECK(msg.find("belong to no tensor") != std::string::npos);
+  msg = error_of(file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 12));
+  CHECK(msg.find("belong to no tensor") != std::string::npos);
+}
+
 TEST_CASE("load_checkpoint error handling", "[checkpoint]") {
   const std::string dir = tmpdir() + "/err";
   REQUIRE(system(("mkdir -p " + dir + "/empty_folder " + dir + "/cfg_only").c_str()) == 0);

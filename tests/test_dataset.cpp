@@ -414,3 +414,48 @@ TEST_CASE("demo data: the generator reproduces data/shapes-zh byte for byte", "[
   }
   REQUIRE(entries == std::size(kDemoFiles));
 }
+
+TEST_CASE("one error policy: stop at the first bad line by default, skip counts per reason", "[dataset][policy]") {
+  testutil::TempDir dir{"data"};
+  std::string tsv = dir.write("i.tsv", std::string("1\tQUJD\n2 QUJD\n3\tQU") + '\0' + "D\n4\tQUJ\n5\tQUJD\n6 x\n");
+  // The one-argument constructor is the default policy: the first problem stops.
+  std::string msg = data_error([&] { ImageTsv t(tsv); });
+  REQUIRE(contains(msg, tsv + ":2:"));
+  REQUIRE(contains(msg, "--on-error skip"));
+  ReadReport r;
+  ImageTsv t(tsv, r, /*strict=*/false);
+  REQUIRE(t.size() == 2);
+  REQUIRE(r.skipped == 4);
+  REQUIRE(r.reasons.at("no tab") == 2);
+  REQUIRE(r.reasons.at("NUL byte") == 1);
+  REQUIRE(r.reasons.at("bad base64 length") == 1);
+  REQUIRE(reported(r, {tsv + ":3:", "NUL byte at column 5"}));
+
+  std::string js = dir.write("t.jsonl", std::string("{\"text_id\": 1, \"text\": \"a\", \"image_ids\": []}\n") +
+                                            "{\"text_id\": 2, \"text\": \"\", \"image_ids\": []}\n" +
+                                            std::string("{\"text_id\": 3, \"text\": \"b") + '\0' + "\", \"image_ids\": []}\n" +
+                                            "{\"text_id\": 1, \"text\": \"c\", \"image_ids\": []}\n" +
+                                            "{\"text_id\": 99999999999999999999, \"text\": \"d\", \"image_ids\": []}\n");
+  ReadReport r2;
+  msg = data_error([&] { read_texts(js, r2, true); });
+  REQUIRE(contains(msg, js + ":2: text_id 2: empty text"));
+  ReadReport r3;
+  auto texts = read_texts(js, r3, false);
+  REQUIRE(texts.size() == 1);
+  REQUIRE(r3.reasons.at("empty text") == 1);
+  REQUIRE(r3.reasons.at("duplicate id") == 1);
+  REQUIRE(r3.skipped == 4);
+  ReadReport all;
+  all.merge(r);
+  all.merge(r3);
+  REQUIRE(all.reasons.at("empty text") == 1);
+  REQUIRE(all.reasons.at("no tab") == 2);
+
+  // --strict and --on-error skip contradict each other; --strict alone is the default.
+  DataOptions d;
+  REQUIRE_FALSE(d.skip_bad());
+  d.on_error = "skip";
+  REQUIRE(d.skip_bad());
+  d.strict = true;
+  REQUIRE_THROWS_AS(d.resolve(false, false), UsageError);
+}

@@ -4,6 +4,10 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -290,6 +294,81 @@ TEST_CASE("corrupt or truncated files raise DataError with the decoder's reason"
   CHECK_THROWS_AS(decode(bad_zlib), DataError);
   CHECK_THROWS_AS(decode(bytes_of("this is not an image at all")), DataError);
   CHECK_THROWS_AS(decode_image(nullptr, 0), DataError);
+}
+
+// Runs decode_image on a detached thread so that a decoder that never returns fails the test
+// instead of hanging it. Returns the DataError message ("" when it decoded, "TIMEOUT" when stuck).
+std::string decode_with_deadline(const std::string& data, int seconds = 5) {
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    std::string result;
+    std::string data;
+  };
+  auto st = std::make_shared<State>();
+  st->data = data;
+  std::thread([st] {
+    std::string r;
+    try {
+      decode_image(reinterpret_cast<const uint8_t*>(st->data.data()), st->data.size());
+    } catch (const DataError& e) {
+      r = e.what();
+      if (r.empty()) r = "DataError";
+    }
+    std::lock_guard<std::mutex> lk(st->mu);
+    st->result = r;
+    st->done = true;
+    st->cv.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> lk(st->mu);
+  if (!st->cv.wait_for(lk, std::chrono::seconds(seconds), [&] { return st->done; })) return "TIMEOUT";
+  return st->result;
+}
+
+TEST_CASE("hostile images are refused from their header, quickly", "[image][hostile]") {
+  // The CVE-2021-42715 Radiance HDR: refused by its magic bytes, never handed to stb_image.
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string why = decode_with_deadline(testutil::hdr_bomb());
+  CHECK(why != "TIMEOUT");
+  CHECK(why.find("Radiance HDR") != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));
+  CHECK(testutil::hdr_bomb().size() == 50);
+
+  // Other formats whose stb_image 2.27 decoders are unsafe are refused by name too.
+  CHECK(decode_with_deadline("GIF89a\x10\x00\x10\x00\x00\x00\x00;").find("GIF") != std::string::npos);
+  CHECK(decode_with_deadline(std::string("8BPS\x00\x01", 6) + std::string(40, '\0')).find("PSD") != std::string::npos);
+  CHECK(decode_with_deadline("P3\n2 2\n255\n0 0 0 0 0 0 0 0 0 0 0 0\n").find("PNM") != std::string::npos);
+  // A headerless TGA (no magic) is simply unrecognised.
+  CHECK(decode_with_deadline(std::string("\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x02\x00\x18\x00", 18) +
+                             std::string(12, '\x7f'))
+            .find("unrecognised") != std::string::npos);
+
+  // Dimensions above the pixel limit, or pixel data the file does not hold: refused from the header.
+  why = decode_with_deadline("P6\n100000 100000\n255\n" + std::string(16, 'x'));
+  CHECK(why.find("exceeds the limit") != std::string::npos);
+  why = decode_with_deadline("P5\n4000 4000\n255\n" + std::string(16, 'x'));
+  CHECK(why.find("truncated") != std::string::npos);
+  std::string bmp(54, '\0');
+  bmp[0] = 'B';
+  bmp[1] = 'M';
+  bmp[10] = 54;
+  bmp[14] = 40;
+  auto put32 = [&](size_t o, uint32_t v) {
+    for (int k = 0; k < 4; ++k) bmp[o + k] = static_cast<char>((v >> (8 * k)) & 0xFF);
+  };
+  put32(18, 30000);
+  put32(22, 30000);
+  bmp[26] = 1;
+  bmp[28] = 24;
+  why = decode_with_deadline(bmp);
+  CHECK(why.find("exceeds the limit") != std::string::npos);
+  put32(18, 3000);
+  put32(22, 3000);
+  why = decode_with_deadline(bmp);
+  CHECK(why.find("truncated") != std::string::npos);
+  put32(30, 1);  // RLE8: stb_image has no RLE BMP decoder
+  CHECK(decode_with_deadline(bmp).find("compression") != std::string::npos);
 }
 
 TEST_CASE("encoders: PNG round trip in every mode, JPEG close to the source", "[image]") {

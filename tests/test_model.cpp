@@ -463,6 +463,26 @@ TEST_CASE("load errors name the key, the shapes and the config", "[model]") {
   }
 }
 
+TEST_CASE("weights holding NaN or infinity are refused at load, naming the key", "[model][hostile]") {
+  auto& f = fixture("vit");
+  for (float bad : {std::nanf(""), INFINITY}) {
+    StateDict sd = f.ck.state_dict;
+    at::Tensor proj = tensor_view(sd.at("visual.proj")).clone();
+    proj.view(-1)[3] = bad;
+    sd.tensors["visual.proj"] = to_tensor_data(proj);
+    ClipModel m(f.cfg);
+    try {
+      load_weights(m, sd);
+      FAIL("weights with a non-finite value loaded");
+    } catch (const ModelError& e) {
+      const std::string msg = e.what();
+      INFO(msg);
+      CHECK(msg.find("'visual.proj'") != std::string::npos);
+      CHECK(msg.find("1 NaN or infinite value") != std::string::npos);
+    }
+  }
+}
+
 TEST_CASE("every official config constructs with cn_clip's parameter counts", "[model][official]") {
   struct Case {
     const char* vision;

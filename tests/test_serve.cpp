@@ -330,3 +330,51 @@ TEST_CASE("stop ends serving promptly; bind errors are usage errors", "[serve]")
   Server s2(*fx().enc, fx().store, clash);
   CHECK_THROWS_WITH(s2.bind(), Catch::Contains("127.0.0.1:" + std::to_string(clash.port)));
 }
+
+TEST_CASE("hostile uploads cannot block the server: refused fast, decoded under a deadline", "[serve][hostile]") {
+  ServeOptions o;
+  o.http_threads = 4;
+  Running s(o);
+  auto& c = *s.cli;
+  c.set_read_timeout(10, 0);
+  // Ten CVE-2021-42715 HDR uploads at once (more than the HTTP threads): each is refused quickly
+  // and /api/health keeps answering.
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::future<int>> up;
+  for (int i = 0; i < 10; ++i)
+    up.push_back(std::async(std::launch::async, [&] {
+      httplib::Client cc("127.0.0.1", s.server->port());
+      cc.set_read_timeout(10, 0);
+      httplib::MultipartFormDataItems items = {{"image", testutil::hdr_bomb(), "bomb.hdr", "image/vnd.radiance"}};
+      auto r = cc.Post("/api/search/image", items);
+      if (!r) return -1;
+      if (r->body.find("Radiance HDR") == std::string::npos) return -2;
+      return r->status;
+    }));
+  for (auto& f : up) CHECK(f.get() == 400);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  auto h = c.Get("/api/health");
+  REQUIRE(h);
+  CHECK(h->status == 200);
+
+  // A decode that outlives its deadline is abandoned with a 503; the server still answers.
+  ServeOptions slow;
+  slow.decode_timeout_ms = 1;
+  Running s2(slow);
+  Image big;
+  big.mode = PixelMode::RGB;
+  big.width = big.height = 4000;
+  big.pixels.resize(size_t(4000) * 4000 * 3);
+  for (size_t i = 0; i < big.pixels.size(); ++i) big.pixels[i] = static_cast<uint8_t>((i / 3) % 4000 / 16 + i % 3);
+  const auto jpg = encode_jpeg(big, 90);
+  REQUIRE(jpg.size() < slow.max_upload_bytes);
+  httplib::MultipartFormDataItems items = {{"image", std::string(jpg.begin(), jpg.end()), "big.jpg", "image/jpeg"}};
+  expect_error(s2.cli->Post("/api/search/image", items), 503, "took longer than 1 ms");
+  auto h2 = s2.cli->Get("/api/health");
+  REQUIRE(h2);
+  CHECK(h2->status == 200);
+  CHECK(json::parse(h2->body)["limits"]["decode_timeout_ms"].get<int>() == 1);
+  const auto t1 = std::chrono::steady_clock::now();
+  s2.server->stop();
+  CHECK(std::chrono::steady_clock::now() - t1 < std::chrono::seconds(5));
+}

@@ -22,6 +22,7 @@
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
 #include "clip/base/log.h"
+#include "clip/image/image.h"
 #include "clip/model/model.h"
 #include "clip/model/tensor_torch.h"
 #include "clip/train/train.h"
@@ -681,6 +682,56 @@ TEST_CASE("interrupted + resumed equals uninterrupted, bit for bit", "[train][ru
     if (j["type"] == "train") lb.push_back(j["loss"]);
   CHECK(la.size() == 7);
   CHECK(la == lb);
+  set_log_level(LogLevel::info);
+}
+
+TEST_CASE("--resume falls back to the newest complete checkpoint when epoch_latest.pt is missing",
+          "[train][run][resume]") {
+  std::string data = make_small_dataset(8, 4);
+  std::string root = make_temp_dir();
+  TrainOptions first = small_run(data, root + "/run");
+  first.save_step_frequency = 1;
+  first.stop_after_steps = 3;
+  first.no_validation = true;
+  run_finetune(first);
+  REQUIRE(file_exists(root + "/run/checkpoints/epoch_1_3.pt"));
+  // A kill between writing epoch_1_3.pt and epoch_latest.pt.
+  REQUIRE(::unlink((root + "/run/checkpoints/epoch_latest.pt").c_str()) == 0);
+  TrainOptions again = TrainOptions::stored_for_resume(root + "/run");
+  again.runtime.quiet = true;
+  TrainSummary s = run_finetune(again);
+  CHECK(s.steps == 7);
+  CHECK(file_exists(root + "/run/DONE"));
+  CHECK(load_checkpoint(root + "/run/checkpoints/epoch_latest.pt").step == 7);
+  set_log_level(LogLevel::info);
+}
+
+TEST_CASE("an undecodable image in a training split names the file, line and image_id", "[train][run][data]") {
+  std::string data = make_small_dataset(8, 4);
+  // Line 3 of the training TSV: a JPEG cut in half.
+  std::ifstream in(data + "/train_imgs.tsv");
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  in.close();
+  REQUIRE(lines.size() >= 3);
+  const std::string id = lines[2].substr(0, lines[2].find('\t'));
+  const auto bytes = base64_decode(lines[2].substr(lines[2].find('\t') + 1));
+  lines[2] = id + "\t" + base64_encode(bytes.data(), bytes.size() / 2);
+  std::ofstream out(data + "/train_imgs.tsv");
+  for (const auto& l : lines) out << l << "\n";
+  out.close();
+  TrainOptions o = small_run(data, make_temp_dir() + "/run");
+  o.no_validation = true;
+  try {
+    run_finetune(o);
+    FAIL("a truncated JPEG trained");
+  } catch (const DataError& e) {
+    const std::string m = e.what();
+    INFO(m);
+    CHECK(m.find("train_imgs.tsv:3") != std::string::npos);
+    CHECK(m.find("image_id " + id) != std::string::npos);
+    CHECK(m.find("truncated") != std::string::npos);
+  }
   set_log_level(LogLevel::info);
 }
 

@@ -9,6 +9,12 @@
 
 namespace testutil {
 
+// A 50-byte run-length-encoded Radiance HDR whose first scanline stops right after its header:
+// stb_image 2.27 loops forever on it (CVE-2021-42715). Decoders must refuse it at once.
+inline std::string hdr_bomb() {
+  return std::string("#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 1 +X 16\n") + std::string("\x02\x02\x00\x10", 4);
+}
+
 // ../shared beside the checkout (fixtures/ and reference/); CLIP_SHARED_DIR overrides.
 inline std::string shared_dir() {
   if (const char* e = std::getenv("CLIP_SHARED_DIR")) return e;

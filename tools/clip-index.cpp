@@ -4,7 +4,11 @@
 #include "clip/data/dataset.h"
 #include "clip/retrieval/encoder.h"
 #include "clip/retrieval/indexing.h"
+#include "clip/base/fileio.h"
 #include "clip/base/log.h"
+
+#include <optional>
+#include <utility>
 
 using namespace clip;
 
@@ -34,22 +38,38 @@ static int body(int argc, char** argv) {
   if (!image_out.empty() && dopt.images.empty()) throw UsageError("--image-out needs --images TSV or --data DIR");
   if (!text_out.empty() && dopt.texts.empty()) throw UsageError("--text-out needs --texts JSONL or --data DIR");
 
+  // An output must not overwrite an input, nor the other output.
+  for (const auto& [out, flag] : {std::pair{image_out, "--image-out"}, std::pair{text_out, "--text-out"}})
+    for (const auto& [in, what] : {std::pair{dopt.images, "the images TSV"}, std::pair{dopt.texts, "the texts JSONL"}})
+      if (same_file(out, in))
+        throw UsageError(std::string(flag) + " '" + out + "' is " + what + " it reads; write the features elsewhere");
+  if (same_file(image_out, text_out))
+    throw UsageError("--image-out and --text-out name the same file '" + image_out + "'; give two names");
+
   Encoder enc(mo, ro);
   const StoreDtype dt = parse_store_dtype(dtype);
+  const bool skip = dopt.skip_bad();
+  // Both inputs are read and encoded before anything is written, so a failure in either leaves
+  // both outputs as they were.
+  std::optional<EncodedSet> images, texts;
   if (!image_out.empty()) {
     ReadReport rep;
-    ImageTsv tsv(dopt.images, rep, dopt.strict);
+    ImageTsv tsv(dopt.images, rep, !skip);
     rep.summarize(dopt.images);
-    EncodedSet set = encode_images(enc, tsv, ro.threads, dopt.on_error == "skip" && !dopt.strict);
-    write_features(image_out, set, make_store_meta(enc, "image", dopt.images), dt, append);
+    if (tsv.size() == 0) throw DataError("'" + dopt.images + "' holds no images: nothing to index");
+    images = encode_images(enc, tsv, ro.threads, skip);
+    if (images->ids.empty())
+      throw DataError("every image of '" + dopt.images + "' was skipped (undecodable): nothing to index");
   }
   if (!text_out.empty()) {
     ReadReport rep;
-    auto texts = read_texts(dopt.texts, rep, dopt.strict);
+    auto recs = read_texts(dopt.texts, rep, !skip);
     rep.summarize(dopt.texts);
-    EncodedSet set = encode_texts(enc, texts);
-    write_features(text_out, set, make_store_meta(enc, "text", dopt.texts), dt, append);
+    if (recs.empty()) throw DataError("'" + dopt.texts + "' holds no texts: nothing to index");
+    texts = encode_texts(enc, recs);
   }
+  if (images) write_features(image_out, *images, make_store_meta(enc, "image", dopt.images), dt, append);
+  if (texts) write_features(text_out, *texts, make_store_meta(enc, "text", dopt.texts), dt, append);
   return kExitOk;
 }
 

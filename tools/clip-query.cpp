@@ -45,8 +45,11 @@ static int body(int argc, char** argv) {
       ->capture_default_str()->check(CLI::IsMember({"jsonl", "tsv", "cnclip"}));
   app.add_option("--montage", montage, "Draw the top hits of each query as a contact sheet (PNG)");
   app.add_option("--images", images_tsv, "Images TSV of the store, for --montage (default: the store's source)");
+  std::string on_error = "stop";
+  add_on_error_option(app, on_error);
   add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
+  q.skip_bad = on_error == "skip";
   ro.apply();
   if (q.texts.empty() && q.text_file.empty() && q.texts_jsonl.empty() && q.image_paths.empty() && q.query_tsv.empty()) {
     if (isatty(STDIN_FILENO)) throw UsageError("no query: give --text, --text-file, --texts, --image or --query-images");

@@ -32,6 +32,8 @@ static int body(int argc, char** argv) {
   app.add_option("--port", so.port, "Port (0 = any free port, printed at start)")->capture_default_str()->check(CLI::Range(0, 65535));
   app.add_option("--max-upload-mb", max_upload_mb, "Largest accepted image upload, MiB")->capture_default_str()->check(CLI::Range(0.001, 1024.0));
   app.add_option("--max-image-side", so.max_image_side, "Largest accepted uploaded image width/height, pixels")->capture_default_str()->check(CLI::Range(16, 65536));
+  app.add_option("--decode-threads", so.decode_threads, "Threads decoding uploaded images")->capture_default_str()->check(CLI::Range(1, 64));
+  app.add_option("--decode-timeout-ms", so.decode_timeout_ms, "Deadline of one upload's decode; slower ones are answered 503")->capture_default_str()->check(CLI::Range(1, 600000));
   app.add_option("--max-k", so.max_k, "Largest k a request may ask for")->capture_default_str()->check(CLI::Range(1, 100000));
   app.add_option("--http-threads", so.http_threads, "Threads answering requests")->capture_default_str()->check(CLI::Range(1, 256));
   app.add_option("--batch-window-ms", so.batch_window_ms, "How long text queries are collected into one batch")->capture_default_str()->check(CLI::Range(0, 1000));

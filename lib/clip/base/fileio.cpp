@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "clip/base/error.h"
@@ -87,16 +90,65 @@ MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
+namespace {
+
+// The process umask, read without a race-prone umask() round trip where /proc allows it.
+mode_t current_umask() {
+  static const mode_t m = [] {
+    if (std::FILE* f = std::fopen("/proc/self/status", "r")) {
+      char line[256];
+      unsigned v = 0;
+      bool found = false;
+      while (std::fgets(line, sizeof line, f))
+        if (std::sscanf(line, "Umask: %o", &v) == 1) {
+          found = true;
+          break;
+        }
+      std::fclose(f);
+      if (found) return static_cast<mode_t>(v);
+    }
+    const mode_t old = ::umask(022);
+    ::umask(old);
+    return old;
+  }();
+  return m;
+}
+
+}  // namespace
+
 AtomicFile::AtomicFile(const std::string& path, bool binary) : path_(path) {
-  tmp_ = path + ".tmp." + std::to_string(::getpid());
-  fp_ = std::fopen(tmp_.c_str(), binary ? "wb" : "w");
-  if (!fp_) throw_io_error("create", tmp_);
+  (void)binary;  // POSIX: no text mode
+  // mkstemp: a fresh name (O_CREAT | O_EXCL, so a planted file or symbolic link is never opened or
+  // followed) in the destination's folder, so that the final rename stays on one file system.
+  std::string tmpl = path + ".tmp.XXXXXX";
+  int fd = ::mkstemp(tmpl.data());
+  if (fd < 0) throw_io_error("create a temporary file for", path);
+  tmp_ = tmpl;
+  // The result gets the permissions the destination has (or a new file would get), not mkstemp's 0600.
+  struct stat st;
+  mode_t mode = 0666 & ~current_umask();
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) mode = st.st_mode & 07777;
+  if (::fchmod(fd, mode) != 0) {
+    const int e = errno;
+    ::close(fd);
+    ::unlink(tmp_.c_str());
+    errno = e;
+    throw_io_error("set the permissions of", tmp_);
+  }
+  fp_ = ::fdopen(fd, "wb");
+  if (!fp_) {
+    const int e = errno;
+    ::close(fd);
+    ::unlink(tmp_.c_str());
+    errno = e;
+    throw_io_error("open", tmp_);
+  }
 }
 
 AtomicFile::~AtomicFile() {
   if (!committed_) {
     if (fp_) std::fclose(fp_);
-    ::unlink(tmp_.c_str());
+    if (!tmp_.empty()) ::unlink(tmp_.c_str());
   }
 }
 
@@ -106,13 +158,32 @@ void AtomicFile::write(const void* data, size_t n) {
 
 void AtomicFile::commit() {
   if (committed_) return;
+  if (!fp_) throw IoError("'" + tmp_ + "' was already closed after an earlier failure");
   if (std::fflush(fp_) != 0) throw_io_error("write", tmp_);
-  ::fsync(::fileno(fp_));
+  if (::fsync(::fileno(fp_)) != 0 && errno != EINVAL) throw_io_error("fsync", tmp_);
   int rc = std::fclose(fp_);
   fp_ = nullptr;
   if (rc != 0) throw_io_error("close", tmp_);
   if (::rename(tmp_.c_str(), path_.c_str()) != 0) throw_io_error("rename to " + path_ + " from", tmp_);
   committed_ = true;
+  // Make the rename itself durable.
+  const int dfd = ::open(path_dirname(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  if (a.empty() || b.empty()) return false;
+  struct stat sa, sb;
+  const bool ea = ::stat(a.c_str(), &sa) == 0, eb = ::stat(b.c_str(), &sb) == 0;
+  if (ea && eb) return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  if (ea != eb) return false;
+  // Neither exists yet: compare the canonical folders and the names.
+  char da[PATH_MAX], db[PATH_MAX];
+  if (!::realpath(path_dirname(a).c_str(), da) || !::realpath(path_dirname(b).c_str(), db)) return a == b;
+  return std::string(da) == db && path_basename(a) == path_basename(b);
 }
 
 void write_file_atomic(const std::string& path, const std::string& content) {

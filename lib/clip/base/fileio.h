@@ -33,8 +33,15 @@ class MappedFile {
   size_t size_ = 0;
 };
 
-// Writes to "<path>.tmp.<pid>" and renames over <path> on commit(). If commit() is never reached
-// (an exception, a crash) the destination is untouched and the temporary file is removed.
+// True when both paths name the same file (same device and inode when both exist; same canonical
+// folder and name when neither does). For refusing an output that would overwrite an input.
+bool same_file(const std::string& a, const std::string& b);
+
+// Writes to a fresh "<path>.tmp.XXXXXX" (mkstemp: O_CREAT|O_EXCL in the destination's folder, so a
+// planted file or symbolic link is never followed), then on commit() flushes, fsyncs, renames over
+// <path> and fsyncs the folder. The result keeps the permissions of the file it replaces (a new
+// file gets 0666 minus the umask). If commit() is never reached or fails, the destination is
+// untouched and the temporary file is removed (a kill -9 can still leave one behind).
 // The whole of `content` written atomically to `path` (AtomicFile below); throws IoError.
 void write_file_atomic(const std::string& path, const std::string& content);
 

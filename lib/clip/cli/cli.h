@@ -13,13 +13,14 @@
 
 namespace clip {
 
-// Parse inside a tool: help/version print to stdout and return 0, parse errors return kExitUsage.
-#define CLIP_PARSE(app, argc, argv)                         \
-  try {                                                     \
-    (app).parse((argc), (argv));                            \
-  } catch (const CLI::ParseError& e) {                      \
-    int rc_ = (app).exit(e);                                \
-    return rc_ == 0 ? ::clip::kExitOk : ::clip::kExitUsage; \
+// Parse inside a tool: help/version print to stdout and return 0; a parse error becomes a UsageError,
+// so run_main prints it like every other error ("<tool>: usage error: ...") and exits kExitUsage.
+#define CLIP_PARSE(app, argc, argv)                                                                    \
+  try {                                                                                                \
+    (app).parse((argc), (argv));                                                                       \
+  } catch (const CLI::ParseError& e) {                                                                 \
+    if (e.get_exit_code() == 0) return (app).exit(e) == 0 ? ::clip::kExitOk : ::clip::kExitUsage;      \
+    throw ::clip::UsageError(std::string(e.what()) + " (run with --help for the options)");            \
   }
 
 // Runs a tool: BLAS set-up, SIGPIPE handling, one catch mapping errors to exit codes, and a final

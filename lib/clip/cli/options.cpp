@@ -2,7 +2,42 @@
 
 #include "clip/train/train.h"
 
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
 namespace clip {
+
+namespace {
+
+std::string fmt_number(double v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
+
+// A number that must be finite and above (or at least) `lo`: CLI11's own PositiveNumber lets NaN
+// through (NaN <= 0 is false), so the checks here parse and test the value themselves.
+CLI::Validator finite_number(double lo, bool inclusive, double hi = 0, bool has_hi = false) {
+  std::string desc = std::string("finite, ") + (inclusive ? ">= " : "> ") + fmt_number(lo);
+  if (has_hi) desc += ", < " + fmt_number(hi);
+  return CLI::Validator(
+      [=](std::string& in) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const double v = std::strtod(in.c_str(), &end);
+        if (in.empty() || end != in.c_str() + in.size()) return "'" + in + "' is not a number";
+        if (!std::isfinite(v)) return "'" + in + "' is not a finite number";
+        if (inclusive ? v < lo : v <= lo)
+          return "'" + in + "' must be " + (inclusive ? "at least " : "greater than ") + fmt_number(lo);
+        if (has_hi && v >= hi) return "'" + in + "' must be less than " + fmt_number(hi);
+        return std::string();
+      },
+      desc);
+}
+
+}  // namespace
 
 void add_version_flag(CLI::App& app) { app.set_version_flag("--version", app.get_name() + " " + CLIP_VERSION); }
 
@@ -48,8 +83,17 @@ void add_data_options(CLI::App& app, DataOptions& d, bool with_split) {
   if (with_split) app.add_option("--split", d.split, "Split name inside --data")->capture_default_str();
   app.add_option("--images", d.images, "Images TSV (image_id<TAB>base64)");
   app.add_option("--texts", d.texts, "Texts JSONL ({\"text_id\", \"text\", \"image_ids\"})");
-  app.add_flag("--strict", d.strict, "Treat any skipped line or image as an error");
-  app.add_option("--on-error", d.on_error, "On an undecodable image or bad line: stop (default) or skip (log and go on)")
+  app.add_flag("--strict", d.strict, "Stop at the first bad line or image (the default; kept for old scripts)");
+  add_on_error_option(app, d.on_error);
+}
+
+void add_on_error_option(CLI::App& app, std::string& on_error, const std::string& help) {
+  app.add_option("--on-error", on_error,
+                 help.empty() ? "A malformed TSV/JSONL line or an undecodable image: stop (default: the run fails naming "
+                                "file, line and id, and writes nothing) or skip (leave it out, count it, summarise per "
+                                "reason at the end, exit 0)"
+                              : help)
+      ->capture_default_str()
       ->check(CLI::IsMember({"stop", "skip"}));
 }
 
@@ -67,16 +111,24 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   d->add_option("--val-split", o.val_split, "Validation split name (skipped when its files are absent)")
       ->capture_default_str();
   d->add_flag("--no-validation", o.no_validation, "Never validate");
+  add_on_error_option(*d, o.on_error,
+                      "A malformed line of the splits' TSV/JSONL: stop (default, naming file, line and id) or skip "
+                      "(count and summarise per reason). An undecodable image always stops training");
   d->add_flag("--use-augment", o.use_augment,
               "cn_clip's training augmentation (RandomResizedCrop 0.9-1, flip, AutoAugment), per (seed, epoch, sample)");
 
   auto* op = app.add_option_group("Optimisation (cn_clip defaults)");
-  op->add_option("--lr", o.lr, "Peak learning rate (default by model: 5e-4, 4e-4 for ViT-L-14*)");
-  op->add_option("--wd", o.wd, "AdamW weight decay (not for bn/ln/bias/logit_scale parameters)")->capture_default_str();
-  op->add_option("--beta1", o.beta1, "AdamW beta1 (default 0.9)");
-  op->add_option("--beta2", o.beta2, "AdamW beta2 (default 0.98 ViT, 0.999 ResNet)");
-  op->add_option("--eps", o.eps, "AdamW eps (default 1e-6 ViT, 1e-8 ResNet)");
-  op->add_option("--warmup", o.warmup, "Linear warmup steps before the cosine decay")->capture_default_str();
+  op->add_option("--lr", o.lr, "Peak learning rate (default by model: 5e-4, 4e-4 for ViT-L-14*)")
+      ->check(finite_number(0, false));
+  op->add_option("--wd", o.wd, "AdamW weight decay (not for bn/ln/bias/logit_scale parameters)")
+      ->capture_default_str()
+      ->check(finite_number(0, true));
+  op->add_option("--beta1", o.beta1, "AdamW beta1 (default 0.9)")->check(finite_number(0, true, 1, true));
+  op->add_option("--beta2", o.beta2, "AdamW beta2 (default 0.98 ViT, 0.999 ResNet)")->check(finite_number(0, true, 1, true));
+  op->add_option("--eps", o.eps, "AdamW eps (default 1e-6 ViT, 1e-8 ResNet)")->check(finite_number(0, false));
+  op->add_option("--warmup", o.warmup, "Linear warmup steps before the cosine decay")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   op->add_option("--valid-batch-size", o.valid_batch_size, "Batch size of the validation loss")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -29,6 +29,9 @@ struct RuntimeFlags {
 };
 void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& flags = {});
 
+// --on-error stop|skip (the one error policy; also part of add_data_options).
+void add_on_error_option(CLI::App& app, std::string& on_error, const std::string& help = "");
+
 // --data, --split, --images, --texts, --strict, --on-error.
 void add_data_options(CLI::App& app, DataOptions& d, bool with_split = true);
 

@@ -19,15 +19,19 @@ namespace clip {
 // ---------------------------------------------------------------------------------------------
 // ReadReport
 
-void ReadReport::add(const std::string& msg, bool strict) {
-  if (strict) throw DataError(msg + " (strict mode: fix the line, or drop --strict to skip bad lines)");
+void ReadReport::add(const std::string& msg, bool strict, const std::string& reason) {
+  if (strict)
+    throw DataError(msg + " (the run stops at the first bad line, as with --strict: fix the line, or pass "
+                          "--on-error skip to skip bad lines)");
   ++skipped;
+  ++reasons[reason];
   if (problems.size() < kMaxMessages) problems.push_back(msg);
 }
 
 void ReadReport::merge(const ReadReport& other) {
   skipped += other.skipped;
   kept += other.kept;
+  for (const auto& [r, n] : other.reasons) reasons[r] += n;
   for (const auto& p : other.problems) {
     if (problems.size() >= kMaxMessages) break;
     problems.push_back(p);
@@ -36,11 +40,12 @@ void ReadReport::merge(const ReadReport& other) {
 
 void ReadReport::summarize(const std::string& what) const {
   if (skipped == 0) return;
-  std::string msg = fmt::format("{}: skipped {} bad line(s), kept {}:", what, skipped, kept);
+  std::string msg = fmt::format("{}: skipped {} bad line(s), kept {}; by reason:", what, skipped, kept);
+  for (const auto& [r, n] : reasons) msg += fmt::format(" {} x{};", r, n);
   size_t show = std::min<size_t>(problems.size(), 10);
   for (size_t i = 0; i < show; ++i) msg += "\n  " + problems[i];
   if (skipped > show) msg += fmt::format("\n  ... and {} more", skipped - show);
-  msg += "\n  (use --strict to stop at the first bad line instead)";
+  msg += "\n  (--on-error skip was given; without it the run stops at the first bad line)";
   log_warn("{}", msg);
 }
 
@@ -177,13 +182,18 @@ void ImageTsv::build(ReadReport& report, bool strict) {
       pending_blank.push_back(line);
       return;
     }
-    for (size_t b : pending_blank) report.add(fmt::format("{}:{}: blank line", path_, b), strict);
+    for (size_t b : pending_blank) report.add(fmt::format("{}:{}: blank line", path_, b), strict, "blank line");
     pending_blank.clear();
     if (line > std::numeric_limits<uint32_t>::max()) throw DataError(path_ + ": more than 2^32 lines");
+    if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+      report.add(fmt::format("{}:{}: NUL byte at column {} (not a text TSV line)", path_, line, nul + 1), strict,
+                 "NUL byte");
+      return;
+    }
     size_t tab = text.find('\t');
     if (tab == std::string_view::npos) {
       report.add(fmt::format("{}:{}: expected 'image_id<TAB>base64', found no tab in '{}'", path_, line, excerpt(text)),
-                 strict);
+                 strict, "no tab");
       return;
     }
     std::string_view id_text = trim(text.substr(0, tab));
@@ -191,27 +201,28 @@ void ImageTsv::build(ReadReport& report, bool strict) {
     if (payload.find('\t') != std::string_view::npos) {
       report.add(fmt::format("{}:{}: expected 2 tab-separated fields (image_id, base64), found {}", path_, line,
                              1 + std::count(text.begin(), text.end(), '\t')),
-                 strict);
+                 strict, "wrong field count");
       return;
     }
     auto id = parse_int64(id_text);
     if (!id) {
-      report.add(fmt::format("{}:{}: image_id '{}' is not an integer (or exceeds 64 bits)", path_, line, excerpt(id_text)), strict);
+      report.add(fmt::format("{}:{}: image_id '{}' is not an integer (or exceeds 64 bits)", path_, line, excerpt(id_text)), strict,
+                 "bad id");
       return;
     }
     payload = trim(payload);
     if (payload.empty()) {
-      report.add(fmt::format("{}:{}: image {} has an empty base64 payload", path_, line, *id), strict);
+      report.add(fmt::format("{}:{}: image {} has an empty base64 payload", path_, line, *id), strict, "empty payload");
       return;
     }
     if (payload.size() % 4 != 0) {
       report.add(fmt::format("{}:{}: image {}: base64 payload length {} is not a multiple of 4 (truncated line?)",
                              path_, line, *id, payload.size()),
-                 strict);
+                 strict, "bad base64 length");
       return;
     }
     if (payload.size() > std::numeric_limits<uint32_t>::max()) {
-      report.add(fmt::format("{}:{}: image {}: payload larger than 4 GiB", path_, line, *id), strict);
+      report.add(fmt::format("{}:{}: image {}: payload larger than 4 GiB", path_, line, *id), strict, "payload too large");
       return;
     }
     entries_.push_back(
@@ -232,7 +243,7 @@ void ImageTsv::build(ReadReport& report, bool strict) {
       auto first = std::lower_bound(by_id_.begin(), by_id_.end(), std::make_pair(entries_[d].id, uint32_t(0)));
       report.add(fmt::format("{}:{}: duplicate image_id {} (first seen on line {}); keeping the first", path_,
                              entries_[d].line, entries_[d].id, entries_[first->second].line),
-                 strict);
+                 strict, "duplicate id");
     }
     std::vector<char> drop(entries_.size(), 0);
     for (uint32_t d : dups) drop[d] = 1;
@@ -308,11 +319,17 @@ std::vector<TextRecord> read_texts(const std::string& path, ReadReport& report, 
   std::string img_name = images ? images->path() : std::string();
   for_each_line(map, [&](std::string_view text, size_t, size_t line) {
     if (is_blank(text)) return;
-    auto bad = [&](const std::string& what) { report.add(fmt::format("{}:{}: {}", path, line, what), strict); };
+    auto bad = [&](const std::string& what, const char* reason) {
+      report.add(fmt::format("{}:{}: {}", path, line, what), strict, reason);
+    };
+    if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+      bad(fmt::format("NUL byte at column {}", nul + 1), "NUL byte");
+      return;
+    }
     size_t badpos = find_invalid_utf8(text);
     if (badpos != std::string_view::npos) {
       bad(fmt::format("invalid UTF-8 at byte {} of the line (byte 0x{:02x}); the file must be UTF-8", badpos + 1,
-                      static_cast<unsigned char>(text[badpos])));
+                      static_cast<unsigned char>(text[badpos])), "invalid UTF-8");
       return;
     }
     nlohmann::json j;
@@ -320,24 +337,24 @@ std::vector<TextRecord> read_texts(const std::string& path, ReadReport& report, 
       j = nlohmann::json::parse(text.begin(), text.end());
     } catch (const nlohmann::json::parse_error& e) {
       // e.byte is 1-based within the line.
-      bad(fmt::format("invalid JSON at column {}: {}", e.byte, e.what()));
+      bad(fmt::format("invalid JSON at column {}: {}", e.byte, e.what()), "invalid JSON");
       return;
     }
     if (!j.is_object()) {
       bad(fmt::format("expected a JSON object {{\"text_id\": int, \"text\": str, \"image_ids\": [int, ...]}}, found {}",
-                      j.type_name()));
+                      j.type_name()), "not an object");
       return;
     }
     TextRecord rec;
     rec.line = line;
     auto tid = j.find("text_id");
     if (tid == j.end()) {
-      bad("missing key \"text_id\"");
+      bad("missing key \"text_id\"", "missing key");
       return;
     }
     auto tid_v = json_int(*tid);
     if (!tid_v) {
-      bad(fmt::format("\"text_id\" must be an integer, found {} {}", tid->type_name(), excerpt(tid->dump())));
+      bad(fmt::format("\"text_id\" must be an integer, found {} {}", tid->type_name(), excerpt(tid->dump())), "bad id");
       return;
     }
     rec.text_id = *tid_v;
@@ -345,34 +362,34 @@ std::vector<TextRecord> read_texts(const std::string& path, ReadReport& report, 
     if (txt == j.end() || !txt->is_string()) {
       bad(fmt::format("text_id {}: {}", rec.text_id,
                       txt == j.end() ? std::string("missing key \"text\"")
-                                     : fmt::format("\"text\" must be a string, found {}", txt->type_name())));
+                                     : fmt::format("\"text\" must be a string, found {}", txt->type_name())), "missing or mistyped key");
       return;
     }
     rec.text = txt->get<std::string>();
     if (trim(rec.text).empty()) {
-      bad(fmt::format("text_id {}: empty text", rec.text_id));
+      bad(fmt::format("text_id {}: empty text", rec.text_id), "empty text");
       return;
     }
     auto ids = j.find("image_ids");
     if (ids == j.end() || !ids->is_array()) {
       bad(fmt::format("text_id {}: {}", rec.text_id,
                       ids == j.end() ? std::string("missing key \"image_ids\" (use [] for unlabelled texts)")
-                                     : fmt::format("\"image_ids\" must be an array, found {}", ids->type_name())));
+                                     : fmt::format("\"image_ids\" must be an array, found {}", ids->type_name())), "missing or mistyped key");
       return;
     }
     rec.image_ids.reserve(ids->size());
     for (const auto& v : *ids) {
       auto iv = json_int(v);
       if (!iv) {
-        bad(fmt::format("text_id {}: image id {} is not an integer", rec.text_id, excerpt(v.dump())));
+        bad(fmt::format("text_id {}: image id {} is not an integer", rec.text_id, excerpt(v.dump())), "bad image id");
         return;
       }
       if (std::find(rec.image_ids.begin(), rec.image_ids.end(), *iv) != rec.image_ids.end()) {
-        bad(fmt::format("text_id {}: image id {} listed twice", rec.text_id, *iv));
+        bad(fmt::format("text_id {}: image id {} listed twice", rec.text_id, *iv), "duplicate image id");
         return;
       }
       if (images && !images->find(*iv)) {
-        bad(fmt::format("text_id {}: image_id {} is not in {}", rec.text_id, *iv, img_name));
+        bad(fmt::format("text_id {}: image_id {} is not in {}", rec.text_id, *iv, img_name), "unknown image id");
         return;
       }
       rec.image_ids.push_back(*iv);
@@ -380,7 +397,7 @@ std::vector<TextRecord> read_texts(const std::string& path, ReadReport& report, 
     if (!seen_ids.insert(rec.text_id).second) {
       auto first = std::find_if(out.begin(), out.end(), [&](const TextRecord& r) { return r.text_id == rec.text_id; });
       bad(fmt::format("duplicate text_id {} (first seen on line {}); keeping the first", rec.text_id,
-                      first != out.end() ? first->line : 0));
+                      first != out.end() ? first->line : 0), "duplicate id");
       return;
     }
     out.push_back(std::move(rec));
@@ -426,6 +443,8 @@ DatasetSplit open_split(const std::string& dir, const std::string& split, bool s
 }
 
 void DataOptions::resolve(bool need_images, bool need_texts) {
+  if (strict && skip_bad())
+    throw UsageError("--strict (stop at the first bad line or image, the default) contradicts --on-error skip: give one");
   if (!data_dir.empty()) {
     if (need_images && images.empty()) images = split_images_path(data_dir, split);
     if (need_texts && texts.empty()) texts = split_texts_path(data_dir, split);

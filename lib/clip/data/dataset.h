@@ -6,14 +6,16 @@
 // so a several-GB training split costs a few tens of bytes of memory per image; base64 payloads are
 // only touched when an image is actually decoded.
 //
-// Validation. Every bad line is described as "<file>:<line>: <what is wrong>". By default bad lines
-// are skipped and recorded in a ReadReport (summarize() logs a warning at the end); with strict=true
-// the first problem throws DataError with the same message.
+// Validation. Every bad line is described as "<file>:<line>: <what is wrong>". With strict=true (what
+// every tool passes by default: --on-error stop) the first problem throws DataError with that
+// message; with strict=false (--on-error skip) bad lines are skipped and counted per reason in a
+// ReadReport, and summarize() logs the summary at the end.
 //
 // Texts are stored raw. cn_clip's datasets lower-case them and replace curly double quotes before
 // tokenizing: consumers call clip::preprocess_text (tokenizer.h) themselves.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,9 +32,12 @@ struct Image;
 // Data in the Flickr30k-CN layout: --data DIR --split NAME, or explicit --images / --texts.
 struct DataOptions {
   std::string data_dir, split = "test", images, texts;
-  bool strict = false;
+  bool strict = false;            // --strict: the default's explicit spelling (stop at the first bad item)
   std::string on_error = "stop";  // --on-error stop|skip
-  // Fills images/texts from data_dir/split when they were not given explicitly.
+  // True when bad lines and images are skipped (--on-error skip) instead of stopping the run.
+  bool skip_bad() const { return on_error == "skip"; }
+  // Fills images/texts from data_dir/split when they were not given explicitly. UsageError when
+  // --strict and --on-error skip are both given.
   void resolve(bool need_images, bool need_texts);
 };
 
@@ -41,11 +46,13 @@ struct ReadReport {
   std::vector<std::string> problems;           // "<file>:<line>: <message>" (duplicates listed last)
   size_t skipped = 0;                          // lines (or records) dropped, all of them
   size_t kept = 0;                             // lines (or records) accepted
+  std::map<std::string, size_t> reasons;       // skipped lines per reason ("no tab", "duplicate id", ...)
 
-  // Records a problem: throws DataError(msg) when strict, else counts it and keeps the message.
-  void add(const std::string& msg, bool strict);
+  // Records a problem: throws DataError(msg) when strict, else counts it under `reason` and keeps
+  // the message.
+  void add(const std::string& msg, bool strict, const std::string& reason = "bad line");
   bool clean() const { return skipped == 0; }
-  // log_warn: "<what>: skipped N of M ...", the first messages, and how to make it fatal (--strict).
+  // log_warn: "<what>: skipped N bad line(s), kept M", the count per reason and the first messages.
   // Logs nothing when nothing was skipped.
   void summarize(const std::string& what) const;
   void merge(const ReadReport& other);
@@ -54,14 +61,14 @@ struct ReadReport {
 // Random access to an images TSV through a memory map.
 //
 // Accepted: LF or CRLF line ends, trailing blank lines, spaces around the id, a missing final
-// newline. Problems (skipped, or DataError when strict): a line that is not exactly two
+// newline. Problems (skipped, or DataError when strict): a NUL byte, a line that is not exactly two
 // tab-separated fields, a non-integer / out-of-range id, an empty payload or one whose length is
 // not a multiple of 4, a blank line before the end of the file, and a duplicate id (the first
 // occurrence is kept). The base64 alphabet itself is checked when an image is decoded.
 class ImageTsv {
  public:
   // Throws IoError if the file cannot be opened; see above for DataError.
-  explicit ImageTsv(const std::string& path, bool strict = false);  // reports via summarize()
+  explicit ImageTsv(const std::string& path, bool strict = true);  // reports via summarize()
   ImageTsv(const std::string& path, ReadReport& report, bool strict);
   ~ImageTsv();
   ImageTsv(ImageTsv&&) noexcept;
@@ -128,7 +135,7 @@ std::string split_images_path(const std::string& dir, const std::string& split);
 std::string split_texts_path(const std::string& dir, const std::string& split);   // <dir>/<split>_texts.jsonl
 // Opens both files of a split (DataError naming the missing file and the expected layout if one
 // is absent), validates the texts against the images and logs the summary of skipped lines.
-DatasetSplit open_split(const std::string& dir, const std::string& split, bool strict = false);
+DatasetSplit open_split(const std::string& dir, const std::string& split, bool strict = true);
 
 // UTF-8 validation (RFC 3629: no overlongs, no surrogates, <= U+10FFFF). Returns the byte offset
 // of the first invalid sequence, or npos when valid.

@@ -35,11 +35,17 @@ constexpr std::array<float, 3> kClipStd{0.26862954f, 0.26130258f, 0.27577711f};
 std::vector<uint8_t> base64_decode(std::string_view s);
 std::string base64_encode(const uint8_t* data, size_t n);
 
+// The most pixels (width x height) an image may have: Pillow's decompression-bomb limit,
+// 2 * 89478485. Checked from the header, before any pixel buffer is allocated.
+constexpr uint64_t kMaxImagePixels = 2ull * 89478485ull;
+
 // Decodes JPEG (libjpeg-turbo defaults, like Pillow), PNG (libpng: L/LA/RGB/RGBA/P/1-bit kept as
-// Pillow's modes) and, through stb_image, BMP/GIF/TGA/PNM. Throws DataError describing the problem.
+// Pillow's modes) and, through stb_image after our own header checks, uncompressed BMP and binary
+// PNM (P5/P6). Every other format (Radiance HDR, GIF, TGA, PSD, PIC, WebP, TIFF, ...) is refused by
+// its magic bytes before any decoder runs. Throws DataError describing the problem.
 // Bytes identical to Pillow 9.4's Image.open(...).tobytes() for JPEG and PNG, except 16-bit grey PNG
-// (Pillow mode "I"; returned as L = min(value, 255)); stb formats are not guaranteed identical
-// (Pillow keeps GIF as P, for one). Details in image_decode.cpp.
+// (Pillow mode "I"; returned as L = min(value, 255)); BMP/PNM are not guaranteed identical.
+// Details in image_decode.cpp.
 Image decode_image(const uint8_t* data, size_t n);
 
 // Pillow's Image.resize(size, resample) for the modes above: BICUBIC (antialiased, a=-0.5,

@@ -16,11 +16,15 @@
 //    (32-bit integers) in Pillow; we return L holding min(value, 255), which is what Pillow's later
 //    convert('RGB') makes of it (bicubic resizing before that clip can differ at edges).
 //    Chunk CRCs are checked as Pillow checks them: before the first IDAT only.
-//  * Anything else (BMP, GIF, TGA, PNM, PSD, HDR) through stb_image as L/LA/RGB/RGBA. Not
-//    bit-exact with Pillow (which keeps GIF and 8-bit BMP as mode P, for instance).
+//  * Uncompressed BMP and binary PNM (P5/P6) through stb_image as L/LA/RGB/RGBA, after their
+//    headers were checked here (dimensions, pixel data inside the file). Not bit-exact with Pillow
+//    (which keeps 8-bit BMP as mode P, for instance). Every other format (HDR, GIF, TGA, PSD, PIC,
+//    WebP, TIFF, ...) is refused by its magic bytes before any decoder runs: see decode_stb.
 // Errors never abort the process: libjpeg / libpng errors longjmp back here and become DataError
 // carrying the library's message.
+#include <algorithm>
 #include <array>
+#include <climits>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
@@ -42,7 +46,7 @@ namespace clip {
 namespace {
 
 // Pillow refuses images above 2 * MAX_IMAGE_PIXELS (DecompressionBombError).
-constexpr uint64_t kMaxPixels = 2ull * 89478485ull;
+constexpr uint64_t kMaxPixels = kMaxImagePixels;
 
 void check_dimensions(uint64_t w, uint64_t h, const char* fmt) {
   if (w == 0 || h == 0) throw DataError(std::string(fmt) + ": image has zero width or height");
@@ -386,7 +390,81 @@ Image decode_png(const uint8_t* data, size_t n) {
   return out;
 }
 
-// ------------------------------------------------------------------------------------ other formats
+// ------------------------------------------------------------------------------------ BMP and PNM (stb_image)
+
+// stb_image is only handed formats whose header we have read and bounded ourselves: uncompressed
+// BMP and binary PNM (P5/P6). Its other decoders are never reached: HDR loops forever on a
+// truncated run-length scanline (CVE-2021-42715, present in Debian's 2.27), and GIF, TGA, PSD and
+// PIC have published memory-safety bugs in that version. decode_image() refuses them by magic bytes.
+
+uint32_t le32(const uint8_t* p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24); }
+uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+
+// Checks a BMP header: dimensions, an uncompressed layout stb_image supports, and pixel data that
+// fits inside the file (so a 60-byte file cannot ask for a gigabyte buffer).
+void check_bmp(const uint8_t* d, size_t n) {
+  if (n < 26) throw DataError("BMP: image data is truncated (header of " + std::to_string(n) + " bytes)");
+  const uint32_t data_off = le32(d + 10), dib = le32(d + 14);
+  uint64_t w = 0, h = 0;
+  unsigned bpp = 0;
+  uint32_t compression = 0;
+  if (dib == 12) {  // OS/2 BITMAPCOREHEADER
+    w = le16(d + 18);
+    h = le16(d + 20);
+    bpp = le16(d + 24);
+  } else if (dib >= 40) {
+    if (n < 34) throw DataError("BMP: image data is truncated (header of " + std::to_string(n) + " bytes)");
+    const int32_t sw = static_cast<int32_t>(le32(d + 18)), sh = static_cast<int32_t>(le32(d + 22));
+    if (sw <= 0 || sh == INT32_MIN) throw DataError("BMP: invalid width or height in the header");
+    w = static_cast<uint64_t>(sw);
+    h = static_cast<uint64_t>(sh < 0 ? -static_cast<int64_t>(sh) : sh);
+    bpp = le16(d + 28);
+    compression = le32(d + 30);
+  } else {
+    throw DataError("BMP: unsupported header size " + std::to_string(dib));
+  }
+  check_dimensions(w, h, "BMP");
+  if (compression != 0 && compression != 3 && compression != 6)
+    throw DataError("BMP: compression method " + std::to_string(compression) +
+                    " is not supported (only uncompressed and bit-field BMPs are); convert the image to PNG");
+  if (bpp != 1 && bpp != 4 && bpp != 8 && bpp != 16 && bpp != 24 && bpp != 32)
+    throw DataError("BMP: unsupported bit depth " + std::to_string(bpp));
+  const uint64_t row = (w * bpp + 31) / 32 * 4;
+  if (data_off > n || row * h > n - data_off)
+    throw DataError("BMP: image data is truncated (" + std::to_string(w) + "x" + std::to_string(h) + " pixels need " +
+                    std::to_string(row * h) + " bytes of pixel data, the file holds " +
+                    std::to_string(data_off > n ? 0 : n - data_off) + ")");
+}
+
+// Checks a binary PNM (P5 grey, P6 RGB) header and that the file holds every pixel it announces.
+void check_pnm(const uint8_t* d, size_t n) {
+  size_t i = 2;
+  uint64_t v[3] = {0, 0, 0};
+  for (int k = 0; k < 3; ++k) {
+    for (;;) {  // whitespace and comments
+      while (i < n && (d[i] == ' ' || d[i] == '\t' || d[i] == '\r' || d[i] == '\n' || d[i] == '\v' || d[i] == '\f')) ++i;
+      if (i < n && d[i] == '#') {
+        while (i < n && d[i] != '\n' && d[i] != '\r') ++i;
+        continue;
+      }
+      break;
+    }
+    if (i >= n || d[i] < '0' || d[i] > '9') throw DataError("PNM: malformed header (expected a number)");
+    while (i < n && d[i] >= '0' && d[i] <= '9') {
+      v[k] = v[k] * 10 + static_cast<uint64_t>(d[i] - '0');
+      if (v[k] > (1u << 24)) throw DataError("PNM: header value too large");
+      ++i;
+    }
+  }
+  if (i >= n) throw DataError("PNM: image data is truncated (no pixel data)");
+  ++i;  // the single whitespace byte after maxval
+  check_dimensions(v[0], v[1], "PNM");
+  if (v[2] == 0 || v[2] > 65535) throw DataError("PNM: maxval must be from 1 to 65535, got " + std::to_string(v[2]));
+  const uint64_t need = v[0] * v[1] * (d[1] == '6' ? 3 : 1) * (v[2] > 255 ? 2 : 1);
+  if (need > n - i)
+    throw DataError("PNM: image data is truncated (" + std::to_string(v[0]) + "x" + std::to_string(v[1]) + " pixels need " +
+                    std::to_string(need) + " bytes, the file holds " + std::to_string(n - i) + ")");
+}
 
 Image decode_stb(const uint8_t* data, size_t n) {
 #ifdef CLIP_HAVE_STB
@@ -394,8 +472,7 @@ Image decode_stb(const uint8_t* data, size_t n) {
   int w = 0, h = 0, comp = 0;
   if (!stbi_info_from_memory(data, static_cast<int>(n), &w, &h, &comp)) {
     const char* why = stbi_failure_reason();
-    throw DataError(std::string("image: unrecognised or unsupported format (not JPEG/PNG; stb_image: ") +
-                    (why ? why : "unknown") + ")");
+    throw DataError(std::string("image: stb_image cannot read the header (") + (why ? why : "unknown") + ")");
   }
   check_dimensions(static_cast<uint64_t>(w), static_cast<uint64_t>(h), "image");
   stbi_uc* px = stbi_load_from_memory(data, static_cast<int>(n), &w, &h, &comp, 0);
@@ -414,7 +491,7 @@ Image decode_stb(const uint8_t* data, size_t n) {
   }
   out.pixels.assign(px, px + static_cast<size_t>(w) * h * comp);
   stbi_image_free(px);
-  // stb reports GIFs (and some BMPs) as 4 channels even when nothing is transparent.
+  // stb reports some BMPs as 4 channels even when nothing is transparent.
   if (out.mode == PixelMode::RGBA) {
     bool opaque = true;
     for (size_t i = 3; i < out.pixels.size() && opaque; i += 4) opaque = out.pixels[i] == 255;
@@ -424,8 +501,27 @@ Image decode_stb(const uint8_t* data, size_t n) {
 #else
   (void)data;
   (void)n;
-  throw DataError("image: not a JPEG or PNG file (other formats need stb_image, absent from this build)");
+  throw DataError("image: BMP and PNM need stb_image, absent from this build; convert the image to PNG or JPEG");
 #endif
+}
+
+bool starts_with(const uint8_t* d, size_t n, const char* magic) {
+  const size_t m = std::strlen(magic);
+  return n >= m && std::memcmp(d, magic, m) == 0;
+}
+
+// Names a recognised but refused format, or returns nullptr.
+const char* refused_format(const uint8_t* d, size_t n) {
+  if (starts_with(d, n, "#?RADIANCE") || starts_with(d, n, "#?RGBE")) return "Radiance HDR";
+  if (starts_with(d, n, "GIF87a") || starts_with(d, n, "GIF89a")) return "GIF";
+  if (starts_with(d, n, "8BPS")) return "Photoshop PSD";
+  if (n >= 4 && d[0] == 0x53 && d[1] == 0x80 && d[2] == 0xF6 && d[3] == 0x34) return "Softimage PIC";
+  if (starts_with(d, n, "RIFF") && n >= 12 && std::memcmp(d + 8, "WEBP", 4) == 0) return "WebP";
+  if (n >= 4 && ((d[0] == 'I' && d[1] == 'I' && d[2] == '*' && d[3] == 0) || (d[0] == 'M' && d[1] == 'M' && d[2] == 0 && d[3] == '*')))
+    return "TIFF";
+  if (n >= 2 && d[0] == 'P' && (d[1] == '1' || d[1] == '2' || d[1] == '3' || d[1] == '4' || d[1] == '7'))
+    return "text or bitmap PNM";
+  return nullptr;
 }
 
 }  // namespace
@@ -435,7 +531,26 @@ Image decode_image(const uint8_t* data, size_t n) {
   static const uint8_t kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
   if (n >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) return decode_jpeg(data, n);
   if (n >= 8 && std::memcmp(data, kPng, 8) == 0) return decode_png(data, n);
-  return decode_stb(data, n);
+  if (starts_with(data, n, "BM")) {
+    check_bmp(data, n);
+    return decode_stb(data, n);
+  }
+  if (n >= 2 && data[0] == 'P' && (data[1] == '5' || data[1] == '6')) {
+    check_pnm(data, n);
+    return decode_stb(data, n);
+  }
+  if (const char* f = refused_format(data, n))
+    throw DataError(std::string("image: ") + f +
+                    " images are not accepted (accepted: JPEG, PNG, uncompressed BMP, binary PNM); convert it to PNG or JPEG");
+  throw DataError("image: unrecognised format (not JPEG, PNG, BMP or binary PNM: the file starts with bytes " + [&] {
+    std::string hex;
+    char buf[4];
+    for (size_t i = 0; i < std::min<size_t>(n, 8); ++i) {
+      std::snprintf(buf, sizeof buf, "%02x", data[i]);
+      hex += buf;
+    }
+    return hex;
+  }() + ")");
 }
 
 }  // namespace clip

@@ -2,7 +2,10 @@
 // data_offsets: [begin, end]}, "__metadata__": {str: str}}, then the raw little-endian data.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
+#include <tuple>
+#include <vector>
 #include <memory>
 
 #include "clip/io/checkpoint.h"
@@ -49,6 +52,7 @@ StateDict load_safetensors(const std::string& path, std::map<std::string, std::s
   uint64_t data_size = size - 8 - hlen;
   std::shared_ptr<const void> owner = mf;
   StateDict sd;
+  std::vector<std::tuple<uint64_t, uint64_t, std::string>> spans;  // [begin, end) of every tensor, for the layout check
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
     const auto& v = it.value();
@@ -94,11 +98,27 @@ StateDict load_safetensors(const std::string& path, std::map<std::string, std::s
       t.strides[i] = st;
       st *= std::max<int64_t>(t.shape[i], 1);
     }
+    spans.emplace_back(b, e, name);
     t.data = data + b;
     t.owner = owner;
     if (sd.contains(name)) throw bad("tensor '" + name + "' appears twice");
     sd.add(name, std::move(t));
   }
+  // The format's rule: the tensors' byte spans tile the data area exactly, with no overlap (two
+  // tensors aliasing the same bytes) and no gap (bytes that belong to no tensor).
+  std::sort(spans.begin(), spans.end());
+  uint64_t pos = 0;
+  for (const auto& [b, e, name] : spans) {
+    if (b < pos)
+      throw bad("tensor '" + name + "' (bytes " + std::to_string(b) + ".." + std::to_string(e) +
+                ") overlaps the tensor before it, which ends at byte " + std::to_string(pos));
+    if (b > pos)
+      throw bad("bytes " + std::to_string(pos) + ".." + std::to_string(b) + " of the data belong to no tensor (a gap before '" +
+                name + "')");
+    pos = e;
+  }
+  if (pos != data_size)
+    throw bad("the last " + std::to_string(data_size - pos) + " data bytes belong to no tensor");
   return sd;
 }
 

@@ -489,7 +489,16 @@ void load_weights(ClipModel& model, const StateDict& sd, bool strict) {
     if (!at::isFloatingType(to_scalar_type(src->dtype)) && at::isFloatingType(dst->scalar_type()))
       throw ModelError("checkpoint key '" + name + "' holds " + dtype_name(src->dtype) + " values where float weights are expected");
   }
-  for (auto& [name, dst, src] : todo) dst->copy_(tensor_view(*src));
+  for (auto& [name, dst, src] : todo) {
+    const at::Tensor v = tensor_view(*src);
+    if (at::isFloatingType(v.scalar_type()) && v.numel() > 0 && !at::isfinite(v).all().item<bool>()) {
+      const int64_t n = at::logical_not(at::isfinite(v)).sum().item<int64_t>();
+      throw ModelError("checkpoint key '" + name + "' holds " + std::to_string(n) + " NaN or infinite value(s) of " +
+                       std::to_string(v.numel()) + ": the weights are damaged (or came from a diverged run); use an "
+                       "earlier checkpoint");
+    }
+    dst->copy_(v);
+  }
 }
 
 }  // namespace clip

@@ -100,6 +100,13 @@ static bool ends_with(const std::string& s, const std::string& suf) {
 void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
                     bool append) {
   at::Tensor f = set.features.contiguous();
+  if (f.numel() > 0 && !at::isfinite(f).all().item<bool>()) {
+    const auto bad = at::nonzero(at::logical_not(at::isfinite(f)).any(1));
+    const int64_t row = bad.size(0) > 0 ? bad[0][0].item<int64_t>() : 0;
+    throw ModelError("the " + meta.kind + " feature of id " + std::to_string(set.ids.at(static_cast<size_t>(row))) +
+                     " (and " + std::to_string(bad.size(0) - 1) + " more) holds NaN or infinity; nothing was written to '" +
+                     path + "'. The model's weights are broken (check the checkpoint)");
+  }
   const float* data = f.data_ptr<float>();
   const int64_t dim = f.size(1);
   if (ends_with(path, ".jsonl")) {

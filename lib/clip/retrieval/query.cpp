@@ -94,12 +94,18 @@ QueryResults run_queries(Encoder& enc, const FeatureSet& store, const QueryOptio
   QueryResults res;
   // Text queries: all of them through the encoder in batches, then one search.
   std::vector<Query> tq;
-  for (const auto& t : q.texts) tq.push_back({"text", t});
+  for (const auto& t : q.texts) {
+    if (t.find_first_not_of(" \t\r\n\f\v") == std::string::npos)
+      throw UsageError("--text is empty: give the words to search for");
+    tq.push_back({"text", t});
+  }
   if (!q.text_file.empty())
     for (auto& t : read_lines(q.text_file)) tq.push_back({"text", std::move(t)});
   if (!q.texts_jsonl.empty()) {
     ReadReport rep;
-    for (auto& rec : read_texts(q.texts_jsonl, rep, false)) {
+    auto recs = read_texts(q.texts_jsonl, rep, !q.skip_bad);
+    if (recs.empty()) throw DataError("'" + q.texts_jsonl + "' holds no texts: no queries to run");
+    for (auto& rec : recs) {
       Query qq{"text", rec.text};
       qq.has_id = true;
       qq.id = rec.text_id;
@@ -134,9 +140,10 @@ QueryResults run_queries(Encoder& enc, const FeatureSet& store, const QueryOptio
   }
   if (!q.query_tsv.empty()) {
     ReadReport rep;
-    ImageTsv tsv(q.query_tsv, rep, false);
+    ImageTsv tsv(q.query_tsv, rep, !q.skip_bad);
     rep.summarize(q.query_tsv);
-    EncodedSet set = encode_images(enc, tsv, threads, /*skip_errors=*/true);
+    if (tsv.size() == 0) throw DataError("'" + q.query_tsv + "' holds no images: no queries to run");
+    EncodedSet set = encode_images(enc, tsv, threads, q.skip_bad);
     for (int64_t id : set.ids) {
       Query qq{"image", "image_id " + std::to_string(id)};
       qq.has_id = true;

@@ -26,6 +26,7 @@ struct QueryOptions {
   int k = 10;
   float threshold = -std::numeric_limits<float>::infinity();
   bool exclude_self = false;
+  bool skip_bad = false;  // --on-error skip: skip bad lines of --texts / --query-images and undecodable images
 };
 
 struct Query {

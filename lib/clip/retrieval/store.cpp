@@ -645,6 +645,21 @@ FeatureSet read_features_jsonl(const std::string& path) {
 FeatureSet read_features(const std::string& path) {
   if (is_store_file(path)) return open_store(path);
   if (!file_exists(path)) throw IoError("cannot open '" + path + "': no such file");
+  // Neither the store magic nor JSON: say which formats were expected instead of blaming the JSON.
+  std::ifstream in(path, std::ios::binary);
+  char head[8] = {0};
+  in.read(head, sizeof head);
+  const size_t got = static_cast<size_t>(in.gcount());
+  size_t first = 0;
+  while (first < got && (head[first] == ' ' || head[first] == '\t' || head[first] == '\r' || head[first] == '\n')) ++first;
+  if (got > 0 && first < got && head[first] != '{') {
+    std::string hex;
+    for (size_t i = 0; i < got; ++i) hex += fmt::format("{:02x}", static_cast<unsigned char>(head[i]));
+    throw DataError(fmt::format("'{}' is not a feature file: a store starts with the magic \"CLIPFEAT\" and a cn_clip "
+                                "JSONL with '{{', this file starts with bytes {} (bad store magic, or not a clip-index "
+                                "output; {})",
+                                path, hex, kRemedy));
+  }
   return read_features_jsonl(path);
 }
 

@@ -115,6 +115,75 @@ json results_json(const std::string& query, int k, const std::vector<Hit>& hits,
   return {{"query", query}, {"k", k}, {"results", std::move(r)}, {"took_ms", took_ms}};
 }
 
+// Decodes and preprocesses uploaded images on its own threads. The state is shared with the
+// (detached) threads, so a stuck decode can neither block a request past its deadline nor stop():
+// stop() only tells the threads to leave once their current job is done.
+class DecodePool {
+ public:
+  struct Job {
+    std::vector<uint8_t> bytes;
+    std::promise<Image> done;
+  };
+  DecodePool(int threads, size_t max_queue) : st_(std::make_shared<State>()) {
+    st_->max_queue = std::max<size_t>(1, max_queue);
+    for (int i = 0; i < std::max(1, threads); ++i) std::thread([st = st_] { run(st); }).detach();
+  }
+  ~DecodePool() { stop(); }
+  // Queues a decode; HttpError 503 when the queue is full or the pool stopped.
+  std::future<Image> submit(std::vector<uint8_t> bytes) {
+    auto job = std::make_shared<Job>();
+    job->bytes = std::move(bytes);
+    auto fut = job->done.get_future();
+    {
+      std::lock_guard<std::mutex> lk(st_->mu);
+      if (st_->stop) throw HttpError(503, "the server is shutting down");
+      if (st_->queue.size() >= st_->max_queue)
+        throw HttpError(503, "too many images are being decoded; try again shortly");
+      st_->queue.push_back(job);
+    }
+    st_->cv.notify_one();
+    return fut;
+  }
+  void stop() {
+    std::deque<std::shared_ptr<Job>> left;
+    {
+      std::lock_guard<std::mutex> lk(st_->mu);
+      st_->stop = true;
+      left.swap(st_->queue);
+    }
+    st_->cv.notify_all();
+    for (auto& j : left)
+      j->done.set_exception(std::make_exception_ptr(HttpError(503, "the server is shutting down")));
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<std::shared_ptr<Job>> queue;
+    size_t max_queue = 16;
+    bool stop = false;
+  };
+  static void run(std::shared_ptr<State> st) {
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lk(st->mu);
+        st->cv.wait(lk, [&] { return st->stop || !st->queue.empty(); });
+        if (st->stop) return;
+        job = st->queue.front();
+        st->queue.pop_front();
+      }
+      try {
+        job->done.set_value(decode_image(job->bytes.data(), job->bytes.size()));
+      } catch (...) {
+        job->done.set_exception(std::current_exception());
+      }
+    }
+  }
+  std::shared_ptr<State> st_;
+};
+
 struct TextJob {
   std::string text;
   int k;
@@ -134,6 +203,8 @@ struct Server::Impl {
 
   // Model lock: one forward pass at a time (the batcher's text batches and image queries).
   std::mutex model_mu;
+
+  std::unique_ptr<DecodePool> decoder;
 
   // Micro-batching queue of text queries.
   std::mutex qmu;
@@ -219,21 +290,17 @@ struct Server::Impl {
 
   // ---- images -----------------------------------------------------------------------------------
 
-  void check_image(const std::vector<uint8_t>& bytes) {
+  // Limits checked on the encoded bytes: size, and the dimensions in a PNG/JPEG header (so a
+  // decompression bomb is refused before any pixel buffer is allocated).
+  void check_upload(const std::vector<uint8_t>& bytes) {
     if (bytes.empty()) throw HttpError(400, "the uploaded image is empty");
     if (bytes.size() > opt.max_upload_bytes)
       throw HttpError(413, "the uploaded image has " + std::to_string(bytes.size()) + " bytes; the limit is " +
                                std::to_string(opt.max_upload_bytes) + " (--max-upload-mb)");
     int w = 0, h = 0;
-    if (!peek_dimensions(bytes.data(), bytes.size(), w, h)) {
-      try {
-        Image im = decode_image(bytes.data(), bytes.size());
-        w = im.width;
-        h = im.height;
-      } catch (const DataError& e) {
-        throw HttpError(400, std::string("the uploaded file is not a readable image: ") + e.what());
-      }
-    }
+    if (peek_dimensions(bytes.data(), bytes.size(), w, h)) check_side(w, h);
+  }
+  void check_side(int w, int h) const {
     if (w > opt.max_image_side || h > opt.max_image_side)
       throw HttpError(413, "the uploaded image is " + std::to_string(w) + "x" + std::to_string(h) +
                                " pixels; the limit is " + std::to_string(opt.max_image_side) +
@@ -241,15 +308,26 @@ struct Server::Impl {
     if (w <= 0 || h <= 0) throw HttpError(400, "the uploaded image has no pixels");
   }
 
-  std::vector<Hit> search_image(const std::vector<uint8_t>& bytes, int k) {
-    check_image(bytes);
-    const int r = enc.resolution();
-    at::Tensor px = at::empty({1, 3, r, r}, at::kFloat);
+  // Decodes on the pool and waits until the request's deadline.
+  Image decode_upload(std::vector<uint8_t> bytes) {
+    auto fut = decoder->submit(std::move(bytes));
+    if (fut.wait_for(std::chrono::milliseconds(std::max(1, opt.decode_timeout_ms))) != std::future_status::ready)
+      throw HttpError(503, "decoding the uploaded image took longer than " + std::to_string(opt.decode_timeout_ms) +
+                               " ms (--decode-timeout-ms); the request was abandoned");
     try {
-      enc.preprocess_image(bytes.data(), bytes.size(), px.data_ptr<float>());
+      return fut.get();
     } catch (const DataError& e) {
       throw HttpError(400, std::string("the uploaded file is not a readable image: ") + e.what());
     }
+  }
+
+  std::vector<Hit> search_image(std::vector<uint8_t> bytes, int k) {
+    check_upload(bytes);
+    Image im = decode_upload(std::move(bytes));
+    check_side(im.width, im.height);
+    const int r = enc.resolution();
+    at::Tensor px = at::empty({1, 3, r, r}, at::kFloat);
+    preprocess_eval(im, r, px.data_ptr<float>());
     at::Tensor f;
     {
       std::lock_guard<std::mutex> lk(model_mu);
@@ -423,7 +501,7 @@ struct Server::Impl {
         if (body.contains("name") && body["name"].is_string()) name = body["name"].get<std::string>();
         k = parse_k(body.contains("k") ? &body["k"] : nullptr, nullptr, opt.default_k, opt.max_k);
       }
-      auto hits = search_image(bytes, k);
+      auto hits = search_image(std::move(bytes), k);
       send_json(res, results_json(name, k, hits, ms_since(t0)));
     }));
 
@@ -512,8 +590,13 @@ Server::Server(Encoder& enc, const FeatureSet& store, ServeOptions opt)
                  {"dtype", dtype_name(store.dtype)}}},
       {"images", im_->images ? im_->images->size() : 0},
       {"limits", {{"max_k", o.max_k}, {"default_k", o.default_k}, {"max_upload_bytes", o.max_upload_bytes},
-                  {"max_image_side", o.max_image_side}, {"max_text_bytes", o.max_text_bytes}}},
+                  {"max_image_side", o.max_image_side}, {"max_text_bytes", o.max_text_bytes},
+                  {"max_image_pixels", kMaxImagePixels}, {"decode_threads", o.decode_threads},
+                  {"decode_timeout_ms", o.decode_timeout_ms}}},
   };
+  if (o.decode_threads < 1) throw UsageError("--decode-threads must be at least 1");
+  if (o.decode_timeout_ms < 1) throw UsageError("--decode-timeout-ms must be at least 1");
+  im_->decoder = std::make_unique<DecodePool>(o.decode_threads, static_cast<size_t>(std::max(1, o.decode_queue)));
   im_->setup_routes();
   im_->batcher = std::thread([this] { im_->batch_loop(); });
 }
@@ -569,6 +652,7 @@ void Server::stop() {
   }
   im_->qcv.notify_all();
   if (im_->batcher.joinable()) im_->batcher.join();
+  if (im_->decoder) im_->decoder->stop();
 }
 
 int Server::port() const { return im_->bound_port; }

@@ -8,7 +8,10 @@
 // Results carry clip-query's JSONL fields: {"query", "k", "results": [{"rank", "id", "score"}...], "took_ms"}.
 // Every bad request is answered 4xx with {"error": "..."} naming the problem; the server keeps serving.
 //
-// Concurrency: httplib answers on a pool of threads. Text queries are queued and a single batching
+// Concurrency: httplib answers on a pool of threads. Uploaded images are decoded on a separate,
+// bounded pool (decode_threads threads, decode_queue waiting jobs) and each request waits for its
+// decode only until decode_timeout_ms: a slow or hostile upload can neither hold an HTTP thread
+// past its deadline nor delay /api/health or stop(). Text queries are queued and a single batching
 // thread encodes whatever arrived within `batch_window_ms` in one forward pass (micro-batching), then
 // searches the store once for the batch. Image queries are encoded under the same model lock, so the
 // model never runs two forward passes at once; store scans run outside the lock.
@@ -37,6 +40,9 @@ struct ServeOptions {
   int http_threads = 8;             // httplib worker threads
   int batch_window_ms = 3;          // how long the batcher waits for more text queries after the first
   int max_batch = 32;               // text queries encoded together at most
+  int decode_threads = 2;           // threads decoding uploaded images (the decode pool)
+  int decode_queue = 16;            // uploads waiting for a decode thread at most; more are answered 503
+  int decode_timeout_ms = 10000;    // per-request deadline of an upload's decode; past it the answer is 503
   int thumb_size = 160;             // ?thumb=1 size; ?size=N accepts 16..1024
   size_t thumb_cache = 2048;        // thumbnails kept in memory
 };

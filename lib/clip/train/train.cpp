@@ -7,6 +7,7 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <torch/version.h>
 
@@ -201,10 +202,42 @@ void Trainer::setup_dist() {
            backend, device_.str(), env->master_addr, env->master_port, o_.runtime.batch_size, gbs_);
 }
 
+// The most recently written *.pt file of a checkpoints folder ("" when there is none).
+static std::string newest_checkpoint(const std::string& dir) {
+  std::string best;
+  struct timespec best_t {};
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return best;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.size() < 4 || name.compare(name.size() - 3, 3, ".pt") != 0 || name[0] == '.') continue;
+    const std::string p = path_join(dir, name);
+    struct stat st;
+    if (::stat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    const auto& t = st.st_mtim;
+    if (best.empty() || t.tv_sec > best_t.tv_sec || (t.tv_sec == best_t.tv_sec && t.tv_nsec > best_t.tv_nsec) ||
+        (t.tv_sec == best_t.tv_sec && t.tv_nsec == best_t.tv_nsec && p > best)) {
+      best = p;
+      best_t = t;
+    }
+  }
+  ::closedir(d);
+  return best;
+}
+
 void Trainer::setup_run_dir() {
   if (!o_.resume.empty()) {
     run_dir_ = o_.output_dir.empty() ? detail::resume_run_dir(o_.resume) : o_.output_dir;
     resume_ckpt_ = is_directory(o_.resume) ? path_join(path_join(o_.resume, "checkpoints"), "epoch_latest.pt") : o_.resume;
+    if (is_directory(o_.resume) && !file_exists(resume_ckpt_)) {
+      // A kill between writing epoch_E_S.pt and epoch_latest.pt: every checkpoint is written
+      // atomically, so the newest one under its final name is complete and resumes as well.
+      const std::string newest = newest_checkpoint(path_join(o_.resume, "checkpoints"));
+      if (!newest.empty()) {
+        log_warn("--resume {}: no epoch_latest.pt; resuming from the newest complete checkpoint, {}", o_.resume, newest);
+        resume_ckpt_ = newest;
+      }
+    }
     if (!file_exists(resume_ckpt_))
       throw UsageError("--resume " + o_.resume + ": no checkpoint '" + resume_ckpt_ +
                        "' (the run saved none yet); start it again without --resume in a new --output-dir");
@@ -343,13 +376,14 @@ void Trainer::setup_model() {
 
 void Trainer::setup_data() {
   ClipModel& m = *model_;
-  train_ = std::make_unique<DatasetSplit>(open_split(o_.data_dir, o_.train_split));
+  const bool strict = o_.on_error != "skip";
+  train_ = std::make_unique<DatasetSplit>(open_split(o_.data_dir, o_.train_split, strict));
   if (train_->pairs.empty())
     throw DataError("training split '" + o_.train_split + "' in " + o_.data_dir + " has no (text, image) pair");
   bool want_val = !o_.no_validation && (o_.valid_epoch_interval > 0 || o_.valid_step_interval > 0);
   if (want_val && file_exists(split_images_path(o_.data_dir, o_.val_split)) &&
       file_exists(split_texts_path(o_.data_dir, o_.val_split))) {
-    val_ = std::make_unique<DatasetSplit>(open_split(o_.data_dir, o_.val_split));
+    val_ = std::make_unique<DatasetSplit>(open_split(o_.data_dir, o_.val_split, strict));
   } else if (want_val) {
     log_info("no '{}' split in {}: validation is off", o_.val_split, o_.data_dir);
   }
@@ -628,8 +662,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       [&](size_t i, float* dst) {
         size_t pos = position(i);
         size_t img = tr.pairs[static_cast<size_t>(order[pos])].second;
-        std::vector<uint8_t> bytes = tr.images.bytes(img);
-        Image im = decode_image(bytes.data(), bytes.size());
+        Image im = tr.images.decode(img);  // a DataError names the TSV, its line and the image_id
         if (o_.use_augment) augment_to_chw(im, aug_, o_.seed, static_cast<uint64_t>(epoch), pos, dst);
         else preprocess_eval(im, R, dst);
       },

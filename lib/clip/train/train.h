@@ -195,6 +195,7 @@ struct TrainOptions {
   ModelOptions model;
   // data
   std::string data_dir, train_split = "train", val_split = "valid";
+  std::string on_error = "stop";  // "skip": bad TSV/JSONL lines of the splits are skipped (images still stop)
   bool no_validation = false;
   // optimisation (negative = cn_clip's default for the architecture)
   double lr = -1, wd = 0.2, beta1 = -1, beta2 = -1, eps = -1;
