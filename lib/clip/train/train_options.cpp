@@ -20,6 +20,7 @@ void for_each_setting(Options& o, F&& f) {
   f("train_split", o.train_split);
   f("val_split", o.val_split);
   f("no_validation", o.no_validation);
+  f("on_error", o.on_error);
   f("lr", o.lr);
   f("wd", o.wd);
   f("beta1", o.beta1);
