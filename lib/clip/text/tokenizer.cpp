@@ -494,9 +494,9 @@ Tokenizer Tokenizer::load_tokenizer_json(const std::string& path, const std::str
 
 std::string tokenizer_json(const Tokenizer& tok) {
   using nlohmann::ordered_json;
-  // A vocab.txt line that is only whitespace (cn_clip's has U+2028 at id 343) strips to "", which no word
-  // matches; its key is the line itself, as transformers' own load_vocab keeps it, so that the vocab.txt
-  // this describes (Tokenizer::vocab_text of the loaded file) has the original bytes.
+  // A vocab.txt line that strips to a token no word can match ("" from cn_clip's U+2028 line 343, "##" from
+  // its "##" + U+2028 line 13502) keeps its bytes as the key, as transformers' own load_vocab keeps them, so
+  // that the vocab.txt this describes (Tokenizer::vocab_text of the loaded file) is the original, byte for byte.
   std::vector<std::string> raw;
   if (!tok.from_tokenizer_json()) {
     const std::string& bytes = tok.vocab_text();
@@ -511,7 +511,9 @@ std::string tokenizer_json(const Tokenizer& tok) {
   for (int64_t id = 0; id < tok.vocab_size(); ++id) {
     const std::string& s = tok.token(id);
     if (tok.token_id(s) != id) continue;  // a repeated vocab.txt line: the later id, as load() reads it
-    const std::string& key = s.empty() && size_t(id) < raw.size() && !raw[size_t(id)].empty() ? raw[size_t(id)] : s;
+    // "" and "##" (cn_clip's "##" + U+2028 line) can never match; any other token is written stripped, as ours matches it.
+    const bool unmatchable = s.empty() || s == "##";
+    const std::string& key = unmatchable && size_t(id) < raw.size() && !raw[size_t(id)].empty() ? raw[size_t(id)] : s;
     if (!vocab.contains(key)) vocab[key] = id;
   }
   ordered_json added = ordered_json::array();
