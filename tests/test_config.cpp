@@ -5,9 +5,12 @@
 
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "clip/model/config.h"
+#include "clip/model/hf_config.h"
 #include "clip/base/error.h"
 #include "util.h"
 
@@ -189,4 +192,101 @@ TEST_CASE("config errors name the file, the key and the known names", "[config]"
   CHECK(error_of([&] { text_config(act); }).find("'text_hidden_act'") != std::string::npos);
   // Errors from in-memory JSON name the config.
   CHECK(error_of([] { text_config_from_json(json::object(), "mine"); }).find("'mine'") != std::string::npos);
+}
+
+TEST_CASE("vision_mlp_width: optional ViT MLP width, written only when it is not 4 x width", "[config]") {
+  json j = {{"embed_dim", 32}, {"image_resolution", 64}, {"vision_layers", 2}, {"vision_width", 64}, {"vision_patch_size", 16}};
+  VisionConfig four = vision_config_from_json(j, "v");
+  CHECK(four.mlp() == 256);
+  CHECK(four.mlp_width == 0);
+  CHECK_FALSE(to_json(four).contains("vision_mlp_width"));  // cn_clip's own JSON stays as it was
+  j["vision_mlp_width"] = 256;
+  CHECK(vision_config_from_json(j, "v").mlp_width == 0);  // 4 x width is the default, however spelt
+  j["vision_mlp_width"] = 96;
+  VisionConfig v = vision_config_from_json(j, "v");
+  CHECK(v.mlp() == 96);
+  CHECK(to_json(v)["vision_mlp_width"] == 96);
+  CHECK(vision_config_from_json(to_json(v), "v").mlp() == 96);
+  ModelConfig mc;
+  mc.vision = v;
+  mc.text = text_config("RBT3-chinese");
+  CHECK(model_config_from_json(model_config_json(mc), "x").vision.mlp() == 96);
+  j["vision_mlp_width"] = 0;
+  CHECK_THAT(error_of([&] { vision_config_from_json(j, "v"); }), Catch::Contains("vision_mlp_width"));
+  json rn = {{"embed_dim", 32}, {"image_resolution", 64}, {"vision_layers", "[1,1,1,1]"}, {"vision_width", 8},
+             {"vision_patch_size", nullptr}, {"vision_mlp_width", 40}};
+  CHECK_THAT(error_of([&] { vision_config_from_json(rn, "rn"); }), Catch::Contains("vision_mlp_width"));
+}
+
+TEST_CASE("Hugging Face config.json: MLP widths and projection read, unrepresentable values refused by field", "[config]") {
+  ModelConfig c;
+  c.vision = vision_config("ViT-B-16");
+  c.vision.width = 96;
+  c.vision.head_width = 32;
+  c.vision.layers = 2;
+  c.vision.mlp_width = 160;
+  c.vision.embed_dim = 48;
+  c.text = text_config("RBT3-chinese");
+  c.text.hidden_size = 96;
+  c.text.num_heads = 4;
+  c.text.intermediate_size = 200;
+  json hf = hf_config_json(c, 4.6);
+  CHECK(hf["vision_config"]["intermediate_size"] == 160);
+  CHECK(hf["text_config"]["intermediate_size"] == 200);
+  CHECK(hf["projection_dim"] == 48);
+  ModelConfig back = model_config_from_hf(hf, "m", "/x/config.json");
+  CHECK(back.vision.mlp() == 160);
+  CHECK(back.vision.heads() == 3);
+  CHECK(back.vision.embed_dim == 48);
+  CHECK(back.text.num_heads == 4);
+  CHECK(back.text.intermediate_size == 200);
+  CHECK(back.vision.name == "m-vision");
+  // 4 x width reads as the default; the official ViT-B-16 is recognised by its values.
+  ModelConfig b16;
+  b16.vision = vision_config("ViT-B-16");
+  b16.text = text_config("RoBERTa-wwm-ext-base-chinese");
+  ModelConfig b16_back = model_config_from_hf(hf_config_json(b16, 4.6), "m");
+  CHECK(b16_back.vision.mlp_width == 0);
+  CHECK(b16_back.vision.name == "ViT-B-16");
+  CHECK(b16_back.text.name == "RoBERTa-wwm-ext-base-chinese");
+  // The top-level projection_dim is the one ChineseCLIPModel uses (vision_config's is not).
+  json p = hf;
+  p["vision_config"]["projection_dim"] = 999;
+  CHECK(model_config_from_hf(p, "m").vision.embed_dim == 48);
+  // transformers' names for cn_clip's BERT activations.
+  p = hf;
+  p["text_config"]["hidden_act"] = "silu";
+  CHECK(model_config_from_hf(p, "m").text.hidden_act == "swish");
+
+  struct Case {
+    const char* field;
+    std::function<void(json&)> change;
+  };
+  const std::vector<Case> cases = {
+      {"vision_config.hidden_act", [](json& j) { j["vision_config"]["hidden_act"] = "gelu"; }},
+      {"vision_config.layer_norm_eps", [](json& j) { j["vision_config"]["layer_norm_eps"] = 1e-6; }},
+      {"vision_config.num_channels", [](json& j) { j["vision_config"]["num_channels"] = 1; }},
+      {"vision_config.num_attention_heads", [](json& j) { j["vision_config"]["num_attention_heads"] = 5; }},
+      {"vision_config.image_size", [](json& j) { j["vision_config"]["image_size"] = 230; }},
+      {"vision_config.intermediate_size", [](json& j) { j["vision_config"]["intermediate_size"] = 0; }},
+      {"text_config.hidden_act", [](json& j) { j["text_config"]["hidden_act"] = "tanh"; }},
+      {"text_config.layer_norm_eps", [](json& j) { j["text_config"]["layer_norm_eps"] = 1e-5; }},
+      {"text_config.position_embedding_type", [](json& j) { j["text_config"]["position_embedding_type"] = "relative_key"; }},
+      {"text_config.num_attention_heads", [](json& j) { j["text_config"]["num_attention_heads"] = 7; }},
+      {"text_config.hidden_size", [](json& j) { j["text_config"]["hidden_size"] = 9.5; }},
+      {"projection_dim", [](json& j) { j["projection_dim"] = -1; }},
+  };
+  for (const auto& k : cases) {
+    json j = hf;
+    k.change(j);
+    std::string msg;
+    try {
+      model_config_from_hf(j, "m", "/x/config.json");
+      msg = "(no ModelError)";
+    } catch (const ModelError& e) {
+      msg = e.what();
+    }
+    INFO(k.field << ": " << msg);
+    CHECK_THAT(msg, Catch::StartsWith("/x/config.json: " + std::string(k.field) + " "));
+  }
 }

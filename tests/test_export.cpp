@@ -14,6 +14,8 @@
 #include "clip/export/convert.h"
 #include "clip/retrieval/encoder.h"
 #include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/io/checkpoint.h"
 #include "clip/model/model.h"
 #include "clip/export/onnx_export.h"
 #include "clip/text/tokenizer.h"
@@ -215,6 +217,59 @@ TEST_CASE("Hugging Face folder round trip keeps features", "[export]") {
   const std::string rdir = temp_dir("hf_rn") + "/rn";
   CHECK_THROWS_AS(write_hf_folder(rdir, rn.model(), testutil::fixture("vocab.txt"), 52), UsageError);
   CHECK_FALSE(fs::exists(rdir + "/model.safetensors"));
+}
+
+TEST_CASE("a ViT with a non-4x MLP round-trips through the Hugging Face writer and loader", "[export]") {
+  ModelConfig cfg;
+  cfg.vision = vision_config(testutil::fixture("configs/ViT-Tiny-P32.json"));
+  cfg.text = text_config(testutil::fixture("configs/RBT-Tiny-H64-L2.json"));
+  cfg.vision.mlp_width = 96;  // transformers' intermediate_size may be anything; cn_clip's is 4 x 64
+  ClipModel m(cfg);
+  m->initialize_parameters(7);
+  m->eval();
+  bool found = false;
+  for (auto& [name, t] : model_state(m)) {
+    if (name == "visual.transformer.resblocks.1.mlp.c_fc.weight") {
+      CHECK(t.sizes() == at::IntArrayRef({96, 64}));
+      found = true;
+    }
+  }
+  CHECK(found);
+
+  const std::string dir = temp_dir("hf_mlp") + "/mlp-hf";
+  write_hf_folder(dir, m, testutil::fixture("vocab.txt"), 52);
+  json hc = json::parse(std::ifstream(dir + "/config.json"));
+  CHECK(hc["vision_config"]["intermediate_size"] == 96);
+  CHECK(read_file(dir + "/vocab.txt") == read_file(testutil::fixture("vocab.txt")));
+  REQUIRE(fs::exists(dir + "/tokenizer.json"));
+  json tc = json::parse(std::ifstream(dir + "/tokenizer_config.json"));
+  CHECK(tc["do_lower_case"] == true);
+  // As transformers 5 saves it: no vocab.txt, the tokenizer in tokenizer.json.
+  fs::remove(dir + "/vocab.txt");
+  ModelOptions mo;
+  mo.checkpoint = dir;
+  Encoder back(mo, RuntimeOptions{});
+  CHECK(back.config().vision.mlp() == 96);
+  CHECK(back.tokenizer().from_tokenizer_json());
+  CHECK(back.tokenizer().vocab_sha256() == Tokenizer::load(testutil::fixture("vocab.txt")).vocab_sha256());
+  const at::Tensor ids = token_ids(back, 7), px = pixels(3, back.resolution());
+  {
+    at::NoGradGuard ng;
+    CHECK(at::equal(back.model()->encode_image(px), m->encode_image(px)));
+    CHECK(at::equal(back.model()->encode_text(ids), m->encode_text(ids)));
+  }
+  // Shape inference reads the MLP width from the tensors.
+  std::vector<std::string> notes;
+  CHECK(infer_vision_config(load_checkpoint(dir).state_dict, notes).mlp() == 96);
+  // And the cn_clip-layout checkpoint carries it in its model_config.
+  const std::string pt = temp_dir("hf_mlp_pt") + "/m.pt";
+  write_cnclip_checkpoint(pt, back.model());
+  ModelOptions mo2;
+  mo2.checkpoint = pt;
+  mo2.vocab = dir + "/tokenizer.json";
+  Encoder again(mo2, RuntimeOptions{});
+  CHECK(again.config().vision.mlp() == 96);
+  CHECK(again.weights_hash() == back.weights_hash());
 }
 
 TEST_CASE("ONNX graphs match LibTorch in onnxruntime", "[export]") {

@@ -2,7 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -292,4 +294,183 @@ TEST_CASE("tokenizer throughput", "[.][tokenizer-bench]") {
   std::fprintf(stderr, "tokenizer: %.0f texts/s (%d x 1000 captions, %.2f s, checksum %lld)\n",
                rounds * 1000.0 / secs, rounds, secs, (long long)checksum);
   CHECK(checksum > 0);
+}
+
+// ---- Hugging Face tokenizer.json ------------------------------------------------------------------------
+
+namespace {
+
+// A small WordPiece tokenizer.json as transformers 5 saves a BertTokenizer (tokenizers' serialisation),
+// over the tokens of `vocab` (one per line); keys are written in reverse id order, as a map may be.
+nlohmann::json small_tokenizer_json(const std::vector<std::string>& vocab) {
+  using nlohmann::json;
+  json v = json::object();
+  for (size_t i = vocab.size(); i-- > 0;) v[vocab[i]] = i;
+  auto id_of = [&](const std::string& t) { return int64_t(std::find(vocab.begin(), vocab.end(), t) - vocab.begin()); };
+  json added = json::array();
+  for (const char* s : {"[PAD]", "[UNK]", "[CLS]", "[SEP]"})
+    added.push_back({{"id", id_of(s)}, {"content", s}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                     {"normalized", false}, {"special", true}});
+  auto special = [](const char* s, int type) { return json{{"SpecialToken", {{"id", s}, {"type_id", type}}}}; };
+  auto seq = [](const char* s, int type) { return json{{"Sequence", {{"id", s}, {"type_id", type}}}}; };
+  return {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens", added},
+      {"normalizer",
+       {{"type", "BertNormalizer"}, {"clean_text", true}, {"handle_chinese_chars", true}, {"strip_accents", nullptr},
+        {"lowercase", true}}},
+      {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", {special("[CLS]", 0), seq("A", 0), special("[SEP]", 0)}},
+        {"pair", {special("[CLS]", 0), seq("A", 0), special("[SEP]", 0), seq("B", 1), special("[SEP]", 1)}},
+        {"special_tokens",
+         {{"[CLS]", {{"id", "[CLS]"}, {"ids", {id_of("[CLS]")}}, {"tokens", {"[CLS]"}}}},
+          {"[SEP]", {{"id", "[SEP]"}, {"ids", {id_of("[SEP]")}}, {"tokens", {"[SEP]"}}}}}}}},
+      {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},
+      {"model",
+       {{"type", "WordPiece"},
+        {"unk_token", "[UNK]"},
+        {"continuing_subword_prefix", "##"},
+        {"max_input_chars_per_word", 100},
+        {"vocab", v}}},
+  };
+}
+
+const std::vector<std::string> kSmallVocab = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "\u2028", "ab", "##c",
+                                               "##d", "猫", "狗", "cafe", "!", "x", "##x", ","};
+
+std::string joined_lines(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& t : v) s += t + "\n";
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("tokenizer.json: a WordPiece tokenizer reads to vocab.txt's ids and pieces", "[tokenizer]") {
+  testutil::TempDir dir{"tokjson"};
+  const std::string text = joined_lines(kSmallVocab);
+  Tokenizer txt = Tokenizer::load(dir.write("vocab.txt", text));
+  Tokenizer js = Tokenizer::load(dir.write("tokenizer.json", small_tokenizer_json(kSmallVocab).dump(2)));
+  CHECK(js.from_tokenizer_json());
+  CHECK_FALSE(txt.from_tokenizer_json());
+  CHECK(js.vocab_size() == txt.vocab_size());
+  CHECK(js.cls_id() == 2);
+  CHECK(js.sep_id() == 3);
+  CHECK(js.unk_id() == 1);
+  CHECK(js.token_id("##c") == 7);
+  CHECK(js.max_word_chars() == 100);  // the file's max_input_chars_per_word (cn_clip's vocab.txt: 200)
+  CHECK(txt.max_word_chars() == 200);
+  // The vocab.txt it describes is byte for byte the original, so the hashes agree.
+  CHECK(js.vocab_text() == text);
+  CHECK(js.vocab_sha256() == sha256_hex(text));
+  CHECK(js.vocab_sha256() == txt.vocab_sha256());
+  for (const std::string s : {"AbC abd zz", "猫,狗!", "Café x xx", "  \t", "ABD\u2028abc"}) {
+    CHECK(js.tokenize(s) == txt.tokenize(s));
+    CHECK(js.encode(s, 8) == txt.encode(s, 8));
+  }
+  CHECK(js.tokenize("AbC 猫!") == Strings{"ab", "##c", "猫", "!"});
+  // max_input_chars_per_word is honoured: a longer word is one [UNK].
+  nlohmann::json j = small_tokenizer_json(kSmallVocab);
+  j["model"]["max_input_chars_per_word"] = 3;
+  Tokenizer short_words = Tokenizer::load(dir.write("short.json", j.dump()));
+  CHECK(short_words.tokenize("abc abcd") == Strings{"ab", "##c", "[UNK]"});
+  // A BertProcessing post-processor and no added tokens are fine too.
+  j = small_tokenizer_json(kSmallVocab);
+  j["post_processor"] = {{"type", "BertProcessing"}, {"sep", {"[SEP]", 3}}, {"cls", {"[CLS]", 2}}};
+  j.erase("added_tokens");
+  CHECK(Tokenizer::load(dir.write("bert.json", j.dump())).encode("ab", 4) == Ids{2, 6, 3, 0});
+}
+
+TEST_CASE("tokenizer.json written for transformers reads back to the same tokenizer", "[tokenizer]") {
+  testutil::TempDir dir{"tokjson"};
+  const Tokenizer& tok = fixture_tokenizer();
+  const std::string path = dir.write("tokenizer.json", tokenizer_json(tok));
+  nlohmann::json j = nlohmann::json::parse(read_file(path));
+  CHECK(j["model"]["type"] == "WordPiece");
+  CHECK(j["model"]["max_input_chars_per_word"] == 200);
+  CHECK(j["model"]["vocab"].size() == size_t(tok.vocab_size()));
+  CHECK(j["model"]["vocab"]["\u2028"] == 343);  // the whitespace-only line keeps its bytes (transformers does too)
+  CHECK(j["normalizer"]["type"] == "BertNormalizer");
+  CHECK(j["post_processor"]["special_tokens"]["[CLS]"]["ids"] == nlohmann::json::array({101}));
+  Tokenizer back = Tokenizer::load(path);
+  CHECK(back.vocab_size() == tok.vocab_size());
+  CHECK(back.vocab_sha256() == tok.vocab_sha256());  // cn_clip's vocab.txt, byte for byte
+  CHECK(back.vocab_text() == read_file(testutil::fixture("vocab.txt")));
+  CHECK(back.max_word_chars() == 200);
+  size_t n = 0;
+  for (const auto& row : read_jsonl(testutil::fixture("texts.jsonl"))) {
+    const std::string text = row["text"];
+    CHECK(back.encode(text) == tok.encode(text));
+    ++n;
+  }
+  CHECK(n > 0);
+}
+
+TEST_CASE("tokenizer.json describing another tokenizer is refused, naming the file and the field", "[tokenizer]") {
+  testutil::TempDir dir{"tokjson"};
+  using nlohmann::json;
+  struct Case {
+    const char* field;
+    std::function<void(json&)> change;
+  };
+  const std::vector<Case> cases = {
+      {"model.type", [](json& j) { j["model"]["type"] = "BPE"; }},
+      {"model.continuing_subword_prefix", [](json& j) { j["model"]["continuing_subword_prefix"] = "@@"; }},
+      {"model.unk_token", [](json& j) { j["model"]["unk_token"] = "<unk>"; }},
+      {"model.vocab", [](json& j) { j["model"]["vocab"]["ab"] = 40; }},     // ids with a gap
+      {"model.vocab", [](json& j) { j["model"]["vocab"]["ab"] = 7; }},      // two tokens, one id
+      {"model.vocab", [](json& j) { j["model"].erase("vocab"); }},
+      {"model", [](json& j) { j.erase("model"); }},
+      {"normalizer.lowercase", [](json& j) { j["normalizer"]["lowercase"] = false; }},
+      {"normalizer.strip_accents", [](json& j) { j["normalizer"]["strip_accents"] = false; }},
+      {"normalizer.handle_chinese_chars", [](json& j) { j["normalizer"]["handle_chinese_chars"] = false; }},
+      {"normalizer.clean_text", [](json& j) { j["normalizer"]["clean_text"] = false; }},
+      {"normalizer.type", [](json& j) { j["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array()}}; }},
+      {"normalizer", [](json& j) { j["normalizer"] = nullptr; }},
+      {"pre_tokenizer.type", [](json& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; }},
+      {"pre_tokenizer", [](json& j) { j.erase("pre_tokenizer"); }},
+      {"post_processor.type", [](json& j) { j["post_processor"] = {{"type", "RobertaProcessing"}}; }},
+      {"post_processor.single", [](json& j) { j["post_processor"]["single"].erase(0); }},
+      {"post_processor", [](json& j) { j["post_processor"]["special_tokens"]["[CLS]"]["ids"] = {5}; }},
+      {"added_tokens", [](json& j) { j["added_tokens"].push_back({{"id", 16}, {"content", "<new>"}}); }},
+  };
+  for (const auto& c : cases) {
+    json j = small_tokenizer_json(kSmallVocab);
+    c.change(j);
+    const std::string path = dir.write("tokenizer.json", j.dump());
+    std::string msg = error_of([&] { Tokenizer::load(path); });
+    INFO(c.field << ": " << msg);
+    CHECK_THAT(msg, Catch::Contains(path) && Catch::Contains(std::string(c.field) + " ") && Catch::Contains("--vocab"));
+  }
+  // Settings that match cn_clip's are accepted: strip_accents true, absent switches (tokenizers' defaults on).
+  json j = small_tokenizer_json(kSmallVocab);
+  j["normalizer"]["strip_accents"] = true;
+  j["normalizer"].erase("clean_text");
+  CHECK_NOTHROW(Tokenizer::load(dir.write("ok.json", j.dump())));
+  std::string msg = error_of([&] { Tokenizer::load(dir.write("broken.json", "{\"model\": ")); });
+  CHECK_THAT(msg, Catch::Contains("broken.json") && Catch::Contains("not a JSON object"));
+}
+
+TEST_CASE("find_vocab takes a tokenizer.json where no vocab.txt is, vocab.txt first", "[tokenizer]") {
+  testutil::TempDir dir{"tok"};
+  std::string ckpt = dir.write("model.safetensors", "x");
+  std::string tj = dir.write("tokenizer.json", "{}");
+  CHECK(find_vocab("", ckpt) == tj);
+  CHECK(find_vocab("", dir.path) == tj);
+  CHECK(find_vocab(dir.path, "") == tj);  // --vocab FOLDER
+  std::string vt = dir.write("vocab.txt", "[CLS]\n");
+  CHECK(find_vocab("", dir.path) == vt);
+  CHECK(find_vocab(dir.path, "") == vt);
+  CHECK(find_vocab(tj, dir.path) == tj);  // explicit wins
+  // The checkpoint's folder comes before a text config's folder, whichever file each has.
+  testutil::TempDir other{"tok"};
+  std::string other_vocab = other.write("vocab.txt", "[CLS]\n");
+  std::remove(vt.c_str());
+  CHECK(find_vocab("", ckpt, {other.path}) == tj);
+  std::remove(tj.c_str());
+  CHECK(find_vocab("", ckpt, {other.path}) == other_vocab);
 }

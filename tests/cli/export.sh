@@ -47,6 +47,17 @@ check "hf files" test -s "$tmp/hf/config.json" -a -s "$tmp/hf/model.safetensors"
 check "features written" test -s "$tmp/a.jsonl"
 check "cnclip round trip: same features" cmp -s "$tmp/a.jsonl" "$tmp/b.jsonl"
 check "hf round trip: same features" cmp -s "$tmp/a.jsonl" "$tmp/c.jsonl"
+# As transformers 5 saves a folder: no vocab.txt, the tokenizer in tokenizer.json.
+check "hf tokenizer.json written" test -s "$tmp/hf/tokenizer.json"
+rm "$tmp/hf/vocab.txt"
+"$bin/clip-index" -c "$tmp/hf" -q --texts "$fx/texts.jsonl" --text-out "$tmp/d.jsonl"
+check "hf folder without vocab.txt: same features from tokenizer.json" cmp -s "$tmp/a.jsonl" "$tmp/d.jsonl"
+/usr/bin/python3 -c "
+import json, sys; j = json.load(open(sys.argv[1])); j['normalizer']['lowercase'] = False; json.dump(j, open(sys.argv[1], 'w'))" \
+  "$tmp/hf/tokenizer.json"
+"$bin/clip-index" -c "$tmp/hf" -q --texts "$fx/texts.jsonl" --text-out "$tmp/e.jsonl" 2>"$tmp/err.txt"
+check "tokenizer.json that does not lower-case is a model error" test $? -eq 4
+check "the error names the file and the field" grep -q "hf/tokenizer.json: normalizer.lowercase" "$tmp/err.txt"
 
 # ModifiedResNet cannot be a Hugging Face model: usage error (exit 2), nothing written.
 "$bin/clip-export" -c "$fx/checkpoints/rn_bert.pt" --vision-model "$fx/configs/RN-Tiny.json" \

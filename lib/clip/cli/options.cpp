@@ -55,8 +55,8 @@ void add_model_options(CLI::App& app, ModelOptions& mo, bool checkpoint_required
                  "Text tower: an official name (RoBERTa-wwm-ext-base-chinese, RoBERTa-wwm-ext-large-chinese, "
                  "RBT3-chinese) or a cn_clip JSON config. Default: as --vision-model");
   app.add_option("--vocab", mo.vocab,
-                 "BERT vocab.txt (default: vocab.txt beside the checkpoint, beside the --text-model config, or in the "
-                 "data folder)");
+                 "BERT vocab.txt or a Hugging Face tokenizer.json (default: vocab.txt, else tokenizer.json, beside the "
+                 "checkpoint, beside the --text-model config, or in the data folder)");
   app.add_option("--context-length", mo.context_length, "Text context length in tokens, [CLS] and [SEP] included")
       ->capture_default_str()
       ->check(CLI::Range(3, 512));

@@ -14,6 +14,7 @@
 #include "clip/base/log.h"
 #include "clip/model/model.h"
 #include "clip/model/tensor_torch.h"
+#include "clip/text/tokenizer.h"
 
 namespace clip {
 
@@ -50,13 +51,16 @@ void write_hf_folder(const std::string& dir, ClipModel& model, const std::string
   const ModelConfig& cfg = model->config();
   const double logit_scale = model->logit_scale().detach().to(at::kCPU).to(at::kDouble).item<double>();
   nlohmann::json config = hf_config_json(cfg, logit_scale);  // throws for ResNet before anything is written
+  const Tokenizer tok = Tokenizer::load(vocab_path);         // vocab.txt or tokenizer.json
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw IoError("cannot create folder '" + dir + "': " + ec.message());
   StateDict hf = cnclip_to_hf(float32_state(model));
   save_safetensors(path_join(dir, "model.safetensors"), hf);
   write_file_atomic(path_join(dir, "config.json"), config.dump(2) + "\n");
-  write_file_atomic(path_join(dir, "vocab.txt"), read_file(vocab_path));
+  write_file_atomic(path_join(dir, "vocab.txt"), tok.vocab_text());
+  // transformers 5 reads the tokenizer from tokenizer.json (its fast BertTokenizer); older ones from vocab.txt.
+  write_file_atomic(path_join(dir, "tokenizer.json"), tokenizer_json(tok));
   const int r = cfg.vision.image_resolution;
   nlohmann::json pre = {
       {"image_processor_type", "ChineseCLIPImageProcessor"},
@@ -74,16 +78,17 @@ void write_hf_folder(const std::string& dir, ClipModel& model, const std::string
       {"image_std", {kClipStd[0], kClipStd[1], kClipStd[2]}},
   };
   write_file_atomic(path_join(dir, "preprocessor_config.json"), pre.dump(2) + "\n");
-  nlohmann::json tok = {
+  nlohmann::json tok_config = {
       {"tokenizer_class", "BertTokenizer"},
       {"processor_class", "ChineseCLIPProcessor"},
       {"do_lower_case", true},
       {"tokenize_chinese_chars", true},
+      {"strip_accents", nullptr},
       {"model_max_length", context_length},
-      {"unk_token", "[UNK]"}, {"sep_token", "[SEP]"}, {"pad_token", "[PAD]"}, {"cls_token", "[CLS]"},
-      {"mask_token", "[MASK]"},
+      {"unk_token", tok.token(tok.unk_id())}, {"sep_token", tok.token(tok.sep_id())}, {"pad_token", "[PAD]"},
+      {"cls_token", tok.token(tok.cls_id())}, {"mask_token", "[MASK]"},
   };
-  write_file_atomic(path_join(dir, "tokenizer_config.json"), tok.dump(2) + "\n");
+  write_file_atomic(path_join(dir, "tokenizer_config.json"), tok_config.dump(2) + "\n");
   log_info("wrote Hugging Face ChineseCLIP folder {} ({} tensors)", dir, hf.keys.size());
 }
 

@@ -24,7 +24,9 @@ struct CnclipWriteOptions {
 void write_cnclip_checkpoint(const std::string& path, ClipModel& model, const CnclipWriteOptions& opt = {});
 
 // A Hugging Face ChineseCLIP folder: config.json (ChineseCLIPConfig schema), model.safetensors (HF
-// key names), vocab.txt (copied from vocab_path), preprocessor_config.json, tokenizer_config.json.
+// key names), vocab.txt and tokenizer.json (the vocab of vocab_path, a vocab.txt or a tokenizer.json; the
+// tokenizer.json is what transformers 5's fast BertTokenizer reads), preprocessor_config.json,
+// tokenizer_config.json.
 // ModifiedResNet vision towers have no Hugging Face counterpart: UsageError.
 void write_hf_folder(const std::string& dir, ClipModel& model, const std::string& vocab_path, int context_length);
 

@@ -234,6 +234,11 @@ VisionConfig vision_from_json_src(const json& j, const std::string& name, const 
     c.patch_size = get_int(j, source, "vision_patch_size");
   }
   c.head_width = j.contains("vision_head_width") ? get_int(j, source, "vision_head_width") : 64;
+  if (j.contains("vision_mlp_width") && !j["vision_mlp_width"].is_null()) {
+    if (c.resnet) bad_key(source, "vision_mlp_width", "applies to ViT towers only (vision_layers is a list here)");
+    c.mlp_width = get_int(j, source, "vision_mlp_width");
+    if (c.mlp_width == 4 * c.width) c.mlp_width = 0;
+  }
   // The checks cn_clip's constructors would fail on, reported with the key to fix.
   if (!c.resnet) {
     if (c.image_resolution % c.patch_size != 0)
@@ -300,7 +305,8 @@ int exact_sqrt(int64_t n) {
 bool same_vision_shapes(const VisionConfig& a, const VisionConfig& b) {
   if (a.resnet != b.resnet || a.embed_dim != b.embed_dim || a.image_resolution != b.image_resolution || a.width != b.width)
     return false;
-  return a.resnet ? a.resnet_layers == b.resnet_layers : (a.layers == b.layers && a.patch_size == b.patch_size);
+  return a.resnet ? a.resnet_layers == b.resnet_layers
+                  : (a.layers == b.layers && a.patch_size == b.patch_size && a.mlp() == b.mlp());
 }
 
 bool same_text_shapes(const TextConfig& a, const TextConfig& b) {
@@ -327,6 +333,11 @@ VisionConfig infer_vision_config(const StateDict& sd, std::vector<std::string>& 
                        ", " + std::to_string(v.layers) + " resblocks); pass --vision-model");
     v.image_resolution = grid * v.patch_size;
     v.embed_dim = static_cast<int>(proj[1]);
+    // The MLP width (cn_clip's is 4 x width; Hugging Face's intermediate_size may be anything).
+    if (sd.contains("visual.transformer.resblocks.0.mlp.c_fc.weight")) {
+      int mlp = static_cast<int>(shape_of(sd, "visual.transformer.resblocks.0.mlp.c_fc.weight", 2)[0]);
+      v.mlp_width = mlp == 4 * v.width ? 0 : mlp;
+    }
   } else if (sd.contains("visual.layer1.0.conv1.weight")) {
     auto conv3 = shape_of(sd, "visual.conv3.weight", 4);
     auto pos = shape_of(sd, "visual.attnpool.positional_embedding", 2);
@@ -367,7 +378,7 @@ VisionConfig infer_vision_config(const StateDict& sd, std::vector<std::string>& 
                        "; pass --vision-model with a JSON config giving vision_head_width");
   } else {
     v.name = "ViT-W" + std::to_string(v.width) + "-L" + std::to_string(v.layers) + "-P" + std::to_string(v.patch_size) + "-R" +
-             std::to_string(v.image_resolution);
+             std::to_string(v.image_resolution) + (v.mlp_width > 0 ? "-M" + std::to_string(v.mlp_width) : std::string());
     if (v.width % 64 != 0)
       throw ModelError("cannot infer the ViT head count: width " + std::to_string(v.width) +
                        " is not a multiple of 64; pass --vision-model with a JSON config giving vision_head_width");
@@ -433,6 +444,7 @@ nlohmann::json to_json(const VisionConfig& c) {
   j["vision_width"] = c.width;
   j["vision_patch_size"] = c.resnet ? json(nullptr) : json(c.patch_size);
   if (c.head_width != 64) j["vision_head_width"] = c.head_width;
+  if (!c.resnet && c.mlp_width > 0 && c.mlp_width != 4 * c.width) j["vision_mlp_width"] = c.mlp_width;
   return j;
 }
 

@@ -19,7 +19,11 @@ struct VisionConfig {
   int width = 768;                  // vision_width
   int patch_size = 16;              // vision_patch_size (ViT only)
   int head_width = 64;              // vision_head_width (optional key, default 64)
+  // ViT MLP hidden width: optional key vision_mlp_width (not cn_clip's: its ViT fixes 4 x width; written
+  // only when it differs). 0 = 4 x width; kept 0 whenever it equals that, so configs compare equal.
+  int mlp_width = 0;
   int heads() const { return resnet ? width * 32 / head_width : width / head_width; }
+  int mlp() const { return mlp_width > 0 ? mlp_width : 4 * width; }
 };
 
 struct TextConfig {

@@ -24,7 +24,7 @@ std::optional<ModelConfig> carried_config(const Checkpoint& ck) {
     if (!hj.contains("vision_config") || !hj.contains("text_config"))
       throw ModelError(ck.path + ": config.json has no vision_config/text_config (not a ChineseCLIPConfig); pass "
                        "--vision-model and --text-model");
-    return model_config_from_hf(hj, path_basename(ck.path));
+    return model_config_from_hf(hj, path_basename(ck.path), path_join(ck.path, "config.json"));
   }
   return std::nullopt;
 }

@@ -82,14 +82,14 @@ struct MultiheadAttention : torch::nn::Module {  // nn.MultiheadAttention(width,
   std::shared_ptr<Linear> out_proj;
 };
 
-struct Mlp : torch::nn::Module {
-  explicit Mlp(int64_t width);
+struct Mlp : torch::nn::Module {  // c_fc: width -> hidden, QuickGELU, c_proj: hidden -> width
+  Mlp(int64_t width, int64_t hidden);
   at::Tensor forward(const at::Tensor& x) const;
   std::shared_ptr<Linear> c_fc, c_proj;
 };
 
 struct ResidualAttentionBlock : torch::nn::Module {
-  ResidualAttentionBlock(int64_t width, int64_t heads);
+  ResidualAttentionBlock(int64_t width, int64_t heads, int64_t mlp_width);
   at::Tensor forward(const at::Tensor& x) const;
   std::shared_ptr<MultiheadAttention> attn;
   std::shared_ptr<LayerNorm> ln_1;
@@ -98,7 +98,7 @@ struct ResidualAttentionBlock : torch::nn::Module {
 };
 
 struct VisionTransformerStack : torch::nn::Module {  // cn_clip's Transformer (holds "resblocks")
-  VisionTransformerStack(int64_t width, int64_t layers, int64_t heads);
+  VisionTransformerStack(int64_t width, int64_t layers, int64_t heads, int64_t mlp_width);
   at::Tensor forward(const at::Tensor& x) const;
   IndexedList<ResidualAttentionBlock> resblocks;
   bool grad_checkpointing = false;

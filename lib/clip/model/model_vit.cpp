@@ -18,9 +18,9 @@ at::Tensor MultiheadAttention::forward(const at::Tensor& x) const {
   return out_proj->forward(ctx.transpose(1, 2).reshape({b, l, width}));
 }
 
-Mlp::Mlp(int64_t w) {
-  c_fc = register_module("c_fc", std::make_shared<Linear>(w, 4 * w));
-  c_proj = register_module("c_proj", std::make_shared<Linear>(4 * w, w));
+Mlp::Mlp(int64_t w, int64_t hidden) {
+  c_fc = register_module("c_fc", std::make_shared<Linear>(w, hidden));
+  c_proj = register_module("c_proj", std::make_shared<Linear>(hidden, w));
 }
 
 at::Tensor Mlp::forward(const at::Tensor& x) const {
@@ -29,10 +29,10 @@ at::Tensor Mlp::forward(const at::Tensor& x) const {
   return c_proj->forward(h);
 }
 
-ResidualAttentionBlock::ResidualAttentionBlock(int64_t w, int64_t h) {
+ResidualAttentionBlock::ResidualAttentionBlock(int64_t w, int64_t h, int64_t mlp_width) {
   attn = register_module("attn", std::make_shared<MultiheadAttention>(w, h));
   ln_1 = register_module("ln_1", std::make_shared<LayerNorm>(w, 1e-5, true));
-  mlp = register_module("mlp", std::make_shared<Mlp>(w));
+  mlp = register_module("mlp", std::make_shared<Mlp>(w, mlp_width));
   ln_2 = register_module("ln_2", std::make_shared<LayerNorm>(w, 1e-5, true));
 }
 
@@ -41,8 +41,8 @@ at::Tensor ResidualAttentionBlock::forward(const at::Tensor& x) const {
   return y + mlp->forward(ln_2->forward(y));
 }
 
-VisionTransformerStack::VisionTransformerStack(int64_t w, int64_t layers, int64_t h) {
-  for (int64_t i = 0; i < layers; ++i) resblocks.push_back(std::make_shared<ResidualAttentionBlock>(w, h));
+VisionTransformerStack::VisionTransformerStack(int64_t w, int64_t layers, int64_t h, int64_t mlp_width) {
+  for (int64_t i = 0; i < layers; ++i) resblocks.push_back(std::make_shared<ResidualAttentionBlock>(w, h, mlp_width));
   register_module("resblocks", resblocks.holder);
 }
 
@@ -66,7 +66,7 @@ VisualTransformer::VisualTransformer(const VisionConfig& c) : cfg(c) {
   proj = register_parameter("proj", at::zeros({w, c.embed_dim}));
   conv1 = register_module("conv1", std::make_shared<Conv2d>(3, w, c.patch_size, c.patch_size, 0));
   ln_pre = register_module("ln_pre", std::make_shared<LayerNorm>(w, 1e-5, true));
-  transformer = register_module("transformer", std::make_shared<VisionTransformerStack>(w, c.layers, c.heads()));
+  transformer = register_module("transformer", std::make_shared<VisionTransformerStack>(w, c.layers, c.heads(), c.mlp()));
   ln_post = register_module("ln_post", std::make_shared<LayerNorm>(w, 1e-5, true));
 }
 

@@ -1,6 +1,7 @@
 #include "clip/text/tokenizer.h"
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <unicode/normalizer2.h>
 #include <unicode/uchar.h>
 #include <unicode/unistr.h>
@@ -16,7 +17,6 @@ namespace clip {
 namespace {
 
 constexpr char32_t kReplacement = 0xFFFD;
-constexpr size_t kMaxWordChars = 200;  // WordpieceTokenizer.max_input_chars_per_word
 const char* const kVocabRemedy = "pass --vocab PATH (cn_clip's vocab.txt, 21128 lines)";
 
 // ---- UTF-8 ----------------------------------------------------------------------------------------
@@ -261,10 +261,13 @@ Tokenizer Tokenizer::load(const std::string& vocab_path) {
     throw ModelError(fmt::format("cannot read vocab file {}: {}; {}", vocab_path, e.what(), kVocabRemedy));
   }
   if (bytes.empty()) throw ModelError(fmt::format("vocab file {} is empty; {}", vocab_path, kVocabRemedy));
+  if (vocab_path.size() >= 5 && vocab_path.compare(vocab_path.size() - 5, 5, ".json") == 0)
+    return load_tokenizer_json(vocab_path, bytes);
 
   Tokenizer t;
   t.path_ = vocab_path;
   t.sha256_ = sha256_hex(bytes);
+  t.vocab_text_ = bytes;
   std::u32string line;
   size_t pos = 0;
   while (pos < bytes.size()) {
@@ -297,6 +300,264 @@ Tokenizer Tokenizer::load(const std::string& vocab_path) {
   return t;
 }
 
+// ---- Hugging Face tokenizer.json ------------------------------------------------------------------------
+
+namespace {
+
+const char* const kTokenizerJsonRemedy =
+    "cn_clip's tokenizer is BERT's WordPiece with lower-casing, accent stripping, CJK splitting and text "
+    "cleaning; pass --vocab PATH (cn_clip's vocab.txt, 21128 lines)";
+
+[[noreturn]] void bad_tokenizer_json(const std::string& path, const std::string& field, const std::string& what) {
+  throw ModelError(fmt::format("tokenizer file {}: {} {}; {}", path, field, what, kTokenizerJsonRemedy));
+}
+
+// A boolean switch of the normalizer that must be on (tokenizers' default when absent: on).
+void require_on(const nlohmann::json& n, const std::string& path, const char* key, const char* why) {
+  auto it = n.find(key);
+  if (it == n.end() || it->is_null()) return;
+  if (!it->is_boolean()) bad_tokenizer_json(path, std::string("normalizer.") + key, "must be true or false, found " + it->dump());
+  if (!it->get<bool>()) bad_tokenizer_json(path, std::string("normalizer.") + key, std::string("is false, but ") + why);
+}
+
+std::string type_of(const nlohmann::json& j) {
+  auto it = j.find("type");
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::load_tokenizer_json(const std::string& path, const std::string& bytes) {
+  using nlohmann::json;
+  json root = json::parse(bytes, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object())
+    throw ModelError(fmt::format("tokenizer file {} is not a JSON object (a Hugging Face tokenizer.json); {}", path,
+                                 kVocabRemedy));
+  // The model: WordPiece with "##" continuation pieces.
+  auto mit = root.find("model");
+  if (mit == root.end() || !mit->is_object()) bad_tokenizer_json(path, "model", "is missing (no tokenizer model)");
+  const json& model = *mit;
+  const std::string mtype = type_of(model);
+  if (mtype != "WordPiece")
+    bad_tokenizer_json(path, "model.type", "is \"" + mtype + "\", not \"WordPiece\"");
+  if (auto it = model.find("continuing_subword_prefix"); it != model.end() && !it->is_null()) {
+    if (!it->is_string() || it->get<std::string>() != "##")
+      bad_tokenizer_json(path, "model.continuing_subword_prefix", "is " + it->dump() + ", not \"##\"");
+  }
+  std::string unk = "[UNK]";
+  if (auto it = model.find("unk_token"); it != model.end() && !it->is_null()) {
+    if (!it->is_string()) bad_tokenizer_json(path, "model.unk_token", "must be a string, found " + it->dump());
+    unk = it->get<std::string>();
+  }
+  size_t max_word = 100;  // tokenizers' default when the field is absent
+  if (auto it = model.find("max_input_chars_per_word"); it != model.end() && !it->is_null()) {
+    if (!it->is_number_unsigned() || it->get<uint64_t>() == 0 || it->get<uint64_t>() > (uint64_t{1} << 30))
+      bad_tokenizer_json(path, "model.max_input_chars_per_word", "must be a positive integer, found " + it->dump());
+    max_word = size_t(it->get<uint64_t>());
+  }
+  auto vit = model.find("vocab");
+  if (vit == model.end() || !vit->is_object() || vit->empty())
+    bad_tokenizer_json(path, "model.vocab", "is missing or empty (a WordPiece vocab maps each token to its id)");
+  const size_t n = vit->size();
+  Tokenizer t;
+  t.tokens_.assign(n, std::string());
+  std::vector<bool> seen(n, false);
+  std::u32string chars;
+  for (auto it = vit->begin(); it != vit->end(); ++it) {
+    const std::string& token = it.key();
+    if (!it.value().is_number_unsigned() || it.value().get<uint64_t>() >= n)
+      bad_tokenizer_json(path, "model.vocab", fmt::format("gives \"{}\" the id {}, but the {} ids must be 0..{}", token,
+                                                          it.value().dump(), n, n - 1));
+    const size_t id = size_t(it.value().get<uint64_t>());
+    if (seen[id])
+      bad_tokenizer_json(path, "model.vocab", fmt::format("gives the id {} to both \"{}\" and \"{}\"", id, t.tokens_[id], token));
+    if (token.find_first_of("\r\n") != std::string::npos || decode_utf8(token.data(), token.size(), chars) != 0)
+      bad_tokenizer_json(path, "model.vocab", fmt::format("has the token {} (id {}), which no vocab.txt line can hold",
+                                                          nlohmann::json(token).dump(), id));
+    seen[id] = true;
+    t.tokens_[id] = token;
+    t.ids_[token] = int64_t(id);
+    t.max_token_chars_ = std::max(t.max_token_chars_, chars.size());
+  }
+  t.unk_id_ = t.token_id(unk);
+  if (t.unk_id_ < 0) bad_tokenizer_json(path, "model.unk_token", "\"" + unk + "\" is not in model.vocab");
+
+  // The normalizer: BertNormalizer with every cn_clip step on.
+  auto nit = root.find("normalizer");
+  if (nit == root.end() || nit->is_null() || !nit->is_object())
+    bad_tokenizer_json(path, "normalizer", "is missing, so the text would not be lower-cased or cleaned");
+  const std::string ntype = type_of(*nit);
+  if (ntype != "BertNormalizer") bad_tokenizer_json(path, "normalizer.type", "is \"" + ntype + "\", not \"BertNormalizer\"");
+  require_on(*nit, path, "lowercase", "cn_clip's tokenizer lower-cases (do_lower_case=True)");
+  require_on(*nit, path, "clean_text", "cn_clip's tokenizer drops control characters and maps whitespace to spaces");
+  require_on(*nit, path, "handle_chinese_chars", "cn_clip's tokenizer splits every CJK ideograph into its own word");
+  if (auto it = nit->find("strip_accents"); it != nit->end() && !it->is_null()) {
+    if (!it->is_boolean()) bad_tokenizer_json(path, "normalizer.strip_accents", "must be true, false or null, found " + it->dump());
+    if (!it->get<bool>()) bad_tokenizer_json(path, "normalizer.strip_accents", "is false, but cn_clip's tokenizer strips accents");
+  }
+  // The pre-tokenizer: whitespace, then punctuation.
+  auto pit = root.find("pre_tokenizer");
+  if (pit == root.end() || pit->is_null() || !pit->is_object())
+    bad_tokenizer_json(path, "pre_tokenizer", "is missing, so words would not be split at whitespace and punctuation");
+  const std::string ptype = type_of(*pit);
+  if (ptype != "BertPreTokenizer")
+    bad_tokenizer_json(path, "pre_tokenizer.type", "is \"" + ptype + "\", not \"BertPreTokenizer\"");
+
+  // The post-processor: [CLS] text [SEP].
+  std::string cls = "[CLS]", sep = "[SEP]";
+  int64_t cls_given = -1, sep_given = -1;
+  auto qit = root.find("post_processor");
+  if (qit != root.end() && !qit->is_null()) {
+    const json& q = *qit;
+    const std::string qtype = q.is_object() ? type_of(q) : std::string();
+    auto pair_of = [&](const char* key, std::string& name, int64_t& id) {
+      auto e = q.find(key);
+      if (e == q.end() || !e->is_array() || e->size() != 2 || !(*e)[0].is_string() || !(*e)[1].is_number_unsigned())
+        bad_tokenizer_json(path, std::string("post_processor.") + key, "must be [token, id]");
+      name = (*e)[0].get<std::string>();
+      id = int64_t((*e)[1].get<uint64_t>());
+    };
+    if (qtype == "BertProcessing") {
+      pair_of("cls", cls, cls_given);
+      pair_of("sep", sep, sep_given);
+    } else if (qtype == "TemplateProcessing") {
+      // single must be exactly: SpecialToken, Sequence A, SpecialToken.
+      auto sit = q.find("single");
+      auto special = [](const json& piece, std::string& name) {
+        if (!piece.is_object() || !piece.contains("SpecialToken") || !piece["SpecialToken"].is_object()) return false;
+        const json& st = piece["SpecialToken"];
+        if (!st.contains("id") || !st["id"].is_string()) return false;
+        name = st["id"].get<std::string>();
+        return true;
+      };
+      auto sequence_a = [](const json& piece) {
+        return piece.is_object() && piece.contains("Sequence") && piece["Sequence"].is_object() &&
+               piece["Sequence"].value("id", std::string()) == "A";
+      };
+      if (sit == q.end() || !sit->is_array() || sit->size() != 3 || !special((*sit)[0], cls) || !sequence_a((*sit)[1]) ||
+          !special((*sit)[2], sep))
+        bad_tokenizer_json(path, "post_processor.single", "is not the template \"[CLS] $A [SEP]\" (" +
+                                                              (sit == q.end() ? std::string("missing") : sit->dump()) + ")");
+      // The ids of the special tokens, where the template lists them.
+      if (auto tk = q.find("special_tokens"); tk != q.end() && tk->is_object()) {
+        for (auto [name, given] : {std::pair<std::string, int64_t*>{cls, &cls_given}, {sep, &sep_given}}) {
+          auto e = tk->find(name);
+          if (e == tk->end()) continue;
+          const json& ids = e->is_object() && e->contains("ids") ? (*e)["ids"] : json();
+          if (!ids.is_array() || ids.size() != 1 || !ids[0].is_number_unsigned())
+            bad_tokenizer_json(path, "post_processor.special_tokens", "gives " + name + " the ids " + ids.dump() +
+                                                                          ", not one id");
+          *given = int64_t(ids[0].get<uint64_t>());
+        }
+      }
+    } else {
+      bad_tokenizer_json(path, "post_processor.type",
+                         "is \"" + qtype + "\", not \"BertProcessing\" or \"TemplateProcessing\" (\"[CLS] $A [SEP]\")");
+    }
+  }
+  t.cls_id_ = t.token_id(cls);
+  t.sep_id_ = t.token_id(sep);
+  if (t.cls_id_ < 0) bad_tokenizer_json(path, "post_processor", "uses \"" + cls + "\", which is not in model.vocab");
+  if (t.sep_id_ < 0) bad_tokenizer_json(path, "post_processor", "uses \"" + sep + "\", which is not in model.vocab");
+  if (cls_given >= 0 && cls_given != t.cls_id_)
+    bad_tokenizer_json(path, "post_processor", fmt::format("gives {} the id {}, but model.vocab has {}", cls, cls_given, t.cls_id_));
+  if (sep_given >= 0 && sep_given != t.sep_id_)
+    bad_tokenizer_json(path, "post_processor", fmt::format("gives {} the id {}, but model.vocab has {}", sep, sep_given, t.sep_id_));
+
+  // Added tokens: only the vocab's own (special) tokens, with their vocab ids.
+  if (auto ait = root.find("added_tokens"); ait != root.end() && !ait->is_null()) {
+    if (!ait->is_array()) bad_tokenizer_json(path, "added_tokens", "must be a list");
+    for (const json& a : *ait) {
+      if (!a.is_object() || !a.contains("content") || !a["content"].is_string() || !a.contains("id") ||
+          !a["id"].is_number_unsigned())
+        bad_tokenizer_json(path, "added_tokens", "has an entry without content/id: " + a.dump());
+      const std::string content = a["content"].get<std::string>();
+      const int64_t id = int64_t(a["id"].get<uint64_t>());
+      if (t.token_id(content) != id)
+        bad_tokenizer_json(path, "added_tokens",
+                           fmt::format("adds {} with the id {}, which model.vocab {}", nlohmann::json(content).dump(), id,
+                                       t.token_id(content) < 0 ? std::string("lacks")
+                                                               : "has with the id " + std::to_string(t.token_id(content))));
+    }
+  }
+
+  t.path_ = path;
+  t.from_json_ = true;
+  t.max_word_chars_ = max_word;
+  for (const auto& tok : t.tokens_) {
+    t.vocab_text_ += tok;
+    t.vocab_text_ += '\n';
+  }
+  t.sha256_ = sha256_hex(t.vocab_text_);
+  return t;
+}
+
+std::string tokenizer_json(const Tokenizer& tok) {
+  using nlohmann::ordered_json;
+  // A vocab.txt line that strips to a token no word can match ("" from cn_clip's U+2028 line 343, "##" from
+  // its "##" + U+2028 line 13502) keeps its bytes as the key, as transformers' own load_vocab keeps them, so
+  // that the vocab.txt this describes (Tokenizer::vocab_text of the loaded file) is the original, byte for byte.
+  std::vector<std::string> raw;
+  if (!tok.from_tokenizer_json()) {
+    const std::string& bytes = tok.vocab_text();
+    for (size_t pos = 0; pos < bytes.size();) {
+      size_t end = bytes.find_first_of("\r\n", pos);
+      if (end == std::string::npos) end = bytes.size();
+      raw.push_back(bytes.substr(pos, end - pos));
+      pos = end + ((end < bytes.size() && bytes[end] == '\r' && end + 1 < bytes.size() && bytes[end + 1] == '\n') ? 2 : 1);
+    }
+  }
+  ordered_json vocab = ordered_json::object();
+  for (int64_t id = 0; id < tok.vocab_size(); ++id) {
+    const std::string& s = tok.token(id);
+    if (tok.token_id(s) != id) continue;  // a repeated vocab.txt line: the later id, as load() reads it
+    // "" and "##" (cn_clip's "##" + U+2028 line) can never match; any other token is written stripped, as ours matches it.
+    const bool unmatchable = s.empty() || s == "##";
+    const std::string& key = unmatchable && size_t(id) < raw.size() && !raw[size_t(id)].empty() ? raw[size_t(id)] : s;
+    if (!vocab.contains(key)) vocab[key] = id;
+  }
+  ordered_json added = ordered_json::array();
+  for (const char* special : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) {
+    int64_t id = tok.token_id(special);
+    if (id < 0) continue;
+    added.push_back({{"id", id}, {"content", special}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                     {"normalized", false}, {"special", true}});
+  }
+  std::sort(added.begin(), added.end(), [](const ordered_json& a, const ordered_json& b) { return a["id"] < b["id"]; });
+  const std::string cls = tok.token(tok.cls_id()), sep = tok.token(tok.sep_id()), unk = tok.token(tok.unk_id());
+  auto special = [](const std::string& name, int type_id) {
+    return ordered_json{{"SpecialToken", {{"id", name}, {"type_id", type_id}}}};
+  };
+  auto sequence = [](const char* name, int type_id) {
+    return ordered_json{{"Sequence", {{"id", name}, {"type_id", type_id}}}};
+  };
+  ordered_json j = {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens", added},
+      {"normalizer",
+       {{"type", "BertNormalizer"}, {"clean_text", true}, {"handle_chinese_chars", true}, {"strip_accents", nullptr},
+        {"lowercase", true}}},
+      {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", {special(cls, 0), sequence("A", 0), special(sep, 0)}},
+        {"pair", {special(cls, 0), sequence("A", 0), special(sep, 0), sequence("B", 1), special(sep, 1)}},
+        {"special_tokens",
+         {{cls, {{"id", cls}, {"ids", {tok.cls_id()}}, {"tokens", {cls}}}},
+          {sep, {{"id", sep}, {"ids", {tok.sep_id()}}, {"tokens", {sep}}}}}}}},
+      {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},
+      {"model",
+       {{"type", "WordPiece"},
+        {"unk_token", unk},
+        {"continuing_subword_prefix", "##"},
+        {"max_input_chars_per_word", tok.max_word_chars()},
+        {"vocab", vocab}}},
+  };
+  return j.dump(2) + "\n";
+}
+
 int64_t Tokenizer::token_id(const std::string& token) const {
   auto it = ids_.find(token);
   return it == ids_.end() ? -1 : it->second;
@@ -318,7 +579,7 @@ void Tokenizer::run(const std::string& utf8, size_t limit, std::vector<int64_t>&
 
   // WordPiece on one basic token (greedy longest match first).
   auto wordpiece = [&](const char32_t* s, size_t n) {
-    if (n > kMaxWordChars) {
+    if (n > max_word_chars_) {
       ids.push_back(unk_id_);
       if (pieces) pieces->push_back(tokens_[size_t(unk_id_)]);
       return;
@@ -458,11 +719,19 @@ std::string preprocess_text(const std::string& text) {
 
 std::string find_vocab(const std::string& explicit_path, const std::string& checkpoint_path,
                        const std::vector<std::string>& more_dirs) {
+  auto in_folder = [](const std::string& d) -> std::string {
+    for (const char* name : {"vocab.txt", "tokenizer.json"}) {
+      std::string candidate = path_join(d, name);
+      if (file_exists(candidate) && !is_directory(candidate)) return candidate;
+    }
+    return {};
+  };
   if (!explicit_path.empty()) {
     if (is_directory(explicit_path)) {
-      std::string inside = path_join(explicit_path, "vocab.txt");
-      if (file_exists(inside) && !is_directory(inside)) return inside;
-      throw ModelError(fmt::format("--vocab {} is a folder without a vocab.txt; {}", explicit_path, kVocabRemedy));
+      std::string inside = in_folder(explicit_path);
+      if (!inside.empty()) return inside;
+      throw ModelError(fmt::format("--vocab {} is a folder without a vocab.txt or tokenizer.json; {}", explicit_path,
+                                   kVocabRemedy));
     }
     if (!file_exists(explicit_path))
       throw ModelError(fmt::format("vocab file {} (--vocab) does not exist; {}", explicit_path, kVocabRemedy));
@@ -475,8 +744,8 @@ std::string find_vocab(const std::string& explicit_path, const std::string& chec
     if (!d.empty()) dirs.push_back(d);
   if (dirs.empty()) throw ModelError(fmt::format("no vocab file given; {}", kVocabRemedy));
   for (const auto& d : dirs) {
-    std::string candidate = path_join(d, "vocab.txt");
-    if (file_exists(candidate) && !is_directory(candidate)) return candidate;
+    std::string found = in_folder(d);
+    if (!found.empty()) return found;
   }
   std::string where = checkpoint_path.empty() ? std::string() : "beside " + checkpoint_path;
   for (const auto& d : more_dirs)

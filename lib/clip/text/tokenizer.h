@@ -32,6 +32,15 @@ class Tokenizer {
   // newlines), each stripped of leading/trailing Python whitespace; id = 0-based line index; for a
   // repeated token the later line wins (Python dict semantics). Throws ModelError (naming the path and
   // the remedy, --vocab) if the file is missing, unreadable, empty, not UTF-8, or lacks [CLS]/[SEP]/[UNK].
+  //
+  // A path ending in ".json" is read as a Hugging Face tokenizer.json (what transformers 5 saves instead
+  // of vocab.txt): its WordPiece model gives the vocab (model.vocab, ids 0..N-1 each once), the unknown
+  // token (model.unk_token) and the longest word (model.max_input_chars_per_word); the post-processor
+  // gives [CLS]/[SEP]. Accepted only when it describes the tokenizer this class reproduces: model.type
+  // WordPiece with continuing_subword_prefix "##", a BertNormalizer with clean_text, handle_chinese_chars
+  // and lowercase on and strip_accents null or true, a BertPreTokenizer, a BertProcessing or
+  // "[CLS] $A [SEP]" TemplateProcessing post-processor (or none), and added tokens that are vocab entries
+  // with their vocab ids. Anything else throws ModelError naming the file and the field.
   static Tokenizer load(const std::string& vocab_path);
 
   // Word pieces of a text (untruncated), e.g. "Café!" -> {"cafe", "!"}.
@@ -51,11 +60,19 @@ class Tokenizer {
   int64_t cls_id() const { return cls_id_; }
   int64_t sep_id() const { return sep_id_; }
   int64_t unk_id() const { return unk_id_; }
-  const std::string& vocab_sha256() const { return sha256_; }  // hex sha256 of the vocab file's bytes
+  // hex sha256 of vocab_text(): of the vocab file's bytes, or for a tokenizer.json of the vocab.txt it
+  // describes (so cn_clip's vocab.txt and a tokenizer.json over the same tokens hash alike).
+  const std::string& vocab_sha256() const { return sha256_; }
   const std::string& path() const { return path_; }
+  // The vocab as vocab.txt bytes: the vocab.txt file itself, or one token per line in id order.
+  const std::string& vocab_text() const { return vocab_text_; }
+  size_t max_word_chars() const { return max_word_chars_; }  // longer words become one [UNK] (200, cn_clip's)
+  bool from_tokenizer_json() const { return from_json_; }
 
  private:
   Tokenizer() = default;
+  static Tokenizer load_tokenizer_json(const std::string& path, const std::string& bytes);
+  void finish_ids();  // max_token_chars_ from tokens_
   // Runs the pipeline, appending ids (and, if pieces is given, the piece strings). Stops once `limit`
   // ids were produced (the rest cannot change the kept prefix).
   void run(const std::string& utf8, size_t limit, std::vector<int64_t>& ids, std::vector<std::string>* pieces) const;
@@ -63,9 +80,16 @@ class Tokenizer {
   std::vector<std::string> tokens_;
   std::unordered_map<std::string, int64_t> ids_;
   size_t max_token_chars_ = 0;  // longest vocab entry in code points: no longer match is possible
+  size_t max_word_chars_ = 200;  // WordpieceTokenizer.max_input_chars_per_word
   int64_t cls_id_ = -1, sep_id_ = -1, unk_id_ = -1;
-  std::string path_, sha256_;
+  std::string path_, sha256_, vocab_text_;
+  bool from_json_ = false;
 };
+
+// A Hugging Face tokenizer.json (tokenizers' serialisation, WordPiece + BertNormalizer + BertPreTokenizer
+// + "[CLS] $A [SEP]" template) that describes exactly this tokenizer's vocab and rules, for transformers'
+// fast BertTokenizer; Tokenizer::load reads it back to the same ids.
+std::string tokenizer_json(const Tokenizer& tok);
 
 // cn_clip's dataset-side text preparation (training/data.py and eval/data.py `_preprocess_text`):
 // Python str.lower(), then the curly double quotes U+201C/U+201D become ASCII '"'. clip-eval and
@@ -73,10 +97,11 @@ class Tokenizer {
 // not. Invalid UTF-8 bytes come out as U+FFFD.
 std::string preprocess_text(const std::string& text);
 
-// Picks the vocab file: explicit_path if non-empty (it must exist; a folder means <folder>/vocab.txt),
-// else vocab.txt beside checkpoint_path (or inside it, if checkpoint_path is a folder), else in the
-// first of `more_dirs` that has one (a text config's folder, the data folder). The one vocab search of
-// every tool. Throws ModelError: "no vocab.txt beside <ckpt>; pass --vocab PATH (cn_clip's vocab.txt, 21128 lines)".
+// Picks the vocab file: explicit_path if non-empty (it must exist; a folder means <folder>/vocab.txt,
+// else <folder>/tokenizer.json), else the folder of checkpoint_path (the folder itself, if it is one),
+// then each of `more_dirs` (a text config's folder, the data folder), taking from the first folder that
+// has one its vocab.txt, else its tokenizer.json (vocab.txt first when both exist). The one vocab search
+// of every tool. Throws ModelError: "no vocab.txt beside <ckpt>; pass --vocab PATH (cn_clip's vocab.txt, 21128 lines)".
 std::string find_vocab(const std::string& explicit_path, const std::string& checkpoint_path,
                        const std::vector<std::string>& more_dirs = {});
 

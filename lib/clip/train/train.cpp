@@ -453,7 +453,7 @@ void Trainer::write_params() {
   // The checkpoints folder gets the vocab and the model configs, so that clip-index/clip-eval/clip-export
   // find the vocab beside a checkpoint and can be given the exact configs (--vision-model/--text-model).
   std::string vocab_copy = path_join(ckpt_dir_, "vocab.txt");
-  if (!file_exists(vocab_copy)) write_file_atomic(vocab_copy, read_file(o_.model.vocab));
+  if (!file_exists(vocab_copy)) write_file_atomic(vocab_copy, tok_->vocab_text());  // vocab.txt even from a tokenizer.json
   // (named <config name>.json: a config's name is its file stem, so the model keeps its name.)
   write_file_atomic(path_join(ckpt_dir_, sanitize(cfg.vision.name) + ".json"), to_json(cfg.vision).dump(2) + "\n");
   write_file_atomic(path_join(ckpt_dir_, sanitize(cfg.text.name) + ".json"), to_json(cfg.text).dump(2) + "\n");
