@@ -19,12 +19,19 @@ static int body(int argc, char** argv) {
   DataOptions dopt;
   std::string image_out, text_out, dtype = "f32";
   bool append = false;
+  SidecarOptions side;
   add_model_options(app, mo);
   add_runtime_options(app, ro);
   add_data_options(app, dopt);
   app.add_option("--image-out", image_out, "Image features: FILE.jsonl (cn_clip) or a store (e.g. FILE.clipfeat)");
   app.add_option("--text-out", text_out, "Text features: FILE.jsonl (cn_clip) or a store");
-  app.add_option("--dtype", dtype, "Store element type: f32 or f16")->capture_default_str()->check(CLI::IsMember({"f32", "f16"}));
+  app.add_option("--dtype", dtype, "Store element type: f32, f16, or i8 (a float16 store plus an int8 scan file STORE.i8 "
+                 "whose best candidates are re-scored exactly)")
+      ->capture_default_str()->check(CLI::IsMember({"f32", "f16", "i8"}));
+  app.add_option("--ann", side.ann_factory, "Also build an approximate faiss index STORE.ann, a faiss factory string "
+                 "(e.g. IVF1024,SQ8, HNSW32, IVF4096,PQ64; see docs/search.md)");
+  app.add_option("--ann-train", side.ann_train, "Rows (evenly spaced) that train the --ann index")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   app.add_flag("--append", append, "Add to an existing store (new ids only) instead of replacing it");
   add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
@@ -35,20 +42,21 @@ static int body(int argc, char** argv) {
   if (!text_out.empty() && dopt.texts.empty()) throw UsageError("--text-out needs --texts JSONL or --data DIR");
 
   Encoder enc(mo, ro);
-  const StoreDtype dt = parse_store_dtype(dtype);
+  side.int8 = dtype == "i8";
+  const StoreDtype dt = side.int8 ? StoreDtype::f16 : parse_store_dtype(dtype);
   if (!image_out.empty()) {
     ReadReport rep;
     ImageTsv tsv(dopt.images, rep, dopt.strict);
     rep.summarize(dopt.images);
     EncodedSet set = encode_images(enc, tsv, ro.threads, dopt.on_error == "skip" && !dopt.strict);
-    write_features(image_out, set, make_store_meta(enc, "image", dopt.images), dt, append);
+    write_features(image_out, set, make_store_meta(enc, "image", dopt.images), dt, append, side);
   }
   if (!text_out.empty()) {
     ReadReport rep;
     auto texts = read_texts(dopt.texts, rep, dopt.strict);
     rep.summarize(dopt.texts);
     EncodedSet set = encode_texts(enc, texts);
-    write_features(text_out, set, make_store_meta(enc, "text", dopt.texts), dt, append);
+    write_features(text_out, set, make_store_meta(enc, "text", dopt.texts), dt, append, side);
   }
   return kExitOk;
 }
