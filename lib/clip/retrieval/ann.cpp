@@ -182,14 +182,19 @@ std::vector<std::vector<int64_t>> AnnIndex::candidates(const float* q, int64_t n
   n = std::min<int64_t>(n, im_->index->ntotal);
   std::vector<float> d(static_cast<size_t>(nq * n));
   std::vector<faiss::Index::idx_t> l(static_cast<size_t>(nq * n));
-  if (auto* h = dynamic_cast<faiss::IndexHNSW*>(im_->index.get()))
-    if (h->hnsw.efSearch < n) h->hnsw.efSearch = static_cast<int>(n);  // HNSW returns at most efSearch results
+  // HNSW returns at most efSearch results: widen it for this call only (the index is shared by threads).
+  faiss::SearchParametersHNSW hp;
+  const faiss::SearchParameters* params = nullptr;
+  if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(im_->index.get())) {
+    hp.efSearch = std::max<int>(h->hnsw.efSearch, static_cast<int>(n));
+    params = &hp;
+  }
   // faiss opens an OpenMP region per search even for one query; on a busy machine waking the other
   // threads costs more than the query itself, so a few queries run on this thread alone.
   const int before = omp_get_max_threads();
   if (nq < 2 * before) omp_set_num_threads(1);
   try {
-    im_->index->search(nq, q, n, d.data(), l.data());
+    im_->index->search(nq, q, n, d.data(), l.data(), params);
   } catch (...) {
     omp_set_num_threads(before);
     throw;
