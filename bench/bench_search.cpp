@@ -1,8 +1,14 @@
 // Exact search over a feature store: open time (mmap) and query latency for 1 and 100 queries, float32
 // and float16 stores of random unit vectors, next to the memory-bandwidth bound of one scan measured in
-// the same run. Prints a Markdown table (docs/benchmarks.md).
-//   bench_search [--sizes 10000,100000,1000000] [--dim 512] [--reps 5] [--dir /tmp] [--threads 0]
+// the same run. Prints a Markdown table (docs/benchmarks.md), then one machine-readable line per dtype:
+//   bench exact rows=N dim=D dtype=f16 ms_per_query=M read_bound_ms=B
+// With --ann, for the largest size, on clustered and on random data, the int8 scan file and each faiss
+// index (--factories) at each --nprobe, with recall@10 against exact search on --queries held-out queries:
+//   bench int8 rows=N dim=D data=clustered recall10=R ms_per_query=M
+//   bench ann rows=N dim=D data=clustered index=FACTORY build_s=S recall10=R ms_per_query=M nprobe=P
+//   bench_search [--sizes 10000,100000,1000000] [--dim 512] [--reps 5] [--dir /tmp] [--threads 0] [--ann]
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -14,6 +20,9 @@
 #include "clip/cli/cli.h"
 #include "clip/base/log.h"
 #include "clip/base/runtime.h"
+#include "clip/retrieval/ann.h"
+#include "clip/retrieval/collection.h"
+#include "clip/retrieval/int8.h"
 #include "clip/retrieval/search.h"
 #include "clip/retrieval/store.h"
 
@@ -53,6 +62,126 @@ std::pair<double, double> bandwidth_gbs() {
   return {read, copy};
 }
 
+// `n` unit vectors of a mixture of Gaussian clusters on the sphere: centre c (a random unit vector),
+// point = normalise(c + s * g / sqrt(dim)) with g standard normal, s drawn per cluster in
+// [0.5, 0.9]. Cluster sizes vary (centres picked with weights 1/(1+rank/50)). See docs/benchmarks.md
+// for how the spread was chosen (nearest-neighbour similarities like CLIP image features').
+at::Tensor clustered_data(int64_t n, int64_t dim, int64_t clusters, uint64_t seed) {
+  at::manual_seed(seed);
+  at::Tensor c = at::randn({clusters, dim});
+  c = c / c.norm(2, 1, true);
+  at::Tensor spread = at::rand({clusters}) * 0.4 + 0.5;
+  at::Tensor w = 1.0 / (1.0 + at::arange(clusters, at::kDouble) / 50.0);
+  at::Tensor pick = at::multinomial(w.to(at::kFloat), n, /*replacement=*/true);
+  at::Tensor out = at::empty({n, dim});
+  const int64_t step = 65536;
+  for (int64_t b = 0; b < n; b += step) {
+    const int64_t e = std::min(n, b + step);
+    at::Tensor p = pick.narrow(0, b, e - b);
+    at::Tensor x = c.index_select(0, p) + spread.index_select(0, p).unsqueeze(1) * at::randn({e - b, dim}) / std::sqrt(double(dim));
+    out.narrow(0, b, e - b).copy_(x / x.norm(2, 1, true));
+  }
+  return out;
+}
+
+at::Tensor random_data(int64_t n, int64_t dim, uint64_t seed) {
+  at::manual_seed(seed);
+  at::Tensor out = at::empty({n, dim});
+  for (int64_t b = 0; b < n; b += 65536) {
+    const int64_t e = std::min(n, b + 65536);
+    at::Tensor x = at::randn({e - b, dim});
+    out.narrow(0, b, e - b).copy_(x / x.norm(2, 1, true));
+  }
+  return out;
+}
+
+double recall10(const std::vector<std::vector<Hit>>& got, const std::vector<std::vector<Hit>>& truth) {
+  int64_t found = 0, total = 0;
+  for (size_t i = 0; i < truth.size(); ++i) {
+    for (const Hit& t : truth[i]) {
+      ++total;
+      for (const Hit& h : got[i]) found += h.id == t.id;
+    }
+  }
+  return total ? double(found) / total : 0;
+}
+
+// One query at a time (latency), all of them; returns ms per query and the hits.
+std::pair<double, std::vector<std::vector<Hit>>> per_query(const Collection& c, const at::Tensor& q) {
+  std::vector<std::vector<Hit>> hits;
+  auto t0 = Clock::now();
+  for (int64_t i = 0; i < q.size(0); ++i) hits.push_back(c.search(q.narrow(0, i, 1), 10).at(0));
+  return {ms_since(t0) / q.size(0), std::move(hits)};
+}
+
+void bench_ann(int64_t n, int64_t dim, int64_t nq, const std::string& stem, const std::vector<std::string>& factories,
+               const std::vector<int>& nprobes, int64_t train, int64_t clusters) {
+  for (const std::string data : {"clustered", "random"}) {
+    at::Tensor all = data == "clustered" ? clustered_data(n + nq, dim, clusters, 1) : random_data(n + nq, dim, 2);
+    at::Tensor q = all.narrow(0, n, nq).clone();  // held out of the store
+    std::vector<int64_t> ids(n);
+    for (int64_t i = 0; i < n; ++i) ids[i] = i;
+    StoreMeta meta;
+    meta.kind = "image";
+    meta.model_name = data;
+    const std::string path = stem + "." + data + ".clipfeat";
+    write_store(path, ids, all.data_ptr<float>(), dim, StoreDtype::f16, meta);
+    all = at::Tensor();
+    SearchOptions exact_opt;
+    exact_opt.exact = true;
+    Collection exact = Collection::open({path}, exact_opt);
+    auto truth = exact.search(q, 10);  // batched: matrix products
+    // Nearest-neighbour similarity of the held-out queries (how tight the data is).
+    std::vector<float> nn;
+    for (const auto& h : truth) nn.push_back(h.at(0).score);
+    std::sort(nn.begin(), nn.end());
+    std::printf("data %s: %lld rows, median top-1 similarity %.3f, median 10th %.3f\n", data.c_str(), (long long)n,
+                nn[nn.size() / 2], [&] {
+                  std::vector<float> t;
+                  for (const auto& h : truth) t.push_back(h.at(9).score);
+                  std::sort(t.begin(), t.end());
+                  return t[t.size() / 2];
+                }());
+    auto [exact_ms, unused] = per_query(exact, q.narrow(0, 0, std::min<int64_t>(nq, 20)));
+    (void)unused;
+    std::printf("bench exact rows=%lld dim=%lld data=%s dtype=f16 ms_per_query=%.2f\n", (long long)n, (long long)dim,
+                data.c_str(), exact_ms);
+    {
+      auto t0 = Clock::now();
+      build_int8(exact.front(), int8_path(path));
+      const double build_s = ms_since(t0) / 1e3;
+      Collection c = Collection::open({path});
+      // A full scan per query: 200 of the held-out queries are enough for its recall.
+      const int64_t m = std::min<int64_t>(nq, 200);
+      auto [ms, hits] = per_query(c, q.narrow(0, 0, m));
+      std::vector<std::vector<Hit>> sub(truth.begin(), truth.begin() + m);
+      std::printf("bench int8 rows=%lld dim=%lld data=%s build_s=%.1f recall10=%.4f ms_per_query=%.2f queries=%lld\n",
+                  (long long)n, (long long)dim, data.c_str(), build_s, recall10(hits, sub), ms, (long long)m);
+      std::fflush(stdout);
+      std::remove(int8_path(path).c_str());
+    }
+    for (const auto& f : factories) {
+      AnnBuildOptions bo;
+      bo.factory = f;
+      bo.max_train = train;
+      const double build_s = build_ann(exact.front(), bo, ann_path(path));
+      const bool ivf = f.rfind("IVF", 0) == 0;
+      for (int p : ivf ? nprobes : std::vector<int>{16, 32, 64, 128}) {
+        SearchOptions so;
+        (ivf ? so.ann.nprobe : so.ann.ef) = p;
+        Collection c = Collection::open({path}, so);
+        auto [ms, hits] = per_query(c, q);
+        std::printf("bench ann rows=%lld dim=%lld data=%s index=%s build_s=%.1f recall10=%.4f ms_per_query=%.3f %s=%d\n",
+                    (long long)n, (long long)dim, data.c_str(), f.c_str(), build_s, recall10(hits, truth), ms,
+                    ivf ? "nprobe" : "ef", p);
+        std::fflush(stdout);
+      }
+      std::remove(ann_path(path).c_str());
+    }
+    std::remove(path.c_str());
+  }
+}
+
 int body(int argc, char** argv) {
   CLI::App app{"Feature store search benchmark", "bench_search"};
   std::vector<int64_t> sizes = {10000, 100000, 1000000};
@@ -64,6 +193,16 @@ int body(int argc, char** argv) {
   app.add_option("--reps", reps, "Repetitions per timing (median reported)")->capture_default_str();
   app.add_option("--dir", dir, "Where to write the temporary stores")->capture_default_str();
   app.add_option("--threads,-j", threads, "CPU threads (0 = all cores)")->capture_default_str();
+  bool ann = false;
+  std::vector<std::string> factories = {"IVF1024,Flat", "IVF1024,SQ8"};
+  std::vector<int> nprobes = {2, 4, 8, 16, 32};
+  int64_t queries = 1000, train = 65536, clusters = 2000;
+  app.add_flag("--ann", ann, "Also benchmark int8 and approximate indexes at the largest size (clustered and random data)");
+  app.add_option("--factories", factories, "faiss factory strings for --ann (';'-separated)")->delimiter(';');
+  app.add_option("--nprobe", nprobes, "IVF nprobe values for --ann")->delimiter(',');
+  app.add_option("--queries", queries, "Held-out queries for recall@10")->capture_default_str();
+  app.add_option("--train", train, "Rows that train an index")->capture_default_str();
+  app.add_option("--clusters", clusters, "Clusters of the clustered data")->capture_default_str();
   CLIP_PARSE(app, argc, argv);
   const int nthreads = set_threads(threads);
   c10::InferenceMode guard;
@@ -79,6 +218,7 @@ int body(int argc, char** argv) {
   auto unit = [](at::Tensor t) { return t / t.norm(2, 1, true); };
   const at::Tensor q100 = unit(at::randn({100, dim})), q1 = q100.narrow(0, 0, 1).contiguous();
   const std::string stem = dir + "/bench_search." + std::to_string(::getpid());
+  std::vector<std::string> lines;
   for (int64_t n : sizes) {
     at::Tensor data = unit(at::randn({n, dim}));
     std::vector<int64_t> ids(n);
@@ -105,9 +245,15 @@ int body(int argc, char** argv) {
                   static_cast<long long>(n), dtype_name(dt), mb, write_s, open_ms, first_ms, one_ms, mb / read_bw,
                   mb / copy_bw, hundred_ms, hundred_ms / 100);
       std::fflush(stdout);
+      lines.push_back(fmt::format("bench exact rows={} dim={} dtype={} ms_per_query={:.2f} read_bound_ms={:.2f}", n, dim,
+                                  dtype_name(dt), one_ms, mb / read_bw));
       std::remove(path.c_str());
     }
   }
+  std::printf("\n");
+  for (const auto& l : lines) std::printf("%s\n", l.c_str());
+  std::fflush(stdout);
+  if (ann) bench_ann(*std::max_element(sizes.begin(), sizes.end()), dim, queries, stem, factories, nprobes, train, clusters);
   return 0;
 }
 

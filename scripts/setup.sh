@@ -15,6 +15,7 @@ APT_PACKAGES=(
   libonnx-dev libprotobuf-dev protobuf-compiler   # clip-export builds ONNX graphs with ONNX's protobuf definitions
   python3-onnx nodejs                             # tests: ONNX's Python checker; onnxruntime-node runs the exported graphs
   libcpp-httplib-dev                              # clip-serve
+  libfaiss-dev                                    # approximate search (clip-index --ann); optional at build time
   chromium fonts-wqy-microhei                     # clip-serve's browser test and its screenshots (CJK font)
   clang libclang-rt-14-dev                        # tests: libFuzzer harnesses with ASan + UBSan (scripts/fuzz.sh)
 )

@@ -23,12 +23,19 @@ static int body(int argc, char** argv) {
   DataOptions dopt;
   std::string image_out, text_out, dtype = "f32";
   bool append = false;
+  SidecarOptions side;
   add_model_options(app, mo);
   add_runtime_options(app, ro);
   add_data_options(app, dopt);
   app.add_option("--image-out", image_out, "Image features: FILE.jsonl (cn_clip) or a store (e.g. FILE.clipfeat)");
   app.add_option("--text-out", text_out, "Text features: FILE.jsonl (cn_clip) or a store");
-  app.add_option("--dtype", dtype, "Store element type: f32 or f16")->capture_default_str()->check(CLI::IsMember({"f32", "f16"}));
+  app.add_option("--dtype", dtype, "Store element type: f32, f16, or i8 (a float16 store plus an int8 scan file STORE.i8 "
+                 "whose best candidates are re-scored exactly)")
+      ->capture_default_str()->check(CLI::IsMember({"f32", "f16", "i8"}));
+  app.add_option("--ann", side.ann_factory, "Also build an approximate faiss index STORE.ann, a faiss factory string "
+                 "(e.g. IVF1024,SQ8, HNSW32, IVF4096,PQ64; see docs/search.md)");
+  app.add_option("--ann-train", side.ann_train, "Rows (evenly spaced) that train the --ann index")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   app.add_flag("--append", append, "Add to an existing store (new ids only) instead of replacing it");
   add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
@@ -47,7 +54,8 @@ static int body(int argc, char** argv) {
     throw UsageError("--image-out and --text-out name the same file '" + image_out + "'; give two names");
 
   Encoder enc(mo, ro);
-  const StoreDtype dt = parse_store_dtype(dtype);
+  side.int8 = dtype == "i8";
+  const StoreDtype dt = side.int8 ? StoreDtype::f16 : parse_store_dtype(dtype);
   const bool skip = dopt.skip_bad();
   // Both inputs are read and encoded before anything is written, so a failure in either leaves
   // both outputs as they were.
@@ -68,8 +76,8 @@ static int body(int argc, char** argv) {
     if (recs.empty()) throw DataError("'" + dopt.texts + "' holds no texts: nothing to index");
     texts = encode_texts(enc, recs);
   }
-  if (images) write_features(image_out, *images, make_store_meta(enc, "image", dopt.images), dt, append);
-  if (texts) write_features(text_out, *texts, make_store_meta(enc, "text", dopt.texts), dt, append);
+  if (images) write_features(image_out, *images, make_store_meta(enc, "image", dopt.images), dt, append, side);
+  if (texts) write_features(text_out, *texts, make_store_meta(enc, "text", dopt.texts), dt, append, side);
   return kExitOk;
 }
 

@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <fstream>
@@ -12,6 +13,7 @@
 #include "clip/retrieval/encoder.h"
 #include "clip/base/fileio.h"
 #include "clip/image/image.h"
+#include "clip/retrieval/collection.h"
 #include "clip/retrieval/indexing.h"
 #include "clip/base/log.h"
 #include "clip/retrieval/query.h"
@@ -24,15 +26,18 @@ static int body(int argc, char** argv) {
                "  clip-query --index test.img.clipfeat --text \"蓝色背景上的红色圆形\" -k 5\n"
                "  cat queries.txt | clip-query --index test.img.clipfeat --format tsv\n"
                "  clip-query --index test.img.clipfeat --texts test_texts.jsonl --format cnclip > t2i.jsonl\n"
-               "  clip-query --index test.img.clipfeat --image cat.jpg --montage hits.png",
+               "  clip-query --index test.img.clipfeat --image cat.jpg --montage hits.png\n"
+               "  clip-query --index part1.clipfeat --index part2.clipfeat --text \"海边的狗\" --nprobe 32",
                "clip-query"};
   ModelOptions mo;
   RuntimeOptions ro;
   QueryOptions q;
-  std::string index, format = "jsonl", montage, images_tsv;
+  std::vector<std::string> index;
+  SearchOptions so;
+  std::string format = "jsonl", montage, images_tsv;
   add_model_options(app, mo, /*checkpoint_required=*/false);
   add_runtime_options(app, ro);
-  app.add_option("--index", index, "Feature store (or cn_clip JSONL features) to search")->required();
+  add_search_options(app, index, so, "Feature store (or cn_clip JSONL features) to search");
   app.add_option("--text,-t", q.texts, "A text query (repeatable)");
   app.add_option("--text-file", q.text_file, "Text queries, one per line ('-' = stdin; also used when stdin is a pipe)");
   app.add_option("--texts", q.texts_jsonl, "Text queries with ids from a cn_clip texts JSONL");
@@ -56,11 +61,14 @@ static int body(int argc, char** argv) {
     q.text_file = "-";
   }
 
-  FeatureSet store = read_features(index);
-  log_info("store {}: {} {} features, dim {}", index, store.size(), store.meta.kind, store.dim);
+  Collection coll = Collection::open(index, so);
+  const FeatureSet& store = coll.front();
+  log_info("store {}{}: {} {} features, dim {}; search: {}", index.front(),
+           index.size() > 1 ? fmt::format(" and {} more shards", index.size() - 1) : "", coll.size(), store.meta.kind,
+           store.dim, coll.method());
   fill_model_options_from_store(mo, store);
   Encoder enc(mo, ro);
-  QueryResults res = run_queries(enc, store, q, ro.threads);
+  QueryResults res = run_queries(enc, coll, q, ro.threads);
   const OutFormat of = parse_out_format(format);
   out(format_results(res, store, of));
   if (!montage.empty()) write_montage(montage, res, store, images_tsv);

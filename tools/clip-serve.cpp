@@ -8,6 +8,7 @@
 
 #include "clip/cli/cli.h"
 #include "clip/retrieval/encoder.h"
+#include "clip/retrieval/collection.h"
 #include "clip/retrieval/store.h"
 #include "clip/base/log.h"
 #include "clip/retrieval/query.h"
@@ -22,11 +23,12 @@ static int body(int argc, char** argv) {
   ModelOptions mo;
   RuntimeOptions ro;
   ServeOptions so;
-  std::string index;
+  std::vector<std::string> index;
+  SearchOptions search_opt;
   double max_upload_mb = static_cast<double>(so.max_upload_bytes) / (1 << 20);
   add_model_options(app, mo, /*checkpoint_required=*/false);
   add_runtime_options(app, ro);
-  app.add_option("--index", index, "Image feature store to search (its recorded checkpoint is used by default)")->required();
+  add_search_options(app, index, search_opt, "Image feature store to search (its recorded checkpoint is used by default)");
   app.add_option("--images", so.images_tsv, "Images TSV for thumbnails (default: the store's source TSV)");
   app.add_option("--host", so.host, "Address to listen on; anything but loopback exposes the server")->capture_default_str();
   app.add_option("--port", so.port, "Port (0 = any free port, printed at start)")->capture_default_str()->check(CLI::Range(0, 65535));
@@ -50,11 +52,13 @@ static int body(int argc, char** argv) {
   sigaddset(&sigs, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  FeatureSet store = read_features(index);
-  log_info("store {}: {} {} features, dim {}", index, store.size(), store.meta.kind, store.dim);
+  Collection coll = Collection::open(index, search_opt);
+  const FeatureSet& store = coll.front();
+  log_info("store {}: {} {} features in {} shard(s), dim {}; search: {}", index.front(), coll.size(), store.meta.kind,
+           index.size(), store.dim, coll.method());
   fill_model_options_from_store(mo, store);
   Encoder enc(mo, ro);
-  Server server(enc, store, so);
+  Server server(enc, coll, so);
   const int port = server.bind();
   log_info("serving http://{}:{}/ (Ctrl-C stops)", so.host, port);
 

@@ -1,5 +1,6 @@
 #include "clip/cli/options.h"
 
+#include "clip/retrieval/collection.h"
 #include "clip/train/train.h"
 
 #include <cerrno>
@@ -40,6 +41,18 @@ CLI::Validator finite_number(double lo, bool inclusive, double hi = 0, bool has_
 }  // namespace
 
 void add_version_flag(CLI::App& app) { app.set_version_flag("--version", app.get_name() + " " + CLIP_VERSION); }
+
+void add_search_options(CLI::App& app, std::vector<std::string>& index, SearchOptions& so, const std::string& index_help) {
+  app.add_option("--index", index, index_help + "; repeat it to search several stores (shards) as one, ids unique across them")
+      ->required();
+  app.add_flag("--exact", so.exact, "Scan the float rows even when an approximate index (STORE.ann) or int8 file (STORE.i8) is beside the store");
+  app.add_option("--nprobe", so.ann.nprobe, "IVF lists an approximate index visits per query (default: faiss's, 1)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--ef", so.ann.ef, "HNSW efSearch of an approximate index (default: faiss's, 16)")->check(CLI::PositiveNumber);
+  app.add_option("--candidates", so.candidates,
+                 "Rows an approximate or int8 search re-scores exactly per query (default max(4k, 64))")
+      ->check(CLI::PositiveNumber);
+}
 
 void add_model_options(CLI::App& app, ModelOptions& mo, bool checkpoint_required, const std::string& checkpoint_help) {
   auto* c = app.add_option("--checkpoint,-c", mo.checkpoint,

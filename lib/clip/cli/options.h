@@ -15,6 +15,7 @@
 namespace clip {
 
 struct TrainOptions;
+struct SearchOptions;
 
 // --checkpoint/-c, --vision-model, --text-model, --vocab, --context-length.
 void add_model_options(CLI::App& app, ModelOptions& mo, bool checkpoint_required = true,
@@ -39,6 +40,9 @@ void add_data_options(CLI::App& app, DataOptions& d, bool with_split = true);
 void add_train_options(CLI::App& app, TrainOptions& o);
 
 // --version printing "<tool> <version>" (every tool).
+// --index (repeatable: shards searched as one), --exact, --nprobe, --ef, --candidates (clip-query, clip-serve).
+void add_search_options(CLI::App& app, std::vector<std::string>& index, SearchOptions& so, const std::string& index_help);
+
 void add_version_flag(CLI::App& app);
 
 }  // namespace clip

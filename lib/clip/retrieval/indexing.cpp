@@ -1,5 +1,10 @@
 #include "clip/retrieval/indexing.h"
 
+#include <cstdio>
+
+#include "clip/retrieval/ann.h"
+#include "clip/retrieval/int8.h"
+
 #include <ATen/ATen.h>
 
 #include "clip/model/config.h"
@@ -98,7 +103,7 @@ static bool ends_with(const std::string& s, const std::string& suf) {
 }
 
 void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
-                    bool append) {
+                    bool append, const SidecarOptions& side) {
   at::Tensor f = set.features.contiguous();
   if (f.numel() > 0 && !at::isfinite(f).all().item<bool>()) {
     const auto bad = at::nonzero(at::logical_not(at::isfinite(f)).any(1));
@@ -109,15 +114,25 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
   }
   const float* data = f.data_ptr<float>();
   const int64_t dim = f.size(1);
+  const std::string ann_file = ann_path(path), i8_file = int8_path(path);
   if (ends_with(path, ".jsonl")) {
     if (append) throw UsageError("--append works on binary stores, not on JSONL output '" + path + "'");
+    if (!side.ann_factory.empty() || side.int8)
+      throw UsageError("--ann and --dtype i8 need a binary store, not JSONL output '" + path + "'");
     write_features_jsonl(path, meta.kind + "_id", set.ids, data, dim);
-  } else if (append && file_exists(path)) {
-    FeatureSet old = open_store(path);
+    log_info("wrote {} {} features to {}", set.ids.size(), meta.kind, path);
+    return;
+  }
+  FeatureSet old;  // the store before appending (its mapping stays valid after the rename)
+  const bool appending = append && file_exists(path);
+  if (appending) {
+    old = open_store(path);
     if (old.meta.weights_hash != meta.weights_hash || old.meta.kind != meta.kind)
       throw DataError("cannot append to '" + path + "': it holds " + old.meta.kind + " features of weights " +
                       old.meta.weights_hash + ", these are " + meta.kind + " features of weights " + meta.weights_hash +
                       "; index into a new store instead");
+    // Refuse before the store changes when the index beside it is not the store's.
+    if (side.ann_factory.empty() && file_exists(ann_file)) AnnIndex::open(ann_file, old, {});
     AppendOptions opt;
     if (!meta.sources.empty()) opt.source = meta.sources.front();
     append_store(path, set.ids, data, dim, opt);
@@ -125,6 +140,27 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
     write_store(path, set.ids, data, dim, dtype, meta);
   }
   log_info("wrote {} {} features to {}", set.ids.size(), meta.kind, path);
+
+  FeatureSet now = open_store(path);
+  if (!side.ann_factory.empty()) {
+    AnnBuildOptions bo;
+    bo.factory = side.ann_factory;
+    bo.max_train = side.ann_train;
+    build_ann(now, bo, ann_file);
+  } else if (file_exists(ann_file)) {
+    if (appending) {
+      extend_ann(ann_file, old, now);
+    } else {
+      std::remove(ann_file.c_str());
+      log_warn("removed {}: it indexed the store this run replaced; rebuild it with --ann FACTORY", ann_file);
+    }
+  }
+  if (side.int8 || (appending && file_exists(i8_file))) {
+    build_int8(now, i8_file);
+  } else if (file_exists(i8_file)) {
+    std::remove(i8_file.c_str());
+    log_warn("removed {}: it described the store this run replaced; rebuild it with --dtype i8", i8_file);
+  }
 }
 
 }  // namespace clip

@@ -35,7 +35,18 @@ StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std
 
 // Writes features to `path`: cn_clip JSONL when it ends in .jsonl, else a binary store (dtype f32/f16);
 // append=true adds to an existing store instead (ids must be new). Atomic either way.
+//
+// Files beside a store are kept consistent with it: `ann_factory` builds STORE.ann (faiss, trained on
+// the store's rows, at most ann_train of them), `int8` writes STORE.i8. Without them, an existing
+// STORE.ann gets the appended rows (or, for a store written anew, is removed as stale) and an existing
+// STORE.i8 is rebuilt. An index that does not match the store it is appended to is refused before the
+// store changes, with the remedy.
+struct SidecarOptions {
+  std::string ann_factory;
+  int64_t ann_train = 100000;
+  bool int8 = false;
+};
 void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
-                    bool append);
+                    bool append, const SidecarOptions& side = {});
 
 }  // namespace clip

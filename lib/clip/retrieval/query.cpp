@@ -12,6 +12,7 @@
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
 #include "clip/image/image.h"
+#include "clip/retrieval/collection.h"
 #include "clip/retrieval/indexing.h"
 #include "clip/base/log.h"
 #include "clip/model/config.h"
@@ -75,22 +76,36 @@ static void check_compatible(const Encoder& enc, const FeatureSet& store) {
              store.meta.weights_hash, enc.weights_hash());
 }
 
-std::vector<std::vector<Hit>> search_texts(Encoder& enc, const FeatureSet& store, const std::vector<std::string>& texts,
+std::vector<std::vector<Hit>> search_texts(Encoder& enc, const Collection& store, const std::vector<std::string>& texts,
                                            int k, float threshold) {
   at::Tensor f = enc.encode_texts(texts, true);
-  return search(f, store, k, threshold);
+  return store.search(f, k, threshold);
+}
+
+std::vector<std::vector<Hit>> search_texts(Encoder& enc, const FeatureSet& store, const std::vector<std::string>& texts,
+                                           int k, float threshold) {
+  return search_texts(enc, Collection(store), texts, k, threshold);
 }
 
 std::vector<Hit> search_image_bytes(Encoder& enc, const FeatureSet& store, const uint8_t* data, size_t n, int k,
                                     float threshold) {
+  return search_image_bytes(enc, Collection(store), data, n, k, threshold);
+}
+
+std::vector<Hit> search_image_bytes(Encoder& enc, const Collection& store, const uint8_t* data, size_t n, int k,
+                                    float threshold) {
   const int r = enc.resolution();
   at::Tensor px = at::empty({1, 3, r, r}, at::kFloat);
   enc.preprocess_image(data, n, px.data_ptr<float>());
-  return search(enc.encode_pixels(px), store, k, threshold).at(0);
+  return store.search(enc.encode_pixels(px), k, threshold).at(0);
 }
 
 QueryResults run_queries(Encoder& enc, const FeatureSet& store, const QueryOptions& q, int threads) {
-  check_compatible(enc, store);
+  return run_queries(enc, Collection(store), q, threads);
+}
+
+QueryResults run_queries(Encoder& enc, const Collection& store, const QueryOptions& q, int threads) {
+  for (const auto& s : store.shards()) check_compatible(enc, s);
   QueryResults res;
   // Text queries: all of them through the encoder in batches, then one search.
   std::vector<Query> tq;
@@ -116,7 +131,7 @@ QueryResults run_queries(Encoder& enc, const FeatureSet& store, const QueryOptio
   if (!tq.empty()) {
     std::vector<std::string> texts;
     for (const auto& t : tq) texts.push_back(t.label);
-    auto hits = search(enc.encode_texts(texts, true), store, q.k, q.threshold);
+    auto hits = store.search(enc.encode_texts(texts, true), q.k, q.threshold);
     for (size_t i = 0; i < tq.size(); ++i) tq[i].hits = std::move(hits[i]);
     for (auto& t : tq) res.queries.push_back(std::move(t));
   }
@@ -155,7 +170,7 @@ QueryResults run_queries(Encoder& enc, const FeatureSet& store, const QueryOptio
   if (!iq.empty()) {
     std::vector<int64_t> self;
     for (const auto& qq : iq) self.push_back(qq.has_id ? qq.id : std::numeric_limits<int64_t>::min());
-    auto hits = search(at::cat(feats, 0), store, q.k, q.threshold, q.exclude_self ? &self : nullptr);
+    auto hits = store.search(at::cat(feats, 0), q.k, q.threshold, q.exclude_self ? &self : nullptr);
     for (size_t i = 0; i < iq.size(); ++i) iq[i].hits = std::move(hits[i]);
     for (auto& qq : iq) res.queries.push_back(std::move(qq));
   }

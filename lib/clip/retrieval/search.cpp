@@ -9,6 +9,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "clip/base/error.h"
@@ -81,6 +84,80 @@ __attribute__((target("avx2,fma,f16c"))) void dot_rows(const T* rows, int64_t n,
   }
 }
 
+
+// Keeps the k best candidates under `better`; front() is the worst kept (a heap ordered by `better`).
+struct TopK {
+  explicit TopK(int k) : k(static_cast<size_t>(k)) { v.reserve(this->k + 1); }
+  size_t k;
+  std::vector<Cand> v;
+  // Rows arrive in increasing order within one scan, so a score equal to the worst kept one loses.
+  bool wants(float s) const { return v.size() < k || s > v.front().score; }
+  void push(float s, int64_t row) {
+    if (v.size() < k) {
+      v.push_back({s, row});
+      std::push_heap(v.begin(), v.end(), better);
+    } else {
+      std::pop_heap(v.begin(), v.end(), better);
+      v.back() = {s, row};
+      std::push_heap(v.begin(), v.end(), better);
+    }
+  }
+};
+
+// Tells the kernel that the matrix of a mapped store is read front to back (longer read-ahead when it
+// is not yet in the page cache). Cheap; done once per search.
+void advise_sequential(const FeatureSet& fs) {
+  if (fs.format != "store" || !fs.data || fs.size() == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(fs.data) & ~(page - 1);
+  const uintptr_t e = reinterpret_cast<uintptr_t>(fs.data) + static_cast<uintptr_t>(fs.size()) * fs.dim * dtype_size(fs.dtype);
+  ::madvise(reinterpret_cast<void*>(b), e - b, MADV_SEQUENTIAL);
+}
+
+// The fused path: rows [0, N) split into blocks over all threads; each block scores up to
+// kFusedMaxQueries queries in one streaming pass (scores of 256 rows at a time stay in L1) and keeps
+// its own top-k, so no score matrix is written and no full top-k pass follows. The block results are
+// merged under the same total order, so the answer is exactly that of the chunked path.
+std::vector<std::vector<Cand>> fused_scan(const FeatureSet& fs, const float* q, int64_t nq, int k,
+                                          const std::vector<int64_t>& self_row) {
+  const int64_t N = fs.size(), D = fs.dim;
+  const int64_t threads = std::max(1, at::get_num_threads());
+  // A few blocks per thread balance uneven cores (the machine may be shared) at little merge cost.
+  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(threads * 4, (N + 4095) / 4096));
+  const int64_t per = (N + nblocks - 1) / nblocks;
+  std::vector<std::vector<std::vector<Cand>>> part(nblocks, std::vector<std::vector<Cand>>(nq));
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    constexpr int64_t kRows = 256;
+    float scores[kFusedMaxQueries * kRows];
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * per, r1 = std::min(N, r0 + per);
+      std::vector<TopK> top;
+      for (int64_t i = 0; i < nq; ++i) top.emplace_back(k);
+      for (int64_t s0 = r0; s0 < r1; s0 += kRows) {
+        const int64_t n = std::min(kRows, r1 - s0);
+        if (fs.dtype == StoreDtype::f16) dot_rows(fs.f16() + s0 * D, n, D, q, nq, scores, kRows);
+        else dot_rows(fs.f32() + s0 * D, n, D, q, nq, scores, kRows);
+        for (int64_t i = 0; i < nq; ++i) {
+          const float* sc = scores + i * kRows;
+          TopK& t = top[i];
+          for (int64_t j = 0; j < n; ++j)
+            if (t.wants(sc[j]) && s0 + j != self_row[i]) t.push(sc[j], s0 + j);
+        }
+      }
+      for (int64_t i = 0; i < nq; ++i) part[blk][i] = std::move(top[i].v);
+    }
+  });
+  std::vector<std::vector<Cand>> best(nq);
+  for (int64_t i = 0; i < nq; ++i) {
+    auto& b = best[i];
+    for (int64_t blk = 0; blk < nblocks; ++blk) b.insert(b.end(), part[blk][i].begin(), part[blk][i].end());
+    const size_t keep = std::min<size_t>(b.size(), k);
+    std::partial_sort(b.begin(), b.begin() + keep, b.end(), better);
+    b.resize(keep);
+  }
+  return best;
+}
+
 }  // namespace
 
 at::Tensor feature_rows(const FeatureSet& fs, int64_t begin, int64_t end) {
@@ -96,6 +173,22 @@ at::Tensor feature_rows(const FeatureSet& fs, int64_t begin, int64_t end) {
   at::Tensor t = at::empty({n, fs.dim}, at::kFloat);
   fs.copy_rows(begin, end, t.data_ptr<float>());
   return t;
+}
+
+void score_rows(const FeatureSet& fs, const float* q, const std::vector<int64_t>& rows, float* out) {
+  const int64_t D = fs.dim;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int64_t r = rows[i];
+    if (have_avx2_f16c()) {
+      if (fs.dtype == StoreDtype::f16) dot_rows(fs.f16() + r * D, 1, D, q, 1, out + i, 1);
+      else dot_rows(fs.f32() + r * D, 1, D, q, 1, out + i, 1);
+    } else {
+      std::vector<float> v = fs.row(r);
+      float s = 0;
+      for (int64_t j = 0; j < D; ++j) s += v[j] * q[j];
+      out[i] = s;
+    }
+  }
 }
 
 at::Tensor feature_tensor(const FeatureSet& fs) { return feature_rows(fs, 0, fs.size()); }
@@ -120,8 +213,17 @@ std::vector<std::vector<Hit>> search(const at::Tensor& queries, const FeatureSet
   if (exclude_ids)
     for (int64_t i = 0; i < Q; ++i) self_row[i] = fs.find((*exclude_ids)[i]);
 
+  advise_sequential(fs);
+  // A few queries: one fused streaming pass over all threads, keeping top-k as it goes.
+  if (Q <= kFusedMaxQueries && have_avx2_f16c() && rows_per_chunk == 0) {
+    auto best = fused_scan(fs, q.data_ptr<float>(), Q, k, self_row);
+    for (int64_t i = 0; i < Q; ++i)
+      for (const Cand& c : best[i])
+        if (c.score >= threshold) out[i].push_back({fs.ids[c.row], c.score, c.row});
+    return out;
+  }
   const int64_t qb = std::min(Q, kQueryBlock);
-  // A few queries: one fused streaming pass. Otherwise matrix products over float32 rows.
+  // Otherwise matrix products over float32 rows (or, with an explicit chunk size, the chunked fused pass).
   const bool fused = Q <= kFusedMaxQueries && have_avx2_f16c();
   int64_t chunk = rows_per_chunk;
   if (chunk <= 0) {

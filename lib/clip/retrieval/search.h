@@ -34,6 +34,11 @@ std::vector<std::vector<Hit>> search(const at::Tensor& queries, const FeatureSet
                                      float threshold = -std::numeric_limits<float>::infinity(),
                                      const std::vector<int64_t>* exclude_ids = nullptr, int64_t rows_per_chunk = 0);
 
+// Exact scores of the given rows for one float32 query (dim fs.dim), computed exactly as the
+// streaming search computes them (the same kernel, the same rounding): re-scoring candidates of an
+// approximate or int8 search gives the scores an exact search would report.
+void score_rows(const FeatureSet& fs, const float* q, const std::vector<int64_t>& rows, float* out);
+
 // The whole FeatureSet as a [N, D] float32 tensor: zero copy for float32 (the tensor keeps the mapping
 // alive), a converted copy for float16.
 at::Tensor feature_tensor(const FeatureSet& fs);

@@ -25,6 +25,7 @@
 #include "clip/base/fileio.h"
 #include "clip/image/image.h"
 #include "clip/base/log.h"
+#include "clip/retrieval/collection.h"
 #include "clip/retrieval/search.h"
 
 namespace clip {
@@ -194,7 +195,9 @@ struct TextJob {
 
 struct Server::Impl {
   Encoder& enc;
-  const FeatureSet& store;
+  std::unique_ptr<Collection> owned;  // when constructed from one FeatureSet
+  const Collection& coll;             // what queries search (shards, approximate index)
+  const FeatureSet& store;            // the first shard: kind, source images, info
   ServeOptions opt;
   httplib::Server http;
   std::optional<ImageTsv> images;
@@ -225,7 +228,8 @@ struct Server::Impl {
   int bound_port = -1;
   std::thread listener;
 
-  Impl(Encoder& e, const FeatureSet& s, ServeOptions o) : enc(e), store(s), opt(std::move(o)) {}
+  Impl(Encoder& e, std::unique_ptr<Collection> own, const Collection& c, ServeOptions o)
+      : enc(e), owned(std::move(own)), coll(c), store(c.front()), opt(std::move(o)) {}
 
   // ---- text batching ----------------------------------------------------------------------------
 
@@ -270,7 +274,7 @@ struct Server::Impl {
           std::lock_guard<std::mutex> lk(model_mu);
           f = enc.encode_texts(texts, true);
         }
-        auto hits = search(f, store, kmax);
+        auto hits = coll.search(f, kmax);
         {
           std::lock_guard<std::mutex> lk(smu);
           st.text_queries += batch.size();
@@ -337,7 +341,7 @@ struct Server::Impl {
       std::lock_guard<std::mutex> lk(smu);
       st.image_queries += 1;
     }
-    return search(f, store, k).at(0);
+    return coll.search(f, k).at(0);
   }
 
   std::shared_ptr<const std::string> thumbnail(size_t index, int64_t id, int size) {
@@ -566,8 +570,18 @@ struct Server::Impl {
   }
 };
 
-Server::Server(Encoder& enc, const FeatureSet& store, ServeOptions opt)
-    : im_(std::make_unique<Impl>(enc, store, std::move(opt))) {
+Server::Server(Encoder& enc, const FeatureSet& fs, ServeOptions opt) : Server(enc, nullptr, fs, std::move(opt)) {}
+
+Server::Server(Encoder& enc, const Collection& coll, ServeOptions opt) : Server(enc, &coll, coll.front(), std::move(opt)) {}
+
+Server::Server(Encoder& enc, const Collection* coll, const FeatureSet& fs, ServeOptions opt) {
+  std::unique_ptr<Collection> own;
+  if (!coll) {
+    own = std::make_unique<Collection>(fs);
+    coll = own.get();
+  }
+  im_ = std::make_unique<Impl>(enc, std::move(own), *coll, std::move(opt));
+  const FeatureSet& store = im_->store;
   auto& o = im_->opt;
   if (o.max_k < 1) throw UsageError("--max-k must be at least 1");
   if (o.default_k < 1 || o.default_k > o.max_k) o.default_k = std::min(10, o.max_k);
@@ -577,7 +591,8 @@ Server::Server(Encoder& enc, const FeatureSet& store, ServeOptions opt)
   if (store.dim != enc.embed_dim())
     throw UsageError("the store " + store.path + " has " + std::to_string(store.dim) + "-dim features but the model's are " +
                      std::to_string(enc.embed_dim()) + "-dim; serve it with the checkpoint it was built with");
-  store.find(store.ids.front());  // build the id index now, before threads share the store
+  for (const auto& sh : im_->coll.shards())
+    if (sh.size()) sh.find(sh.ids.front());  // build the id indexes now, before threads share the stores
   im_->open_images();
   im_->health = {
       {"status", "ok"},
@@ -586,8 +601,8 @@ Server::Server(Encoder& enc, const FeatureSet& store, ServeOptions opt)
       {"checkpoint", enc.checkpoint_path().substr(enc.checkpoint_path().find_last_of('/') + 1)},
       {"weights_hash", enc.weights_hash()},
       {"embed_dim", enc.embed_dim()},
-      {"store", {{"path", store.path}, {"size", store.size()}, {"dim", store.dim}, {"kind", store.meta.kind},
-                 {"dtype", dtype_name(store.dtype)}}},
+      {"store", {{"path", store.path}, {"size", im_->coll.size()}, {"dim", store.dim}, {"kind", store.meta.kind},
+                 {"dtype", dtype_name(store.dtype)}, {"shards", im_->coll.shards().size()}, {"search", im_->coll.method()}}},
       {"images", im_->images ? im_->images->size() : 0},
       {"limits", {{"max_k", o.max_k}, {"default_k", o.default_k}, {"max_upload_bytes", o.max_upload_bytes},
                   {"max_image_side", o.max_image_side}, {"max_text_bytes", o.max_text_bytes},

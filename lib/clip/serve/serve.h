@@ -26,6 +26,7 @@
 
 namespace clip {
 
+class Collection;
 class Encoder;
 
 struct ServeOptions {
@@ -60,6 +61,8 @@ class Server {
   // Keeps references to `enc` and `store`: both must outlive the server. Opens the images TSV
   // (opt.images_tsv or the store's source) when it exists; without one /api/image answers 404.
   Server(Encoder& enc, const FeatureSet& store, ServeOptions opt);
+  // Several shards and/or an approximate index (collection.h); `coll` must outlive the server.
+  Server(Encoder& enc, const Collection& coll, ServeOptions opt);
   ~Server();  // stops and joins
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -76,6 +79,7 @@ class Server {
   ServeStats stats() const;
 
  private:
+  Server(Encoder& enc, const Collection* coll, const FeatureSet& fs, ServeOptions opt);
   struct Impl;
   std::unique_ptr<Impl> im_;
 };

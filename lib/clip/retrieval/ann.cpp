@@ -1,0 +1,227 @@
+#include "clip/retrieval/ann.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdio>
+
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/base/log.h"
+#include "clip/retrieval/sidecar.h"
+
+#ifdef CLIP_HAVE_FAISS
+#include <faiss/AutoTune.h>
+#include <faiss/Index.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IVFlib.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/impl/FaissException.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_factory.h>
+#include <faiss/index_io.h>
+#include <omp.h>
+#endif
+
+namespace clip {
+
+namespace {
+constexpr char kAnnMagic[8] = {'C', 'L', 'I', 'P', 'A', 'N', 'N', '\0'};
+constexpr uint32_t kAnnVersion = 1;
+const char* const kWhat = "approximate index";
+
+std::string remedy(const std::string& store) {
+  return fmt::format("rebuild it with clip-index --ann FACTORY for '{}' (or delete it, or pass --exact to search "
+                     "without it)",
+                     store);
+}
+
+[[noreturn]] [[maybe_unused]] void no_faiss() {
+  throw UsageError("this build has no faiss (libfaiss-dev was not found when it was configured): approximate "
+                   "indexes are unavailable; install libfaiss-dev and rebuild, or search exactly");
+}
+}  // namespace
+
+std::string ann_path(const std::string& store_path) { return store_path + ".ann"; }
+
+#ifdef CLIP_HAVE_FAISS
+
+bool have_faiss() { return true; }
+
+namespace {
+
+// Rows [b, e) of the store as float32.
+std::vector<float> rows_f32(const FeatureSet& fs, int64_t b, int64_t e) {
+  std::vector<float> v(static_cast<size_t>(e - b) * fs.dim);
+  fs.copy_rows(b, e, v.data());
+  return v;
+}
+
+void add_rows(faiss::Index* index, const FeatureSet& fs, int64_t b, int64_t e) {
+  const int64_t step = 65536;
+  for (int64_t r = b; r < e; r += step) {
+    const int64_t r1 = std::min(e, r + step);
+    auto v = rows_f32(fs, r, r1);
+    index->add(r1 - r, v.data());
+  }
+}
+
+void write_ann(const std::string& path, const faiss::Index* index, const std::string& factory, const FeatureSet& fs) {
+  faiss::VectorIOWriter w;
+  faiss::write_index(index, &w);
+  nlohmann::json h = {{"factory", factory}, {"metric", "inner_product"}, {"faiss", FAISS_VERSION_MAJOR * 10000 + FAISS_VERSION_MINOR * 100 + FAISS_VERSION_PATCH},
+                      {"store", identity_json(store_identity(fs))}, {"payload_size", w.data.size()}};
+  write_sidecar(path, kAnnMagic, kAnnVersion, h, w.data.data(), w.data.size());
+}
+
+std::unique_ptr<faiss::Index> read_ann(const std::string& path, const FeatureSet& fs, std::string* factory) {
+  Sidecar sc = read_sidecar(path, kAnnMagic, kAnnVersion, kWhat, remedy(fs.path));
+  if (sc.header.value("metric", "") != "inner_product")
+    throw DataError(fmt::format("{} '{}': metric '{}', expected inner_product; {}", kWhat, path,
+                                sc.header.value("metric", ""), remedy(fs.path)));
+  check_identity(sc.header.value("store", nlohmann::json()), fs, path, kWhat, remedy(fs.path));
+  *factory = sc.header.value("factory", "");
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw_io_error("open", path);
+  std::unique_ptr<faiss::Index> index;
+  try {
+    if (std::fseek(f, static_cast<long>(sc.payload_offset), SEEK_SET) != 0) throw_io_error("seek", path);
+    faiss::FileIOReader r(f);
+    index.reset(faiss::read_index(&r));
+  } catch (const faiss::FaissException& e) {
+    std::fclose(f);
+    throw DataError(fmt::format("{} '{}': faiss cannot read it ({}); {}", kWhat, path, e.what(), remedy(fs.path)));
+  }
+  std::fclose(f);
+  if (index->d != fs.dim || index->ntotal != fs.size() || index->metric_type != faiss::METRIC_INNER_PRODUCT)
+    throw DataError(fmt::format("{} '{}': the faiss index holds {} rows of dim {}, the store {} of dim {}; {}", kWhat, path,
+                                index->ntotal, index->d, fs.size(), fs.dim, remedy(fs.path)));
+  return index;
+}
+
+}  // namespace
+
+struct AnnIndex::Impl {
+  std::unique_ptr<faiss::Index> index;
+  std::string factory, path;
+};
+
+AnnIndex::AnnIndex() : im_(std::make_unique<Impl>()) {}
+AnnIndex::~AnnIndex() = default;
+const std::string& AnnIndex::factory() const { return im_->factory; }
+const std::string& AnnIndex::path() const { return im_->path; }
+
+double build_ann(const FeatureSet& fs, const AnnBuildOptions& opt, const std::string& path) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (fs.size() == 0) throw DataError(fmt::format("cannot build an approximate index over the empty store '{}'", fs.path));
+  std::unique_ptr<faiss::Index> index;
+  try {
+    index.reset(faiss::index_factory(static_cast<int>(fs.dim), opt.factory.c_str(), faiss::METRIC_INNER_PRODUCT));
+  } catch (const faiss::FaissException& e) {
+    throw UsageError(fmt::format("--ann '{}': faiss does not accept this factory string ({}); e.g. IVF1024,SQ8, "
+                                 "HNSW32, IVF4096,PQ64",
+                                 opt.factory, e.what()));
+  }
+  try {
+    if (!index->is_trained) {
+      const int64_t n = std::min(fs.size(), std::max<int64_t>(opt.max_train, 1));
+      const double step = static_cast<double>(fs.size()) / n;
+      std::vector<float> train(static_cast<size_t>(n) * fs.dim);
+      for (int64_t i = 0; i < n; ++i) fs.copy_rows(int64_t(i * step), int64_t(i * step) + 1, train.data() + i * fs.dim);
+      log_info("training {} on {} of {} rows", opt.factory, n, fs.size());
+      index->train(n, train.data());
+    }
+    add_rows(index.get(), fs, 0, fs.size());
+  } catch (const faiss::FaissException& e) {
+    throw DataError(fmt::format("building '{}' over '{}' failed in faiss: {}", opt.factory, fs.path, e.what()));
+  }
+  write_ann(path, index.get(), opt.factory, fs);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  log_info("wrote {} index {} ({} rows, {:.1f} s)", opt.factory, path, fs.size(), s);
+  return s;
+}
+
+void extend_ann(const std::string& path, const FeatureSet& old_store, const FeatureSet& fs) {
+  std::string factory;
+  auto index = read_ann(path, old_store, &factory);
+  for (int64_t r = 0; r < old_store.size(); ++r)
+    if (old_store.ids[r] != fs.ids[r])
+      throw DataError(fmt::format("cannot update {} '{}': rows of the store moved; {}", kWhat, path, remedy(fs.path)));
+  try {
+    add_rows(index.get(), fs, old_store.size(), fs.size());
+  } catch (const faiss::FaissException& e) {
+    throw DataError(fmt::format("cannot add rows to {} '{}' ({}): {}", kWhat, path, e.what(), remedy(fs.path)));
+  }
+  write_ann(path, index.get(), factory, fs);
+  log_info("added {} rows to {}", fs.size() - old_store.size(), path);
+}
+
+std::unique_ptr<AnnIndex> AnnIndex::open(const std::string& path, const FeatureSet& fs, const AnnParams& p) {
+  std::unique_ptr<AnnIndex> a(new AnnIndex());
+  a->im_->path = path;
+  a->im_->index = read_ann(path, fs, &a->im_->factory);
+  faiss::ParameterSpace ps;
+  try {
+    if (p.nprobe > 0) {
+      if (!faiss::ivflib::try_extract_index_ivf(a->im_->index.get()))
+        throw UsageError(fmt::format("--nprobe applies to IVF indexes; '{}' is {}", path, a->im_->factory));
+      ps.set_index_parameter(a->im_->index.get(), "nprobe", p.nprobe);
+    }
+    if (p.ef > 0) {
+      if (!dynamic_cast<faiss::IndexHNSW*>(a->im_->index.get()))
+        throw UsageError(fmt::format("--ef applies to HNSW indexes; '{}' is {}", path, a->im_->factory));
+      ps.set_index_parameter(a->im_->index.get(), "efSearch", p.ef);
+    }
+  } catch (const faiss::FaissException& e) {
+    throw UsageError(fmt::format("'{}': {}", path, e.what()));
+  }
+  return a;
+}
+
+std::vector<std::vector<int64_t>> AnnIndex::candidates(const float* q, int64_t nq, int64_t n) const {
+  n = std::min<int64_t>(n, im_->index->ntotal);
+  std::vector<float> d(static_cast<size_t>(nq * n));
+  std::vector<faiss::Index::idx_t> l(static_cast<size_t>(nq * n));
+  // HNSW returns at most efSearch results: widen it for this call only (the index is shared by threads).
+  faiss::SearchParametersHNSW hp;
+  const faiss::SearchParameters* params = nullptr;
+  if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(im_->index.get())) {
+    hp.efSearch = std::max<int>(h->hnsw.efSearch, static_cast<int>(n));
+    params = &hp;
+  }
+  // faiss opens an OpenMP region per search even for one query; on a busy machine waking the other
+  // threads costs more than the query itself, so a few queries run on this thread alone.
+  const int before = omp_get_max_threads();
+  if (nq < 2 * before) omp_set_num_threads(1);
+  try {
+    im_->index->search(nq, q, n, d.data(), l.data(), params);
+  } catch (...) {
+    omp_set_num_threads(before);
+    throw;
+  }
+  omp_set_num_threads(before);
+  std::vector<std::vector<int64_t>> out(nq);
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      if (l[i * n + j] >= 0 && l[i * n + j] < im_->index->ntotal) out[i].push_back(l[i * n + j]);
+  return out;
+}
+
+#else  // no faiss
+
+bool have_faiss() { return false; }
+struct AnnIndex::Impl {
+  std::string factory, path;
+};
+AnnIndex::AnnIndex() : im_(std::make_unique<Impl>()) {}
+AnnIndex::~AnnIndex() = default;
+const std::string& AnnIndex::factory() const { return im_->factory; }
+const std::string& AnnIndex::path() const { return im_->path; }
+double build_ann(const FeatureSet&, const AnnBuildOptions&, const std::string&) { no_faiss(); }
+void extend_ann(const std::string&, const FeatureSet&, const FeatureSet&) { no_faiss(); }
+std::unique_ptr<AnnIndex> AnnIndex::open(const std::string&, const FeatureSet&, const AnnParams&) { no_faiss(); }
+std::vector<std::vector<int64_t>> AnnIndex::candidates(const float*, int64_t, int64_t) const { no_faiss(); }
+
+#endif
+
+}  // namespace clip

@@ -1,0 +1,153 @@
+#include "clip/retrieval/int8.h"
+
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/base/log.h"
+#include "clip/retrieval/sidecar.h"
+
+namespace clip {
+
+namespace {
+constexpr char kI8Magic[8] = {'C', 'L', 'I', 'P', 'I', '8', '\0', '\0'};
+constexpr uint32_t kI8Version = 1;
+const char* const kWhat = "int8 scan file";
+
+std::string remedy(const std::string& store) {
+  return fmt::format("rebuild it with clip-index --dtype i8 for '{}' (or delete it, or pass --exact)", store);
+}
+
+struct Cand {
+  float score;
+  int64_t row;
+};
+bool better(const Cand& a, const Cand& b) { return a.score > b.score || (a.score == b.score && a.row < b.row); }
+
+bool have_avx2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+}
+
+__attribute__((target("avx2,fma"))) float dot_i8_avx2(const int8_t* x, const float* q, int64_t dim) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= dim; j += 16) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + j));
+    const __m256 v0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+    const __m256 v1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+    a0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(q + j), a0);
+    a1 = _mm256_fmadd_ps(v1, _mm256_loadu_ps(q + j + 8), a1);
+  }
+  const __m256 a = _mm256_add_ps(a0, a1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  h = _mm_hadd_ps(h, h);
+  h = _mm_hadd_ps(h, h);
+  float s = _mm_cvtss_f32(h);
+  for (; j < dim; ++j) s += x[j] * q[j];
+  return s;
+}
+
+float dot_i8(const int8_t* x, const float* q, int64_t dim) {
+  if (have_avx2()) return dot_i8_avx2(x, q, dim);
+  float s = 0;
+  for (int64_t j = 0; j < dim; ++j) s += x[j] * q[j];
+  return s;
+}
+}  // namespace
+
+std::string int8_path(const std::string& store_path) { return store_path + ".i8"; }
+
+void build_int8(const FeatureSet& fs, const std::string& path) {
+  const int64_t N = fs.size(), D = fs.dim;
+  std::string payload(static_cast<size_t>(N * D) + static_cast<size_t>(N) * sizeof(float), '\0');
+  int8_t* codes = reinterpret_cast<int8_t*>(payload.data());
+  float* scales = reinterpret_cast<float*>(payload.data() + N * D);
+  at::parallel_for(0, N, 4096, [&](int64_t b, int64_t e) {
+    std::vector<float> row(D);
+    for (int64_t r = b; r < e; ++r) {
+      fs.copy_rows(r, r + 1, row.data());
+      float m = 0;
+      for (float v : row) m = std::max(m, std::abs(v));
+      const float scale = m > 0 ? m / 127.f : 1.f;
+      for (int64_t j = 0; j < D; ++j)
+        codes[r * D + j] = static_cast<int8_t>(std::lrint(std::clamp(row[j] / scale, -127.f, 127.f)));
+      std::memcpy(scales + r, &scale, sizeof scale);
+    }
+  });
+  nlohmann::json h = {{"scale", "per_vector"}, {"store", identity_json(store_identity(fs))}, {"payload_size", payload.size()}};
+  write_sidecar(path, kI8Magic, kI8Version, h, payload.data(), payload.size());
+  log_info("wrote int8 scan file {} ({} rows)", path, N);
+}
+
+std::unique_ptr<Int8Index> Int8Index::open(const std::string& path, const FeatureSet& fs) {
+  Sidecar sc = read_sidecar(path, kI8Magic, kI8Version, kWhat, remedy(fs.path));
+  check_identity(sc.header.value("store", nlohmann::json()), fs, path, kWhat, remedy(fs.path));
+  const uint64_t want = static_cast<uint64_t>(fs.size()) * (fs.dim + sizeof(float));
+  if (sc.payload_size != want)
+    throw DataError(fmt::format("{} '{}': payload of {} bytes, {} expected for {} rows of dim {}; {}", kWhat, path,
+                                sc.payload_size, want, fs.size(), fs.dim, remedy(fs.path)));
+  auto map = std::make_shared<MappedFile>(path);
+  std::unique_ptr<Int8Index> x(new Int8Index());
+  x->codes_ = reinterpret_cast<const int8_t*>(map->data() + sc.payload_offset);
+  x->scales_ = reinterpret_cast<const float*>(map->data() + sc.payload_offset + fs.size() * fs.dim);
+  x->map_ = map;
+  x->rows_ = fs.size();
+  x->dim_ = fs.dim;
+  x->path_ = path;
+  return x;
+}
+
+Int8Index::~Int8Index() = default;
+const std::string& Int8Index::path() const { return path_; }
+
+std::vector<std::vector<int64_t>> Int8Index::candidates(const float* q, int64_t nq, int64_t n,
+                                                        const std::vector<int64_t>& exclude_row) const {
+  const int64_t N = rows_, D = dim_;
+  n = std::min(n, N);
+  const int64_t threads = std::max(1, at::get_num_threads());
+  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(threads * 4, (N + 4095) / 4096));
+  const int64_t per = (N + nblocks - 1) / nblocks;
+  std::vector<std::vector<std::vector<Cand>>> part(nblocks, std::vector<std::vector<Cand>>(nq));
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t r0 = blk * per, r1 = std::min(N, r0 + per);
+      for (int64_t i = 0; i < nq; ++i) {
+        auto& h = part[blk][i];
+        h.reserve(n + 1);
+        for (int64_t r = r0; r < r1; ++r) {
+          float sc;
+          std::memcpy(&sc, scales_ + r, sizeof sc);
+          const float s = sc * dot_i8(codes_ + r * D, q + i * D, D);
+          if ((static_cast<int64_t>(h.size()) >= n && !(s > h.front().score)) || r == exclude_row[i]) continue;
+          if (static_cast<int64_t>(h.size()) >= n) {
+            std::pop_heap(h.begin(), h.end(), better);
+            h.back() = {s, r};
+          } else {
+            h.push_back({s, r});
+          }
+          std::push_heap(h.begin(), h.end(), better);
+        }
+      }
+    }
+  });
+  std::vector<std::vector<int64_t>> out(nq);
+  for (int64_t i = 0; i < nq; ++i) {
+    std::vector<Cand> all;
+    for (int64_t blk = 0; blk < nblocks; ++blk) all.insert(all.end(), part[blk][i].begin(), part[blk][i].end());
+    const size_t keep = std::min<size_t>(all.size(), n);
+    std::partial_sort(all.begin(), all.begin() + keep, all.end(), better);
+    for (size_t j = 0; j < keep; ++j) out[i].push_back(all[j].row);
+  }
+  return out;
+}
+
+}  // namespace clip

@@ -1,0 +1,325 @@
+// Shards, the approximate (faiss) index and the int8 scan file beside a store (collection.h), and the
+// multi-threaded exact scan they are all compared with.
+#include <ATen/ATen.h>
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+#include <set>
+
+#include "clip/base/error.h"
+#include "clip/base/fileio.h"
+#include "clip/retrieval/ann.h"
+#include "clip/retrieval/collection.h"
+#include "clip/retrieval/indexing.h"
+#include "clip/retrieval/int8.h"
+#include "clip/retrieval/search.h"
+#include "clip/retrieval/store.h"
+#include "util.h"
+
+using namespace clip;
+using testutil::TempDir;
+
+namespace {
+
+constexpr float kNoThreshold = -std::numeric_limits<float>::infinity();
+
+// Unit vectors drawn around `clusters` random centres (spread `sigma`), so that neighbours are close as
+// in real image features.
+std::vector<float> clustered(int64_t n, int64_t dim, int clusters, float sigma, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd;
+  std::vector<float> c(clusters * dim), v(n * dim);
+  for (auto& x : c) x = nd(rng);
+  for (int i = 0; i < clusters; ++i) {
+    float s = 0;
+    for (int64_t j = 0; j < dim; ++j) s += c[i * dim + j] * c[i * dim + j];
+    for (int64_t j = 0; j < dim; ++j) c[i * dim + j] /= std::sqrt(s);
+  }
+  std::uniform_int_distribution<int> pick(0, clusters - 1);
+  for (int64_t r = 0; r < n; ++r) {
+    const int k = pick(rng);
+    float s = 0;
+    for (int64_t j = 0; j < dim; ++j) {
+      v[r * dim + j] = c[k * dim + j] + sigma * nd(rng) / std::sqrt(float(dim));
+      s += v[r * dim + j] * v[r * dim + j];
+    }
+    for (int64_t j = 0; j < dim; ++j) v[r * dim + j] /= std::sqrt(s);
+  }
+  return v;
+}
+
+std::vector<int64_t> ids_from(int64_t n, int64_t base) {
+  std::vector<int64_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = base + (i * 37) % n;
+  return ids;
+}
+
+StoreMeta meta() {
+  StoreMeta m;
+  m.kind = "image";
+  m.model_name = "test";
+  m.weights_hash = "sha256:test";
+  return m;
+}
+
+at::Tensor tensor(const std::vector<float>& v, int64_t n, int64_t dim) {
+  return at::from_blob(const_cast<float*>(v.data()), {n, dim}, at::kFloat).clone();
+}
+
+void require_same(const std::vector<std::vector<Hit>>& a, const std::vector<std::vector<Hit>>& b) {
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(a[i].size() == b[i].size());
+    for (size_t j = 0; j < a[i].size(); ++j) {
+      INFO("query " << i << " rank " << j);
+      REQUIRE(a[i][j].id == b[i][j].id);
+      REQUIRE(a[i][j].score == b[i][j].score);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the threaded exact scan equals the chunked scan, ties included, over many blocks", "[collection]") {
+  // 3 levels per value: many tied scores, spread over the scan's blocks (4096+ rows each).
+  const int64_t n = 40000, dim = 16;
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> d(0, 2);
+  std::vector<float> g(n * dim), q(4 * dim);
+  for (auto& x : g) x = (d(rng) - 1) / 8.0f;
+  for (auto& x : q) x = (d(rng) - 1) / 8.0f;
+  for (int64_t c = 0; c < dim; ++c) q[c] = 0.f;  // tied with every row
+  const auto ids = ids_from(n, 100);
+  for (StoreDtype dt : {StoreDtype::f32, StoreDtype::f16}) {
+    FeatureSet fs = make_feature_set(ids, g.data(), dim, dt);
+    for (int k : {1, 10, 100}) {
+      INFO(dtype_name(dt) << " k " << k);
+      const at::Tensor qt = tensor(q, 4, dim);
+      auto fast = search(qt, fs, k);
+      auto chunked = search(qt, fs, k, kNoThreshold, nullptr, 5000);
+      require_same(fast, chunked);
+      for (size_t i = 0; i < fast.size(); ++i)
+        for (size_t j = 0; j < fast[i].size(); ++j) REQUIRE(fast[i][j].row == chunked[i][j].row);
+      for (int j = 0; j < k; ++j) REQUIRE(fast[0][j].row == j);  // the zero query: the first rows, in order
+      // exclude-self through the threaded scan
+      std::vector<int64_t> self = {ids[0], ids[1], ids[2], ids[3]};
+      auto ex = search(qt, fs, k, kNoThreshold, &self);
+      auto exc = search(qt, fs, k, kNoThreshold, &self, 5000);
+      require_same(ex, exc);
+      for (int64_t i = 0; i < 4; ++i)
+        for (const Hit& h : ex[i]) REQUIRE(h.id != self[i]);
+    }
+  }
+}
+
+TEST_CASE("shards are searched exactly like the one store they add up to", "[collection]") {
+  TempDir tmp("shards");
+  const int64_t n = 3000, dim = 32;
+  auto g = clustered(n, dim, 12, 0.6f, 1);
+  // Duplicate rows in different shards: ties across shards are broken by the concatenated row order.
+  for (int64_t c = 0; c < dim; ++c) g[2500 * dim + c] = g[10 * dim + c];
+  const auto ids = ids_from(n, 1);
+  const auto q = clustered(23, dim, 12, 0.6f, 2);
+  const int64_t cut1 = 1000, cut2 = 2200;
+  for (StoreDtype dt : {StoreDtype::f32, StoreDtype::f16}) {
+    write_store(tmp / "all", ids, g.data(), dim, dt, meta());
+    write_store(tmp / "a", {ids.begin(), ids.begin() + cut1}, g.data(), dim, dt, meta());
+    write_store(tmp / "b", {ids.begin() + cut1, ids.begin() + cut2}, g.data() + cut1 * dim, dim, dt, meta());
+    write_store(tmp / "c", {ids.begin() + cut2, ids.end()}, g.data() + cut2 * dim, dim, dt, meta());
+    Collection one = Collection::open({tmp / "all"});
+    Collection three = Collection::open({tmp / "a", tmp / "b", tmp / "c"});
+    REQUIRE(three.size() == n);
+    for (int64_t nq : {1, 4, 23}) {
+      for (int k : {1, 10, 50}) {
+        INFO(dtype_name(dt) << " " << nq << " queries, k " << k);
+        const at::Tensor qt = tensor(q, 23, dim).narrow(0, 0, nq);
+        auto a = one.search(qt, k), b = three.search(qt, k);
+        require_same(a, b);
+        for (size_t i = 0; i < a.size(); ++i)
+          for (size_t j = 0; j < a[i].size(); ++j) REQUIRE(a[i][j].row == b[i][j].row);
+        std::vector<int64_t> self(nq);
+        for (int64_t i = 0; i < nq; ++i) self[i] = ids[(i * 131) % n];
+        require_same(one.search(qt, k, 0.2f, &self), three.search(qt, k, 0.2f, &self));
+      }
+    }
+  }
+  // Ids must be unique across shards.
+  write_store(tmp / "dup", {ids[5], 999999}, g.data(), dim, StoreDtype::f32, meta());
+  try {
+    Collection::open({tmp / "a", tmp / "dup"});
+    FAIL("duplicate id across shards accepted");
+  } catch (const DataError& e) {
+    const std::string m = e.what();
+    REQUIRE(m.find("id " + std::to_string(ids[5])) != std::string::npos);
+    REQUIRE(m.find("unique across shards") != std::string::npos);
+  }
+  // Shards of different dims or models are refused.
+  write_store(tmp / "d16", {5000001}, g.data(), 16, StoreDtype::f32, meta());
+  REQUIRE_THROWS_AS(Collection::open({tmp / "a", tmp / "d16"}), DataError);
+  StoreMeta other = meta();
+  other.weights_hash = "sha256:other";
+  write_store(tmp / "other", {5000002}, g.data(), dim, StoreDtype::f32, other);
+  REQUIRE_THROWS_AS(Collection::open({tmp / "a", tmp / "other"}), DataError);
+}
+
+TEST_CASE("int8 scan file: exact scores, recall@10 against float32 on clustered data, stale file refused", "[collection]") {
+  TempDir tmp("int8");
+  const int64_t n = 6000, dim = 64, nq = 100;
+  auto g = clustered(n, dim, 30, 0.6f, 7);
+  auto q = clustered(nq, dim, 30, 0.6f, 8);
+  const auto ids = ids_from(n, 1);
+  const std::string path = tmp / "s.clipfeat";
+  write_store(path, ids, g.data(), dim, StoreDtype::f32, meta());
+  Collection exact = Collection::open({path});
+  build_int8(exact.front(), int8_path(path));
+  Collection i8 = Collection::open({path});
+  REQUIRE(i8.method() == "int8");
+  REQUIRE(Collection::open({path}, SearchOptions{true}).method() == "exact");
+  int found = 0;
+  for (int64_t i = 0; i < nq; ++i) {
+    const at::Tensor qi = tensor(q, nq, dim).narrow(0, i, 1);
+    auto e = exact.search(qi, 10).at(0), a = i8.search(qi, 10).at(0);
+    REQUIRE(a.size() == 10);
+    std::set<int64_t> truth;
+    for (const Hit& h : e) truth.insert(h.id);
+    for (const Hit& h : a) {
+      found += truth.count(h.id);
+      // Re-scored exactly: the score exact search gives that row.
+      std::vector<float> s(1);
+      score_rows(exact.front(), q.data() + i * dim, {h.row}, s.data());
+      REQUIRE(h.score == s[0]);
+    }
+  }
+  const double recall = found / double(nq * 10);
+  INFO("int8 recall@10 " << recall);
+  REQUIRE(recall >= 0.99);
+  // A store rewritten with other values under the same ids: the int8 file is refused.
+  for (auto& x : g) x = -x;
+  write_store(path, ids, g.data(), dim, StoreDtype::f32, meta());
+  try {
+    Collection::open({path});
+    FAIL("stale int8 file accepted");
+  } catch (const DataError& e) {
+    REQUIRE(std::string(e.what()).find("--dtype i8") != std::string::npos);
+  }
+}
+
+TEST_CASE("approximate index: exhaustive probing returns the exact answer; stale or foreign files are refused",
+          "[collection][ann]") {
+  if (!have_faiss()) {
+    REQUIRE_THROWS_AS(build_ann(make_feature_set({1}, std::vector<float>(8, 0.5f).data(), 8), {"Flat"}, "/tmp/x.ann"),
+                      UsageError);
+    return;
+  }
+  TempDir tmp("ann");
+  const int64_t n = 2000, dim = 32;
+  auto g = clustered(n, dim, 16, 0.6f, 11);
+  auto q = clustered(4, dim, 16, 0.6f, 12);
+  const auto ids = ids_from(n, 1);
+  const std::string path = tmp / "s.clipfeat";
+  for (StoreDtype dt : {StoreDtype::f32, StoreDtype::f16}) {
+    write_store(path, ids, g.data(), dim, dt, meta());
+    Collection exact = Collection::open({path}, SearchOptions{true});
+    for (std::string factory : {"IVF16,Flat", "IVF8,SQ8", "HNSW16"}) {
+      INFO(factory << " " << dtype_name(dt));
+      AnnBuildOptions bo;
+      bo.factory = factory;
+      build_ann(exact.front(), bo, ann_path(path));
+      SearchOptions so;
+      if (factory.rfind("IVF", 0) == 0) so.ann.nprobe = 16;  // every list
+      else so.ann.ef = 4000;
+      so.candidates = factory == "IVF16,Flat" ? 0 : n;  // approximate codes: re-score every row returned
+      Collection ann = Collection::open({path}, so);
+      REQUIRE(ann.method() == "ann " + factory);
+      for (int64_t nq : {1, 4}) {
+        const at::Tensor qt = tensor(q, 4, dim).narrow(0, 0, nq);
+        for (int k : {1, 10})
+          require_same(ann.search(qt, k), exact.search(qt, k));
+        std::vector<int64_t> self(nq, ids[3]);
+        require_same(ann.search(qt, 10, kNoThreshold, &self), exact.search(qt, 10, kNoThreshold, &self));
+      }
+    }
+    std::remove(ann_path(path).c_str());
+  }
+  // nprobe on a non-IVF index, an unknown factory: usage errors.
+  AnnBuildOptions hn;
+  hn.factory = "HNSW8";
+  Collection base = Collection::open({path});
+  build_ann(base.front(), hn, ann_path(path));
+  SearchOptions probe;
+  probe.ann.nprobe = 4;
+  REQUIRE_THROWS_AS(Collection::open({path}, probe), UsageError);
+  AnnBuildOptions bad;
+  bad.factory = "NoSuchIndex7";
+  REQUIRE_THROWS_AS(build_ann(base.front(), bad, tmp / "bad.ann"), UsageError);
+
+  auto refused = [&](const std::string& store, const std::string& what) {
+    try {
+      Collection::open({store});
+      FAIL("index accepted");
+    } catch (const DataError& e) {
+      const std::string m = e.what();
+      INFO(m);
+      REQUIRE(m.find(what) != std::string::npos);
+      REQUIRE(m.find("clip-index --ann") != std::string::npos);  // the remedy
+    }
+  };
+  // Stale: rows appended to the store after the index was built.
+  std::vector<float> extra(dim, 0.f);
+  extra[0] = 1.f;
+  append_store(path, {777777}, extra.data(), dim);
+  refused(path, "2000 rows recorded, the store has 2001");
+  // Foreign: another store's index copied beside this one (same size, other ids).
+  const std::string other = tmp / "other.clipfeat";
+  write_store(other, ids_from(2000, 50), g.data(), dim, StoreDtype::f32, meta());
+  Collection o = Collection::open({other});
+  build_ann(o.front(), hn, ann_path(other));
+  write_store(tmp / "same.clipfeat", ids, g.data(), dim, StoreDtype::f32, meta());
+  write_file_atomic(ann_path(tmp / "same.clipfeat"), read_file(ann_path(other)));
+  refused(tmp / "same.clipfeat", "its ids differ");
+  // Not an index at all; a truncated one.
+  write_file_atomic(ann_path(tmp / "same.clipfeat"), "CLIPFEAT garbage");
+  refused(tmp / "same.clipfeat", "wrong magic");
+  const std::string good = read_file(ann_path(other));
+  write_file_atomic(ann_path(tmp / "same.clipfeat"), good.substr(0, good.size() - 100));
+  refused(tmp / "same.clipfeat", "truncated");
+  // --exact bypasses the index, whatever it is.
+  REQUIRE(Collection::open({tmp / "same.clipfeat"}, SearchOptions{true}).method() == "exact");
+}
+
+TEST_CASE("clip-index's writer keeps the index beside a store consistent on --append", "[collection][ann]") {
+  if (!have_faiss()) return;
+  TempDir tmp("annappend");
+  const int64_t dim = 16;
+  auto g = clustered(600, dim, 6, 0.6f, 21);
+  const std::string path = tmp / "s.clipfeat";
+  auto set_of = [&](int64_t b, int64_t e) {
+    EncodedSet s;
+    for (int64_t i = b; i < e; ++i) s.ids.push_back(10 + i);
+    s.features = tensor(g, 600, dim).narrow(0, b, e - b).clone();
+    return s;
+  };
+  SidecarOptions side;
+  side.ann_factory = "IVF4,Flat";
+  side.int8 = true;
+  write_features(path, set_of(0, 400), meta(), StoreDtype::f16, false, side);
+  REQUIRE(file_exists(ann_path(path)));
+  REQUIRE(file_exists(int8_path(path)));
+  write_features(path, set_of(400, 600), meta(), StoreDtype::f16, true);  // appended: both follow
+  SearchOptions so;
+  so.ann.nprobe = 4;
+  Collection c = Collection::open({path}, so);
+  REQUIRE(c.size() == 600);
+  REQUIRE(c.method() == "ann IVF4,Flat");
+  const at::Tensor qt = tensor(g, 600, dim).narrow(0, 590, 2);
+  require_same(c.search(qt, 5), Collection::open({path}, SearchOptions{true}).search(qt, 5));
+  REQUIRE(c.search(qt, 1)[0][0].id == 10 + 590);  // an appended row is found through the index
+  std::remove(ann_path(path).c_str());
+  REQUIRE(Collection::open({path}).method() == "int8");
+  // Written anew: the files beside it described the old store and are removed.
+  write_features(path, set_of(0, 100), meta(), StoreDtype::f16, false);
+  REQUIRE(!file_exists(int8_path(path)));
+  REQUIRE(Collection::open({path}).method() == "exact");
+}
