@@ -1,5 +1,7 @@
 #include "clip/retrieval/int8.h"
 
+#include "clip/base/cpu.h"
+
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <immintrin.h>
@@ -29,13 +31,7 @@ struct Cand {
 };
 bool better(const Cand& a, const Cand& b) { return a.score > b.score || (a.score == b.score && a.row < b.row); }
 
-bool have_avx2() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-}
+bool have_avx2() { return cpu_features().avx2 && cpu_features().fma; }
 
 __attribute__((target("avx2,fma"))) float dot_i8_avx2(const int8_t* x, const float* q, int64_t dim) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
