@@ -36,7 +36,9 @@ with_peak() {
 }
 
 common=(--batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP")
-for ckpt in "" --grad-checkpointing; do
+# CKPT_MODES="plain" skips the gradient-checkpointing half.
+modes=(""); [[ ${CKPT_MODES:-plain ckpt} == *ckpt* ]] && modes+=(--grad-checkpointing)
+for ckpt in "${modes[@]}"; do
   with_peak "$BUILD_DIR/bin/bench_train" --device cuda --precision fp32 "${common[@]}" $ckpt
   with_peak "$PYTHON" bench/bench_train_python.py --cnclip "$CNCLIP" --precision fp32 "${common[@]}" $ckpt
   with_peak "$BUILD_DIR/bin/bench_train" --device cuda --precision amp "${common[@]}" $ckpt
