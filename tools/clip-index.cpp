@@ -34,6 +34,8 @@ static int body(int argc, char** argv) {
   if (!image_out.empty() && dopt.images.empty()) throw UsageError("--image-out needs --images TSV or --data DIR");
   if (!text_out.empty() && dopt.texts.empty()) throw UsageError("--text-out needs --texts JSONL or --data DIR");
 
+  // Only the towers this job encodes with.
+  mo.towers = image_out.empty() ? Towers::text : text_out.empty() ? Towers::vision : Towers::both;
   Encoder enc(mo, ro);
   const StoreDtype dt = parse_store_dtype(dtype);
   if (!image_out.empty()) {
@@ -41,14 +43,14 @@ static int body(int argc, char** argv) {
     ImageTsv tsv(dopt.images, rep, dopt.strict);
     rep.summarize(dopt.images);
     EncodedSet set = encode_images(enc, tsv, ro.threads, dopt.on_error == "skip" && !dopt.strict);
-    write_features(image_out, set, make_store_meta(enc, "image", dopt.images), dt, append);
+    write_features(image_out, set, store_meta_for(image_out, enc, "image", dopt.images), dt, append);
   }
   if (!text_out.empty()) {
     ReadReport rep;
     auto texts = read_texts(dopt.texts, rep, dopt.strict);
     rep.summarize(dopt.texts);
     EncodedSet set = encode_texts(enc, texts);
-    write_features(text_out, set, make_store_meta(enc, "text", dopt.texts), dt, append);
+    write_features(text_out, set, store_meta_for(text_out, enc, "text", dopt.texts), dt, append);
   }
   return kExitOk;
 }

@@ -17,6 +17,7 @@ namespace clip {
 
 struct Encoder::State {
   ClipModel model{nullptr};
+  std::optional<Checkpoint> checkpoint;  // the mapped file the weights point into
   at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
 };
@@ -40,21 +41,36 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro) : st_(std::ma
   batch_size_ = ro.batch_size;
   checkpoint_path_ = mo.checkpoint;
   ModelSource src = resolve_model(mo);
-  st_->model = build_model(src);
-  weights_hash_ = clip::weights_hash(st_->model);
+  st_->model = build_model(src, mo.towers, WeightUse::share);
+  if (!src.checkpoint) weights_hash_ = clip::weights_hash(st_->model);
+  st_->checkpoint = std::move(src.checkpoint);
   tokenizer_ = std::make_unique<Tokenizer>(Tokenizer::load(src.vocab_path));
   check_vocab_fits(*tokenizer_, src.config.text);
   st_->device = parse_device(ro.device);
   st_->dtype = parse_precision(ro.precision, st_->device);
   st_->model->to(st_->device, st_->dtype);
   st_->model->eval();
-  log_info("model {} ({} weights {}), {} on {}", src.config.name(), src.checkpoint->format, weights_hash_,
-           ro.precision, st_->device.str());
+  const Towers t = mo.towers;
+  log_info("model {} ({}{}), {} on {}", src.config.name(), st_->checkpoint ? st_->checkpoint->format : "no checkpoint",
+           t == Towers::both ? "" : t == Towers::text ? ", text tower only" : ", vision tower only", ro.precision,
+           st_->device.str());
 }
 
 Encoder::~Encoder() = default;
 
 ClipModel& Encoder::model() { return st_->model; }
+Towers Encoder::towers() const { return st_->model->towers(); }
+
+const std::string& Encoder::weights_hash() const {
+  if (weights_hash_.empty()) {
+    // From the checkpoint's stored values: the same digest as the float32 model with both towers
+    // right after loading, whatever towers, device and precision this encoder uses.
+    if (st_->checkpoint) weights_hash_ = clip::weights_hash(config(), st_->checkpoint->state_dict);
+    else weights_hash_ = clip::weights_hash(st_->model);
+    if (st_->checkpoint) st_->checkpoint->check_intact();
+  }
+  return weights_hash_;
+}
 const ModelConfig& Encoder::config() const { return st_->model->config(); }
 int Encoder::resolution() const { return config().vision.image_resolution; }
 int Encoder::embed_dim() const { return config().embed_dim(); }
@@ -64,7 +80,9 @@ at::Tensor Encoder::encode_ids(const at::Tensor& ids) {
   auto f = st_->model->encode_text(ids.to(st_->device));
   f = f.to(at::kFloat);
   f = f / f.norm(2, -1, true);
-  return f.to(at::kCPU).contiguous();
+  f = f.to(at::kCPU).contiguous();
+  if (st_->checkpoint) st_->checkpoint->check_intact();
+  return f;
 }
 
 at::Tensor Encoder::encode_texts(const std::vector<std::string>& texts, bool preprocess) {
@@ -84,7 +102,9 @@ at::Tensor Encoder::encode_pixels(const at::Tensor& pixels) {
   auto f = st_->model->encode_image(pixels.to(st_->device, st_->dtype));
   f = f.to(at::kFloat);
   f = f / f.norm(2, -1, true);
-  return f.to(at::kCPU).contiguous();
+  f = f.to(at::kCPU).contiguous();
+  if (st_->checkpoint) st_->checkpoint->check_intact();
+  return f;
 }
 
 void Encoder::preprocess_image(const uint8_t* data, size_t n, float* out) const {

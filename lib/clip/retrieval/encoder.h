@@ -21,7 +21,9 @@ class ClipModel;
 class Encoder {
  public:
   // Loads the checkpoint, resolves the config (explicit names/JSON or inferred, logging what was
-  // assumed), finds the vocab, moves the model to the device and precision, eval mode.
+  // assumed), finds the vocab, moves the model to the device and precision, eval mode. Only the
+  // towers of model.towers are built; float32 weights on the CPU are used in place from the
+  // mapped checkpoint. Encoding throws IoError when the checkpoint file changed under its map.
   Encoder(const ModelOptions& model, const RuntimeOptions& runtime);
   ~Encoder();
   Encoder(const Encoder&) = delete;
@@ -44,7 +46,9 @@ class Encoder {
   const ModelConfig& config() const;
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const std::string& checkpoint_path() const { return checkpoint_path_; }
-  const std::string& weights_hash() const { return weights_hash_; }
+  // weights_hash of the whole checkpoint (both towers, whatever was loaded), computed on first use.
+  const std::string& weights_hash() const;
+  Towers towers() const;
   // Settings a consumer needs to reproduce the inputs: resolution, mean/std, interpolation,
   // context length, vocab sha256, model name; stored in feature stores and exports.
   nlohmann::json preprocess_meta() const;
@@ -54,7 +58,8 @@ class Encoder {
   struct State;
   std::unique_ptr<State> st_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  std::string checkpoint_path_, weights_hash_;
+  std::string checkpoint_path_;
+  mutable std::string weights_hash_;
   int context_length_ = 52;
   int batch_size_ = 64;
 };

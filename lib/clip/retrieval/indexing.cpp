@@ -73,6 +73,18 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts) {
   return set;
 }
 
+static bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+StoreMeta store_meta_for(const std::string& path, const Encoder& enc, const std::string& kind,
+                         const std::string& source_path) {
+  if (!ends_with(path, ".jsonl")) return make_store_meta(enc, kind, source_path);
+  StoreMeta m;
+  m.kind = kind;
+  return m;
+}
+
 StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std::string& source_path) {
   StoreMeta m;
   m.kind = kind;
@@ -93,9 +105,6 @@ StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std
   return m;
 }
 
-static bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
 
 void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
                     bool append) {
