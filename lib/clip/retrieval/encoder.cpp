@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
 #include "clip/model/loader.h"
@@ -85,12 +86,21 @@ at::Tensor Encoder::encode_ids(const at::Tensor& ids) {
   return f;
 }
 
-at::Tensor Encoder::encode_texts(const std::vector<std::string>& texts, bool preprocess) {
+at::Tensor Encoder::tokenize(const std::vector<std::string>& texts, bool preprocess) const {
   const int64_t n = static_cast<int64_t>(texts.size());
   auto ids = at::zeros({n, context_length_}, at::kLong);
   int64_t* p = ids.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i)
-    tokenizer_->encode_into(preprocess ? preprocess_text(texts[i]) : texts[i], context_length_, p + i * context_length_);
+  // Each row depends on its text only (the tokenizer is immutable): the same ids on any thread count.
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      tokenizer_->encode_into(preprocess ? preprocess_text(texts[i]) : texts[i], context_length_, p + i * context_length_);
+  });
+  return ids;
+}
+
+at::Tensor Encoder::encode_texts(const std::vector<std::string>& texts, bool preprocess) {
+  const int64_t n = static_cast<int64_t>(texts.size());
+  at::Tensor ids = tokenize(texts, preprocess);
   std::vector<at::Tensor> out;
   for (int64_t s = 0; s < n; s += batch_size_) out.push_back(encode_ids(ids.slice(0, s, std::min(n, s + batch_size_))));
   if (out.empty()) return at::empty({0, embed_dim()}, at::kFloat);

@@ -32,6 +32,8 @@ class Encoder {
   // Texts -> L2-normalised features [N, E] float32 on the CPU. `preprocess` applies cn_clip's
   // dataset preprocessing (lower-case, curly quotes) before tokenising, as extract_features does.
   at::Tensor encode_texts(const std::vector<std::string>& texts, bool preprocess = true);
+  // Texts -> token ids [N, context_length] int64 (0 = padding), tokenised on all intra-op threads.
+  at::Tensor tokenize(const std::vector<std::string>& texts, bool preprocess = true) const;
   // Token ids [N, context_length] int64 -> L2-normalised features [N, E] float32 CPU.
   at::Tensor encode_ids(const at::Tensor& ids);
   // Preprocessed pixels [N, 3, R, R] float32 (any device) -> L2-normalised features [N, E] float32 CPU.
