@@ -53,6 +53,8 @@ static int body(int argc, char** argv) {
   if (same_file(image_out, text_out))
     throw UsageError("--image-out and --text-out name the same file '" + image_out + "'; give two names");
 
+  // Only the towers this job encodes with.
+  mo.towers = image_out.empty() ? Towers::text : text_out.empty() ? Towers::vision : Towers::both;
   Encoder enc(mo, ro);
   side.int8 = dtype == "i8";
   const StoreDtype dt = side.int8 ? StoreDtype::f16 : parse_store_dtype(dtype);
@@ -76,8 +78,8 @@ static int body(int argc, char** argv) {
     if (recs.empty()) throw DataError("'" + dopt.texts + "' holds no texts: nothing to index");
     texts = encode_texts(enc, recs);
   }
-  if (images) write_features(image_out, *images, make_store_meta(enc, "image", dopt.images), dt, append, side);
-  if (texts) write_features(text_out, *texts, make_store_meta(enc, "text", dopt.texts), dt, append, side);
+  if (images) write_features(image_out, *images, store_meta_for(image_out, enc, "image", dopt.images), dt, append, side);
+  if (texts) write_features(text_out, *texts, store_meta_for(text_out, enc, "text", dopt.texts), dt, append, side);
   return kExitOk;
 }
 

@@ -30,6 +30,27 @@ for kind, key in (("image", "image_id"), ("text", "text_id")):
     print(f"{kind}: {len(got)} features, max |diff| vs cn_clip {worst:.2e}")
 PYEOF
 
+# 1b. one-tower jobs (texts only, images only) write the same bytes as the two-tower run, and their stores
+# the same weights_hash (the whole checkpoint's), so clip-eval still pairs them
+"$BIN/clip-index" -q "${MODEL[@]}" --texts "$F/texts.jsonl" --text-out "$T/txt1.jsonl" || fail "clip-index texts only"
+"$BIN/clip-index" -q "${MODEL[@]}" --images "$F/images.tsv" --image-out "$T/img1.jsonl" || fail "clip-index images only"
+cmp -s "$T/txt1.jsonl" "$T/txt.jsonl" || fail "text-only features differ from the two-tower run"
+cmp -s "$T/img1.jsonl" "$T/img.jsonl" || fail "image-only features differ from the two-tower run"
+"$BIN/clip-index" -q "${MODEL[@]}" --texts "$F/texts.jsonl" --text-out "$T/txt1.clipfeat" 2> "$T/log1" || fail "text-only store"
+$PY - "$T" <<'PYEOF' || fail "one-tower store metadata"
+import json, struct, sys
+t = sys.argv[1]
+def meta(p):  # docs/store-format.md: meta_size (u32) at offset 36, the JSON at offset 64
+    b = open(p, "rb").read()
+    (n,) = struct.unpack_from("<I", b, 36)
+    return json.loads(b[64:64 + n].decode())
+a, b = meta(f"{t}/txt1.clipfeat"), meta(f"{t}/txt.clipfeat")
+assert a["weights_hash"] and a["weights_hash"] == b["weights_hash"], (a["weights_hash"], b["weights_hash"])
+print("one-tower store weights_hash", a["weights_hash"], "= two-tower")
+PYEOF
+"$BIN/clip-index" "${MODEL[@]}" --texts "$F/texts.jsonl" --text-out "$T/txt2.jsonl" 2> "$T/log2" || fail "clip-index log"
+grep -q "text tower only" "$T/log2" || fail "a text-only job should say it loads the text tower only: $(cat "$T/log2")"
+
 # 2. a text query: ranks and scores equal to the brute force over cn_clip's own features
 Q="一只金毛犬在草地上奔跑"
 "$BIN/clip-query" -q --index "$T/img.clipfeat" -t "$Q" -k 3 > "$T/q.jsonl" || fail "clip-query"

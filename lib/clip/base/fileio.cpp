@@ -5,11 +5,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <signal.h>
+
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 #include "clip/base/error.h"
 
@@ -58,7 +62,81 @@ std::string path_join(const std::string& a, const std::string& b) {
   return a + "/" + b;
 }
 
-MappedFile::MappedFile(const std::string& path) : path_(path) {
+// ---- guarded maps: SIGBUS on a vanished page becomes zeros + a damage flag ----------------------
+
+namespace {
+
+constexpr int kGuardSlots = 1024;
+struct GuardSlot {
+  std::atomic<uintptr_t> begin{0}, end{0};
+  std::atomic<int> damaged{0};
+  std::atomic<int> used{0};
+};
+GuardSlot g_slots[kGuardSlots];
+struct sigaction g_prev_bus;
+std::once_flag g_handler_once;
+
+void sigbus_handler(int sig, siginfo_t* info, void* ctx) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (auto& s : g_slots) {
+    const uintptr_t b = s.begin.load(std::memory_order_acquire), e = s.end.load(std::memory_order_acquire);
+    if (b == 0 || addr < b || addr >= e) continue;
+    // The page is past the file's end now: put a private zero page there and remember it.
+    const uintptr_t page = addr & ~uintptr_t(::sysconf(_SC_PAGESIZE) - 1);
+    void* p = ::mmap(reinterpret_cast<void*>(page), size_t(::sysconf(_SC_PAGESIZE)), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (p != MAP_FAILED) {
+      s.damaged.store(1, std::memory_order_release);
+      return;
+    }
+    break;
+  }
+  // Not ours (or the repair failed): behave as before the handler was installed.
+  if (g_prev_bus.sa_flags & SA_SIGINFO) {
+    if (g_prev_bus.sa_sigaction) return g_prev_bus.sa_sigaction(sig, info, ctx);
+  } else if (g_prev_bus.sa_handler != SIG_DFL && g_prev_bus.sa_handler != SIG_IGN && g_prev_bus.sa_handler) {
+    return g_prev_bus.sa_handler(sig);
+  }
+  ::signal(SIGBUS, SIG_DFL);
+  ::raise(SIGBUS);
+}
+
+void install_sigbus_handler() {
+  std::call_once(g_handler_once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = sigbus_handler;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, &g_prev_bus);
+  });
+}
+
+int register_guard(const uint8_t* data, size_t size) {
+  install_sigbus_handler();
+  for (int i = 0; i < kGuardSlots; ++i) {
+    int expected = 0;
+    if (!g_slots[i].used.compare_exchange_strong(expected, 1)) continue;
+    g_slots[i].damaged.store(0);
+    g_slots[i].end.store(reinterpret_cast<uintptr_t>(data) + size, std::memory_order_release);
+    g_slots[i].begin.store(reinterpret_cast<uintptr_t>(data), std::memory_order_release);
+    return i;
+  }
+  return -1;  // more than 1024 guarded maps at once: the extra ones rely on fstat only
+}
+
+void unregister_guard(int i) {
+  if (i < 0) return;
+  g_slots[i].begin.store(0, std::memory_order_release);
+  g_slots[i].end.store(0, std::memory_order_release);
+  g_slots[i].used.store(0, std::memory_order_release);
+}
+
+int64_t mtime_ns(const struct stat& st) { return int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec; }
+
+}  // namespace
+
+MappedFile::MappedFile(const std::string& path, Mode mode) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw_io_error("open", path);
   struct stat st;
@@ -73,8 +151,10 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     throw IoError("'" + path + "' is a directory, expected a file");
   }
   size_ = static_cast<size_t>(st.st_size);
+  mtime_ns_ = mtime_ns(st);
+  const bool guarded = mode == Mode::guarded;
   if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    void* p = ::mmap(nullptr, size_, guarded ? PROT_READ | PROT_WRITE : PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
       int e = errno;
       ::close(fd);
@@ -83,11 +163,33 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     }
     data_ = static_cast<const uint8_t*>(p);
   }
-  ::close(fd);
+  if (guarded) {
+    fd_ = fd;
+    if (data_) slot_ = register_guard(data_, size_);
+  } else {
+    ::close(fd);
+  }
 }
 
 MappedFile::~MappedFile() {
+  unregister_guard(slot_);
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool MappedFile::intact() const {
+  if (fd_ < 0) return true;
+  if (slot_ >= 0 && g_slots[slot_].damaged.load(std::memory_order_acquire)) return false;
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) return false;
+  return static_cast<size_t>(st.st_size) == size_ && mtime_ns(st) == mtime_ns_;
+}
+
+void MappedFile::check_intact() const {
+  if (!intact())
+    throw IoError("'" + path_ + "' was truncated or rewritten while in use (it is mapped, not copied); results that "
+                  "read it were discarded. Do not overwrite a checkpoint in place while a tool uses it: write a new "
+                  "file and rename it over the old one, then run the tool again");
 }
 
 namespace {

@@ -17,20 +17,36 @@ std::string path_basename(const std::string& path);  // "a/b/c.pt" -> "c.pt", "a
 std::string path_join(const std::string& a, const std::string& b);
 
 // Read-only memory map of a whole file (an empty file maps to size 0, data nullptr).
+//
+// A guarded map (checkpoints, whose tensors are used in place) also survives the file being
+// truncated or rewritten while it is mapped: a page that no longer exists would raise SIGBUS; a
+// process-wide handler turns such a page into zeros and marks the map damaged, and check_intact()
+// (also fstat: size and modification time against those at open) then throws IoError naming the
+// file. Callers check after the work that read the map and discard that work's results. Guarded
+// maps are private and writable: a write makes a private copy of the page (copy-on-write), so
+// tensors used in place may be updated (training) without touching the file.
 class MappedFile {
  public:
-  explicit MappedFile(const std::string& path);  // throws IoError
+  enum class Mode { read_only, guarded };
+  explicit MappedFile(const std::string& path, Mode mode = Mode::read_only);  // throws IoError
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Guarded maps: false once a page went missing or the file's size/mtime changed. Read-only maps: true.
+  bool intact() const;
+  // Throws IoError ("'<path>' was truncated or rewritten while in use ...") unless intact().
+  void check_intact() const;
 
  private:
   std::string path_;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  int fd_ = -1;             // kept open by guarded maps, for fstat
+  int64_t mtime_ns_ = 0;
+  int slot_ = -1;           // index in the SIGBUS registry
 };
 
 // True when both paths name the same file (same device and inode when both exist; same canonical

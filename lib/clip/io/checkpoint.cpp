@@ -112,7 +112,7 @@ bool looks_like_safetensors(const uint8_t* d, size_t n) {
   return h >= 2 && h <= n - 8 && d[8] == '{';
 }
 
-PyPtr read_torch_zip(const std::shared_ptr<MappedFile>& mf) {
+PyPtr read_torch_zip(const std::shared_ptr<const MappedFile>& mf) {
   const std::string what = "checkpoint " + quoted(mf->path());
   ZipReader zip(mf->data(), mf->size(), what);
   // The archive's root folder varies (torch uses the file's stem at save time): find data.pkl.
@@ -174,14 +174,17 @@ PyPtr read_torch_zip(const std::shared_ptr<MappedFile>& mf) {
     storages.emplace(key->s, v);
     return v;
   };
-  return unpickle(pdata, size_t(pkl->size), what, loader);
+  try {
+    PyPtr root = unpickle(pdata, size_t(pkl->size), what, loader);
+    mf->check_intact();
+    return root;
+  } catch (const ModelError&) {
+    mf->check_intact();  // a file cut short under the map reads as a bad pickle: say what happened
+    throw;
+  }
 }
 
-std::shared_ptr<MappedFile> map_checkpoint(const std::string& path) {
-  if (is_directory(path)) throw IoError(quoted(path) + " is a directory, expected a checkpoint file");
-  if (!file_exists(path)) throw IoError("checkpoint " + quoted(path) + " does not exist");
-  return std::make_shared<MappedFile>(path);
-}
+std::shared_ptr<const MappedFile> map_checkpoint(const std::string& path) { return map_checkpoint_file(path); }
 
 void reject_legacy(const MappedFile& mf) {
   if (is_legacy_torch(mf.data(), mf.size()))
@@ -279,7 +282,7 @@ StateDict tensors_of(const PyPtr& d, const std::string& path) {
   return sd;
 }
 
-void load_torch_file(Checkpoint& ck, const std::shared_ptr<MappedFile>& mf) {
+void load_torch_file(Checkpoint& ck, const std::shared_ptr<const MappedFile>& mf) {
   ck.format = "torch-zip";
   ck.root = read_torch_zip(mf);
   const PyPtr& root = ck.root;
@@ -308,6 +311,7 @@ void load_torch_file(Checkpoint& ck, const std::shared_ptr<MappedFile>& mf) {
 StateDict load_hf_bin(Checkpoint& ck, const std::string& bin) {
   auto mf = map_checkpoint(bin);
   reject_legacy(*mf);
+  ck.maps.push_back(mf);
   PyPtr root = read_torch_zip(mf);
   PyPtr sd = root && root->kind == PyValue::Kind::dict && root->get("state_dict") ? root->get("state_dict") : root;
   if (!sd || sd->kind != PyValue::Kind::dict) throw ModelError("checkpoint '" + bin + "' does not hold a dict of tensors");
@@ -337,7 +341,14 @@ StateDict load_hf_shards(Checkpoint& ck, const std::string& index_path, bool saf
   StateDict all;
   for (const auto& f : shards) {
     std::string p = path_join(ck.path, f);
-    StateDict part = safetensors ? load_safetensors(p) : load_hf_bin(ck, p);
+    StateDict part;
+    if (safetensors) {
+      auto mf = map_checkpoint(p);
+      ck.maps.push_back(mf);
+      part = load_safetensors(mf);
+    } else {
+      part = load_hf_bin(ck, p);
+    }
     for (const auto& k : part.keys) {
       if (all.contains(k)) throw ModelError("tensor '" + k + "' appears in more than one shard of '" + ck.path + "'");
       all.add(k, part.tensors.at(k));
@@ -357,7 +368,9 @@ void load_hf_folder(Checkpoint& ck) {
   std::string bin = path_join(ck.path, "pytorch_model.bin");
   StateDict raw;
   if (file_exists(st)) {
-    raw = load_safetensors(st);
+    auto mf = map_checkpoint(st);
+    ck.maps.push_back(mf);
+    raw = load_safetensors(mf);
   } else if (file_exists(st + ".index.json")) {
     raw = load_hf_shards(ck, st + ".index.json", true);
   } else if (file_exists(bin)) {
@@ -381,6 +394,7 @@ Checkpoint load_checkpoint(const std::string& path) {
     return ck;
   }
   auto mf = map_checkpoint(path);
+  ck.maps.push_back(mf);
   const uint8_t* d = mf->data();
   size_t n = mf->size();
   reject_legacy(*mf);
@@ -388,14 +402,25 @@ Checkpoint load_checkpoint(const std::string& path) {
     load_torch_file(ck, mf);
   } else if (looks_like_safetensors(d, n)) {
     ck.format = "safetensors";
-    finish_state_dict(ck, load_safetensors(path));
+    finish_state_dict(ck, load_safetensors(mf));
   } else if (n >= 4 && std::memcmp(d, "PK\x05\x06", 4) == 0) {
     throw ModelError("checkpoint " + quoted(path) + " is an empty zip archive");
   } else {
     throw ModelError("checkpoint " + quoted(path) + " is neither a torch.save zip archive nor a safetensors file (" +
                      std::to_string(n) + " bytes); it may be truncated, a TensorFlow/ONNX file or a download error page");
   }
+  ck.check_intact();
   return ck;
+}
+
+void Checkpoint::check_intact() const {
+  for (const auto& m : maps) m->check_intact();
+}
+
+std::shared_ptr<const MappedFile> map_checkpoint_file(const std::string& path) {
+  if (is_directory(path)) throw IoError(quoted(path) + " is a directory, expected a checkpoint file");
+  if (!file_exists(path)) throw IoError("checkpoint " + quoted(path) + " does not exist");
+  return std::make_shared<const MappedFile>(path, MappedFile::Mode::guarded);
 }
 
 }  // namespace clip

@@ -15,6 +15,8 @@
 
 namespace clip {
 
+class MappedFile;
+
 // Tensors by cn_clip name (no "module." prefix, bert.pooler.* dropped, HF keys mapped), file order kept.
 struct StateDict {
   std::vector<std::string> keys;
@@ -34,6 +36,12 @@ struct Checkpoint {
   std::string name;
   PyPtr root;                      // the whole unpickled object (optimizer state etc.), may be null
   std::string hf_config_json;      // config.json text for Hugging Face checkpoints, else empty
+  // The files the tensors point into: guarded maps (fileio.h), not copies. Tensors stay valid while
+  // any copy of the Checkpoint or of a tensor's owner lives.
+  std::vector<std::shared_ptr<const MappedFile>> maps;
+  // Throws IoError when a mapped file was truncated or rewritten since it was opened (results
+  // computed from its tensors since then must be discarded).
+  void check_intact() const;
 };
 
 // Loads any supported checkpoint: a file (.pt/.bin zip, .safetensors) or a Hugging Face folder.
@@ -58,6 +66,10 @@ StateDict hf_to_cnclip(const StateDict& hf, std::vector<std::string>* dropped);
 // Reads a .safetensors file (tensors point into the mapped file; `metadata` receives the
 // "__metadata__" strings when given). Throws ModelError / IoError.
 StateDict load_safetensors(const std::string& path, std::map<std::string, std::string>* metadata = nullptr);
+// Same, from a file already mapped (guarded map for checkpoints).
+StateDict load_safetensors(const std::shared_ptr<const MappedFile>& mf, std::map<std::string, std::string>* metadata = nullptr);
+// A guarded map of a checkpoint file (IoError when missing or a directory).
+std::shared_ptr<const MappedFile> map_checkpoint_file(const std::string& path);
 // Writes `sd` (in key order, each tensor contiguous) atomically. "format": "pt" is added to the
 // metadata unless given, as transformers requires it.
 void save_safetensors(const std::string& path, const StateDict& sd, const std::map<std::string, std::string>& metadata = {});

@@ -30,7 +30,11 @@ constexpr uint64_t kMaxHeader = 100u << 20;
 
 StateDict load_safetensors(const std::string& path, std::map<std::string, std::string>* metadata) {
   if (!file_exists(path)) throw IoError("safetensors file '" + path + "' does not exist");
-  auto mf = std::make_shared<MappedFile>(path);
+  return load_safetensors(std::make_shared<const MappedFile>(path), metadata);
+}
+
+StateDict load_safetensors(const std::shared_ptr<const MappedFile>& mf, std::map<std::string, std::string>* metadata) {
+  const std::string& path = mf->path();
   const std::string what = "safetensors file '" + path + "'";
   auto bad = [&](const std::string& msg) {
     return ModelError(what + ": " + msg + " (the file is truncated or damaged; re-download or re-save it)");

@@ -550,4 +550,10 @@ InferredConfig resolve_config(const StateDict& sd, const std::string& vision, co
   return r;
 }
 
+bool key_in_towers(const std::string& key, Towers t) {
+  if (key.rfind("visual.", 0) == 0) return has_vision(t);
+  if (key.rfind("bert.", 0) == 0 || key == "text_projection") return has_text(t);
+  return true;
+}
+
 }  // namespace clip

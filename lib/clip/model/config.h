@@ -2,6 +2,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,21 @@ struct TextConfig {
   int type_vocab_size = 2;
   double initializer_range = 0.02;
 };
+
+// Which towers a job needs: a text-only job loads the text tower and the projection, an image job
+// the vision tower; logit_scale always.
+enum class Towers : uint8_t { both, text, vision };
+inline bool has_text(Towers t) { return t != Towers::vision; }
+inline bool has_vision(Towers t) { return t != Towers::text; }
+// Whether a cn_clip state-dict key belongs to a tower of `t` (visual.* to vision; bert.* and
+// text_projection to text; anything else, e.g. logit_scale, to both).
+bool key_in_towers(const std::string& key, Towers t);
+
+// How load_weights gives stored tensors to the parameters. copy: every parameter gets its own copy.
+// share: a CPU parameter whose stored tensor has its dtype and is contiguous becomes a view of the
+// stored bytes (for a mapped checkpoint: the file's pages, copy-on-write, see MappedFile); the
+// others get one copy.
+enum class WeightUse : uint8_t { copy, share };
 
 struct ModelConfig {
   VisionConfig vision;

@@ -80,9 +80,14 @@ void check_vocab_fits(const Tokenizer& tok, const TextConfig& tc) {
                                  tok.path(), tok.vocab_size(), tc.name, tc.vocab_size, tok.vocab_size()));
 }
 
-ClipModel build_model(const ModelSource& src) {
-  ClipModel model(src.config);
-  if (src.checkpoint) load_weights(model, src.checkpoint->state_dict, /*strict=*/true);
+ClipModel build_model(const ModelSource& src, Towers towers, WeightUse use) {
+  // A strict load overwrites every parameter: filling them first would only cost time and memory.
+  ParamFillScope fill(src.checkpoint ? ParamFill::uninitialised : ParamFill::values);
+  ClipModel model(src.config, towers);
+  if (src.checkpoint) {
+    load_weights(model, src.checkpoint->state_dict, /*strict=*/true, use);
+    src.checkpoint->check_intact();
+  }
   return model;
 }
 

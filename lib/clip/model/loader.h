@@ -26,6 +26,8 @@ struct ModelOptions {
   // that neither the flags nor the checkpoint describe; `known_config_source` names it for the log.
   std::optional<ModelConfig> known_config;
   std::string known_config_source;
+  // The towers the job needs (set by the tool from what it encodes, not a flag).
+  Towers towers = Towers::both;
 };
 
 // A resolved model: its config (and where each tower's came from), the checkpoint (if any), the vocab.
@@ -50,8 +52,11 @@ std::optional<ModelConfig> carried_config(const Checkpoint& ck);
 // ModelError when the vocab has more tokens than the text tower embeds.
 void check_vocab_fits(const Tokenizer& tok, const TextConfig& text);
 
-// Builds the model of `src.config` and loads the checkpoint's weights (strict) when it has one; a
-// model without a checkpoint holds zeros until initialize_parameters.
-ClipModel build_model(const ModelSource& src);
+// Builds the model of `src.config` (only the towers asked for) and loads the checkpoint's weights
+// (strict) when it has one; a model without a checkpoint holds zeros until initialize_parameters.
+// Parameters a checkpoint overwrites are never filled first. With WeightUse::share (inference),
+// float32 weights of a mapped checkpoint are used in place (see load_weights). Throws IoError when
+// the checkpoint file changed under its map meanwhile.
+ClipModel build_model(const ModelSource& src, Towers towers = Towers::both, WeightUse use = WeightUse::copy);
 
 }  // namespace clip

@@ -22,20 +22,36 @@
 
 namespace clip {
 
+namespace {
+thread_local ParamFill t_fill = ParamFill::values;
+}
+
+ParamFillScope::ParamFillScope(ParamFill f) : prev_(t_fill) { t_fill = f; }
+ParamFillScope::~ParamFillScope() { t_fill = prev_; }
+
 namespace detail {
+
+at::Tensor new_param(at::IntArrayRef shape, double value, at::ScalarType dtype) {
+  switch (t_fill) {
+    case ParamFill::meta: return at::empty(shape, at::TensorOptions().dtype(dtype).device(at::kMeta));
+    case ParamFill::uninitialised: return at::empty(shape, dtype);
+    case ParamFill::values: break;
+  }
+  return at::full(shape, value, at::TensorOptions().dtype(dtype));
+}
 
 // ---- shared layers ---------------------------------------------------------------------------
 
 Linear::Linear(int64_t in, int64_t out, bool with_bias) : in_features(in), out_features(out) {
-  weight = register_parameter("weight", at::zeros({out, in}));
-  if (with_bias) bias = register_parameter("bias", at::zeros({out}));
+  weight = register_parameter("weight", new_param({out, in}, 0));
+  if (with_bias) bias = register_parameter("bias", new_param({out}, 0));
 }
 
 at::Tensor Linear::forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
 
 LayerNorm::LayerNorm(int64_t size, double e, bool fp32) : n(size), eps(e), fp32_math(fp32) {
-  weight = register_parameter("weight", at::ones({size}));
-  bias = register_parameter("bias", at::zeros({size}));
+  weight = register_parameter("weight", new_param({size}, 1));
+  bias = register_parameter("bias", new_param({size}, 0));
 }
 
 at::Tensor LayerNorm::forward(const at::Tensor& x) const {
@@ -49,7 +65,7 @@ at::Tensor LayerNorm::forward(const at::Tensor& x) const {
 }
 
 Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, int64_t s, int64_t p) : stride(s), padding(p) {
-  weight = register_parameter("weight", at::zeros({out, in, kernel, kernel}));
+  weight = register_parameter("weight", new_param({out, in, kernel, kernel}, 0));
 }
 
 at::Tensor Conv2d::forward(const at::Tensor& x) const {
@@ -57,11 +73,11 @@ at::Tensor Conv2d::forward(const at::Tensor& x) const {
 }
 
 BatchNorm2d::BatchNorm2d(int64_t n) {
-  weight = register_parameter("weight", at::ones({n}));
-  bias = register_parameter("bias", at::zeros({n}));
-  running_mean = register_buffer("running_mean", at::zeros({n}));
-  running_var = register_buffer("running_var", at::ones({n}));
-  num_batches_tracked = register_buffer("num_batches_tracked", at::zeros({}, at::kLong));
+  weight = register_parameter("weight", new_param({n}, 1));
+  bias = register_parameter("bias", new_param({n}, 0));
+  running_mean = register_buffer("running_mean", new_param({n}, 0));
+  running_var = register_buffer("running_var", new_param({n}, 1));
+  num_batches_tracked = register_buffer("num_batches_tracked", new_param({}, 0, at::kLong));
 }
 
 at::Tensor BatchNorm2d::forward(const at::Tensor& x) {
@@ -78,7 +94,7 @@ at::Tensor BatchNorm2d::forward(const at::Tensor& x) {
 }
 
 Embedding::Embedding(int64_t num, int64_t dim, int64_t pad) : padding_idx(pad) {
-  weight = register_parameter("weight", at::zeros({num, dim}));
+  weight = register_parameter("weight", new_param({num, dim}, 0));
 }
 
 at::Tensor Embedding::forward(const at::Tensor& ids) const { return at::embedding(weight, ids, padding_idx); }
@@ -186,7 +202,7 @@ at::Tensor checkpointed(const std::function<at::Tensor(const at::Tensor&)>& fn, 
 
 // ---- ClipModel ---------------------------------------------------------------------------------
 
-struct ClipModelImpl::Towers {
+struct ClipModelImpl::Towers_ {
   std::shared_ptr<detail::VisualTransformer> vit;
   std::shared_ptr<detail::ModifiedResNet> rn;
   std::shared_ptr<detail::BertModel> bert;
@@ -195,25 +211,28 @@ struct ClipModelImpl::Towers {
     if (vit) return vit;
     return rn;
   }
+  bool has_visual() const { return vit || rn; }
 };
 
-ClipModelImpl::ClipModelImpl(const ModelConfig& cfg) : cfg_(cfg), towers_(std::make_shared<Towers>()) {
+ClipModelImpl::ClipModelImpl(const ModelConfig& cfg, Towers towers)
+    : cfg_(cfg), towers_(std::make_shared<Towers_>()), loaded_(towers) {
   // Registration order = cn_clip's state_dict order: text_projection, logit_scale, visual.*, bert.*.
-  towers_->text_projection = register_parameter("text_projection", at::zeros({cfg.text.hidden_size, cfg.vision.embed_dim}));
-  logit_scale_ = register_parameter("logit_scale", at::full({}, std::log(1.0 / 0.07)));
+  if (has_text(towers))
+    towers_->text_projection = register_parameter("text_projection", detail::new_param({cfg.text.hidden_size, cfg.vision.embed_dim}, 0));
+  logit_scale_ = register_parameter("logit_scale", detail::new_param({}, std::log(1.0 / 0.07)));
   if (cfg.vision.resnet) {
     if (cfg.vision.resnet_layers.size() != 4)
       throw UsageError("vision config " + cfg.vision.name + ": a ModifiedResNet needs 4 stage depths in vision_layers");
-    towers_->rn = register_module("visual", std::make_shared<detail::ModifiedResNet>(cfg.vision));
+    if (has_vision(towers)) towers_->rn = register_module("visual", std::make_shared<detail::ModifiedResNet>(cfg.vision));
   } else {
     if (cfg.vision.patch_size < 1 || cfg.vision.image_resolution % cfg.vision.patch_size != 0 ||
         cfg.vision.width % cfg.vision.head_width != 0)
       throw UsageError("vision config " + cfg.vision.name + " is inconsistent (resolution, patch size and head width must divide)");
-    towers_->vit = register_module("visual", std::make_shared<detail::VisualTransformer>(cfg.vision));
+    if (has_vision(towers)) towers_->vit = register_module("visual", std::make_shared<detail::VisualTransformer>(cfg.vision));
   }
   if (cfg.text.num_heads < 1 || cfg.text.hidden_size % cfg.text.num_heads != 0)
     throw UsageError("text config " + cfg.text.name + ": text_num_attention_heads must divide text_hidden_size");
-  towers_->bert = register_module("bert", std::make_shared<detail::BertModel>(cfg.text));
+  if (has_text(towers)) towers_->bert = register_module("bert", std::make_shared<detail::BertModel>(cfg.text));
 }
 
 ClipModelImpl::~ClipModelImpl() = default;
@@ -224,11 +243,15 @@ at::Tensor ClipModelImpl::encode_image(const at::Tensor& pixels) {
     throw DataError("image batch of shape " + std::string(c10::str(pixels.sizes())) + " does not fit " + cfg_.vision.name +
                     ": expected [N, 3, " + std::to_string(cfg_.vision.image_resolution) + ", " +
                     std::to_string(cfg_.vision.image_resolution) + "]");
+  if (!towers_->has_visual())
+    throw UsageError("this model was loaded without its vision tower (a text-only job): images cannot be encoded");
   return towers_->vit ? towers_->vit->forward(pixels) : towers_->rn->forward(pixels);
 }
 
 at::Tensor ClipModelImpl::encode_text(const at::Tensor& ids) {
   if (ids.dim() != 2) throw DataError("token ids must be [N, L], got " + std::string(c10::str(ids.sizes())));
+  if (!towers_->bert)
+    throw UsageError("this model was loaded without its text tower (an image job): texts cannot be encoded");
   auto h = towers_->bert->forward(ids.to(at::kLong));
   auto cls = h.select(1, 0);
   return at::matmul(cls, towers_->text_projection.to(cls.scalar_type()));
@@ -245,12 +268,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ClipModelImpl::forward(const at::
 void ClipModelImpl::set_grad_checkpointing(bool on) {
   // cn_clip's ModifiedResNet ignores the flag ("FIXME support for non-transformer").
   if (towers_->vit) towers_->vit->transformer->grad_checkpointing = on;
-  towers_->bert->encoder->grad_checkpointing = on;
+  if (towers_->bert) towers_->bert->encoder->grad_checkpointing = on;
 }
 
 void ClipModelImpl::freeze_vision(bool on) {
   vision_frozen_ = on;
-  for (auto& p : towers_->visual()->parameters()) p.requires_grad_(!on);
+  if (towers_->has_visual())
+    for (auto& p : towers_->visual()->parameters()) p.requires_grad_(!on);
   train(is_training());
 }
 
@@ -258,7 +282,7 @@ void ClipModelImpl::train(bool on) {
   torch::nn::Module::train(on);
   // A frozen tower keeps its BatchNorm statistics: the ResNet's BNs stay in eval mode (the ViT has
   // no mode-dependent layer).
-  if (on && vision_frozen_) towers_->visual()->eval();
+  if (on && vision_frozen_ && towers_->has_visual()) towers_->visual()->eval();
 }
 
 namespace {
@@ -299,6 +323,7 @@ void move_all(ClipModelImpl& m, c10::optional<at::Device> device, c10::optional<
   std::vector<std::pair<std::string, at::Tensor>> st;
   walk_state(m, "", st);
   for (auto& [name, t] : st) {
+    if (t.is_meta()) continue;
     at::Device dev = device ? *device : t.device();
     at::ScalarType dt = t.scalar_type();
     if (dtype && at::isFloatingType(dt)) dt = keeps_fp32(name) ? at::kFloat : *dtype;
@@ -367,7 +392,7 @@ void ClipModelImpl::initialize_parameters(uint64_t seed) {
     }
     reset_ln(*v->ln_post);
     normal(v->proj, scale);
-  } else {
+  } else if (towers_->rn) {
     auto& r = towers_->rn;
     for (auto* c : {r->conv1.get(), r->conv2.get(), r->conv3.get()}) default_conv(*c);
     for (auto* bn : {r->bn1.get(), r->bn2.get(), r->bn3.get()}) reset_bn(*bn);
@@ -393,6 +418,7 @@ void ClipModelImpl::initialize_parameters(uint64_t seed) {
   // BertPreTrainedModel._init_weights: Linear/Embedding weights N(0, initializer_range), biases 0,
   // LayerNorm 1/0 (the padding row is overwritten too).
   auto& bert = towers_->bert;
+  if (!bert) return;
   const double ir = cfg_.text.initializer_range;
   auto bert_linear = [&](detail::Linear& l) {
     normal(l.weight, ir);
@@ -445,7 +471,7 @@ const char* kRemedy =
 
 }  // namespace
 
-void load_weights(ClipModel& model, const StateDict& sd, bool strict) {
+void load_weights(ClipModel& model, const StateDict& sd, bool strict, WeightUse use) {
   const ModelConfig& cfg = model->config();
   auto state = model_state(model);
   std::vector<std::string> missing, unexpected;
@@ -470,8 +496,9 @@ void load_weights(ClipModel& model, const StateDict& sd, bool strict) {
     }
     todo.emplace_back(name, &t, &src);
   }
+  const Towers loaded = model->towers();
   for (const auto& k : sd.keys)
-    if (!known.count(k)) unexpected.push_back(k);
+    if (!known.count(k) && key_in_towers(k, loaded)) unexpected.push_back(k);  // the other tower's keys are not ours
   if (mismatches) {
     std::string more = mismatches > 1 ? " (and " + std::to_string(mismatches - 1) + " more mismatched keys)" : "";
     throw ModelError(first_mismatch + more + "; " + kRemedy);
@@ -497,7 +524,12 @@ void load_weights(ClipModel& model, const StateDict& sd, bool strict) {
                        std::to_string(v.numel()) + ": the weights are damaged (or came from a diverged run); use an "
                        "earlier checkpoint");
     }
-    dst->copy_(v);
+    // In place: the parameter becomes the mapped bytes themselves when nothing needs converting.
+    if (use == WeightUse::share && v.scalar_type() == dst->scalar_type() && dst->device().is_cpu() &&
+        v.is_contiguous() && !dst->is_meta())
+      dst->set_data(v);
+    else
+      dst->copy_(v);
   }
 }
 

@@ -19,9 +19,26 @@
 
 namespace clip {
 
+// How the constructor fills new parameters (thread-local, for the scope's lifetime): cn_clip's
+// zeros/ones (values, the default), unfilled memory for weights a checkpoint overwrites at once
+// (uninitialised: no page is touched), or shapes only on the meta device (meta: no memory).
+enum class ParamFill { values, uninitialised, meta };
+class ParamFillScope {
+ public:
+  explicit ParamFillScope(ParamFill f);
+  ~ParamFillScope();
+  ParamFillScope(const ParamFillScope&) = delete;
+  ParamFillScope& operator=(const ParamFillScope&) = delete;
+
+ private:
+  ParamFill prev_;
+};
+
 class ClipModelImpl : public torch::nn::Module {
  public:
-  explicit ClipModelImpl(const ModelConfig& cfg);
+  // towers: a text-only model has no visual.* (encode_image throws UsageError), an image-only one
+  // no bert.* and no text_projection (encode_text throws); logit_scale always.
+  explicit ClipModelImpl(const ModelConfig& cfg, Towers towers = Towers::both);
   ~ClipModelImpl() override;
 
   // [N,3,R,R] float (normalised pixels) -> [N,E] unnormalised image features.
@@ -32,6 +49,7 @@ class ClipModelImpl : public torch::nn::Module {
   std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& pixels, const at::Tensor& ids);
 
   const ModelConfig& config() const { return cfg_; }
+  Towers towers() const { return loaded_; }
   at::Tensor& logit_scale() { return logit_scale_; }
 
   // Recompute each transformer block / BERT layer in backward instead of storing activations.
@@ -57,18 +75,20 @@ class ClipModelImpl : public torch::nn::Module {
   static bool keeps_float32(const std::string& name);
 
  private:
-  struct Towers;
+  struct Towers_;
   ModelConfig cfg_;
-  std::shared_ptr<Towers> towers_;
+  std::shared_ptr<Towers_> towers_;
+  Towers loaded_ = Towers::both;
   at::Tensor logit_scale_;
   bool vision_frozen_ = false;
 };
 TORCH_MODULE(ClipModel);
 
-// Copies the tensors of `sd` (cn_clip names) into the model, casting float16/bfloat16 to the
-// model's dtype. strict: every model key must be present and no unknown key may remain. A shape
-// mismatch throws ModelError naming the key, the expected and the found shape.
-void load_weights(ClipModel& model, const StateDict& sd, bool strict = true);
+// Loads the tensors of `sd` (cn_clip names) into the model, casting float16/bfloat16 to the
+// model's dtype. strict: every model key must be present and no unknown key may remain (keys of a
+// tower the model was built without are skipped). A shape mismatch throws ModelError naming the
+// key, the expected and the found shape.
+void load_weights(ClipModel& model, const StateDict& sd, bool strict = true, WeightUse use = WeightUse::copy);
 
 // The model's parameters and buffers under cn_clip names, in cn_clip's state_dict order.
 std::vector<std::pair<std::string, at::Tensor>> model_state(ClipModel& model);
@@ -76,5 +96,9 @@ std::vector<std::pair<std::string, at::Tensor>> model_state(ClipModel& model);
 // SHA-256 (hex, first 16 chars) over the names, shapes and bytes of the float32 weights: identifies
 // the weights in feature stores.
 std::string weights_hash(ClipModel& model);
+// The same digest computed from a checkpoint's tensors for a model of `cfg` with both towers (as
+// weights_hash of that model after a strict load_weights), without building it: for one-tower
+// models, whose hash still names the whole checkpoint. Reads every tensor's bytes.
+std::string weights_hash(const ModelConfig& cfg, const StateDict& sd);
 
 }  // namespace clip

@@ -17,6 +17,10 @@ namespace clip::detail {
 
 using ModulePtr = std::shared_ptr<torch::nn::Module>;
 
+// A new parameter/buffer of `shape` filled with `value`, or (ParamFillScope, model.h) left unfilled
+// when a checkpoint overwrites it, or a shape on the meta device (no memory).
+at::Tensor new_param(at::IntArrayRef shape, double value, at::ScalarType dtype = at::kFloat);
+
 // Runs fn(x) without keeping its activations; backward re-runs it with the forward's RNG and
 // autocast state and differentiates with respect to x and `params` (the tensors fn reads that need
 // gradients). Falls back to a plain call when no gradient is being recorded.

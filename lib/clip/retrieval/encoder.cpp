@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
 #include "clip/model/loader.h"
@@ -18,6 +19,7 @@ namespace clip {
 
 struct Encoder::State {
   ClipModel model{nullptr};
+  std::optional<Checkpoint> checkpoint;  // the mapped file the weights point into
   at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
   bool amp = false;  // bf16 autocast around the forward (a wrapped training model)
@@ -42,16 +44,19 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro) : st_(std::ma
   batch_size_ = ro.batch_size;
   checkpoint_path_ = mo.checkpoint;
   ModelSource src = resolve_model(mo);
-  st_->model = build_model(src);
-  weights_hash_ = clip::weights_hash(st_->model);
+  st_->model = build_model(src, mo.towers, WeightUse::share);
+  if (!src.checkpoint) weights_hash_ = clip::weights_hash(st_->model);
+  st_->checkpoint = std::move(src.checkpoint);
   tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(src.vocab_path));
   check_vocab_fits(*tokenizer_, src.config.text);
   st_->device = parse_device(ro.device);
   st_->dtype = parse_precision(ro.precision, st_->device);
   st_->model->to(st_->device, st_->dtype);
   st_->model->eval();
-  log_info("model {} ({} weights {}), {} on {}", src.config.name(), src.checkpoint->format, weights_hash_,
-           ro.precision, st_->device.str());
+  const Towers t = mo.towers;
+  log_info("model {} ({}{}), {} on {}", src.config.name(), st_->checkpoint ? st_->checkpoint->format : "no checkpoint",
+           t == Towers::both ? "" : t == Towers::text ? ", text tower only" : ", vision tower only", ro.precision,
+           st_->device.str());
 }
 
 Encoder::Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, int context_length, int batch_size,
@@ -69,6 +74,18 @@ Encoder::Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, in
 Encoder::~Encoder() = default;
 
 ClipModel& Encoder::model() { return st_->model; }
+Towers Encoder::towers() const { return st_->model->towers(); }
+
+const std::string& Encoder::weights_hash() const {
+  if (weights_hash_.empty()) {
+    // From the checkpoint's stored values: the same digest as the float32 model with both towers
+    // right after loading, whatever towers, device and precision this encoder uses.
+    if (st_->checkpoint) weights_hash_ = clip::weights_hash(config(), st_->checkpoint->state_dict);
+    else weights_hash_ = clip::weights_hash(st_->model);
+    if (st_->checkpoint) st_->checkpoint->check_intact();
+  }
+  return weights_hash_;
+}
 const ModelConfig& Encoder::config() const { return st_->model->config(); }
 int Encoder::resolution() const { return config().vision.image_resolution; }
 int Encoder::embed_dim() const { return config().embed_dim(); }
@@ -79,15 +96,26 @@ at::Tensor Encoder::encode_ids(const at::Tensor& ids) {
   auto f = st_->model->encode_text(ids.to(st_->device));
   f = f.to(at::kFloat);
   f = f / f.norm(2, -1, true);
-  return f.to(at::kCPU).contiguous();
+  f = f.to(at::kCPU).contiguous();
+  if (st_->checkpoint) st_->checkpoint->check_intact();
+  return f;
+}
+
+at::Tensor Encoder::tokenize(const std::vector<std::string>& texts, bool preprocess) const {
+  const int64_t n = static_cast<int64_t>(texts.size());
+  auto ids = at::zeros({n, context_length_}, at::kLong);
+  int64_t* p = ids.data_ptr<int64_t>();
+  // Each row depends on its text only (the tokenizer is immutable): the same ids on any thread count.
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      tokenizer_->encode_into(preprocess ? preprocess_text(texts[i]) : texts[i], context_length_, p + i * context_length_);
+  });
+  return ids;
 }
 
 at::Tensor Encoder::encode_texts(const std::vector<std::string>& texts, bool preprocess) {
   const int64_t n = static_cast<int64_t>(texts.size());
-  auto ids = at::zeros({n, context_length_}, at::kLong);
-  int64_t* p = ids.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i)
-    tokenizer_->encode_into(preprocess ? preprocess_text(texts[i]) : texts[i], context_length_, p + i * context_length_);
+  at::Tensor ids = tokenize(texts, preprocess);
   std::vector<at::Tensor> out;
   for (int64_t s = 0; s < n; s += batch_size_) out.push_back(encode_ids(ids.slice(0, s, std::min(n, s + batch_size_))));
   if (out.empty()) return at::empty({0, embed_dim()}, at::kFloat);
@@ -100,7 +128,9 @@ at::Tensor Encoder::encode_pixels(const at::Tensor& pixels) {
   auto f = st_->model->encode_image(pixels.to(st_->device, st_->dtype));
   f = f.to(at::kFloat);
   f = f / f.norm(2, -1, true);
-  return f.to(at::kCPU).contiguous();
+  f = f.to(at::kCPU).contiguous();
+  if (st_->checkpoint) st_->checkpoint->check_intact();
+  return f;
 }
 
 void Encoder::preprocess_image(const uint8_t* data, size_t n, float* out) const {

@@ -22,7 +22,9 @@ class ClipModel;
 class Encoder {
  public:
   // Loads the checkpoint, resolves the config (explicit names/JSON or inferred, logging what was
-  // assumed), finds the vocab, moves the model to the device and precision, eval mode.
+  // assumed), finds the vocab, moves the model to the device and precision, eval mode. Only the
+  // towers of model.towers are built; float32 weights on the CPU are used in place from the
+  // mapped checkpoint. Encoding throws IoError when the checkpoint file changed under its map.
   Encoder(const ModelOptions& model, const RuntimeOptions& runtime);
   // An encoder over a model that lives elsewhere (the trainer's, for validation): shares its weights
   // on their device and dtype, with bf16 autocast when `amp`; no checkpoint, no weights hash.
@@ -34,6 +36,8 @@ class Encoder {
   // Texts -> L2-normalised features [N, E] float32 on the CPU. `preprocess` applies cn_clip's
   // dataset preprocessing (lower-case, curly quotes) before tokenising, as extract_features does.
   at::Tensor encode_texts(const std::vector<std::string>& texts, bool preprocess = true);
+  // Texts -> token ids [N, context_length] int64 (0 = padding), tokenised on all intra-op threads.
+  at::Tensor tokenize(const std::vector<std::string>& texts, bool preprocess = true) const;
   // Token ids [N, context_length] int64 -> L2-normalised features [N, E] float32 CPU.
   at::Tensor encode_ids(const at::Tensor& ids);
   // Preprocessed pixels [N, 3, R, R] float32 (any device) -> L2-normalised features [N, E] float32 CPU.
@@ -48,7 +52,9 @@ class Encoder {
   const ModelConfig& config() const;
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const std::string& checkpoint_path() const { return checkpoint_path_; }
-  const std::string& weights_hash() const { return weights_hash_; }
+  // weights_hash of the whole checkpoint (both towers, whatever was loaded), computed on first use.
+  const std::string& weights_hash() const;
+  Towers towers() const;
   // Settings a consumer needs to reproduce the inputs: resolution, mean/std, interpolation,
   // context length, vocab sha256, model name; stored in feature stores and exports.
   nlohmann::json preprocess_meta() const;
@@ -58,7 +64,8 @@ class Encoder {
   struct State;
   std::unique_ptr<State> st_;
   std::shared_ptr<const Tokenizer> tokenizer_;
-  std::string checkpoint_path_, weights_hash_;
+  std::string checkpoint_path_;
+  mutable std::string weights_hash_;
   int context_length_ = 52;
   int batch_size_ = 64;
 };

@@ -63,19 +63,38 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts) {
   EncodedSet set;
   std::vector<at::Tensor> parts;
   Progress prog("encode texts", static_cast<int64_t>(texts.size()), "txt");
+  // Texts are tokenised a chunk at a time on every thread (bounded memory), then encoded batch by batch.
   const size_t bs = static_cast<size_t>(enc.batch_size());
-  for (size_t s = 0; s < texts.size(); s += bs) {
-    std::vector<std::string> batch;
-    for (size_t i = s; i < std::min(texts.size(), s + bs); ++i) {
-      batch.push_back(texts[i].text);
+  const size_t chunk = std::max<size_t>(bs, 8192 / bs * bs);
+  for (size_t c = 0; c < texts.size(); c += chunk) {
+    std::vector<std::string> part;
+    for (size_t i = c; i < std::min(texts.size(), c + chunk); ++i) {
+      part.push_back(texts[i].text);
       set.ids.push_back(texts[i].text_id);
     }
-    parts.push_back(enc.encode_texts(batch, /*preprocess=*/true));
-    prog.add(static_cast<int64_t>(batch.size()));
+    const at::Tensor ids = enc.tokenize(part, /*preprocess=*/true);
+    const int64_t n = ids.size(0);
+    for (int64_t s = 0; s < n; s += static_cast<int64_t>(bs)) {
+      const int64_t e = std::min(n, s + static_cast<int64_t>(bs));
+      parts.push_back(enc.encode_ids(ids.slice(0, s, e)));
+      prog.add(e - s);
+    }
   }
   prog.finish();
   set.features = parts.empty() ? at::empty({0, enc.embed_dim()}, at::kFloat) : at::cat(parts, 0);
   return set;
+}
+
+static bool ends_with(const std::string& s, const std::string& suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+StoreMeta store_meta_for(const std::string& path, const Encoder& enc, const std::string& kind,
+                         const std::string& source_path) {
+  if (!ends_with(path, ".jsonl")) return make_store_meta(enc, kind, source_path);
+  StoreMeta m;
+  m.kind = kind;
+  return m;
 }
 
 StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std::string& source_path) {
@@ -98,9 +117,6 @@ StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std
   return m;
 }
 
-static bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
 
 void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
                     bool append, const SidecarOptions& side) {

@@ -32,6 +32,10 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts);
 
 // Store metadata describing these features: model, weights hash, preprocessing, source file.
 StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std::string& source_path);
+// The metadata write_features(path, ...) needs: all of it for a store, only the kind for cn_clip
+// JSONL (which keeps none), so that a JSONL job never reads the checkpoint to hash it.
+StoreMeta store_meta_for(const std::string& path, const Encoder& enc, const std::string& kind,
+                         const std::string& source_path);
 
 // Writes features to `path`: cn_clip JSONL when it ends in .jsonl, else a binary store (dtype f32/f16);
 // append=true adds to an existing store instead (ids must be new). Atomic either way.
