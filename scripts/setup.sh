@@ -15,7 +15,10 @@ APT_PACKAGES=(
   libonnx-dev libprotobuf-dev protobuf-compiler   # clip-export builds ONNX graphs with ONNX's protobuf definitions
   python3-onnx nodejs                             # tests: ONNX's Python checker; onnxruntime-node runs the exported graphs
   libcpp-httplib-dev                              # clip-serve
-  chromium fonts-wqy-microhei                     # clip-serve's browser test and its screenshots (CJK font)
+  chromium fonts-wqy-microhei                     # clip-serve's browser test and its screenshots (CJK font); montage labels
+  libwebp-dev libgif-dev                          # WebP and GIF photos (folders given to --images)
+  liblmdb-dev python3-lmdb                        # cn_clip's LMDB datasets; python3-lmdb: the test that builds one
+  libfreetype-dev                                 # contact sheets draw query texts (any script) with FreeType
 )
 
 if [[ -z "${CLIP_SKIP_APT:-}" ]]; then

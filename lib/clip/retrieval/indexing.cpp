@@ -4,6 +4,7 @@
 
 #include "clip/model/config.h"
 #include "clip/data/dataset.h"
+#include "clip/data/image_folder.h"
 #include "clip/retrieval/encoder.h"
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
@@ -13,7 +14,7 @@
 
 namespace clip {
 
-EncodedSet encode_images(Encoder& enc, const ImageTsv& tsv, int threads, bool skip_errors,
+EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool skip_errors,
                          const std::vector<size_t>& only) {
   const int r = enc.resolution();
   const size_t item = static_cast<size_t>(3) * r * r;
@@ -44,7 +45,11 @@ EncodedSet encode_images(Encoder& enc, const ImageTsv& tsv, int threads, bool sk
     if (!b.items.empty()) {
       auto px = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, r, r}, at::kFloat);
       parts.push_back(enc.encode_pixels(px));
-      for (size_t i : b.items) set.ids.push_back(tsv.id(row_of(i)));
+      for (size_t i : b.items) {
+        set.ids.push_back(tsv.id(row_of(i)));
+        std::string name = tsv.name(row_of(i));
+        if (!name.empty()) set.names.emplace(set.ids.back(), std::move(name));
+      }
     }
     prog.add(static_cast<int64_t>(b.items.size() + b.errors.size()));
   }
@@ -97,14 +102,16 @@ static bool ends_with(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }
 
-void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
-                    bool append) {
+void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta_in, StoreDtype dtype,
+                    bool append, bool replace) {
+  StoreMeta meta = meta_in;
+  for (const auto& [id, name] : set.names) meta.names[id] = name;
   at::Tensor f = set.features.contiguous();
   const float* data = f.data_ptr<float>();
   const int64_t dim = f.size(1);
   if (ends_with(path, ".jsonl")) {
     if (append) throw UsageError("--append works on binary stores, not on JSONL output '" + path + "'");
-    write_features_jsonl(path, meta.kind + "_id", set.ids, data, dim);
+    write_features_jsonl(path, meta.kind + "_id", set.ids, data, dim, meta.names_or_null());
   } else if (append && file_exists(path)) {
     FeatureSet old = open_store(path);
     if (old.meta.weights_hash != meta.weights_hash || old.meta.kind != meta.kind)
@@ -113,11 +120,47 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
                       "; index into a new store instead");
     AppendOptions opt;
     if (!meta.sources.empty()) opt.source = meta.sources.front();
+    opt.names = set.names;
+    opt.replace = replace;
+    opt.extra_patch = meta.extra.contains("files") ? nlohmann::json{{"files", meta.extra["files"]}} : nlohmann::json();
     append_store(path, set.ids, data, dim, opt);
   } else {
     write_store(path, set.ids, data, dim, dtype, meta);
   }
   log_info("wrote {} {} features to {}", set.ids.size(), meta.kind, path);
+}
+
+std::vector<size_t> rows_to_index(const ImageSource& src, const std::string& store_path, size_t& changed) {
+  changed = 0;
+  std::vector<size_t> rows;
+  const bool have = !store_path.empty() && file_exists(store_path) && is_store_file(store_path);
+  FeatureSet old;
+  if (have) old = open_store(store_path);
+  const auto* folder = dynamic_cast<const ImageFolder*>(&src);
+  const nlohmann::json files = have && old.meta.extra.contains("files") ? old.meta.extra["files"] : nlohmann::json::object();
+  for (size_t i = 0; i < src.size(); ++i) {
+    if (!have || old.find(src.id(i)) < 0 || !folder) {  // a TSV's known ids stay an error (append_store)
+      rows.push_back(i);
+      continue;
+    }
+    auto it = files.find(folder->name(i));
+    const bool same = it != files.end() && it->is_array() && it->size() == 2 && (*it)[0] == folder->file_size(i) &&
+                      (*it)[1] == folder->file_mtime(i);
+    if (!same) {
+      rows.push_back(i);
+      ++changed;
+    }
+  }
+  return rows;
+}
+
+nlohmann::json folder_file_stats(const ImageSource& src, const std::vector<int64_t>& ids) {
+  nlohmann::json files = nlohmann::json::object();
+  const auto* folder = dynamic_cast<const ImageFolder*>(&src);
+  if (!folder) return files;
+  for (int64_t id : ids)
+    if (auto i = folder->find(id)) files[folder->name(*i)] = {folder->file_size(*i), folder->file_mtime(*i)};
+  return files;
 }
 
 }  // namespace clip

@@ -274,8 +274,9 @@ void Trainer::setup_data() {
   if (train_->pairs.empty())
     throw DataError("training split '" + o_.train_split + "' in " + o_.data_dir + " has no (text, image) pair");
   bool want_val = !o_.no_validation && (o_.valid_epoch_interval > 0 || o_.valid_step_interval > 0);
-  if (want_val && file_exists(split_images_path(o_.data_dir, o_.val_split)) &&
-      file_exists(split_texts_path(o_.data_dir, o_.val_split))) {
+  if (want_val && ((file_exists(split_images_path(o_.data_dir, o_.val_split)) &&
+                    file_exists(split_texts_path(o_.data_dir, o_.val_split))) ||
+                   has_lmdb_split(o_.data_dir, o_.val_split))) {
     val_ = std::make_unique<DatasetSplit>(open_split(o_.data_dir, o_.val_split));
   } else if (want_val) {
     log_info("no '{}' split in {}: validation is off", o_.val_split, o_.data_dir);
@@ -320,11 +321,11 @@ void Trainer::write_params() {
       {"max_steps", max_steps_},
       {"max_epochs", max_epochs_},
       {"train_pairs", train_->pairs.size()},
-      {"train_images", train_->images.size()},
+      {"train_images", train_->images->size()},
       {"train_texts", train_->texts.size()},
       {"batches_per_epoch", num_batches_},
       {"steps_per_epoch", steps_per_epoch_},
-      {"val_images", val_ ? val_->images.size() : 0},
+      {"val_images", val_ ? val_->images->size() : 0},
       {"val_texts", val_ ? val_->texts.size() : 0},
       {"model", cfg.name()},
       {"model_source", model_source_},
@@ -424,7 +425,7 @@ at::Tensor Trainer::encode_images(const DatasetSplit& split, std::vector<size_t>
   BatchPipeline pipe(
       indices.size(), static_cast<size_t>(o_.valid_batch_size), o_.workers,
       [&](size_t i, float* dst) {
-        std::vector<uint8_t> bytes = split.images.bytes(indices[i]);
+        std::vector<uint8_t> bytes = split.images->bytes(indices[i]);
         preprocess_eval(decode_image(bytes.data(), bytes.size()), R, dst);
       },
       item);
@@ -445,7 +446,7 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
   at::NoGradGuard ng;
   m->eval();
   const DatasetSplit& v = *val_;
-  std::vector<size_t> img_idx(v.images.size());
+  std::vector<size_t> img_idx(v.images->size());
   for (size_t i = 0; i < img_idx.size(); ++i) img_idx[i] = i;
   at::Tensor img = encode_images(v, img_idx);
   // Text features.
@@ -477,8 +478,8 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
   // Recall both ways over all val images / texts: clip-eval's ranking and scoring code.
   const int64_t dim = img.size(1);
   at::Tensor img_cpu = img.to(at::kCPU).contiguous(), txt_cpu = txt.to(at::kCPU).contiguous();
-  std::vector<int64_t> image_ids(v.images.size()), text_ids(v.texts.size());
-  for (size_t i = 0; i < image_ids.size(); ++i) image_ids[i] = v.images.id(i);
+  std::vector<int64_t> image_ids(v.images->size()), text_ids(v.texts.size());
+  for (size_t i = 0; i < image_ids.size(); ++i) image_ids[i] = v.images->id(i);
   for (size_t i = 0; i < text_ids.size(); ++i) text_ids[i] = v.texts[i].text_id;
   StoreMeta im_meta, tx_meta;
   im_meta.kind = "image";
@@ -489,7 +490,7 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
   Ranking t2i_gold, i2t_gold;
   std::vector<int64_t> t2i_order, i2t_order;
   for (const auto& [t, i] : v.pairs) {
-    int64_t tid = v.texts[t].text_id, iid = v.images.id(i);
+    int64_t tid = v.texts[t].text_id, iid = v.images->id(i);
     if (!t2i_gold.count(tid)) t2i_order.push_back(tid);
     if (!i2t_gold.count(iid)) i2t_order.push_back(iid);
     t2i_gold[tid].push_back(iid);
@@ -513,7 +514,7 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
                       {"i2t_mean_recall", i2t.mean_recall},
                       {"mean_recall", (t2i.mean_recall + i2t.mean_recall) / 2},
                       {"logit_scale", m->logit_scale().item<double>()},
-                      {"val_images", v.images.size()},
+                      {"val_images", v.images->size()},
                       {"val_texts", v.texts.size()},
                       {"time_s", secs}};
   append_line(metrics_path_, j.dump());
@@ -562,7 +563,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       [&](size_t i, float* dst) {
         size_t pos = first_item + i;
         size_t img = tr.pairs[static_cast<size_t>(order[pos])].second;
-        std::vector<uint8_t> bytes = tr.images.bytes(img);
+        std::vector<uint8_t> bytes = tr.images->bytes(img);
         Image im = decode_image(bytes.data(), bytes.size());
         if (o_.use_augment) augment_to_chw(im, aug_, o_.seed, static_cast<uint64_t>(epoch), pos, dst);
         else preprocess_eval(im, R, dst);
