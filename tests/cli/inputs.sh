@@ -132,5 +132,28 @@ print("label areas hold text; green frames:", greens)
 PY
 check "montage: query text drawn in the label column, right answers framed" test $? -eq 0
 
+# 7. clip-serve shows the photos from the folder: search results carry paths, /api/image/<path> gives the file.
+"$bin/clip-serve" --index "$tmp/photos.clipfeat" --host 127.0.0.1 --port 0 2>"$tmp/serve.err" &
+spid=$!
+port=
+for _ in $(seq 1 300); do
+  port=$(sed -n 's|.*serving http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$tmp/serve.err")
+  [[ -n $port ]] && break
+  kill -0 "$spid" 2>/dev/null || break
+  sleep 0.2
+done
+if [[ -n $port ]]; then
+  curl -s "http://127.0.0.1:$port/api/search/text" -H 'Content-Type: application/json' -d '{"text": "一只猫", "k": 3}' >"$tmp/s.json"
+  check "clip-serve: result ids are paths" $PY -c "
+import json; r=json.load(open('$tmp/s.json'))['results']; assert len(r)==3 and all('.' in x['id'] for x in r), r"
+  curl -s -o "$tmp/served.webp" "http://127.0.0.1:$port/api/image/dog.webp"
+  check "clip-serve: /api/image/<path> is the file itself" cmp -s "$tmp/served.webp" "$tmp/photos/dog.webp"
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/api/image/2023%2Fcat.png?thumb=1")
+  check "clip-serve: thumbnail of a nested photo (URL-encoded path)" test "$code" = 200
+else
+  check "clip-serve started (it says: $(tail -2 "$tmp/serve.err"))" false
+fi
+kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+
 echo "$fails failure(s)"
 test "$fails" -eq 0
