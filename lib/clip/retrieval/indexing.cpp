@@ -130,6 +130,8 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
   log_info("wrote {} {} features to {}", set.ids.size(), meta.kind, path);
 }
 
+// For a TSV or LMDB every row is returned, so that appending an id already in the store stays the
+// error append_store reports; only a photo folder skips what the store already holds unchanged.
 std::vector<size_t> rows_to_index(const ImageSource& src, const std::string& store_path, size_t& changed) {
   changed = 0;
   std::vector<size_t> rows;
