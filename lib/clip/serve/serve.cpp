@@ -447,7 +447,9 @@ struct Server::Impl {
         id = name_to_id(sid);
         idx = images->find(id);
       }
-      if (!idx) throw HttpError(404, "no image with id '" + sid + "' in " + images->path());
+      if (!idx)
+        throw HttpError(404, (is_int ? "no image with id " + sid : "no image with id '" + sid + "'") + " in " +
+                                 images->path());
       int size = 0;
       if (req.has_param("size")) {
         const std::string s = req.get_param_value("size");
