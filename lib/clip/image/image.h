@@ -33,10 +33,11 @@ std::vector<uint8_t> base64_decode(std::string_view s);
 std::string base64_encode(const uint8_t* data, size_t n);
 
 // Decodes JPEG (libjpeg-turbo defaults, like Pillow), PNG (libpng: L/LA/RGB/RGBA/P/1-bit kept as
-// Pillow's modes) and, through stb_image, BMP/GIF/TGA/PNM. Throws DataError describing the problem.
+// Pillow's modes), WebP (libwebp: RGB or RGBA), GIF (giflib: the first frame, mode P) and, through
+// stb_image, BMP/TGA/PNM. Throws DataError describing the problem.
 // Bytes identical to Pillow 9.4's Image.open(...).tobytes() for JPEG and PNG, except 16-bit grey PNG
-// (Pillow mode "I"; returned as L = min(value, 255)); stb formats are not guaranteed identical
-// (Pillow keeps GIF as P, for one). Details in image_decode.cpp.
+// (Pillow mode "I"; returned as L = min(value, 255)), and for the WebP and GIF cases of
+// tests/data/image; stb formats are not guaranteed identical. Details in image_decode.cpp.
 Image decode_image(const uint8_t* data, size_t n);
 // Whether this build decodes "webp" (libwebp) or "gif" (giflib); JPEG and PNG always.
 bool image_format_supported(const std::string& name);

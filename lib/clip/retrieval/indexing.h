@@ -41,7 +41,8 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
                     bool append, bool replace = false);
 
 // Photo folders and --append: which rows of `src` still need encoding for the store at `store_path`.
-// Without the store, every row. With it, a row whose id is absent, or (for a folder) whose file size
+// Without the store, or for a source other than a folder, every row (appending a TSV's id that is
+// already there stays an error). For a folder and a store, a row whose id is absent, or whose file size
 // or mtime differs from those recorded in the store's extra["files"]. Sets `changed` to the number of
 // rows already in the store that must be re-encoded (their features are replaced).
 std::vector<size_t> rows_to_index(const ImageSource& src, const std::string& store_path, size_t& changed);
