@@ -16,8 +16,11 @@ APT_PACKAGES=(
   python3-onnx nodejs                             # tests: ONNX's Python checker; onnxruntime-node runs the exported graphs
   libcpp-httplib-dev                              # clip-serve
   libfaiss-dev                                    # approximate search (clip-index --ann); optional at build time
-  chromium fonts-wqy-microhei                     # clip-serve's browser test and its screenshots (CJK font)
+  chromium fonts-wqy-microhei                     # clip-serve's browser test and its screenshots (CJK font); montage labels
   clang libclang-rt-14-dev                        # tests: libFuzzer harnesses with ASan + UBSan (scripts/fuzz.sh)
+  libwebp-dev libgif-dev                          # WebP and GIF photos (folders given to --images)
+  liblmdb-dev python3-lmdb                        # cn_clip's LMDB datasets; python3-lmdb: the test that builds one
+  libfreetype-dev                                 # contact sheets draw query texts (any script) with FreeType
 )
 
 if [[ -z "${CLIP_SKIP_APT:-}" ]]; then

@@ -280,7 +280,7 @@ TEST_CASE("open_split reads and cross-checks a split folder", "[dataset]") {
             "{\"text_id\": 1, \"text\": \"a\", \"image_ids\": [1, 2]}\n"
             "{\"text_id\": 2, \"text\": \"b\", \"image_ids\": [3]}\n");
   auto s = open_split(dir.path, "valid", false);
-  REQUIRE(s.images.size() == 2);
+  REQUIRE(s.images->size() == 2);
   REQUIRE(s.texts.size() == 1);
   REQUIRE(s.pairs.size() == 2);
   REQUIRE(s.report.skipped == 1);
@@ -314,14 +314,14 @@ TEST_CASE("demo data: splits, ids and the vocabulary", "[dataset][demo]") {
   for (const auto& [split, n] : splits) {
     CAPTURE(split);
     DatasetSplit s = open_split(demo_dir(), split, /*strict=*/true);  // every text's image exists
-    REQUIRE(s.images.size() == n);
+    REQUIRE(s.images->size() == n);
     REQUIRE(s.texts.size() == 5 * n);
     REQUIRE(s.pairs.size() == 5 * n);
     std::vector<int> per_image(n, 0);
     for (const auto& t : s.texts) {
       REQUIRE(t.image_ids.size() == 1);
       REQUIRE(text_ids.insert(t.text_id).second);
-      ++per_image[*s.images.find(t.image_ids[0])];
+      ++per_image[*s.images->find(t.image_ids[0])];
       for (size_t i = 0; i < t.text.size();) {
         auto c = static_cast<unsigned char>(t.text[i]);
         size_t len = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
@@ -330,14 +330,14 @@ TEST_CASE("demo data: splits, ids and the vocabulary", "[dataset][demo]") {
       }
     }
     REQUIRE(std::all_of(per_image.begin(), per_image.end(), [](int k) { return k == 5; }));
-    for (size_t i = 0; i < s.images.size(); ++i) REQUIRE(image_ids.insert(s.images.id(i)).second);
+    for (size_t i = 0; i < s.images->size(); ++i) REQUIRE(image_ids.insert(s.images->id(i)).second);
     // A few images decode to 80x80 RGB.
     for (size_t i : {size_t(0), n / 2, n - 1}) {
-      auto bytes = s.images.bytes(i);
+      auto bytes = s.images->bytes(i);
       REQUIRE(bytes.size() > 2);
       REQUIRE(bytes[0] == 0xFF);  // JPEG SOI
       REQUIRE(bytes[1] == 0xD8);
-      Image im = s.images.decode(i);
+      Image im = s.images->decode(i);
       REQUIRE(im.width == 80);
       REQUIRE(im.height == 80);
       REQUIRE(im.mode == PixelMode::RGB);

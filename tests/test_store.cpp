@@ -409,3 +409,56 @@ TEST_CASE("float16 conversions agree with c10::Half bit for bit", "[store]") {
     REQUIRE(n.f16()[i] == c10::Half(v[i]).x);
   }
 }
+
+TEST_CASE("string ids (photo paths) survive store writes, appends, merges and JSONL", "[store]") {
+  testutil::TempDir dir{"store"};
+  const int64_t dim = 6;
+  auto a = random_rows(3, dim, 7), b = random_rows(2, dim, 8);
+  REQUIRE(name_to_id("2023/cat.jpg") == name_to_id("2023/cat.jpg"));
+  REQUIRE(name_to_id("2023/cat.jpg") < 0);
+  REQUIRE(name_to_id("2023/cat.jpg") != name_to_id("2023/dog.jpg"));
+  REQUIRE(!id_from_json(nlohmann::json("100")));  // a quoted number is not a path
+  StoreMeta m = test_meta();
+  const int64_t cat = name_to_id("2023/cat.jpg"), dog = name_to_id("狗/dog.png");
+  m.names = {{cat, "2023/cat.jpg"}, {dog, "狗/dog.png"}};
+  const std::string p = dir / "s.clipfeat";
+  write_store(p, {cat, 7, dog}, a.data(), dim, StoreDtype::f32, m);  // a mixed store: one integer id
+  FeatureSet fs = open_store(p);
+  REQUIRE(fs.meta.names.size() == 2);
+  REQUIRE(fs.meta.names.at(dog) == "狗/dog.png");
+  REQUIRE(id_to_json(7, fs.meta.names_or_null()) == 7);
+  REQUIRE(id_to_json(cat, fs.meta.names_or_null()) == "2023/cat.jpg");
+
+  AppendOptions opt;
+  const int64_t bird = name_to_id("bird.webp");
+  opt.names = {{bird, "bird.webp"}};
+  append_store(p, {bird, 8}, b.data(), dim, opt);
+  REQUIRE(open_store(p).meta.names.at(bird) == "bird.webp");
+
+  StoreMeta m2 = test_meta();
+  const int64_t fish = name_to_id("fish.gif");
+  m2.names = {{fish, "fish.gif"}};
+  write_store(dir / "t.clipfeat", {fish}, b.data(), dim, StoreDtype::f16, m2);
+  merge_stores(p, dir / "t.clipfeat", dir / "u.clipfeat");
+  FeatureSet u = open_store(dir / "u.clipfeat");
+  REQUIRE(u.size() == 6);
+  REQUIRE(u.meta.names.size() == 4);
+  REQUIRE(u.meta.names.at(fish) == "fish.gif");
+
+  // JSONL: names are written as strings and read back to the same ids
+  write_features_jsonl(dir / "u.jsonl", u);
+  REQUIRE_THAT(read_file(dir / "u.jsonl"), Contains("{\"image_id\": \"2023/cat.jpg\", \"feature\": [") &&
+                                              Contains("{\"image_id\": 7, \"feature\": ["));
+  FeatureSet j = read_features_jsonl(dir / "u.jsonl");
+  REQUIRE(j.ids == u.ids);
+  REQUIRE(j.meta.names == u.meta.names);
+
+  // A name that does not belong to its row's id is refused.
+  std::string bytes = read_file(p);
+  const size_t at = bytes.find("\"2023/cat.jpg\"");
+  REQUIRE(at != std::string::npos);
+  bytes[at + 6] = 'X';  // "2023/Xat.jpg": same length, another hash
+  const std::string q = dir / "tampered.clipfeat";
+  write_file_atomic(q, bytes);
+  REQUIRE_THAT(expect_data_error([&] { open_store(q); }), Contains("names") && Contains("does not belong"));
+}

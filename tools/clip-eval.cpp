@@ -1,6 +1,7 @@
 // clip-eval: text<->image retrieval recall with cn_clip's rules, from features (stores or cn_clip JSONL)
 // or from cn_clip prediction files. JSON record on stdout, a readable table on stderr.
 #include "clip/cli/cli.h"
+#include "clip/data/dataset.h"
 #include "clip/base/log.h"
 #include "clip/retrieval/metrics.h"
 #include "clip/base/runtime.h"
@@ -20,7 +21,12 @@ static int body(int argc, char** argv) {
   app.add_option("--text-feats", text_feats, "Text features: a clip-index store or cn_clip JSONL");
   app.add_option("--predictions", predictions, "cn_clip text->image predictions ({\"text_id\", \"image_ids\": [10 ids]})");
   app.add_option("--tr-predictions", tr_predictions, "cn_clip image->text predictions ({\"image_id\", \"text_ids\": [10 ids]})");
-  app.add_option("--texts", texts, "Gold annotations: texts JSONL ({\"text_id\", \"text\", \"image_ids\"})")->required();
+  std::string data_dir, split = "test";
+  app.add_option("--texts", texts,
+                 "Gold annotations: texts JSONL ({\"text_id\", \"text\", \"image_ids\"}; image ids may be photo paths) "
+                 "or cn_clip's LMDB pairs folder");
+  app.add_option("--data", data_dir, "Instead of --texts: a dataset folder (TSV/JSONL or cn_clip's LMDB layout) ...");
+  app.add_option("--split", split, "... and its split")->capture_default_str();
   app.add_option("--format", format, "Record on stdout: json, md or tsv")->check(CLI::IsMember({"json", "md", "tsv"}))->capture_default_str();
   app.add_option("--write-topk", write_topk, "Also write cn_clip prediction files PREFIX.t2i.jsonl and PREFIX.i2t.jsonl");
   app.add_option("--name", name, "A label copied into the record (e.g. the split)");
@@ -31,6 +37,14 @@ static int body(int argc, char** argv) {
   CLIP_PARSE(app, argc, argv);
   ro.apply();
 
+  if (texts.empty() == data_dir.empty()) throw UsageError("give the gold annotations with --texts FILE or --data DIR");
+  if (texts.empty()) {
+    DataOptions d;
+    d.data_dir = data_dir;
+    d.split = split;
+    d.resolve(false, true);
+    texts = d.texts;
+  }
   const bool from_feats = !image_feats.empty() || !text_feats.empty();
   if (from_feats == (!predictions.empty() || !tr_predictions.empty()))
     throw UsageError("give either --image-feats and --text-feats, or --predictions and/or --tr-predictions");
@@ -61,6 +75,7 @@ static int body(int argc, char** argv) {
       log_warn("{} of the {} annotated images have no feature in '{}' (a different split?)", unseen,
                gold.image_ids.size(), image_feats);
     Predictions t2i = topk_predictions(txt, img, 10), i2t = topk_predictions(img, txt, 10);
+    t2i.names = i2t.names = img.meta.names;
     if (img.size() < 10 || txt.size() < 10) log_warn("fewer than 10 candidates: evaluation.py would refuse these rankings");
     if (!write_topk.empty()) {
       write_predictions(write_topk + ".t2i.jsonl", t2i);

@@ -1,5 +1,7 @@
 // clip-index: L2-normalised image and text features, as cn_clip's extract_features writes them
 // (JSONL) or as a binary store that opens by mmap.
+#include <fmt/format.h>
+
 #include "clip/cli/cli.h"
 #include "clip/data/dataset.h"
 #include "clip/retrieval/encoder.h"
@@ -16,6 +18,7 @@ static int body(int argc, char** argv) {
   CLI::App app{"Encode images and texts into features.\n"
                "  clip-index -c model.pt --data data/shapes-zh --split test --image-out test.img.clipfeat --text-out test.txt.clipfeat\n"
                "  clip-index -c clip_cn_vit-b-16.pt --images test_imgs.tsv --image-out test_imgs.img_feat.jsonl\n"
+               "  clip-index -c clip_cn_vit-b-16.pt --images ~/photos --image-out photos.clipfeat [--append]\n"
                "Outputs ending in .jsonl are cn_clip's feature files; any other name is a binary store (see docs/store-format.md).",
                "clip-index"};
   ModelOptions mo;
@@ -36,13 +39,16 @@ static int body(int argc, char** argv) {
                  "(e.g. IVF1024,SQ8, HNSW32, IVF4096,PQ64; see docs/search.md)");
   app.add_option("--ann-train", side.ann_train, "Rows (evenly spaced) that train the --ann index")
       ->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_flag("--append", append, "Add to an existing store (new ids only) instead of replacing it");
+  app.add_flag("--append", append,
+               "Add to an existing store instead of replacing it: new ids only; for a photo folder, the files not yet "
+               "indexed or changed since (by path, size and mtime)");
   add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
   ro.apply();
   dopt.resolve(!image_out.empty(), !text_out.empty());
   if (image_out.empty() && text_out.empty()) throw UsageError("nothing to do: give --image-out and/or --text-out");
-  if (!image_out.empty() && dopt.images.empty()) throw UsageError("--image-out needs --images TSV or --data DIR");
+  if (!image_out.empty() && dopt.images.empty())
+    throw UsageError("--image-out needs --images (TSV, photo folder, file list) or --data DIR");
   if (!text_out.empty() && dopt.texts.empty()) throw UsageError("--text-out needs --texts JSONL or --data DIR");
 
   // An output must not overwrite an input, nor the other output.
@@ -62,14 +68,29 @@ static int body(int argc, char** argv) {
   // Both inputs are read and encoded before anything is written, so a failure in either leaves
   // both outputs as they were.
   std::optional<EncodedSet> images, texts;
+  nlohmann::json image_files;    // a photo folder's file stats, so that --append finds what changed
+  bool replace_changed = false;  // --append on a folder re-encodes changed files in place
   if (!image_out.empty()) {
     ReadReport rep;
-    ImageTsv tsv(dopt.images, rep, !skip);
+    std::unique_ptr<ImageSource> src = open_images(dopt.images, rep, !skip);
     rep.summarize(dopt.images);
-    if (tsv.size() == 0) throw DataError("'" + dopt.images + "' holds no images: nothing to index");
-    images = encode_images(enc, tsv, ro.threads, skip);
-    if (images->ids.empty())
-      throw DataError("every image of '" + dopt.images + "' was skipped (undecodable): nothing to index");
+    if (src->size() == 0) throw DataError("'" + dopt.images + "' holds no images: nothing to index");
+    size_t changed = 0;
+    std::vector<size_t> rows;
+    if (append) {
+      rows = rows_to_index(*src, image_out, changed);
+      if (rows.size() != src->size() || changed)
+        log_info("{}: {} of {} images are new{}", dopt.images, rows.size() - changed, src->size(),
+                 changed ? fmt::format(", {} changed since indexed", changed) : std::string());
+      if (rows.empty()) log_info("nothing to add to {}", image_out);
+    }
+    if (!append || !rows.empty()) {
+      images = encode_images(enc, *src, ro.threads, skip, rows);
+      if (images->ids.empty())
+        throw DataError("every image of '" + dopt.images + "' was skipped (undecodable): nothing to index");
+      image_files = folder_file_stats(*src, images->ids);
+      replace_changed = changed > 0;
+    }
   }
   if (!text_out.empty()) {
     ReadReport rep;
@@ -78,7 +99,11 @@ static int body(int argc, char** argv) {
     if (recs.empty()) throw DataError("'" + dopt.texts + "' holds no texts: nothing to index");
     texts = encode_texts(enc, recs);
   }
-  if (images) write_features(image_out, *images, store_meta_for(image_out, enc, "image", dopt.images), dt, append, side);
+  if (images) {
+    StoreMeta meta = store_meta_for(image_out, enc, "image", dopt.images);
+    if (!image_files.empty()) meta.extra["files"] = image_files;
+    write_features(image_out, *images, meta, dt, append, side, replace_changed);
+  }
   if (texts) write_features(text_out, *texts, store_meta_for(text_out, enc, "text", dopt.texts), dt, append, side);
   return kExitOk;
 }

@@ -42,14 +42,14 @@ static int body(int argc, char** argv) {
   app.add_option("--text-file", q.text_file, "Text queries, one per line ('-' = stdin; also used when stdin is a pipe)");
   app.add_option("--texts", q.texts_jsonl, "Text queries with ids from a cn_clip texts JSONL");
   app.add_option("--image,-i", q.image_paths, "An image file query (repeatable)");
-  app.add_option("--query-images", q.query_tsv, "Image queries with ids from an images TSV");
+  app.add_option("--query-images", q.query_tsv, "Image queries with ids: an images TSV, a photo folder or a file list");
   app.add_option("-k,--top-k", q.k, "Hits per query")->capture_default_str()->check(CLI::Range(1, 100000));
   app.add_option("--threshold", q.threshold, "Only hits scoring at least this cosine");
   app.add_flag("--exclude-self", q.exclude_self, "Drop a hit whose id is the query image's own id");
   app.add_option("--format,-f", format, "jsonl (query, rank, id, score), tsv, or cnclip prediction lines")
       ->capture_default_str()->check(CLI::IsMember({"jsonl", "tsv", "cnclip"}));
   app.add_option("--montage", montage, "Draw the top hits of each query as a contact sheet (PNG)");
-  app.add_option("--images", images_tsv, "Images TSV of the store, for --montage (default: the store's source)");
+  app.add_option("--images", images_tsv, "Images of the store for --montage: TSV, photo folder, file list or LMDB (default: the store's source)");
   std::string on_error = "stop";
   add_on_error_option(app, on_error);
   add_version_flag(app);

@@ -29,7 +29,7 @@ static int body(int argc, char** argv) {
   add_model_options(app, mo, /*checkpoint_required=*/false);
   add_runtime_options(app, ro);
   add_search_options(app, index, search_opt, "Image feature store to search (its recorded checkpoint is used by default)");
-  app.add_option("--images", so.images_tsv, "Images TSV for thumbnails (default: the store's source TSV)");
+  app.add_option("--images", so.images_tsv, "Images for thumbnails: TSV, photo folder, file list or LMDB (default: the store's source)");
   app.add_option("--host", so.host, "Address to listen on; anything but loopback exposes the server")->capture_default_str();
   app.add_option("--port", so.port, "Port (0 = any free port, printed at start)")->capture_default_str()->check(CLI::Range(0, 65535));
   app.add_option("--max-upload-mb", max_upload_mb, "Largest accepted image upload, MiB")->capture_default_str()->check(CLI::Range(0.001, 1024.0));

@@ -92,9 +92,13 @@ void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& 
 }
 
 void add_data_options(CLI::App& app, DataOptions& d, bool with_split) {
-  app.add_option("--data", d.data_dir, "Dataset folder in the Flickr30k-CN layout ({split}_imgs.tsv, {split}_texts.jsonl)");
+  app.add_option("--data", d.data_dir,
+                 "Dataset folder in the Flickr30k-CN layout ({split}_imgs.tsv, {split}_texts.jsonl) or cn_clip's LMDB "
+                 "layout (lmdb/{split}/imgs and pairs)");
   if (with_split) app.add_option("--split", d.split, "Split name inside --data")->capture_default_str();
-  app.add_option("--images", d.images, "Images TSV (image_id<TAB>base64)");
+  app.add_option("--images", d.images,
+                 "Images: a TSV (image_id<TAB>base64), a folder of photos (recursive; JPEG, PNG, WebP, GIF; ids are the "
+                 "paths relative to it), a file list (one path per line) or an LMDB imgs folder");
   app.add_option("--texts", d.texts, "Texts JSONL ({\"text_id\", \"text\", \"image_ids\"})");
   app.add_flag("--strict", d.strict, "Stop at the first bad line or image (the default; kept for old scripts)");
   add_on_error_option(app, d.on_error);
@@ -119,7 +123,9 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
 
   auto* d = app.add_option_group("Data");
   // Required, but checked by run_finetune: on --resume it comes from the run's params.json.
-  d->add_option("--data", o.data_dir, "Dataset folder: {split}_imgs.tsv and {split}_texts.jsonl (Flickr30k-CN layout)");
+  d->add_option("--data", o.data_dir,
+                "Dataset folder: {split}_imgs.tsv and {split}_texts.jsonl (Flickr30k-CN layout), or cn_clip's LMDB "
+                "layout lmdb/{split}/imgs and lmdb/{split}/pairs");
   d->add_option("--train-split", o.train_split, "Training split name")->capture_default_str();
   d->add_option("--val-split", o.val_split, "Validation split name (skipped when its files are absent)")
       ->capture_default_str();

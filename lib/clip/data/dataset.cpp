@@ -11,6 +11,9 @@
 
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
+#include "clip/base/ids.h"
+#include "clip/data/image_folder.h"
+#include "clip/data/lmdb.h"
 #include "clip/image/image.h"
 #include "clip/base/log.h"
 
@@ -284,13 +287,19 @@ std::vector<uint8_t> ImageTsv::bytes(size_t i) const {
   }
 }
 
-Image ImageTsv::decode(size_t i) const {
+Image ImageSource::decode(size_t i) const {
   std::vector<uint8_t> b = bytes(i);
   try {
     return decode_image(b.data(), b.size());
   } catch (const DataError& e) {
     throw DataError(fmt::format("{}: {}", where(i), e.what()));
   }
+}
+
+std::unique_ptr<ImageSource> open_images(const std::string& path, ReadReport& report, bool strict) {
+  if (is_lmdb_env(path)) return std::make_unique<LmdbImages>(path, report, strict);
+  if (is_directory(path) || is_file_list(path)) return std::make_unique<ImageFolder>(path, report, strict);
+  return std::make_unique<ImageTsv>(path, report, strict);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -312,7 +321,23 @@ std::optional<int64_t> json_int(const nlohmann::json& v) {
 
 }  // namespace
 
-std::vector<TextRecord> read_texts(const std::string& path, ReadReport& report, bool strict, const ImageTsv* images) {
+std::vector<TextRecord> read_texts(const std::string& path, ReadReport& report, bool strict, const ImageSource* images) {
+  if (is_lmdb_env(path)) {
+    auto texts = read_lmdb_pairs(path, report, strict);
+    if (!images) return texts;
+    std::vector<TextRecord> kept;
+    for (auto& t : texts) {
+      auto missing = std::find_if(t.image_ids.begin(), t.image_ids.end(), [&](int64_t id) { return !images->find(id); });
+      if (missing != t.image_ids.end()) {
+        report.add(fmt::format("{}: text_id {}: image_id {} is not in {}", path, t.text_id, *missing, images->path()),
+                   strict);
+        --report.kept;
+        continue;
+      }
+      kept.push_back(std::move(t));
+    }
+    return kept;
+  }
   MappedFile map(path);
   std::vector<TextRecord> out;
   std::unordered_set<int64_t> seen_ids;
@@ -379,17 +404,17 @@ std::vector<TextRecord> read_texts(const std::string& path, ReadReport& report, 
     }
     rec.image_ids.reserve(ids->size());
     for (const auto& v : *ids) {
-      auto iv = json_int(v);
+      auto iv = id_from_json(v);
       if (!iv) {
-        bad(fmt::format("text_id {}: image id {} is not an integer", rec.text_id, excerpt(v.dump())), "bad image id");
+        bad(fmt::format("text_id {}: image id {} is not an integer (nor a path-like string id)", rec.text_id, excerpt(v.dump())), "bad image id");
         return;
       }
       if (std::find(rec.image_ids.begin(), rec.image_ids.end(), *iv) != rec.image_ids.end()) {
-        bad(fmt::format("text_id {}: image id {} listed twice", rec.text_id, *iv), "duplicate image id");
+        bad(fmt::format("text_id {}: image id {} listed twice", rec.text_id, excerpt(v.dump())), "duplicate image id");
         return;
       }
       if (images && !images->find(*iv)) {
-        bad(fmt::format("text_id {}: image_id {} is not in {}", rec.text_id, *iv, img_name), "unknown image id");
+        bad(fmt::format("text_id {}: image_id {} is not in {}", rec.text_id, excerpt(v.dump()), img_name), "unknown image id");
         return;
       }
       rec.image_ids.push_back(*iv);
@@ -406,7 +431,7 @@ std::vector<TextRecord> read_texts(const std::string& path, ReadReport& report, 
   return out;
 }
 
-std::vector<std::pair<size_t, size_t>> make_pairs(const std::vector<TextRecord>& texts, const ImageTsv& images) {
+std::vector<std::pair<size_t, size_t>> make_pairs(const std::vector<TextRecord>& texts, const ImageSource& images) {
   std::vector<std::pair<size_t, size_t>> pairs;
   pairs.reserve(texts.size());
   for (size_t t = 0; t < texts.size(); ++t)
@@ -422,23 +447,46 @@ std::string split_texts_path(const std::string& dir, const std::string& split) {
   return path_join(dir, split + "_texts.jsonl");
 }
 
+std::string lmdb_split_path(const std::string& dir, const std::string& split) {
+  return path_join(path_join(dir, "lmdb"), split);
+}
+
+bool has_lmdb_split(const std::string& dir, const std::string& split) {
+  const std::string d = lmdb_split_path(dir, split);
+  return is_lmdb_env(path_join(d, "imgs")) && is_lmdb_env(path_join(d, "pairs"));
+}
+
+std::vector<TextRecord> read_split_texts(const std::string& dir, const std::string& split, ReadReport& report,
+                                         bool strict) {
+  DataOptions d;
+  d.data_dir = dir;
+  d.split = split;
+  d.resolve(false, true);
+  return read_texts(d.texts, report, strict);
+}
+
 DatasetSplit open_split(const std::string& dir, const std::string& split, bool strict) {
   if (!is_directory(dir)) throw DataError(fmt::format("dataset folder '{}' does not exist or is not a folder", dir));
   std::string img_path = split_images_path(dir, split), txt_path = split_texts_path(dir, split);
+  if (!file_exists(img_path) && has_lmdb_split(dir, split)) {
+    img_path = path_join(lmdb_split_path(dir, split), "imgs");
+    txt_path = path_join(lmdb_split_path(dir, split), "pairs");
+  }
   for (const auto& p : {img_path, txt_path})
     if (!file_exists(p))
       throw DataError(fmt::format("'{}' not found: a dataset folder holds <split>_imgs.tsv (image_id<TAB>base64) and "
-                                  "<split>_texts.jsonl ({{\"text_id\", \"text\", \"image_ids\"}}) for split '{}'",
+                                  "<split>_texts.jsonl ({{\"text_id\", \"text\", \"image_ids\"}}) for split '{}', "
+                                  "or cn_clip's LMDB folders lmdb/<split>/imgs and lmdb/<split>/pairs",
                                   p, split));
   ReadReport img_report, txt_report;
-  ImageTsv images(img_path, img_report, strict);
-  auto texts = read_texts(txt_path, txt_report, strict, &images);
-  auto pairs = make_pairs(texts, images);
+  std::unique_ptr<ImageSource> images = open_images(img_path, img_report, strict);
+  auto texts = read_texts(txt_path, txt_report, strict, images.get());
+  auto pairs = make_pairs(texts, *images);
   img_report.summarize(img_path);
   txt_report.summarize(txt_path);
   ReadReport all = img_report;
   all.merge(txt_report);
-  log_info("{} split '{}': {} images, {} texts, {} pairs", dir, split, images.size(), texts.size(), pairs.size());
+  log_info("{} split '{}': {} images, {} texts, {} pairs", dir, split, images->size(), texts.size(), pairs.size());
   return DatasetSplit{dir, split, std::move(images), std::move(texts), std::move(pairs), std::move(all)};
 }
 
@@ -446,8 +494,11 @@ void DataOptions::resolve(bool need_images, bool need_texts) {
   if (strict && skip_bad())
     throw UsageError("--strict (stop at the first bad line or image, the default) contradicts --on-error skip: give one");
   if (!data_dir.empty()) {
-    if (need_images && images.empty()) images = split_images_path(data_dir, split);
-    if (need_texts && texts.empty()) texts = split_texts_path(data_dir, split);
+    const bool lmdb = !file_exists(split_images_path(data_dir, split)) &&
+                      !file_exists(split_texts_path(data_dir, split)) && has_lmdb_split(data_dir, split);
+    const std::string l = lmdb_split_path(data_dir, split);
+    if (need_images && images.empty()) images = lmdb ? path_join(l, "imgs") : split_images_path(data_dir, split);
+    if (need_texts && texts.empty()) texts = lmdb ? path_join(l, "pairs") : split_texts_path(data_dir, split);
   }
 }
 

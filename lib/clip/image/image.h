@@ -40,13 +40,16 @@ std::string base64_encode(const uint8_t* data, size_t n);
 constexpr uint64_t kMaxImagePixels = 2ull * 89478485ull;
 
 // Decodes JPEG (libjpeg-turbo defaults, like Pillow), PNG (libpng: L/LA/RGB/RGBA/P/1-bit kept as
-// Pillow's modes) and, through stb_image after our own header checks, uncompressed BMP and binary
-// PNM (P5/P6). Every other format (Radiance HDR, GIF, TGA, PSD, PIC, WebP, TIFF, ...) is refused by
-// its magic bytes before any decoder runs. Throws DataError describing the problem.
-// Bytes identical to Pillow 9.4's Image.open(...).tobytes() for JPEG and PNG, except 16-bit grey PNG
-// (Pillow mode "I"; returned as L = min(value, 255)); BMP/PNM are not guaranteed identical.
-// Details in image_decode.cpp.
+// Pillow's modes), WebP (libwebp: RGB or RGBA), GIF (giflib: the first frame, mode P) and, through
+// stb_image after our own header checks, uncompressed BMP and binary PNM (P5/P6). Every other format
+// (Radiance HDR, TGA, PSD, PIC, TIFF, ...) is refused by its magic bytes before any decoder runs.
+// Throws DataError describing the problem. Bytes identical to Pillow 9.4's Image.open(...).tobytes()
+// for JPEG and PNG, except 16-bit grey PNG (Pillow mode "I"; returned as L = min(value, 255)), and for
+// the WebP and GIF cases of tests/data/image; BMP/PNM are not guaranteed identical. Details in
+// image_decode.cpp.
 Image decode_image(const uint8_t* data, size_t n);
+// Whether this build decodes "webp" (libwebp) or "gif" (giflib); JPEG and PNG always.
+bool image_format_supported(const std::string& name);
 
 // Pillow's Image.resize(size, resample) for the modes above: BICUBIC (antialiased, a=-0.5,
 // fixed-point, horizontal then vertical pass) for L/RGB/CMYK, premultiplied for LA/RGBA,
@@ -76,11 +79,22 @@ std::vector<uint8_t> encode_jpeg(const Image& im, int quality = 90);
 void draw_text(Image& rgb, int x, int y, const std::string& ascii, std::array<uint8_t, 3> color, int scale = 1);
 // Width in pixels of the longest line of `text` as draw_text would draw it.
 int text_width(const std::string& text, int scale = 1);
+// Text in any script through FreeType and a TrueType font: $CLIP_FONT, else Debian's fonts-wqy-microhei
+// (CJK + Latin), else Noto CJK. unicode_font() names the font file, or "" when this build has no
+// FreeType or no such font is installed (callers then fall back to the bitmap font above).
+std::string unicode_font();
+// Draws UTF-8 `text` with the font at `px` pixels per em, top-left at (x, y), wrapped at character
+// boundaries to `max_width` pixels and cut after `max_lines` lines (the last one ending in "…").
+// Returns the height in pixels used (0 when no font).
+int draw_text_unicode(Image& rgb, int x, int y, const std::string& text, std::array<uint8_t, 3> color, int px,
+                      int max_width, int max_lines);
 struct MontageTile {
   const Image* image = nullptr;  // any mode; resized to fit the tile
   std::string caption;           // ASCII
+  bool mark = false;             // a right answer: framed in green
 };
-// rows[i] is one line of the sheet, led by an optional label (e.g. the query) drawn at its left.
+// rows[i] is one line of the sheet, led by an optional label (e.g. the query text, any script: drawn
+// with unicode_font() when there is one, else with the ASCII bitmap font) drawn at its left.
 Image make_montage(const std::vector<std::vector<MontageTile>>& rows, const std::vector<std::string>& row_labels,
                    int tile = 128);
 

@@ -16,10 +16,14 @@
 //    (32-bit integers) in Pillow; we return L holding min(value, 255), which is what Pillow's later
 //    convert('RGB') makes of it (bicubic resizing before that clip can differ at edges).
 //    Chunk CRCs are checked as Pillow checks them: before the first IDAT only.
+//  * WebP through libwebp (when built with it): RGB, or RGBA when the file has alpha, as Pillow opens
+//    it; animated WebP is refused. GIF through giflib (when built with it): the first frame on the
+//    logical screen as mode P with its colour table, like Pillow; pixels outside the first frame take
+//    the background colour index. Neither is checked bit for bit against Pillow.
 //  * Uncompressed BMP and binary PNM (P5/P6) through stb_image as L/LA/RGB/RGBA, after their
 //    headers were checked here (dimensions, pixel data inside the file). Not bit-exact with Pillow
-//    (which keeps 8-bit BMP as mode P, for instance). Every other format (HDR, GIF, TGA, PSD, PIC,
-//    WebP, TIFF, ...) is refused by its magic bytes before any decoder runs: see decode_stb.
+//    (which keeps 8-bit BMP as mode P, for instance). Every other format (HDR, TGA, PSD, PIC, TIFF,
+//    and GIF/WebP in a build without giflib/libwebp, ...) is refused by its magic bytes before any decoder runs: see decode_stb.
 // Errors never abort the process: libjpeg / libpng errors longjmp back here and become DataError
 // carrying the library's message.
 #include <algorithm>
@@ -34,6 +38,12 @@
 
 #include <jerror.h>
 #include <jpeglib.h>
+#ifdef CLIP_HAVE_WEBP
+#include <webp/decode.h>
+#endif
+#ifdef CLIP_HAVE_GIF
+#include <gif_lib.h>
+#endif
 #include <png.h>
 #ifdef CLIP_HAVE_STB
 #include <stb_image.h>
@@ -466,6 +476,86 @@ void check_pnm(const uint8_t* d, size_t n) {
                     std::to_string(need) + " bytes, the file holds " + std::to_string(n - i) + ")");
 }
 
+// ------------------------------------------------------------------------------------ WebP, GIF
+
+#ifdef CLIP_HAVE_WEBP
+Image decode_webp(const uint8_t* data, size_t n) {
+  WebPBitstreamFeatures f;
+  if (WebPGetFeatures(data, n, &f) != VP8_STATUS_OK) throw DataError("WebP: not a valid WebP file");
+  if (f.has_animation) throw DataError("WebP: animated WebP is not supported");
+  check_dimensions(static_cast<uint64_t>(f.width), static_cast<uint64_t>(f.height), "WebP");
+  Image out;
+  out.width = f.width;
+  out.height = f.height;
+  out.mode = f.has_alpha ? PixelMode::RGBA : PixelMode::RGB;
+  const int ch = out.channels();
+  out.pixels.resize(static_cast<size_t>(f.width) * f.height * ch);
+  const int stride = f.width * ch;
+  const uint8_t* ok = f.has_alpha ? WebPDecodeRGBAInto(data, n, out.pixels.data(), out.pixels.size(), stride)
+                                  : WebPDecodeRGBInto(data, n, out.pixels.data(), out.pixels.size(), stride);
+  if (!ok) throw DataError("WebP: the data could not be decoded (truncated or corrupt)");
+  return out;
+}
+#endif
+
+#ifdef CLIP_HAVE_GIF
+struct GifSrc {
+  const uint8_t* data;
+  size_t n, pos;
+};
+int gif_read(GifFileType* g, GifByteType* buf, int len) {
+  auto* s = static_cast<GifSrc*>(g->UserData);
+  const size_t k = std::min(static_cast<size_t>(len < 0 ? 0 : len), s->n - s->pos);
+  std::memcpy(buf, s->data + s->pos, k);
+  s->pos += k;
+  return static_cast<int>(k);
+}
+
+Image decode_gif(const uint8_t* data, size_t n) {
+  GifSrc src{data, n, 0};
+  int err = 0;
+  GifFileType* g = DGifOpen(&src, gif_read, &err);
+  if (!g) throw DataError(std::string("GIF: ") + GifErrorString(err));
+  std::unique_ptr<GifFileType, void (*)(GifFileType*)> guard(g, [](GifFileType* p) {
+    int e = 0;
+    DGifCloseFile(p, &e);
+  });
+  check_dimensions(static_cast<uint64_t>(std::max(0, g->SWidth)), static_cast<uint64_t>(std::max(0, g->SHeight)), "GIF");
+  if (DGifSlurp(g) != GIF_OK && g->ImageCount < 1)
+    throw DataError(std::string("GIF: ") + GifErrorString(g->Error));
+  if (g->ImageCount < 1) throw DataError("GIF: no image in the file");
+  const SavedImage& fr = g->SavedImages[0];
+  const ColorMapObject* cmap = fr.ImageDesc.ColorMap ? fr.ImageDesc.ColorMap : g->SColorMap;
+  if (!cmap || cmap->ColorCount <= 0 || cmap->ColorCount > 256) throw DataError("GIF: no usable colour table");
+  const int fx = fr.ImageDesc.Left, fy = fr.ImageDesc.Top, fw = fr.ImageDesc.Width, fh = fr.ImageDesc.Height;
+  if (fw <= 0 || fh <= 0 || !fr.RasterBits) throw DataError("GIF: the first frame is empty or truncated");
+  Image out;
+  out.width = g->SWidth;
+  out.height = g->SHeight;
+  out.mode = PixelMode::P;
+  out.palette.assign(256 * 3, 0);
+  for (int i = 0; i < cmap->ColorCount; ++i) {
+    out.palette[i * 3] = cmap->Colors[i].Red;
+    out.palette[i * 3 + 1] = cmap->Colors[i].Green;
+    out.palette[i * 3 + 2] = cmap->Colors[i].Blue;
+  }
+  const uint8_t bg = static_cast<uint8_t>(g->SBackGroundColor < cmap->ColorCount ? g->SBackGroundColor : 0);
+  out.pixels.assign(static_cast<size_t>(out.width) * out.height, bg);
+  for (int y = 0; y < fh; ++y) {
+    const int dy = fy + y;
+    if (dy < 0 || dy >= out.height) continue;
+    for (int x = 0; x < fw; ++x) {
+      const int dx = fx + x;
+      if (dx < 0 || dx >= out.width) continue;
+      out.pixels[static_cast<size_t>(dy) * out.width + dx] = fr.RasterBits[static_cast<size_t>(y) * fw + x];
+    }
+  }
+  return out;
+}
+#endif
+
+// ------------------------------------------------------------------------------------ other formats
+
 Image decode_stb(const uint8_t* data, size_t n) {
 #ifdef CLIP_HAVE_STB
   if (n > static_cast<size_t>(INT32_MAX)) throw DataError("image: encoded data larger than 2 GiB");
@@ -531,6 +621,12 @@ Image decode_image(const uint8_t* data, size_t n) {
   static const uint8_t kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
   if (n >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) return decode_jpeg(data, n);
   if (n >= 8 && std::memcmp(data, kPng, 8) == 0) return decode_png(data, n);
+#ifdef CLIP_HAVE_WEBP
+  if (n >= 12 && std::memcmp(data, "RIFF", 4) == 0 && std::memcmp(data + 8, "WEBP", 4) == 0) return decode_webp(data, n);
+#endif
+#ifdef CLIP_HAVE_GIF
+  if (n >= 6 && (std::memcmp(data, "GIF87a", 6) == 0 || std::memcmp(data, "GIF89a", 6) == 0)) return decode_gif(data, n);
+#endif
   if (starts_with(data, n, "BM")) {
     check_bmp(data, n);
     return decode_stb(data, n);
@@ -541,7 +637,7 @@ Image decode_image(const uint8_t* data, size_t n) {
   }
   if (const char* f = refused_format(data, n))
     throw DataError(std::string("image: ") + f +
-                    " images are not accepted (accepted: JPEG, PNG, uncompressed BMP, binary PNM); convert it to PNG or JPEG");
+                    " images are not accepted (accepted: JPEG, PNG, WebP, GIF, uncompressed BMP, binary PNM); convert it to PNG or JPEG");
   throw DataError("image: unrecognised format (not JPEG, PNG, BMP or binary PNM: the file starts with bytes " + [&] {
     std::string hex;
     char buf[4];
@@ -551,6 +647,17 @@ Image decode_image(const uint8_t* data, size_t n) {
     }
     return hex;
   }() + ")");
+}
+
+bool image_format_supported(const std::string& name) {
+  if (name == "jpeg" || name == "png") return true;
+#ifdef CLIP_HAVE_WEBP
+  if (name == "webp") return true;
+#endif
+#ifdef CLIP_HAVE_GIF
+  if (name == "gif") return true;
+#endif
+  return false;
 }
 
 }  // namespace clip

@@ -2,8 +2,15 @@
 // font file or rendering library is needed.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <mutex>
 #include <string>
 #include <vector>
+
+#ifdef CLIP_HAVE_FREETYPE
+#include <ft2build.h>
+#include FT_FREETYPE_H
+#endif
 
 #include "clip/base/error.h"
 #include "clip/image/image.h"
@@ -186,7 +193,154 @@ std::vector<std::string> wrap(const std::string& line, int max_chars) {
   return out;
 }
 
+// UTF-8 -> code points (invalid bytes become U+FFFD).
+std::vector<uint32_t> code_points(const std::string& s) {
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || i + len > s.size()) {
+      out.push_back(0xFFFD);
+      ++i;
+      continue;
+    }
+    uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+    bool ok = true;
+    for (int k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      ok &= (cc & 0xC0) == 0x80;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    out.push_back(ok ? cp : 0xFFFD);
+    i += ok ? len : 1;
+  }
+  return out;
+}
+
+#ifdef CLIP_HAVE_FREETYPE
+// One face for the process; FreeType faces are not thread-safe, so every use holds the mutex.
+struct Font {
+  FT_Library lib = nullptr;
+  FT_Face face = nullptr;
+  std::string path;
+  std::mutex mu;
+  Font() {
+    std::vector<std::string> candidates;
+    if (const char* env = std::getenv("CLIP_FONT")) candidates.push_back(env);
+    candidates.push_back("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc");
+    candidates.push_back("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc");
+    candidates.push_back("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc");
+    if (FT_Init_FreeType(&lib) != 0) return;
+    for (const auto& c : candidates)
+      if (FT_New_Face(lib, c.c_str(), 0, &face) == 0) {
+        path = c;
+        return;
+      }
+    face = nullptr;
+  }
+  ~Font() {
+    if (face) FT_Done_Face(face);
+    if (lib) FT_Done_FreeType(lib);
+  }
+};
+Font& font() {
+  static Font f;
+  return f;
+}
+
+// Advance of a code point in pixels (font.mu held).
+int advance(FT_Face face, uint32_t cp) {
+  if (FT_Load_Char(face, cp, FT_LOAD_DEFAULT) != 0) return 0;
+  return static_cast<int>(face->glyph->advance.x >> 6);
+}
+
+void draw_glyph(Image& im, FT_Face face, uint32_t cp, int pen_x, int baseline, std::array<uint8_t, 3> color) {
+  if (FT_Load_Char(face, cp, FT_LOAD_RENDER) != 0) return;
+  const FT_Bitmap& b = face->glyph->bitmap;
+  if (b.pixel_mode != FT_PIXEL_MODE_GRAY) return;
+  const int x0 = pen_x + face->glyph->bitmap_left, y0 = baseline - face->glyph->bitmap_top;
+  for (unsigned r = 0; r < b.rows; ++r) {
+    const int y = y0 + static_cast<int>(r);
+    if (y < 0 || y >= im.height) continue;
+    for (unsigned c = 0; c < b.width; ++c) {
+      const int x = x0 + static_cast<int>(c);
+      if (x < 0 || x >= im.width) continue;
+      const int a = b.buffer[r * b.pitch + c];
+      if (!a) continue;
+      uint8_t* p = &im.pixels[(static_cast<size_t>(y) * im.width + x) * 3];
+      for (int k = 0; k < 3; ++k) p[k] = static_cast<uint8_t>((p[k] * (255 - a) + color[k] * a + 127) / 255);
+    }
+  }
+}
+#endif
+
 }  // namespace
+
+std::string unicode_font() {
+#ifdef CLIP_HAVE_FREETYPE
+  Font& f = font();
+  return f.face ? f.path : std::string();
+#else
+  return {};
+#endif
+}
+
+int draw_text_unicode(Image& rgb, int x, int y, const std::string& text, std::array<uint8_t, 3> color, int px,
+                      int max_width, int max_lines) {
+#ifdef CLIP_HAVE_FREETYPE
+  if (rgb.mode != PixelMode::RGB) throw UsageError("draw_text_unicode: needs an RGB image");
+  Font& f = font();
+  if (!f.face || max_lines < 1) return 0;
+  std::lock_guard<std::mutex> lk(f.mu);
+  FT_Set_Pixel_Sizes(f.face, 0, static_cast<FT_UInt>(std::max(6, px)));
+  const int ascent = static_cast<int>(f.face->size->metrics.ascender >> 6);
+  const int line_h = static_cast<int>(f.face->size->metrics.height >> 6);
+  // Greedy wrap at character boundaries; '\n' breaks a line.
+  std::vector<std::vector<uint32_t>> lines(1);
+  int w = 0;
+  for (uint32_t cp : code_points(text)) {
+    if (cp == '\n') {
+      lines.emplace_back();
+      w = 0;
+      continue;
+    }
+    if (cp == '\r') continue;
+    if (cp == '\t') cp = ' ';
+    const int a = advance(f.face, cp);
+    if (w + a > max_width && !lines.back().empty()) {
+      lines.emplace_back();
+      w = 0;
+      if (cp == ' ') continue;
+    }
+    lines.back().push_back(cp);
+    w += a;
+  }
+  if (static_cast<int>(lines.size()) > max_lines) {
+    lines.resize(max_lines);
+    auto& last = lines.back();
+    const int ell = advance(f.face, 0x2026);
+    int lw = 0;
+    for (uint32_t cp : last) lw += advance(f.face, cp);
+    while (!last.empty() && lw + ell > max_width) {
+      lw -= advance(f.face, last.back());
+      last.pop_back();
+    }
+    last.push_back(0x2026);
+  }
+  for (size_t li = 0; li < lines.size(); ++li) {
+    int pen = x;
+    const int baseline = y + ascent + static_cast<int>(li) * line_h;
+    for (uint32_t cp : lines[li]) {
+      draw_glyph(rgb, f.face, cp, pen, baseline, color);
+      pen += advance(f.face, cp);
+    }
+  }
+  return static_cast<int>(lines.size()) * line_h;
+#else
+  (void)rgb, (void)x, (void)y, (void)text, (void)color, (void)px, (void)max_width, (void)max_lines;
+  return 0;
+#endif
+}
 
 int text_width(const std::string& text, int scale) {
   size_t longest = 0;
@@ -229,7 +383,9 @@ Image make_montage(const std::vector<std::vector<MontageTile>>& rows, const std:
     for (const auto& line : layout_lines(l)) label_chars = std::max(label_chars, static_cast<int>(line.size()));
   }
   label_chars = std::min(label_chars, std::max(4, tile * 2 / kCellW));
-  const int label_w = any_label ? label_chars * kCellW + kPad : 0;
+  const bool unicode = any_label && !unicode_font().empty();
+  const int label_px = std::max(12, tile / 8);
+  const int label_w = !any_label ? 0 : unicode ? 2 * tile + kPad : label_chars * kCellW + kPad;
 
   Image out;
   out.mode = PixelMode::RGB;
@@ -243,7 +399,9 @@ Image make_montage(const std::vector<std::vector<MontageTile>>& rows, const std:
 
   for (size_t r = 0; r < nrows; ++r) {
     const int y0 = kPad + static_cast<int>(r) * (cell_h + kPad);
-    if (r < row_labels.size() && !row_labels[r].empty()) {
+    if (unicode && r < row_labels.size() && !row_labels[r].empty()) {
+      draw_text_unicode(out, kPad, y0 + 2, row_labels[r], kText, label_px, 2 * tile - kPad, cell_h / (label_px + 4));
+    } else if (r < row_labels.size() && !row_labels[r].empty()) {
       std::vector<std::string> lines;
       for (const auto& l : layout_lines(row_labels[r]))
         for (auto& w : wrap(l, label_chars)) lines.push_back(w);
@@ -271,6 +429,13 @@ Image make_montage(const std::vector<std::vector<MontageTile>>& rows, const std:
         const int h = std::clamp(static_cast<int>(std::lround(t.image->height * s)), 1, tile);
         const Image thumb = convert_rgb(resize_bicubic(*t.image, w, h));
         paste(out, thumb, x0 + (tile - w) / 2, y0 + (tile - h) / 2);
+      }
+      if (t.mark) {  // a right answer: a green frame around the tile
+        const std::array<uint8_t, 3> kGreen{0, 170, 60};
+        fill_rect(out, x0 - 3, y0 - 3, tile + 6, 3, kGreen);
+        fill_rect(out, x0 - 3, y0 + tile, tile + 6, 3, kGreen);
+        fill_rect(out, x0 - 3, y0, 3, tile, kGreen);
+        fill_rect(out, x0 + tile, y0, 3, tile, kGreen);
       }
       if (!t.caption.empty()) {
         const auto lines = layout_lines(t.caption);

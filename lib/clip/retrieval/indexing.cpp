@@ -9,6 +9,7 @@
 
 #include "clip/model/config.h"
 #include "clip/data/dataset.h"
+#include "clip/data/image_folder.h"
 #include "clip/retrieval/encoder.h"
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
@@ -18,7 +19,7 @@
 
 namespace clip {
 
-EncodedSet encode_images(Encoder& enc, const ImageTsv& tsv, int threads, bool skip_errors,
+EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool skip_errors,
                          const std::vector<size_t>& only) {
   const int r = enc.resolution();
   const size_t item = static_cast<size_t>(3) * r * r;
@@ -49,7 +50,11 @@ EncodedSet encode_images(Encoder& enc, const ImageTsv& tsv, int threads, bool sk
     if (!b.items.empty()) {
       auto px = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, r, r}, at::kFloat);
       parts.push_back(enc.encode_pixels(px));
-      for (size_t i : b.items) set.ids.push_back(tsv.id(row_of(i)));
+      for (size_t i : b.items) {
+        set.ids.push_back(tsv.id(row_of(i)));
+        std::string name = tsv.name(row_of(i));
+        if (!name.empty()) set.names.emplace(set.ids.back(), std::move(name));
+      }
     }
     prog.add(static_cast<int64_t>(b.items.size() + b.errors.size()));
   }
@@ -118,8 +123,10 @@ StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std
 }
 
 
-void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
-                    bool append, const SidecarOptions& side) {
+void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta_in, StoreDtype dtype,
+                    bool append, const SidecarOptions& side, bool replace) {
+  StoreMeta meta = meta_in;
+  for (const auto& [id, name] : set.names) meta.names[id] = name;
   at::Tensor f = set.features.contiguous();
   if (f.numel() > 0 && !at::isfinite(f).all().item<bool>()) {
     const auto bad = at::nonzero(at::logical_not(at::isfinite(f)).any(1));
@@ -135,7 +142,7 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
     if (append) throw UsageError("--append works on binary stores, not on JSONL output '" + path + "'");
     if (!side.ann_factory.empty() || side.int8)
       throw UsageError("--ann and --dtype i8 need a binary store, not JSONL output '" + path + "'");
-    write_features_jsonl(path, meta.kind + "_id", set.ids, data, dim);
+    write_features_jsonl(path, meta.kind + "_id", set.ids, data, dim, meta.names_or_null());
     log_info("wrote {} {} features to {}", set.ids.size(), meta.kind, path);
     return;
   }
@@ -151,6 +158,9 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
     if (side.ann_factory.empty() && file_exists(ann_file)) AnnIndex::open(ann_file, old, {});
     AppendOptions opt;
     if (!meta.sources.empty()) opt.source = meta.sources.front();
+    opt.names = set.names;
+    opt.replace = replace;
+    opt.extra_patch = meta.extra.contains("files") ? nlohmann::json{{"files", meta.extra["files"]}} : nlohmann::json();
     append_store(path, set.ids, data, dim, opt);
   } else {
     write_store(path, set.ids, data, dim, dtype, meta);
@@ -164,11 +174,11 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
     bo.max_train = side.ann_train;
     build_ann(now, bo, ann_file);
   } else if (file_exists(ann_file)) {
-    if (appending) {
+    if (appending && !replace) {
       extend_ann(ann_file, old, now);
     } else {
       std::remove(ann_file.c_str());
-      log_warn("removed {}: it indexed the store this run replaced; rebuild it with --ann FACTORY", ann_file);
+      log_warn("removed {}: it indexed rows this run replaced; rebuild it with --ann FACTORY", ann_file);
     }
   }
   if (side.int8 || (appending && file_exists(i8_file))) {
@@ -177,6 +187,41 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
     std::remove(i8_file.c_str());
     log_warn("removed {}: it described the store this run replaced; rebuild it with --dtype i8", i8_file);
   }
+}
+
+// For a TSV or LMDB every row is returned, so that appending an id already in the store stays the
+// error append_store reports; only a photo folder skips what the store already holds unchanged.
+std::vector<size_t> rows_to_index(const ImageSource& src, const std::string& store_path, size_t& changed) {
+  changed = 0;
+  std::vector<size_t> rows;
+  const bool have = !store_path.empty() && file_exists(store_path) && is_store_file(store_path);
+  FeatureSet old;
+  if (have) old = open_store(store_path);
+  const auto* folder = dynamic_cast<const ImageFolder*>(&src);
+  const nlohmann::json files = have && old.meta.extra.contains("files") ? old.meta.extra["files"] : nlohmann::json::object();
+  for (size_t i = 0; i < src.size(); ++i) {
+    if (!have || old.find(src.id(i)) < 0 || !folder) {  // a TSV's known ids stay an error (append_store)
+      rows.push_back(i);
+      continue;
+    }
+    auto it = files.find(folder->name(i));
+    const bool same = it != files.end() && it->is_array() && it->size() == 2 && (*it)[0] == folder->file_size(i) &&
+                      (*it)[1] == folder->file_mtime(i);
+    if (!same) {
+      rows.push_back(i);
+      ++changed;
+    }
+  }
+  return rows;
+}
+
+nlohmann::json folder_file_stats(const ImageSource& src, const std::vector<int64_t>& ids) {
+  nlohmann::json files = nlohmann::json::object();
+  const auto* folder = dynamic_cast<const ImageFolder*>(&src);
+  if (!folder) return files;
+  for (int64_t id : ids)
+    if (auto i = folder->find(id)) files[folder->name(*i)] = {folder->file_size(*i), folder->file_mtime(*i)};
+  return files;
 }
 
 }  // namespace clip

@@ -14,19 +14,20 @@
 namespace clip {
 
 class Encoder;
-class ImageTsv;
+class ImageSource;
 struct TextRecord;
 
 struct EncodedSet {
   std::vector<int64_t> ids;                                // ids of the rows of `features`, input order
   at::Tensor features;                                     // [n, E] float32, L2-normalised, CPU
   std::vector<std::pair<int64_t, std::string>> skipped;    // (id, why) of inputs dropped with skip_errors
+  IdNames names;                                           // string ids (photo paths) of the rows that have one
 };
 
-// All images of `tsv` (or the rows `only` when non-empty). Decoding runs on `threads` workers ahead of
+// All images of `src` (a TSV, a photo folder, an LMDB; or the rows `only` when non-empty). Decoding runs on `threads` workers ahead of
 // the model; with skip_errors an undecodable image is logged and dropped, otherwise the DataError
 // naming the file, line and image_id propagates.
-EncodedSet encode_images(Encoder& enc, const ImageTsv& tsv, int threads, bool skip_errors,
+EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool skip_errors,
                          const std::vector<size_t>& only = {});
 EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts);
 
@@ -38,7 +39,8 @@ StoreMeta store_meta_for(const std::string& path, const Encoder& enc, const std:
                          const std::string& source_path);
 
 // Writes features to `path`: cn_clip JSONL when it ends in .jsonl, else a binary store (dtype f32/f16);
-// append=true adds to an existing store instead (ids must be new). Atomic either way.
+// append=true adds to an existing store instead (ids must be new, unless `replace`: a folder's changed files).
+// Atomic either way.
 //
 // Files beside a store are kept consistent with it: `ann_factory` builds STORE.ann (faiss, trained on
 // the store's rows, at most ann_train of them), `int8` writes STORE.i8. Without them, an existing
@@ -50,7 +52,17 @@ struct SidecarOptions {
   int64_t ann_train = 100000;
   bool int8 = false;
 };
+
 void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
-                    bool append, const SidecarOptions& side = {});
+                    bool append, const SidecarOptions& side = {}, bool replace = false);
+
+// Photo folders and --append: which rows of `src` still need encoding for the store at `store_path`.
+// Without the store, or for a source other than a folder, every row (appending a TSV's id that is
+// already there stays an error). For a folder and a store, a row whose id is absent, or whose file size
+// or mtime differs from those recorded in the store's extra["files"]. Sets `changed` to the number of
+// rows already in the store that must be re-encoded (their features are replaced).
+std::vector<size_t> rows_to_index(const ImageSource& src, const std::string& store_path, size_t& changed);
+// extra["files"] = {name: [size, mtime]} for the folder rows in `ids` (empty object for other sources).
+nlohmann::json folder_file_stats(const ImageSource& src, const std::vector<int64_t>& ids);
 
 }  // namespace clip

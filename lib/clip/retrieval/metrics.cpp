@@ -9,6 +9,8 @@
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
 #include "clip/base/log.h"
+#include "clip/data/dataset.h"
+#include "clip/data/lmdb.h"
 #include "clip/retrieval/store.h"
 
 namespace clip {
@@ -19,7 +21,7 @@ namespace {
 bool is_int(const nlohmann::json& v) { return v.is_number_integer(); }
 
 std::vector<int64_t> int_list(const std::string& path, int64_t lineno, const nlohmann::json& obj, const char* key,
-                              const std::string& owner) {
+                              const std::string& owner, IdNames* names = nullptr) {
   auto it = obj.find(key);
   if (it == obj.end()) throw DataError(fmt::format("{}:{}: {} has no \"{}\" list", path, lineno, owner, key));
   if (!it->is_array()) throw DataError(fmt::format("{}:{}: \"{}\" of {} is not a list", path, lineno, key, owner));
@@ -27,10 +29,13 @@ std::vector<int64_t> int_list(const std::string& path, int64_t lineno, const nlo
   v.reserve(it->size());
   for (size_t r = 0; r < it->size(); ++r) {
     const auto& x = (*it)[r];
-    if (!is_int(x))
-      throw DataError(fmt::format("{}:{}: {} has {} at rank {} of \"{}\", expected an integer id", path, lineno, owner,
-                                  x.dump(), r + 1, key));
-    v.push_back(x.get<int64_t>());
+    std::optional<int64_t> id;
+    if (is_int(x)) id = x.get<int64_t>();
+    else if (names && x.is_string()) id = id_from_json(x, names);
+    if (!id)
+      throw DataError(fmt::format("{}:{}: {} has {} at rank {} of \"{}\", expected an integer id{}", path, lineno, owner,
+                                  x.dump(), r + 1, key, names ? " or a path" : ""));
+    v.push_back(*id);
   }
   return v;
 }
@@ -54,9 +59,23 @@ std::string id_list(const std::vector<int64_t>& ids, size_t max_shown = 20) {
 
 GroundTruth read_ground_truth(const std::string& path) {
   GroundTruth g;
+  if (is_lmdb_env(path)) {  // cn_clip's pairs database: the texts in the JSONL's order
+    ReadReport rep;
+    for (const auto& t : read_lmdb_pairs(path, rep, /*strict=*/true)) {
+      for (int64_t iid : t.image_ids) {
+        auto [it, fresh] = g.image_to_texts.try_emplace(iid);
+        if (fresh) g.image_ids.push_back(iid);
+        it->second.push_back(t.text_id);
+      }
+      g.text_ids.push_back(t.text_id);
+      g.text_to_images[t.text_id] = t.image_ids;
+    }
+    if (g.text_ids.empty()) throw DataError(fmt::format("'{}' holds no pairs", path));
+    return g;
+  }
   for_each_json_line(path, [&](int64_t lineno, const nlohmann::json& j) {
     const int64_t tid = int_field(path, lineno, j, "text_id");
-    std::vector<int64_t> imgs = int_list(path, lineno, j, "image_ids", fmt::format("text_id {}", tid));
+    std::vector<int64_t> imgs = int_list(path, lineno, j, "image_ids", fmt::format("text_id {}", tid), &g.names);
     for (int64_t iid : imgs) {
       auto [it, fresh] = g.image_to_texts.try_emplace(iid);
       if (fresh) g.image_ids.push_back(iid);
@@ -80,9 +99,11 @@ Predictions read_predictions(const std::string& path, int k) {
       else if (j.contains("image_id")) p.query_kind = "image", qkey = "image_id", lkey = "text_ids";
       else throw DataError(fmt::format("{}:{}: no \"text_id\" or \"image_id\" key", path, lineno));
     }
-    const int64_t q = int_field(path, lineno, j, qkey.c_str());
-    const std::string owner = fmt::format("{} {}", qkey, q);
-    std::vector<int64_t> ids = int_list(path, lineno, j, lkey.c_str(), owner);
+    int64_t q;
+    if (p.query_kind == "image" && j.contains(qkey) && j[qkey].is_string()) q = *id_from_json(j[qkey], &p.names);
+    else q = int_field(path, lineno, j, qkey.c_str());
+    const std::string owner = fmt::format("{} {}", qkey, id_to_string(q, &p.names));
+    std::vector<int64_t> ids = int_list(path, lineno, j, lkey.c_str(), owner, p.query_kind == "text" ? &p.names : nullptr);
     if (static_cast<int>(ids.size()) != k)
       throw DataError(fmt::format("{}:{}: {} has {} predicted {}, expected exactly {}", path, lineno, owner, ids.size(),
                                   lkey, k));
@@ -101,10 +122,17 @@ void write_predictions(const std::string& path, const Predictions& p) {
     throw UsageError("write_predictions: query kind must be text or image, not '" + p.query_kind + "'");
   const std::string qkey = p.query_kind + "_id", lkey = p.query_kind == "text" ? "image_ids" : "text_ids";
   std::string all;
+  const IdNames* names = p.names.empty() ? nullptr : &p.names;
   for (int64_t q : p.queries) {
     auto it = p.ranked.find(q);
-    all += fmt::format("{{\"{}\": {}, \"{}\": [{}]}}\n", qkey, q, lkey,
-                       fmt::join(it == p.ranked.end() ? std::vector<int64_t>{} : it->second, ", "));
+    std::string list;
+    if (it != p.ranked.end())
+      for (size_t i = 0; i < it->second.size(); ++i) {
+        if (i) list += ", ";
+        list += p.query_kind == "text" ? id_to_json(it->second[i], names).dump() : std::to_string(it->second[i]);
+      }
+    all += fmt::format("{{\"{}\": {}, \"{}\": [{}]}}\n", qkey,
+                       p.query_kind == "image" ? id_to_json(q, names).dump() : std::to_string(q), lkey, list);
   }
   if (path == "-") {
     if (std::fwrite(all.data(), 1, all.size(), stdout) != all.size()) throw_io_error("write", "<stdout>");

@@ -12,6 +12,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "clip/base/ids.h"
+
 namespace clip {
 
 using Ranking = std::unordered_map<int64_t, std::vector<int64_t>>;
@@ -25,9 +27,11 @@ struct GroundTruth {
   Ranking text_to_images;
   std::vector<int64_t> image_ids;  // gold image queries in first-seen order
   Ranking image_to_texts;
+  IdNames names;                   // string image ids (photo paths, base/ids.h)
 };
 // Throws DataError naming the line for bad JSON, a missing or non-integer text_id, or image_ids that is
 // not a list of integers; IoError when unreadable. Blank lines are skipped.
+// Image ids may be strings (photo paths). `texts_jsonl` may also be cn_clip's LMDB pairs folder.
 GroundTruth read_ground_truth(const std::string& texts_jsonl);
 
 // A prediction file in cn_clip's format: {"text_id": int, "image_ids": [k ints]} per line (text->image)
@@ -36,6 +40,7 @@ struct Predictions {
   std::string query_kind;        // "text" or "image"
   std::vector<int64_t> queries;  // in file order (first occurrence)
   Ranking ranked;
+  IdNames names;                 // string image ids, read and written as strings
 };
 // Validates every line like evaluation.py: an integer query id, a list of exactly k integers, no
 // duplicates within a list (booleans are not integers here, and blank lines are skipped). A query

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 
@@ -124,6 +125,7 @@ QueryResults run_queries(Encoder& enc, const Collection& store, const QueryOptio
       Query qq{"text", rec.text};
       qq.has_id = true;
       qq.id = rec.text_id;
+      qq.gold = rec.image_ids;
       tq.push_back(std::move(qq));
     }
     rep.summarize(q.texts_jsonl);
@@ -155,12 +157,13 @@ QueryResults run_queries(Encoder& enc, const Collection& store, const QueryOptio
   }
   if (!q.query_tsv.empty()) {
     ReadReport rep;
-    ImageTsv tsv(q.query_tsv, rep, !q.skip_bad);
+    std::unique_ptr<ImageSource> src = open_images(q.query_tsv, rep, !q.skip_bad);
     rep.summarize(q.query_tsv);
-    if (tsv.size() == 0) throw DataError("'" + q.query_tsv + "' holds no images: no queries to run");
-    EncodedSet set = encode_images(enc, tsv, threads, q.skip_bad);
+    if (src->size() == 0) throw DataError("'" + q.query_tsv + "' holds no images: no queries to run");
+    EncodedSet set = encode_images(enc, *src, threads, q.skip_bad);
+    for (const auto& [id, name] : set.names) res.query_names[id] = name;
     for (int64_t id : set.ids) {
-      Query qq{"image", "image_id " + std::to_string(id)};
+      Query qq{"image", "image_id " + id_to_string(id, &res.query_names)};
       qq.has_id = true;
       qq.id = id;
       iq.push_back(std::move(qq));
@@ -185,28 +188,36 @@ static std::string tsv_field(std::string s) {
 
 std::string format_results(const QueryResults& r, const FeatureSet& store, OutFormat f) {
   std::string o;
+  const IdNames* names = store.meta.names_or_null();
+  const IdNames* qnames = r.query_names.empty() ? nullptr : &r.query_names;
+  auto oid = [](int64_t id, const IdNames* n) {
+    nlohmann::ordered_json v;
+    if (n && n->count(id)) v = n->at(id);
+    else v = id;
+    return v;
+  };
   for (const auto& q : r.queries) {
     if (f == OutFormat::cnclip) {
       if (!q.has_id)
         throw UsageError("--format cnclip needs queries with ids: use --texts JSONL or --query-images TSV");
       const bool text = q.kind == "text";
       nlohmann::ordered_json j;
-      j[text ? "text_id" : "image_id"] = q.id;
+      j[text ? "text_id" : "image_id"] = oid(q.id, qnames);
       auto& arr = j[store.meta.kind == "text" ? "text_ids" : "image_ids"] = nlohmann::ordered_json::array();
-      for (const auto& h : q.hits) arr.push_back(h.id);
+      for (const auto& h : q.hits) arr.push_back(oid(h.id, names));
       o += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
       continue;
     }
     for (size_t i = 0; i < q.hits.size(); ++i) {
       const auto& h = q.hits[i];
       if (f == OutFormat::tsv) {
-        o += fmt::format("{}\t{}\t{}\t{:.6f}\n", tsv_field(q.label), i + 1, h.id, h.score);
+        o += fmt::format("{}\t{}\t{}\t{:.6f}\n", tsv_field(q.label), i + 1, tsv_field(id_to_string(h.id, names)), h.score);
       } else {
         nlohmann::ordered_json j;
         j["query"] = q.label;
-        if (q.has_id) j["query_id"] = q.id;
+        if (q.has_id) j["query_id"] = oid(q.id, qnames);
         j["rank"] = i + 1;
-        j["id"] = h.id;
+        j["id"] = oid(h.id, names);
         j["score"] = std::round(static_cast<double>(h.score) * 1e6) / 1e6;
         o += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
       }
@@ -225,11 +236,14 @@ void write_montage(const std::string& path, const QueryResults& r, const Feature
     if (!source_unchanged(store.meta.sources.front()))
       log_warn("{} changed since the store was built: thumbnails may not match", src);
   }
-  ImageTsv tsv(src);
+  ReadReport rep;
+  std::unique_ptr<ImageSource> tsv = open_images(src, rep, false);
+  const IdNames* names = store.meta.names_or_null();
   std::vector<Image> keep;
   keep.reserve(r.total_hits() + r.queries.size());
   std::vector<std::vector<MontageTile>> rows;
   std::vector<std::string> labels;
+  size_t right = 0, known = 0;
   for (size_t qi = 0; qi < r.queries.size(); ++qi) {
     const auto& q = r.queries[qi];
     std::vector<MontageTile> row;
@@ -238,21 +252,28 @@ void write_montage(const std::string& path, const QueryResults& r, const Feature
       keep.push_back(decode_image(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
       row.push_back({&keep.back(), "query"});
     } else if (q.kind == "image") {
-      if (auto i = tsv.find(q.id)) {
-        keep.push_back(tsv.decode(*i));
+      if (auto i = tsv->find(q.id)) {
+        keep.push_back(tsv->decode(*i));
         row.push_back({&keep.back(), "query"});
       }
     }
     for (size_t i = 0; i < q.hits.size(); ++i) {
-      auto idx = tsv.find(q.hits[i].id);
+      auto idx = tsv->find(q.hits[i].id);
       if (!idx) continue;
-      keep.push_back(tsv.decode(*idx));
-      row.push_back({&keep.back(), fmt::format("#{} {:.3f} id {}", i + 1, q.hits[i].score, q.hits[i].id)});
+      keep.push_back(tsv->decode(*idx));
+      const bool hit = std::find(q.gold.begin(), q.gold.end(), q.hits[i].id) != q.gold.end();
+      right += hit;
+      std::string id = id_to_string(q.hits[i].id, names);
+      if (names && names->count(q.hits[i].id)) id = path_basename(id);
+      row.push_back({&keep.back(), fmt::format("#{} {:.3f} {}", i + 1, q.hits[i].score, id), hit});
     }
+    known += !q.gold.empty();
     rows.push_back(std::move(row));
-    labels.push_back(fmt::format("q{}", qi + 1));
-    log_info("montage row q{}: {}", qi + 1, q.label);
+    labels.push_back(q.kind == "text" ? q.label : q.has_id ? q.label : path_basename(q.label));
+    log_info("montage row {}: {}", qi + 1, q.label);
   }
+  if (known) log_info("montage: {} right answer(s) framed in green among the hits of {} queries with known answers", right, known);
+  if (unicode_font().empty()) log_warn("no CJK font found (install fonts-wqy-microhei or set CLIP_FONT): query texts are drawn in ASCII only");
   Image sheet = make_montage(rows, labels);
   auto png = encode_png(sheet);
   AtomicFile f(path);

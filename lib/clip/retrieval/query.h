@@ -23,7 +23,7 @@ struct QueryOptions {
   std::string text_file;                 // --text-file ('-' = stdin)
   std::string texts_jsonl;               // --texts (cn_clip texts JSONL: queries with text_id)
   std::vector<std::string> image_paths;  // --image
-  std::string query_tsv;                 // --query-images (images TSV: queries with image_id)
+  std::string query_tsv;                 // --query-images (images TSV, photo folder or list: queries with image_id)
   int k = 10;
   float threshold = -std::numeric_limits<float>::infinity();
   bool exclude_self = false;
@@ -35,11 +35,13 @@ struct Query {
   std::string label;  // the text, the image path, or "image_id N"
   bool has_id = false;
   int64_t id = 0;     // text_id / image_id when the query came with one
+  std::vector<int64_t> gold;  // the right answers when known (a --texts query's image_ids)
   std::vector<Hit> hits;
 };
 
 struct QueryResults {
   std::vector<Query> queries;
+  IdNames query_names;  // string ids of image queries from a photo folder
   size_t total_hits() const;
 };
 
@@ -68,8 +70,10 @@ std::vector<Hit> search_image_bytes(Encoder& enc, const Collection& store, const
 // make_topk_predictions writes them (needs queries with ids).
 std::string format_results(const QueryResults& r, const FeatureSet& store, OutFormat f);
 
-// Contact sheet: one row per query (the query image first for image queries), the hits with rank,
-// score and id; images come from `images_tsv` or the store's recorded source TSV.
+// Contact sheet: one row per query led by the query's text (any script, drawn with a CJK font when
+// one is installed) or the query image, then the hits with rank, score and id; hits that are right
+// answers (Query::gold) are framed in green. Images come from `images_tsv` (a TSV, photo folder or
+// list) or the store's recorded source.
 void write_montage(const std::string& path, const QueryResults& r, const FeatureSet& store,
                    const std::string& images_tsv);
 

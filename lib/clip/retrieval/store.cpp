@@ -72,7 +72,7 @@ bool host_is_little_endian() {
   throw DataError(fmt::format("feature store '{}': {}; {}", path, what, kRemedy));
 }
 
-nlohmann::json meta_to_json(const StoreMeta& m) {
+nlohmann::json meta_to_json(const StoreMeta& m, const std::vector<int64_t>& ids) {
   nlohmann::json j = nlohmann::json::object();
   j["kind"] = m.kind;
   j["model_name"] = m.model_name;
@@ -82,10 +82,25 @@ nlohmann::json meta_to_json(const StoreMeta& m) {
   for (const auto& s : m.sources) src.push_back({{"path", s.path}, {"size", s.size}, {"mtime", s.mtime}});
   j["sources"] = src;
   j["extra"] = m.extra.is_null() ? nlohmann::json::object() : m.extra;
+  if (!m.names.empty()) {
+    nlohmann::json names = nlohmann::json::array();
+    bool any = false;
+    for (int64_t id : ids) {
+      auto it = m.names.find(id);
+      if (it == m.names.end()) {
+        names.push_back(nullptr);
+      } else {
+        names.push_back(it->second);
+        any = true;
+      }
+    }
+    if (any) j["names"] = std::move(names);
+  }
   return j;
 }
 
-StoreMeta meta_from_json(const std::string& path, const std::string& text, bool normalized) {
+StoreMeta meta_from_json(const std::string& path, const std::string& text, bool normalized,
+                         const std::vector<int64_t>& ids) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
@@ -119,6 +134,18 @@ StoreMeta meta_from_json(const std::string& path, const std::string& text, bool 
   if (ex != j.end()) {
     if (!ex->is_object()) store_error(path, "metadata key 'extra' is not an object");
     m.extra = *ex;
+  }
+  auto nm = j.find("names");
+  if (nm != j.end()) {
+    if (!nm->is_array() || nm->size() != ids.size())
+      store_error(path, fmt::format("metadata key 'names' is not a list of {} entries (one per row)", ids.size()));
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const auto& v = (*nm)[i];
+      if (v.is_null()) continue;
+      if (!v.is_string() || name_to_id(v.get_ref<const std::string&>()) != ids[i])
+        store_error(path, fmt::format("metadata 'names' entry {} does not belong to the id of row {}", v.dump(), i));
+      m.names.emplace(ids[i], v.get<std::string>());
+    }
   }
   m.normalized = normalized;
   return m;
@@ -183,7 +210,7 @@ void write_rows(const std::string& path, const std::vector<int64_t>& ids, const 
                                     ids[i], it->second, i));
     }
   }
-  const std::string meta_text = meta_to_json(meta).dump();
+  const std::string meta_text = meta_to_json(meta, ids).dump();
   if (meta_text.size() > UINT32_MAX) throw DataError(fmt::format("cannot write '{}': metadata too large", path));
   const uint64_t count = ids.size();
   const Layout l = layout_for(count, dim, dtype, meta_text.size());
@@ -404,10 +431,10 @@ FeatureSet open_store(const std::string& path) {
                                   size, l.file_size));
 
   FeatureSet fs;
-  fs.meta = meta_from_json(path, std::string(reinterpret_cast<const char*>(p + kHeaderSize), h.meta_size),
-                           (h.flags & kFlagNormalized) != 0);
   fs.ids.resize(h.count);
   if (h.count) std::memcpy(fs.ids.data(), p + l.ids_offset, 8 * h.count);
+  fs.meta = meta_from_json(path, std::string(reinterpret_cast<const char*>(p + kHeaderSize), h.meta_size),
+                           (h.flags & kFlagNormalized) != 0, fs.ids);
   fs.dim = h.dim;
   fs.dtype = dtype;
   fs.data = h.count ? p + l.data_offset : nullptr;
@@ -443,6 +470,8 @@ void append_store(const std::string& path, const std::vector<int64_t>& ids, cons
     }
   }
   StoreMeta meta = old.meta;
+  for (const auto& [id, name] : opt.names) meta.names[id] = name;
+  if (!opt.extra_patch.is_null()) meta.extra.merge_patch(opt.extra_patch);
   if (!opt.source.path.empty()) {
     auto same = [&](const SourceFile& s) { return s.path == opt.source.path; };
     auto it = std::find_if(meta.sources.begin(), meta.sources.end(), same);
@@ -487,6 +516,7 @@ void merge_stores(const std::string& a_path, const std::string& b_path, const st
   }
   StoreMeta meta = a.meta;
   meta.normalized = a.meta.normalized && b.meta.normalized;
+  for (const auto& [id, name] : b.meta.names) meta.names[id] = name;
   for (const auto& s : b.meta.sources) {
     bool known = std::any_of(meta.sources.begin(), meta.sources.end(), [&](const SourceFile& x) { return x.path == s.path; });
     if (!known) meta.sources.push_back(s);
@@ -528,13 +558,14 @@ std::string python_float_repr(double v) {
   return out;
 }
 
-std::string feature_jsonl_line(const std::string& key, int64_t id, const float* row, int64_t dim) {
+std::string feature_jsonl_line(const std::string& key, int64_t id, const float* row, int64_t dim,
+                               const IdNames* names) {
   std::string line;
   line.reserve(32 + 24 * dim);
   line += "{\"";
   line += key;
   line += "\": ";
-  line += std::to_string(id);
+  line += id_to_json(id, names).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   line += ", \"feature\": [";
   for (int64_t j = 0; j < dim; ++j) {
     if (j) line += ", ";
@@ -546,17 +577,22 @@ std::string feature_jsonl_line(const std::string& key, int64_t id, const float* 
 
 void write_features_jsonl(const std::string& path, const std::string& key, const std::vector<int64_t>& ids,
                           const float* data, int64_t dim) {
+  write_features_jsonl(path, key, ids, data, dim, nullptr);
+}
+
+void write_features_jsonl(const std::string& path, const std::string& key, const std::vector<int64_t>& ids,
+                          const float* data, int64_t dim, const IdNames* names) {
   if (key != "image_id" && key != "text_id")
     throw UsageError("JSONL feature key must be image_id or text_id, not '" + key + "'");
   if (path == "-") {
     for (size_t i = 0; i < ids.size(); ++i) {
-      std::string line = feature_jsonl_line(key, ids[i], data + i * dim, dim);
+      std::string line = feature_jsonl_line(key, ids[i], data + i * dim, dim, names);
       if (std::fwrite(line.data(), 1, line.size(), stdout) != line.size()) throw_io_error("write", "<stdout>");
     }
     return;
   }
   AtomicFile f(path, false);
-  for (size_t i = 0; i < ids.size(); ++i) f.write(feature_jsonl_line(key, ids[i], data + i * dim, dim));
+  for (size_t i = 0; i < ids.size(); ++i) f.write(feature_jsonl_line(key, ids[i], data + i * dim, dim, names));
   f.commit();
 }
 
@@ -565,12 +601,12 @@ void write_features_jsonl(const std::string& path, const FeatureSet& fs) {
     throw UsageError("cannot write JSONL features: kind is '" + fs.meta.kind + "', expected image or text");
   const std::string key = fs.meta.kind + "_id";
   if (fs.dtype == StoreDtype::f32) {
-    write_features_jsonl(path, key, fs.ids, fs.f32(), fs.dim);
+    write_features_jsonl(path, key, fs.ids, fs.f32(), fs.dim, fs.meta.names_or_null());
     return;
   }
   std::vector<float> all(static_cast<size_t>(fs.size()) * fs.dim);
   fs.copy_rows(0, fs.size(), all.data());
-  write_features_jsonl(path, key, fs.ids, all.data(), fs.dim);
+  write_features_jsonl(path, key, fs.ids, all.data(), fs.dim, fs.meta.names_or_null());
 }
 
 void for_each_json_line(const std::string& path, const std::function<void(int64_t, const nlohmann::json&)>& fn) {
@@ -608,8 +644,9 @@ FeatureSet read_features_jsonl(const std::string& path) {
     }
     auto idit = j.find(key);
     if (idit == j.end()) fail(fmt::format("no \"{}\" key (the first line used \"{}\")", key, key));
-    if (!idit->is_number_integer()) fail(fmt::format("\"{}\" is {}, expected an integer", key, idit->dump()));
-    const int64_t id = idit->get<int64_t>();
+    auto idv = id_from_json(*idit, &fs.meta.names);
+    if (!idv) fail(fmt::format("\"{}\" is {}, expected an integer or a string id", key, idit->dump()));
+    const int64_t id = *idv;
     auto fit = j.find("feature");
     if (fit == j.end() || !fit->is_array()) fail("no \"feature\" list");
     if (fs.ids.empty()) {
@@ -619,7 +656,7 @@ FeatureSet read_features_jsonl(const std::string& path) {
       fail(fmt::format("feature has {} values, earlier lines have {}", fit->size(), fs.dim));
     }
     auto [it, fresh] = line_of.emplace(id, lineno);
-    if (!fresh) fail(fmt::format("{} {} already appeared on line {}", key, id, it->second));
+    if (!fresh) fail(fmt::format("{} {} already appeared on line {}", key, idit->dump(), it->second));
     double norm2 = 0;
     for (const auto& v : *fit) {
       if (!v.is_number()) fail(fmt::format("feature value {} is not a number", v.dump()));

@@ -17,6 +17,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "clip/base/ids.h"
+
 namespace clip {
 
 enum class StoreDtype : uint32_t { f32 = 0, f16 = 1 };
@@ -44,6 +46,10 @@ struct StoreMeta {
   std::vector<SourceFile> sources;
   bool normalized = true;        // every row has unit L2 norm (scores are cosines)
   nlohmann::json extra = nlohmann::json::object();  // anything else the writer wants kept (tool, version, split)
+  // String ids (base/ids.h): the name of each id that has one. Stored as the metadata key "names", a
+  // list in row order (a string, or null for an integer id); a reader checks name_to_id(name) == id.
+  IdNames names;
+  const IdNames* names_or_null() const { return names.empty() ? nullptr : &names; }
 };
 
 // A matrix of features with one int64 id per row, either memory-mapped from a store (zero copy) or
@@ -100,6 +106,8 @@ bool is_store_file(const std::string& path);
 struct AppendOptions {
   bool replace = false;
   SourceFile source;
+  IdNames names;  // names of the new rows' string ids
+  nlohmann::json extra_patch;  // merged into meta.extra (JSON merge patch) when not null
 };
 void append_store(const std::string& path, const std::vector<int64_t>& ids, const float* data, int64_t dim,
                   const AppendOptions& opt = {});
@@ -120,7 +128,8 @@ void merge_stores(const std::string& a, const std::string& b, const std::string&
 // "<path>:<line>: ..." for invalid JSON or a value that is not an object; IoError when unreadable.
 void for_each_json_line(const std::string& path, const std::function<void(int64_t, const nlohmann::json&)>& fn);
 
-// Reads {"image_id"|"text_id": int, "feature": [numbers]} lines (blank lines skipped). Errors name the
+// Reads {"image_id"|"text_id": int or string, "feature": [numbers]} lines (string ids: base/ids.h, kept
+// in meta.names) (blank lines skipped). Errors name the
 // line: bad JSON, a missing/non-integer id, a key different from the first line's, a dim different from
 // the first line's, a duplicate id, a non-finite value. meta.kind comes from the key; meta.normalized is
 // true when every row's norm is within 1e-3 of 1.
@@ -132,8 +141,12 @@ FeatureSet read_features_jsonl(const std::string& path);
 void write_features_jsonl(const std::string& path, const std::string& key, const std::vector<int64_t>& ids,
                           const float* data, int64_t dim);
 void write_features_jsonl(const std::string& path, const FeatureSet& fs);  // key from fs.meta.kind
+// With `names`, an id that has a name is written as that string ({"image_id": "cats/1.jpg", ...}).
+void write_features_jsonl(const std::string& path, const std::string& key, const std::vector<int64_t>& ids,
+                          const float* data, int64_t dim, const IdNames* names);
 // One line (with '\n') of the above; exposed for streaming writers.
-std::string feature_jsonl_line(const std::string& key, int64_t id, const float* row, int64_t dim);
+std::string feature_jsonl_line(const std::string& key, int64_t id, const float* row, int64_t dim,
+                               const IdNames* names = nullptr);
 // Python's repr() of the double equal to f (the digits json.dumps writes for a float32 feature).
 std::string python_float_repr(double v);
 

@@ -109,10 +109,10 @@ int parse_k(const json* v, const std::string* s, int fallback, int max_k) {
   return static_cast<int>(k);
 }
 
-json results_json(const std::string& query, int k, const std::vector<Hit>& hits, double took_ms) {
+json results_json(const std::string& query, int k, const std::vector<Hit>& hits, double took_ms, const IdNames* names) {
   json r = json::array();
   for (size_t i = 0; i < hits.size(); ++i)
-    r.push_back({{"rank", i + 1}, {"id", hits[i].id}, {"score", hits[i].score}});
+    r.push_back({{"rank", i + 1}, {"id", id_to_json(hits[i].id, names)}, {"score", hits[i].score}});
   return {{"query", query}, {"k", k}, {"results", std::move(r)}, {"took_ms", took_ms}};
 }
 
@@ -200,7 +200,7 @@ struct Server::Impl {
   const FeatureSet& store;            // the first shard: kind, source images, info
   ServeOptions opt;
   httplib::Server http;
-  std::optional<ImageTsv> images;
+  std::unique_ptr<ImageSource> images;
   std::string images_note;  // why there are no images, for the 404 message
   json health;
 
@@ -462,7 +462,7 @@ struct Server::Impl {
                                  std::to_string(opt.max_text_bytes));
       const int k = parse_k(body.contains("k") ? &body["k"] : nullptr, nullptr, opt.default_k, opt.max_k);
       auto hits = submit_text(text, k);
-      send_json(res, results_json(text, k, hits, ms_since(t0)));
+      send_json(res, results_json(text, k, hits, ms_since(t0), store.meta.names_or_null()));
     }));
 
     http.Post("/api/search/image", wrap([this](const httplib::Request& req, httplib::Response& res) {
@@ -506,10 +506,11 @@ struct Server::Impl {
         k = parse_k(body.contains("k") ? &body["k"] : nullptr, nullptr, opt.default_k, opt.max_k);
       }
       auto hits = search_image(std::move(bytes), k);
-      send_json(res, results_json(name, k, hits, ms_since(t0)));
+      send_json(res, results_json(name, k, hits, ms_since(t0), store.meta.names_or_null()));
     }));
 
-    http.Get(R"(/api/image/([^/]+))", wrap([this](const httplib::Request& req, httplib::Response& res) {
+    http.Get(R"(/api/image/(.+))", wrap([this](const httplib::Request& req, httplib::Response& res) {
+      // An integer id, or a photo's path inside its folder (a string id, base/ids.h).
       const std::string sid = req.matches[1];
       int64_t id = 0;
       size_t used = 0;
@@ -518,10 +519,19 @@ struct Server::Impl {
       } catch (const std::exception&) {
         used = 0;
       }
-      if (used == 0 || used != sid.size()) throw HttpError(400, "the image id must be an integer, got '" + sid + "'");
+      const bool is_int = used != 0 && used == sid.size();
+      const bool has_names = images && images->size() > 0 && !images->name(0).empty();
+      if (!is_int && !has_names) throw HttpError(400, "the image id must be an integer, got '" + sid + "'");
       if (!images) throw HttpError(404, "no images to serve: " + images_note);
-      const auto idx = images->find(id);
-      if (!idx) throw HttpError(404, "no image with id " + std::to_string(id) + " in " + images->path());
+      std::optional<size_t> idx;
+      if (is_int) idx = images->find(id);
+      if (!idx && has_names) {
+        id = name_to_id(sid);
+        idx = images->find(id);
+      }
+      if (!idx)
+        throw HttpError(404, (is_int ? "no image with id " + sid : "no image with id '" + sid + "'") + " in " +
+                                 images->path());
       int size = 0;
       if (req.has_param("size")) {
         const std::string s = req.get_param_value("size");
@@ -565,7 +575,9 @@ struct Server::Impl {
         return;
       }
     }
-    images.emplace(path);  // an explicit --images that cannot be read is an error at start-up
+    ReadReport rep;
+    images = clip::open_images(path, rep, false);  // an explicit --images that cannot be read is an error at start-up
+    rep.summarize(path);
     log_info("images for thumbnails: {} ({} images)", path, images->size());
   }
 };

@@ -381,8 +381,9 @@ void Trainer::setup_data() {
   if (train_->pairs.empty())
     throw DataError("training split '" + o_.train_split + "' in " + o_.data_dir + " has no (text, image) pair");
   bool want_val = !o_.no_validation && (o_.valid_epoch_interval > 0 || o_.valid_step_interval > 0);
-  if (want_val && file_exists(split_images_path(o_.data_dir, o_.val_split)) &&
-      file_exists(split_texts_path(o_.data_dir, o_.val_split))) {
+  if (want_val && ((file_exists(split_images_path(o_.data_dir, o_.val_split)) &&
+                    file_exists(split_texts_path(o_.data_dir, o_.val_split))) ||
+                   has_lmdb_split(o_.data_dir, o_.val_split))) {
     val_ = std::make_unique<DatasetSplit>(open_split(o_.data_dir, o_.val_split, strict));
   } else if (want_val) {
     log_info("no '{}' split in {}: validation is off", o_.val_split, o_.data_dir);
@@ -427,11 +428,11 @@ void Trainer::write_params() {
       {"max_steps", max_steps_},
       {"max_epochs", max_epochs_},
       {"train_pairs", train_->pairs.size()},
-      {"train_images", train_->images.size()},
+      {"train_images", train_->images->size()},
       {"train_texts", train_->texts.size()},
       {"batches_per_epoch", num_batches_},
       {"steps_per_epoch", steps_per_epoch_},
-      {"val_images", val_ ? val_->images.size() : 0},
+      {"val_images", val_ ? val_->images->size() : 0},
       {"val_texts", val_ ? val_->texts.size() : 0},
       {"model", cfg.name()},
       {"model_source", model_source_},
@@ -547,7 +548,7 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
   // Features through the retrieval layer's encoders, as clip-index computes them (eval transform,
   // L2-normalised, float32), from the training model itself.
   Encoder enc(m, tok_, o_.model.context_length, o_.valid_batch_size, o_.runtime.precision == "amp");
-  at::Tensor img = encode_images(enc, v.images, o_.workers, /*skip_errors=*/false).features.to(device_);
+  at::Tensor img = encode_images(enc, *v.images, o_.workers, /*skip_errors=*/false).features.to(device_);
   const int ctx = o_.model.context_length;
   std::vector<at::Tensor> tparts;
   for (size_t s = 0; s < v.texts.size(); s += o_.valid_batch_size) {
@@ -571,8 +572,8 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
   // Recall both ways over all val images / texts: clip-eval's ranking and scoring code.
   const int64_t dim = img.size(1);
   at::Tensor img_cpu = img.to(at::kCPU).contiguous(), txt_cpu = txt.to(at::kCPU).contiguous();
-  std::vector<int64_t> image_ids(v.images.size()), text_ids(v.texts.size());
-  for (size_t i = 0; i < image_ids.size(); ++i) image_ids[i] = v.images.id(i);
+  std::vector<int64_t> image_ids(v.images->size()), text_ids(v.texts.size());
+  for (size_t i = 0; i < image_ids.size(); ++i) image_ids[i] = v.images->id(i);
   for (size_t i = 0; i < text_ids.size(); ++i) text_ids[i] = v.texts[i].text_id;
   StoreMeta im_meta, tx_meta;
   im_meta.kind = "image";
@@ -583,7 +584,7 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
   Ranking t2i_gold, i2t_gold;
   std::vector<int64_t> t2i_order, i2t_order;
   for (const auto& [t, i] : v.pairs) {
-    int64_t tid = v.texts[t].text_id, iid = v.images.id(i);
+    int64_t tid = v.texts[t].text_id, iid = v.images->id(i);
     if (!t2i_gold.count(tid)) t2i_order.push_back(tid);
     if (!i2t_gold.count(iid)) i2t_order.push_back(iid);
     t2i_gold[tid].push_back(iid);
@@ -607,7 +608,7 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
                       {"i2t_mean_recall", i2t.mean_recall},
                       {"mean_recall", (t2i.mean_recall + i2t.mean_recall) / 2},
                       {"logit_scale", m->logit_scale().item<double>()},
-                      {"val_images", v.images.size()},
+                      {"val_images", v.images->size()},
                       {"val_texts", v.texts.size()},
                       {"time_s", secs}};
   append_line(metrics_path_, j.dump());
@@ -662,7 +663,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       [&](size_t i, float* dst) {
         size_t pos = position(i);
         size_t img = tr.pairs[static_cast<size_t>(order[pos])].second;
-        Image im = tr.images.decode(img);  // a DataError names the TSV, its line and the image_id
+        Image im = tr.images->decode(img);  // a DataError names the TSV, its line and the image_id
         if (o_.use_augment) augment_to_chw(im, aug_, o_.seed, static_cast<uint64_t>(epoch), pos, dst);
         else preprocess_eval(im, R, dst);
       },

@@ -106,6 +106,13 @@ la16 = (pattern(19, 23, 2).astype(np.uint16) * 257).astype(">u2")
 cases["png_la16.png"] = raw_png(19, 23, 16, 4, [r.tobytes() for r in la16])
 cases["bmp_rgb.bmp"] = save(Image.fromarray(pattern(22, 15, 3), "RGB"), "BMP")
 cases["ppm_rgb.ppm"] = save(Image.fromarray(pattern(18, 25, 3), "RGB"), "PPM")
+# WebP (libwebp) and GIF (giflib), read from photo folders
+cases["webp_lossless.webp"] = save(Image.fromarray(pattern(27, 22, 3), "RGB"), "WEBP", lossless=True)
+cases["webp_lossy.webp"] = save(Image.fromarray(pattern(34, 19, 3), "RGB"), "WEBP", quality=80)
+wa = pattern(24, 20, 4)
+wa[3:9, 4:12, 3] = 0
+cases["webp_alpha.webp"] = save(Image.fromarray(wa, "RGBA"), "WEBP", lossless=True)
+cases["gif_p.gif"] = save(Image.fromarray(pattern(31, 23, 3), "RGB").quantize(64), "GIF")
 
 lines = []
 for name, data in cases.items():
