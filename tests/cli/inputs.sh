@@ -42,7 +42,8 @@ check "test photos made" test -s "$tmp/photos/dog.webp"
 # 1. A corrupt file stops the run (exit 3, naming it); --on-error skip leaves it out.
 "$bin/clip-index" "${MODEL[@]}" --images "$tmp/photos" --image-out "$tmp/x.clipfeat" 2>"$tmp/err1"
 check "corrupt photo: exit 3" test $? -eq 3
-check "error names the file" has "$tmp/err1" "broken.jpg"
+# (the first bad file stops it: the BMP, which folders do not read, is met when listing, before decoding)
+check "error names the file" grep -qE "photos/(old/scan\.bmp|2023/broken\.jpg)" "$tmp/err1"
 check "nothing written" test ! -e "$tmp/x.clipfeat"
 "$bin/clip-index" "${MODEL[@]}" --images "$tmp/photos" --on-error skip --image-out "$tmp/photos.jsonl" 2>"$tmp/err2"
 check "folder with --on-error skip: exit 0" test $? -eq 0
@@ -73,8 +74,8 @@ assert sorted(ids)==sorted(open('$tmp/twin_names.txt').read().split()), ids"
 check "TSV column 3 is a path" grep -q '\.' "$tmp/q.tsv"
 "$bin/clip-query" -q --index "$tmp/photos.clipfeat" --texts "$tmp/texts.jsonl" -k 3 --format cnclip >"$tmp/t2i.jsonl"
 check "cn_clip lines keep integer text ids and path image ids" has "$tmp/t2i.jsonl" '"text_id":1,"image_ids":["'
-# ... and image queries from the folder itself, excluding themselves
-"$bin/clip-query" -q --index "$tmp/photos.clipfeat" --query-images "$tmp/photos" --exclude-self -k 1 >"$tmp/qi.jsonl" 2>/dev/null
+# ... and image queries from the folder itself (the corrupt one skipped), excluding themselves
+"$bin/clip-query" -q --index "$tmp/photos.clipfeat" --query-images "$tmp/photos" --on-error skip --exclude-self -k 1 >"$tmp/qi.jsonl" 2>/dev/null
 check "image queries from a folder carry path query ids" has "$tmp/qi.jsonl" '"query_id":"2023/cat.png"'
 check "--exclude-self with path ids" $PY -c "
 import json; r=[json.loads(l) for l in open('$tmp/qi.jsonl')]; assert r and all(x['id']!=x['query_id'] for x in r), r"
