@@ -294,4 +294,15 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   f.commit();
 }
 
+void make_dirs(const std::string& path) {
+  std::string cur;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = path.find('/', pos + 1);
+    cur = path.substr(0, pos);
+    if (cur.empty()) continue;
+    if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) throw_io_error("create folder", cur);
+  }
+}
+
 }  // namespace clip

@@ -15,6 +15,8 @@ bool is_directory(const std::string& path);
 std::string path_dirname(const std::string& path);   // "a/b/c.pt" -> "a/b", "c.pt" -> "."
 std::string path_basename(const std::string& path);  // "a/b/c.pt" -> "c.pt", "a/hf-model/" -> "hf-model"
 std::string path_join(const std::string& a, const std::string& b);
+// Creates `path` and its missing parents (like mkdir -p); throws IoError naming the folder.
+void make_dirs(const std::string& path);
 
 // Read-only memory map of a whole file (an empty file maps to size 0, data nullptr).
 //

@@ -52,9 +52,7 @@ void write_hf_folder(const std::string& dir, ClipModel& model, const std::string
   const double logit_scale = model->logit_scale().detach().to(at::kCPU).to(at::kDouble).item<double>();
   nlohmann::json config = hf_config_json(cfg, logit_scale);  // throws for ResNet before anything is written
   const Tokenizer tok = Tokenizer::load(vocab_path);         // vocab.txt or tokenizer.json
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) throw IoError("cannot create folder '" + dir + "': " + ec.message());
+  make_dirs(dir);
   StateDict hf = cnclip_to_hf(float32_state(model));
   save_safetensors(path_join(dir, "model.safetensors"), hf);
   write_file_atomic(path_join(dir, "config.json"), config.dump(2) + "\n");

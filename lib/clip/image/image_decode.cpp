@@ -49,6 +49,7 @@
 #include <stb_image.h>
 #endif
 
+#include "clip/base/crc32.h"
 #include "clip/base/error.h"
 #include "clip/image/image.h"
 
@@ -228,20 +229,6 @@ void png_read_mem(png_structp png, png_bytep dst, png_size_t len) {
   ctx->pos += len;
 }
 
-uint32_t crc32_png(const uint8_t* p, size_t n) {
-  static const auto table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
-    }
-    return t;
-  }();
-  uint32_t c = 0xFFFFFFFFu;
-  for (size_t i = 0; i < n; ++i) c = table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
-  return c ^ 0xFFFFFFFFu;
-}
 
 uint32_t be32(const uint8_t* p) { return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3]; }
 
@@ -262,7 +249,7 @@ void png_prescan(PngCtx* ctx) {
       if (data_end + 4 > ctx->n)
         throw DataError("PNG: image data is truncated (the file ends inside the " + std::string(reinterpret_cast<const char*>(type), 4) +
                         " chunk)");
-      if (crc32_png(type, len + 4) != be32(ctx->data + data_end))
+      if (crc32(type, len + 4) != be32(ctx->data + data_end))
         throw DataError("PNG: broken file (bad checksum in the " + std::string(reinterpret_cast<const char*>(type), 4) +
                         " chunk)");
     }

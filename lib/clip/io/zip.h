@@ -8,12 +8,12 @@
 #include <string>
 #include <vector>
 
+#include "clip/base/crc32.h"
+
 namespace clip {
 
 class AtomicFile;
 
-uint32_t crc32_update(uint32_t crc, const void* data, size_t n);  // start with 0
-inline uint32_t crc32(const void* data, size_t n) { return crc32_update(0, data, n); }
 
 struct ZipEntry {
   std::string name;

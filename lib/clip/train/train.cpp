@@ -68,17 +68,6 @@ class InterruptScope {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
-void make_dirs(const std::string& path) {
-  std::string cur;
-  size_t pos = 0;
-  while (pos != std::string::npos) {
-    pos = path.find('/', pos + 1);
-    cur = path.substr(0, pos);
-    if (cur.empty()) continue;
-    if (mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) throw_io_error("create folder", cur);
-  }
-}
-
 bool dir_has_entries(const std::string& dir) {
   return file_exists(path_join(dir, "params.json")) || file_exists(path_join(dir, "metrics.jsonl")) ||
          is_directory(path_join(dir, "checkpoints"));
