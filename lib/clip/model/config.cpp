@@ -535,18 +535,15 @@ ModelConfig model_config_from_json(const std::string& json_text, const std::stri
   return c;
 }
 
-InferredConfig resolve_config(const StateDict& sd, const std::string& vision, const std::string& text) {
+InferredConfig resolve_config(const StateDict& sd, const std::string& vision, const std::string& text,
+                              const ModelConfig* carried) {
   InferredConfig r;
-  if (!vision.empty()) {
-    r.config.vision = vision_config(vision);
-  } else {
-    r.config.vision = infer_vision_config(sd, r.notes);
-  }
-  if (!text.empty()) {
-    r.config.text = text_config(text);
-  } else {
-    r.config.text = infer_text_config(sd, r.notes);
-  }
+  if (!vision.empty()) r.config.vision = vision_config(vision);
+  else if (carried) r.config.vision = carried->vision;
+  else r.config.vision = infer_vision_config(sd, r.notes);
+  if (!text.empty()) r.config.text = text_config(text);
+  else if (carried) r.config.text = carried->text;
+  else r.config.text = infer_text_config(sd, r.notes);
   return r;
 }
 

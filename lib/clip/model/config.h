@@ -86,9 +86,10 @@ struct InferredConfig {
 InferredConfig infer_config(const StateDict& sd);
 VisionConfig infer_vision_config(const StateDict& sd, std::vector<std::string>& notes);
 TextConfig infer_text_config(const StateDict& sd, std::vector<std::string>& notes);
-
-// Resolves the config for a checkpoint: explicit names/JSON paths win (empty = infer that tower).
-InferredConfig resolve_config(const StateDict& sd, const std::string& vision, const std::string& text);
+// Resolves the config for a checkpoint, per tower: the explicit name/JSON path, else the tower of
+// `carried` (a config the checkpoint or a store recorded) when given, else shape inference.
+InferredConfig resolve_config(const StateDict& sd, const std::string& vision, const std::string& text,
+                              const ModelConfig* carried = nullptr);
 
 // The whole config as one JSON object {"vision": {...}, "text": {...}, "vision_name", "text_name"}
 // (cn_clip's schema inside): stored in our checkpoints ("model_config") and feature stores so that

@@ -50,12 +50,9 @@ ModelSource resolve_model(const ModelOptions& mo, bool need_vocab, const std::ve
   // Per tower: the explicit flag, then the carried config, then shape inference.
   static const StateDict kNoTensors;
   const StateDict& sd = src.checkpoint ? src.checkpoint->state_dict : kNoTensors;
-  if (!mo.vision_model.empty()) src.config.vision = vision_config(mo.vision_model);
-  else if (carried) src.config.vision = carried->vision;
-  else src.config.vision = infer_vision_config(sd, src.notes);
-  if (!mo.text_model.empty()) src.config.text = text_config(mo.text_model);
-  else if (carried) src.config.text = carried->text;
-  else src.config.text = infer_text_config(sd, src.notes);
+  InferredConfig ic = resolve_config(sd, mo.vision_model, mo.text_model, carried ? &*carried : nullptr);
+  src.config = ic.config;
+  src.notes = ic.notes;
   if (carried && (mo.vision_model.empty() || mo.text_model.empty()))
     src.notes.push_back("model config " + carried->name() + " as recorded in " + carried_from);
   for (const auto& n : src.notes) log_info("{}", n);
