@@ -88,19 +88,6 @@ std::vector<std::vector<Hit>> search_texts(Encoder& enc, const FeatureSet& store
   return search_texts(enc, Collection(store), texts, k, threshold);
 }
 
-std::vector<Hit> search_image_bytes(Encoder& enc, const FeatureSet& store, const uint8_t* data, size_t n, int k,
-                                    float threshold) {
-  return search_image_bytes(enc, Collection(store), data, n, k, threshold);
-}
-
-std::vector<Hit> search_image_bytes(Encoder& enc, const Collection& store, const uint8_t* data, size_t n, int k,
-                                    float threshold) {
-  const int r = enc.resolution();
-  at::Tensor px = at::empty({1, 3, r, r}, at::kFloat);
-  enc.preprocess_image(data, n, px.data_ptr<float>());
-  return store.search(enc.encode_pixels(px), k, threshold).at(0);
-}
-
 QueryResults run_queries(Encoder& enc, const FeatureSet& store, const QueryOptions& q, int threads) {
   return run_queries(enc, Collection(store), q, threads);
 }

@@ -54,16 +54,11 @@ QueryResults run_queries(Encoder& enc, const FeatureSet& store, const QueryOptio
 // The same over a collection (shards, approximate or int8 files beside the stores: collection.h).
 QueryResults run_queries(Encoder& enc, const Collection& store, const QueryOptions& q, int threads);
 
-// Text queries alone (clip-serve): encodes `texts` in one batch and returns hits per text.
+// Text queries alone: encodes `texts` in one batch and returns hits per text.
 std::vector<std::vector<Hit>> search_texts(Encoder& enc, const FeatureSet& store, const std::vector<std::string>& texts,
                                            int k, float threshold = -std::numeric_limits<float>::infinity());
 std::vector<std::vector<Hit>> search_texts(Encoder& enc, const Collection& store, const std::vector<std::string>& texts,
                                            int k, float threshold = -std::numeric_limits<float>::infinity());
-// One encoded image file (clip-serve).
-std::vector<Hit> search_image_bytes(Encoder& enc, const FeatureSet& store, const uint8_t* data, size_t n, int k,
-                                    float threshold = -std::numeric_limits<float>::infinity());
-std::vector<Hit> search_image_bytes(Encoder& enc, const Collection& store, const uint8_t* data, size_t n, int k,
-                                    float threshold = -std::numeric_limits<float>::infinity());
 
 // jsonl: {"query", ["query_id",] "rank", "id", "score"} per hit; tsv: query<TAB>rank<TAB>id<TAB>score;
 // cnclip: {"text_id", "image_ids": [...]} (or {"image_id", "text_ids"}) per query, as cn_clip's
