@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,28 +23,12 @@
 #include "clip/model/model.h"
 #include "clip/base/runtime.h"
 #include "clip/train/train.h"
+#include "bench_common.h"
 
 #ifdef CLIP_BENCH_CUDA_STATS
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
-namespace {
-
-// [CLS] + 12..41 tokens + [SEP], zero padded; the Python script makes the same ids.
-at::Tensor bench_ids(int64_t n, int64_t ctx, int64_t vocab) {
-  auto ids = at::zeros({n, ctx}, at::kLong);
-  auto* p = ids.data_ptr<int64_t>();
-  const int64_t lo = vocab > 1000 ? 672 : 103;  // past the special tokens (tiny vocabs: just past [SEP])
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t len = std::min<int64_t>(12 + (7 * i) % 30, ctx - 2);
-    p[i * ctx] = 101;
-    for (int64_t j = 1; j <= len; ++j) p[i * ctx + j] = lo + (i * 131 + j * 17) % (vocab - lo);
-    p[i * ctx + len + 1] = 102;
-  }
-  return ids;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   clip::maybe_reexec_for_blas(argc, argv);
@@ -57,8 +42,9 @@ int main(int argc, char** argv) {
   app.add_option("--batch", batch)->capture_default_str();
   app.add_option("--steps", steps, "timed optimizer steps")->capture_default_str();
   app.add_option("--warmup", warmup, "untimed steps first")->capture_default_str();
-  app.add_option("--precision", precision, "fp32 or amp (bf16 autocast)")->capture_default_str()
-      ->check(CLI::IsMember({"fp32", "amp"}));
+  app.add_option("--precision", precision, "fp32, amp (bf16 autocast), bf16 (bf16 weights, float32 masters) or "
+                 "amp-fp16 (fp16 autocast, dynamic loss scale), as clip-finetune")->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "amp", "bf16", "amp-fp16"}));
   app.add_option("--vision-model", vision)->capture_default_str();
   app.add_option("--text-model", text)->capture_default_str();
   app.add_option("--context-length", ctx)->capture_default_str();
@@ -77,13 +63,22 @@ int main(int argc, char** argv) {
   std::vector<std::pair<std::string, at::Tensor>> trainable;
   for (auto& [name, t] : clip::model_state(model))
     if (t.requires_grad()) trainable.emplace_back(name, t);
-  clip::AdamW opt(trainable, clip::AdamWOptions{5e-5, 0.9, 0.98, 1e-6, 0.001});
+  const clip::PrecisionPlan plan = clip::precision_plan(precision, device);
+  clip::AdamWOptions ao{5e-5, 0.9, 0.98, 1e-6, 0.001};
+  ao.fused = plan.fused_adamw;
+  clip::AdamW opt(trainable, ao);
+  if (plan.bf16_weights) clip::convert_to_bf16_training(model, opt);
+  if (plan.training_kernels) model->set_training_kernels(true);
+  std::optional<clip::LossScaler> scaler;
+  if (plan.loss_scaler) scaler.emplace(device);
 
   const int64_t R = cfg.vision.image_resolution;
   at::manual_seed(0);
-  clip::TrainBatch b{at::randn({batch, 3, R, R}).to(device), bench_ids(batch, ctx, cfg.text.vocab_size).to(device)};
+  clip::TrainBatch b{at::randn({batch, 3, R, R}).to(device), clip::bench::bench_ids(batch, ctx, cfg.text.vocab_size).to(device)};
   clip::StepOptions so;
-  so.autocast = precision == "amp";
+  so.autocast = plan.autocast;
+  so.autocast_dtype = plan.autocast_dtype;
+  so.scaler = scaler ? &*scaler : nullptr;
 
   for (int64_t i = 0; i < warmup; ++i) clip::train_step(model, opt, {b}, 5e-5, so);
 #ifdef CLIP_BENCH_CUDA_STATS

@@ -82,7 +82,7 @@ void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& 
   if (f.precision) {
     std::string help = "Precision:";
     for (const auto& p : f.precisions) help += " " + p;
-    help += " (fp16 on CUDA only; amp = bf16 autocast)";
+    help += " " + f.precision_help;
     app.add_option("--precision", ro.precision, help)->capture_default_str()->check(CLI::IsMember(f.precisions));
   }
   if (f.batch_size)
@@ -182,7 +182,11 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
 
   auto* r = app.add_option_group("Runtime");
   RuntimeFlags rf;
-  rf.precisions = {"fp32", "amp"};
+  rf.precisions = {"fp32", "amp", "bf16", "amp-fp16"};
+  rf.precision_help =
+      "(fp32: cn_clip's step to the last digit; amp: bf16 autocast; bf16: bf16 weights and activations with float32 "
+      "master weights, the fastest on GPUs; amp-fp16: cn_clip's own --precision amp, fp16 autocast with a dynamic loss "
+      "scale, CUDA only. On CUDA the mixed precisions use the fused AdamW)";
   rf.batch_help = "Batch size (per step and micro-batch; per process when data-parallel)";
   add_runtime_options(*r, o.runtime, rf);
   r->add_option("--workers", o.workers, "Image decoding threads (0 = as many as --threads)")->capture_default_str();

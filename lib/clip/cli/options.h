@@ -27,6 +27,7 @@ struct RuntimeFlags {
   std::vector<std::string> precisions{"fp32", "bf16", "fp16", "amp"};
   std::string default_precision = "fp32";
   std::string batch_help = "Batch size";
+  std::string precision_help = "(fp16 on CUDA only; amp = bf16 autocast)";
 };
 void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& flags = {});
 

@@ -2,6 +2,7 @@
 // loading, state order, precision moves and cn_clip's random initialisation.
 #include "clip/model/model.h"
 
+#include <functional>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
@@ -12,6 +13,7 @@
 #include "clip/model/torch_compat.h"
 
 #include <cmath>
+#include <functional>
 #include <mutex>
 #include <set>
 
@@ -56,6 +58,8 @@ LayerNorm::LayerNorm(int64_t size, double e, bool fp32) : n(size), eps(e), fp32_
 
 at::Tensor LayerNorm::forward(const at::Tensor& x) const {
   const auto dt = x.scalar_type();
+  if (direct && dt != at::kFloat && at::isFloatingType(dt))
+    return at::layer_norm(x, {n}, weight.to(dt), bias.to(dt), eps);
   if (fp32_math || dt != weight.scalar_type()) {
     // cn_clip's vision LayerNorm: normalise in float32 whatever the activation dtype, cast back.
     auto y = at::layer_norm(x.to(at::kFloat), {n}, weight.to(at::kFloat), bias.to(at::kFloat), eps);
@@ -269,6 +273,15 @@ void ClipModelImpl::set_grad_checkpointing(bool on) {
   // cn_clip's ModifiedResNet ignores the flag ("FIXME support for non-transformer").
   if (towers_->vit) towers_->vit->transformer->grad_checkpointing = on;
   if (towers_->bert) towers_->bert->encoder->grad_checkpointing = on;
+}
+
+void ClipModelImpl::set_training_kernels(bool on) {
+  std::function<void(torch::nn::Module&)> walk = [&](torch::nn::Module& m) {
+    if (auto* ln = dynamic_cast<detail::LayerNorm*>(&m)) ln->direct = on;
+    if (auto* mlp = dynamic_cast<detail::Mlp*>(&m)) mlp->silu_form = on;
+    for (auto& c : m.children()) walk(*c);
+  };
+  walk(*this);
 }
 
 void ClipModelImpl::freeze_vision(bool on) {

@@ -53,6 +53,10 @@ struct LayerNorm : torch::nn::Module {
   int64_t n;
   double eps;
   bool fp32_math;
+  // Low-precision training kernels (ClipModelImpl::set_training_kernels): a bf16/fp16 activation is
+  // normalised by one kernel in its own dtype (float32 math inside, weight and bias rounded to it)
+  // instead of cast to float32 and back.
+  bool direct = false;
   at::Tensor weight, bias;
 };
 
@@ -90,6 +94,10 @@ struct Mlp : torch::nn::Module {  // c_fc: width -> hidden, QuickGELU, c_proj: h
   Mlp(int64_t width, int64_t hidden);
   at::Tensor forward(const at::Tensor& x) const;
   std::shared_ptr<Linear> c_fc, c_proj;
+  // Low-precision training kernels: QuickGELU(h) = h * sigmoid(1.702 h) = silu(1.702 h) / 1.702, with
+  // 1.702 folded into c_fc's weight and bias and 1/1.702 into c_proj's weight, so that the activation
+  // is one fused kernel forward and one backward (silu) instead of three and five.
+  bool silu_form = false;
 };
 
 struct ResidualAttentionBlock : torch::nn::Module {

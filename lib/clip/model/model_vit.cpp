@@ -24,6 +24,11 @@ Mlp::Mlp(int64_t w, int64_t hidden) {
 }
 
 at::Tensor Mlp::forward(const at::Tensor& x) const {
+  if (silu_form) {
+    constexpr double k = 1.702;
+    auto h = at::silu(at::linear(x, c_fc->weight * k, c_fc->bias * k));
+    return at::linear(h, c_proj->weight * (1.0 / k), c_proj->bias);
+  }
   auto h = c_fc->forward(x);
   h = h * at::sigmoid(h * 1.702);  // QuickGELU
   return c_proj->forward(h);

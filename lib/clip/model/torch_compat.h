@@ -86,15 +86,16 @@ class AutocastScope {
   AutocastState prev_;
 };
 
-// bf16 autocast for the scope when `on` (CPU or CUDA by `device`), restoring the previous state after:
-// the trainer's --precision amp, in its steps and in validation's encoders.
-class Bf16Autocast {
+// Autocast to `dtype` (bf16 by default; fp16 for the trainer's amp-fp16) for the scope when `on`
+// (CPU or CUDA by `device`), restoring the previous state after: the trainer's --precision amp, in
+// its steps and in validation's encoders.
+class Autocast {
  public:
-  Bf16Autocast(bool on, const at::Device& device) {
+  Autocast(bool on, const at::Device& device, at::ScalarType dtype = at::kBFloat16) {
     if (!on) return;
     AutocastState s = AutocastState::current();
     (device.is_cuda() ? s.gpu : s.cpu) = true;
-    (device.is_cuda() ? s.gpu_dtype : s.cpu_dtype) = at::kBFloat16;
+    (device.is_cuda() ? s.gpu_dtype : s.cpu_dtype) = dtype;
     scope_.emplace(s);
   }
 

@@ -92,7 +92,7 @@ int Encoder::embed_dim() const { return config().embed_dim(); }
 
 at::Tensor Encoder::encode_ids(const at::Tensor& ids) {
   at::NoGradGuard ng;
-  compat::Bf16Autocast ac(st_->amp, st_->device);
+  compat::Autocast ac(st_->amp, st_->device);
   auto f = st_->model->encode_text(ids.to(st_->device));
   f = f.to(at::kFloat);
   f = f / f.norm(2, -1, true);
@@ -124,7 +124,7 @@ at::Tensor Encoder::encode_texts(const std::vector<std::string>& texts, bool pre
 
 at::Tensor Encoder::encode_pixels(const at::Tensor& pixels) {
   at::NoGradGuard ng;
-  compat::Bf16Autocast ac(st_->amp, st_->device);
+  compat::Autocast ac(st_->amp, st_->device);
   auto f = st_->model->encode_image(pixels.to(st_->device, st_->dtype));
   f = f.to(at::kFloat);
   f = f / f.norm(2, -1, true);

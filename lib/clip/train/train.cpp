@@ -140,6 +140,9 @@ class Trainer {
   at::Device device_{at::kCPU};
   std::optional<ClipModel> model_;
   std::unique_ptr<AdamW> opt_;
+  PrecisionPlan plan_;
+  std::optional<LossScaler> scaler_;                  // --precision amp-fp16
+  std::map<std::string, at::Tensor> fp32_weights_;   // --precision bf16: what checkpoints hold
   std::shared_ptr<const Tokenizer> tok_;
   std::unique_ptr<DatasetSplit> train_, val_;
   std::vector<int64_t> train_tokens_, val_tokens_;  // [texts, context] per split
@@ -280,6 +283,7 @@ void Trainer::setup_model() {
   m->to(device_);
   if (o_.grad_checkpointing) m->set_grad_checkpointing(true);
   if (o_.freeze_vision) m->freeze_vision(true);
+  if (plan_.training_kernels) m->set_training_kernels(true);
 
   defaults_ = arch_defaults(cfg.vision);
   lr_ = o_.lr > 0 ? o_.lr : defaults_.lr;
@@ -294,7 +298,12 @@ void Trainer::setup_model() {
   std::vector<std::pair<std::string, at::Tensor>> trainable;
   for (auto& [name, t] : model_state(m))
     if (t.requires_grad()) trainable.emplace_back(name, t);
-  opt_ = std::make_unique<AdamW>(trainable, AdamWOptions{lr_, beta1_, beta2_, eps_, o_.wd});
+  // Mixed precisions use PyTorch's fused multi-tensor AdamW on CUDA (as cn_clip's best flags do);
+  // fp32 keeps the single-tensor sequence that matches cn_clip's step to the last digit.
+  AdamWOptions ao{lr_, beta1_, beta2_, eps_, o_.wd};
+  ao.fused = plan_.fused_adamw;
+  opt_ = std::make_unique<AdamW>(trainable, ao);
+  if (plan_.loss_scaler) scaler_.emplace(device_);
 
   if (!resume_ckpt_.empty()) {
     ResumeState rs;
@@ -347,6 +356,8 @@ void Trainer::setup_model() {
       gen.set_state(cuda_state);
     }
     best_ = rs.extra.value("best", nlohmann::json());
+    if (scaler_ && rs.extra.contains("loss_scale"))
+      scaler_.emplace(device_, rs.extra.value("loss_scale", 65536.0), rs.extra.value("loss_scale_good_steps", int64_t{0}));
     log_info("resuming {} at step {} (epoch {}, batch {})", resume_ckpt_, step_, start_epoch_ + 1, start_batch_);
   } else {
     // Dropout draws from torch's default generator: seed it so that runs repeat (each rank its own
@@ -359,6 +370,9 @@ void Trainer::setup_model() {
     for (auto& [name, t] : model_state(m)) ts.push_back(t);
     dist_->broadcast_from_rank0(ts);
   }
+  // bf16: bf16 weights and activations for the forward and backward, float32 masters and moments
+  // in the optimizer; checkpoints keep the float32 values (fp32_weights_).
+  if (plan_.bf16_weights) fp32_weights_ = convert_to_bf16_training(m, *opt_);
   log_info("model {} from {}: {} trainable tensors ({} without weight decay)", cfg.name(), model_source_,
            opt_->params().size(), opt_->group_size(0));
 }
@@ -520,9 +534,14 @@ void Trainer::save(const std::string& file, int64_t epoch_1based, int64_t next_e
   if (!lead()) return;
   rs.extra = {{"seed", o_.seed}, {"batch_size", o_.runtime.batch_size}, {"world_size", world_},
               {"global_batch", gbs_}, {"best", best_}};
+  if (scaler_) {
+    rs.extra["loss_scale"] = scaler_->value();
+    rs.extra["loss_scale_good_steps"] = scaler_->good_steps();
+  }
   auto t0 = std::chrono::steady_clock::now();
   std::string path = path_join(ckpt_dir_, file);
-  save_training_checkpoint(path, *model_, opt_.get(), epoch_1based, step_, o_.name, &rs);
+  save_training_checkpoint(path, *model_, opt_.get(), epoch_1based, step_, o_.name, &rs,
+                           fp32_weights_.empty() ? nullptr : &fp32_weights_);
   log_info("saved {} (epoch {} @ {} steps, {:.1f}s)", path, epoch_1based, step_,
            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
@@ -536,7 +555,7 @@ nlohmann::json Trainer::validate(int64_t epoch, int64_t step) {
   const DatasetSplit& v = *val_;
   // Features through the retrieval layer's encoders, as clip-index computes them (eval transform,
   // L2-normalised, float32), from the training model itself.
-  Encoder enc(m, tok_, o_.model.context_length, o_.valid_batch_size, o_.runtime.precision == "amp");
+  Encoder enc(m, tok_, o_.model.context_length, o_.valid_batch_size, o_.runtime.precision != "fp32");
   at::Tensor img = encode_images(enc, *v.images, o_.workers, /*skip_errors=*/false).features.to(device_);
   const int ctx = o_.model.context_length;
   std::vector<at::Tensor> tparts;
@@ -658,7 +677,9 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       },
       item);
   StepOptions so;
-  so.autocast = o_.runtime.precision == "amp";
+  so.autocast = plan_.autocast;
+  so.autocast_dtype = plan_.autocast_dtype;
+  so.scaler = scaler_ ? &*scaler_ : nullptr;
   so.dist = dist_.get();
   std::vector<TrainBatch> micro;
   int64_t batch_index = first_batch;
@@ -762,7 +783,7 @@ TrainSummary Trainer::run() {
   if (o_.accum_freq < 1 || o_.runtime.batch_size < 1 || o_.log_interval < 1)
     throw UsageError("--batch-size, --accum-freq and --log-interval must be positive");
   if (o_.data_dir.empty()) throw UsageError("--data DIR is required (folder with {split}_imgs.tsv and {split}_texts.jsonl)");
-  if (o_.runtime.precision != "fp32" && o_.runtime.precision != "amp") throw UsageError("--precision must be fp32 or amp");
+  plan_ = precision_plan(o_.runtime.precision, device_);
   if (o_.resume.empty() && o_.output_dir.empty()) {
     // The vision name is known only once the model is resolved: a provisional name from the flags.
     std::string vision = !o_.model.vision_model.empty() ? path_basename(o_.model.vision_model) : (!o_.model.checkpoint.empty() ? path_basename(o_.model.checkpoint) : "model");

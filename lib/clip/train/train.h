@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +52,10 @@ struct AdamWOptions {
   double lr = 5e-4;
   double beta1 = 0.9, beta2 = 0.98, eps = 1e-6;
   double weight_decay = 0.2;
+  // One multi-tensor kernel per parameter group (PyTorch's fused AdamW) where the build has it
+  // (PyTorch 2.x, CUDA tensors); elsewhere the single-tensor sequence below. Same formula; the
+  // roundings differ, so the exact fp32 path keeps this off.
+  bool fused = false;
 };
 
 // torch.optim.AdamW (torch 1.13, single-tensor path, amsgrad/maximize off), written out so that its
@@ -64,8 +69,13 @@ class AdamW {
   struct Param {
     std::string name;
     at::Tensor tensor;
+    // float32 master copy when `tensor` is kept in a lower precision (keep_master_weights): the
+    // update runs on the master, then rounds into `tensor`.
+    at::Tensor master;
     at::Tensor exp_avg, exp_avg_sq;  // undefined until the first step that sees a gradient
     int64_t step = 0;
+    at::Tensor step_t;  // the fused path's count (float32, on the parameter's device)
+    at::Tensor grad32;  // the fused path's float32 copy of a low-precision gradient
   };
   // `named`: the trainable parameters in cn_clip's state-dict order.
   AdamW(const std::vector<std::pair<std::string, at::Tensor>>& named, const AdamWOptions& options);
@@ -74,8 +84,19 @@ class AdamW {
   double lr() const { return options_.lr; }
   const AdamWOptions& options() const { return options_; }
   void zero_grad();  // grads set to undefined, like zero_grad(set_to_none=True)
-  void step();
+  // found_inf (optional, a 1-element float tensor on the parameters' device): a non-zero value
+  // skips the update (the loss scaler found an overflow), without a device sync on the fused path.
+  void step(const at::Tensor& found_inf = at::Tensor());
 
+  // Clones every parameter into a float32 master before the model is converted to a lower
+  // precision (bf16 training): the moments and the update live in float32, the model's copy is
+  // rounded from the master after each step. Call once, before the conversion.
+  void keep_master_weights();
+  bool has_master_weights() const { return !params_.empty() && params_.front().master.defined(); }
+  // The float32 value of parameter i (its master when kept, else the tensor itself).
+  const at::Tensor& weight(size_t i) const { return params_[i].master.defined() ? params_[i].master : params_[i].tensor; }
+  // Moves masters and moments to `device` (after the model moved).
+  void to(const at::Device& device);
   // Parameters in PyTorch's index order (group 0 first); group_of(i) is 0 or 1.
   const std::vector<Param>& params() const { return params_; }
   size_t group_size(int group) const { return group == 0 ? n_no_decay_ : params_.size() - n_no_decay_; }
@@ -91,6 +112,9 @@ class AdamW {
   void load_state_dict(const PyValue& sd);
 
  private:
+  bool fused_step(const at::Tensor& found_inf);
+  int64_t step_count(const Param& p) const;
+
   AdamWOptions options_;
   std::vector<Param> params_;
   size_t n_no_decay_ = 0;
@@ -110,8 +134,41 @@ struct TrainBatch {
   at::Tensor ids;     // [B, L] int64
 };
 
+// torch.cuda.amp.GradScaler's dynamic loss scale, which cn_clip's --precision amp (fp16 autocast)
+// uses: the loss is multiplied by `scale` before backward; the gradients are unscaled and checked;
+// a step with an inf/NaN gradient is skipped and the scale multiplied by `backoff`; after
+// `interval` good steps in a row it is multiplied by `growth`. All on the device, without a sync.
+struct LossScaler {
+  at::Tensor scale;           // float32 [1]
+  at::Tensor growth_tracker;  // int32 [1]: good steps in a row
+  double growth = 2.0, backoff = 0.5;
+  int64_t interval = 2000;
+  LossScaler(const at::Device& device, double initial_scale = 65536.0, int64_t good_steps = 0);
+  double value() const;  // the current scale (a device sync)
+  int64_t good_steps() const;
+};
+
+// What a training precision (--precision fp32 | amp | bf16 | amp-fp16) asks of the model, the
+// optimizer and the step. Throws UsageError for an unknown name or amp-fp16 off CUDA.
+struct PrecisionPlan {
+  bool autocast = false;
+  at::ScalarType autocast_dtype = at::kBFloat16;
+  bool fused_adamw = false;   // CUDA and not fp32
+  bool bf16_weights = false;  // bf16: model in bf16, float32 masters in the optimizer
+  bool loss_scaler = false;   // amp-fp16
+  bool training_kernels = false;  // CUDA and not fp32: ClipModelImpl::set_training_kernels
+};
+PrecisionPlan precision_plan(const std::string& precision, const at::Device& device);
+
+// bf16 training: keeps the optimizer's float32 masters, then converts the model to bf16 (float32
+// where cn_clip's fp16 layout keeps it). Returns the float32 tensors that checkpoints hold in place
+// of the model's (the masters, updated in place by each step, and copies of frozen tensors).
+std::map<std::string, at::Tensor> convert_to_bf16_training(ClipModel& model, AdamW& optimizer);
+
 struct StepOptions {
-  bool autocast = false;       // bf16 autocast for the forward passes (CPU or CUDA, by the model's device)
+  bool autocast = false;       // autocast for the forward passes (CPU or CUDA, by the model's device)
+  at::ScalarType autocast_dtype = at::kBFloat16;  // bf16 (--precision amp) or fp16 (amp-fp16, with a scaler)
+  LossScaler* scaler = nullptr;
   bool compute_grad_norm = false;
   // Data-parallel (dist.h): the batches are this rank's slices of the global ones. Features of all
   // ranks are gathered (this rank's keep their gradients) so that the loss is the global batch's,
@@ -151,8 +208,11 @@ struct ResumeState {
 // Writes {epoch, step, name, state_dict ("module." + cn_clip keys, OrderedDict), optimizer,
 // clip_cpp_resume} atomically with save_torch_zip. `optimizer`/`resume` may be null (weights-only
 // file, like the released checkpoints).
+// fp32_weights: float32 values that stand in for the model's tensors of the same name (the masters of
+// a model trained in bf16), so that the file holds float32 weights whatever the training precision.
 void save_training_checkpoint(const std::string& path, ClipModel& model, const AdamW* optimizer,
-                              int64_t epoch, int64_t step, const std::string& name, const ResumeState* resume);
+                              int64_t epoch, int64_t step, const std::string& name, const ResumeState* resume,
+                              const std::map<std::string, at::Tensor>* fp32_weights = nullptr);
 
 // Reads a clip_cpp_resume entry and the optimizer state from the unpickled checkpoint root.
 // Returns false when the file carries no resume information (e.g. written by cn_clip).

@@ -10,14 +10,22 @@
 
 namespace clip {
 void save_training_checkpoint(const std::string& path, ClipModel& model, const AdamW* optimizer, int64_t epoch,
-                              int64_t step, const std::string& name, const ResumeState* resume) {
+                              int64_t step, const std::string& name, const ResumeState* resume,
+                              const std::map<std::string, at::Tensor>* fp32_weights) {
   auto root = PyValue::dict();
   root->set("epoch", PyValue::integer(epoch));
   root->set("step", PyValue::integer(step));
   root->set("name", PyValue::str(name));
   auto sd = PyValue::dict(/*ordered=*/true);
   // Weights are stored as they are trained (float32; cn_clip converts to fp32 for amp/fp32 runs too).
-  for (const auto& [key, t] : model_state(model)) sd->set("module." + key, PyValue::from_tensor(to_tensor_data(t)));
+  for (const auto& [key, t] : model_state(model)) {
+    const at::Tensor* w = &t;
+    if (fp32_weights) {
+      auto it = fp32_weights->find(key);
+      if (it != fp32_weights->end()) w = &it->second;
+    }
+    sd->set("module." + key, PyValue::from_tensor(to_tensor_data(*w)));
+  }
   root->set("state_dict", sd);
   // The towers' config (head counts are in no tensor shape): our tools rebuild the model from it.
   root->set("model_config", PyValue::str(model_config_json(model->config())));

@@ -16,7 +16,7 @@ namespace clip::detail {
 at::Tensor from_tensor_data(const TensorData& d);
 std::string shape_str(const at::Tensor& t);
 
-using AutocastScope = compat::Bf16Autocast;
+using AutocastScope = compat::Autocast;
 
 // The run folder of a --resume argument: the folder itself, or <run> for <run>/checkpoints/x.pt.
 std::string resume_run_dir(const std::string& resume);

@@ -54,21 +54,56 @@ void AdamW::zero_grad() {
   }
 }
 
-void AdamW::step() {
+void AdamW::keep_master_weights() {
   at::NoGradGuard ng;
+  for (auto& p : params_) {
+    if (p.master.defined()) continue;
+    if (p.tensor.scalar_type() != at::kFloat)
+      throw ModelError("keep_master_weights: '" + p.name + "' is not float32 any more; keep the masters before the "
+                       "model is converted");
+    p.master = p.tensor.detach().clone(at::MemoryFormat::Contiguous);
+    if (p.exp_avg.defined()) {
+      p.exp_avg = p.exp_avg.to(at::kFloat);
+      p.exp_avg_sq = p.exp_avg_sq.to(at::kFloat);
+    }
+  }
+}
+
+void AdamW::to(const at::Device& device) {
+  for (auto& p : params_) {
+    if (p.master.defined()) p.master = p.master.to(device);
+    if (p.exp_avg.defined()) {
+      p.exp_avg = p.exp_avg.to(device);
+      p.exp_avg_sq = p.exp_avg_sq.to(device);
+    }
+    if (p.step_t.defined()) p.step_t = p.step_t.to(device);
+  }
+}
+
+int64_t AdamW::step_count(const Param& p) const {
+  // The fused path counts on the device (a skipped step, found_inf, is not counted there).
+  return p.step_t.defined() ? static_cast<int64_t>(p.step_t.item<float>()) : p.step;
+}
+
+void AdamW::step(const at::Tensor& found_inf) {
+  at::NoGradGuard ng;
+  if (fused_step(found_inf)) return;
+  if (found_inf.defined() && found_inf.item<float>() != 0) return;  // the scaler's skipped step
   const double lr = options_.lr, b1 = options_.beta1, b2 = options_.beta2, eps = options_.eps;
   for (size_t i = 0; i < params_.size(); ++i) {
     Param& p = params_[i];
-    const at::Tensor& grad = p.tensor.grad();
-    if (!grad.defined()) continue;
+    const at::Tensor& g = p.tensor.grad();
+    if (!g.defined()) continue;
+    at::Tensor w = weight(i);
+    const at::Tensor grad = g.scalar_type() == w.scalar_type() ? g : g.to(w.scalar_type());
     if (!p.exp_avg.defined()) {
-      p.exp_avg = at::zeros_like(p.tensor, at::MemoryFormat::Preserve);
-      p.exp_avg_sq = at::zeros_like(p.tensor, at::MemoryFormat::Preserve);
+      p.exp_avg = at::zeros_like(w, at::MemoryFormat::Preserve);
+      p.exp_avg_sq = at::zeros_like(w, at::MemoryFormat::Preserve);
     }
     const double wd = group_of(i) == 0 ? 0.0 : options_.weight_decay;
     p.step += 1;
     // torch/optim/adamw.py (1.13) _single_tensor_adamw, op for op.
-    p.tensor.mul_(1 - lr * wd);
+    w.mul_(1 - lr * wd);
     p.exp_avg.mul_(b1).add_(grad, 1 - b1);
     p.exp_avg_sq.mul_(b2).addcmul_(grad, grad, 1 - b2);
     const double step = static_cast<double>(static_cast<float>(p.step));  // PyTorch counts in a float32 tensor
@@ -77,8 +112,61 @@ void AdamW::step() {
     const double step_size = lr / bias_correction1;
     const double bias_correction2_sqrt = std::sqrt(bias_correction2);
     at::Tensor denom = (p.exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps);
-    p.tensor.addcdiv_(p.exp_avg, denom, -step_size);
+    w.addcdiv_(p.exp_avg, denom, -step_size);
+    if (p.master.defined()) p.tensor.copy_(p.master);
   }
+}
+
+bool AdamW::fused_step(const at::Tensor& found_inf) {
+#if TORCH_VERSION_MAJOR >= 2
+  if (!options_.fused || params_.empty() || !weight(0).is_cuda()) return false;
+  for (int g = 0; g < 2; ++g) {
+    std::vector<at::Tensor> w, grads, m, v, steps, low, masters, low_grads, master_grads;
+    const size_t begin = g == 0 ? 0 : n_no_decay_, end = g == 0 ? n_no_decay_ : params_.size();
+    for (size_t i = begin; i < end; ++i) {
+      Param& p = params_[i];
+      const at::Tensor& grad = p.tensor.grad();
+      if (!grad.defined()) continue;
+      const at::Tensor& wt = weight(i);
+      if (!p.exp_avg.defined()) {
+        p.exp_avg = at::zeros_like(wt, at::MemoryFormat::Preserve);
+        p.exp_avg_sq = at::zeros_like(wt, at::MemoryFormat::Preserve);
+      }
+      if (!p.step_t.defined())
+        p.step_t = at::full({}, static_cast<double>(p.step), at::TensorOptions(at::kFloat).device(wt.device()));
+      w.push_back(wt);
+      if (grad.scalar_type() == wt.scalar_type()) {
+        grads.push_back(grad);
+      } else {  // converted below by one multi-tensor copy into buffers kept across steps
+        if (!p.grad32.defined()) p.grad32 = at::empty_like(wt, at::MemoryFormat::Contiguous);
+        grads.push_back(p.grad32);
+        low_grads.push_back(grad);
+        master_grads.push_back(p.grad32);
+      }
+      m.push_back(p.exp_avg);
+      v.push_back(p.exp_avg_sq);
+      steps.push_back(p.step_t);
+      if (p.master.defined()) {
+        low.push_back(p.tensor);
+        masters.push_back(p.master);
+      }
+    }
+    if (w.empty()) continue;
+    const double wd = g == 0 ? 0.0 : options_.weight_decay;
+    if (!low_grads.empty()) at::_foreach_copy_(master_grads, low_grads);
+    at::_foreach_add_(steps, 1);
+    c10::optional<at::Tensor> inf;
+    if (found_inf.defined()) inf = found_inf;
+    at::_fused_adamw_(w, grads, m, v, at::TensorList(), steps, options_.lr, options_.beta1, options_.beta2, wd, options_.eps,
+                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/c10::nullopt, inf);
+    if (found_inf.defined()) at::_foreach_sub_(steps, std::vector<at::Tensor>(steps.size(), found_inf));
+    if (!low.empty()) at::_foreach_copy_(low, masters);
+  }
+  return true;
+#else
+  (void)found_inf;
+  return false;
+#endif
 }
 
 PyPtr AdamW::state_dict() const {
@@ -87,7 +175,7 @@ PyPtr AdamW::state_dict() const {
     const Param& p = params_[i];
     if (!p.exp_avg.defined()) continue;
     auto s = PyValue::dict();
-    s->set("step", PyValue::from_tensor(to_tensor_data(at::scalar_tensor(static_cast<double>(p.step),
+    s->set("step", PyValue::from_tensor(to_tensor_data(at::scalar_tensor(static_cast<double>(step_count(p)),
                                                                                   at::TensorOptions(at::kFloat)))));
     s->set("exp_avg", PyValue::from_tensor(to_tensor_data(p.exp_avg)));
     s->set("exp_avg_sq", PyValue::from_tensor(to_tensor_data(p.exp_avg_sq)));
@@ -150,8 +238,9 @@ void AdamW::load_state_dict(const PyValue& sd) {
     if (mt.sizes() != p.tensor.sizes() || vt.sizes() != p.tensor.sizes())
       throw ModelError(fmt::format("optimizer state of '{}': moment shape {} does not match the parameter {}", p.name,
                                    m->tensor.shape_str(), detail::shape_str(p.tensor)));
-    p.exp_avg = mt.to(p.tensor.options()).contiguous();
-    p.exp_avg_sq = vt.to(p.tensor.options()).contiguous();
+    p.exp_avg = mt.to(weight(i).options()).contiguous();
+    p.exp_avg_sq = vt.to(weight(i).options()).contiguous();
+    p.step_t = at::Tensor();
     if (step->kind == PyValue::Kind::tensor) p.step = static_cast<int64_t>(detail::from_tensor_data(step->tensor).item<double>());
     else if (step->kind == PyValue::Kind::integer) p.step = step->i;
     else if (step->kind == PyValue::Kind::floating) p.step = static_cast<int64_t>(step->f);

@@ -38,7 +38,52 @@ void accuracy(const ContrastiveLoss& l, StepStats& st) {
   st.t2i_acc = (logits.t().argmax(-1) == gt).sum().item<double>() / n;
 }
 
+void backward(const at::Tensor& loss, const LossScaler* scaler) {
+  if (scaler) (loss * scaler->scale.view({})).backward();
+  else loss.backward();
+}
+
 }  // namespace
+
+PrecisionPlan precision_plan(const std::string& precision, const at::Device& device) {
+  PrecisionPlan p;
+  if (precision == "fp32") return p;
+  if (precision == "amp") {
+    p.autocast = true;
+  } else if (precision == "bf16") {
+    p.bf16_weights = true;
+  } else if (precision == "amp-fp16") {
+    if (!device.is_cuda())
+      throw UsageError("--precision amp-fp16 (fp16 autocast with a dynamic loss scale) needs --device cuda; on the "
+                       "CPU use amp or bf16");
+    p.autocast = true;
+    p.autocast_dtype = at::kHalf;
+    p.loss_scaler = true;
+  } else {
+    throw UsageError("--precision must be fp32, amp, bf16 or amp-fp16, not '" + precision + "'");
+  }
+  p.fused_adamw = device.is_cuda();
+  p.training_kernels = device.is_cuda();
+  return p;
+}
+
+std::map<std::string, at::Tensor> convert_to_bf16_training(ClipModel& model, AdamW& optimizer) {
+  std::map<std::string, at::Tensor> fp32;
+  optimizer.keep_master_weights();
+  for (size_t i = 0; i < optimizer.params().size(); ++i) fp32[optimizer.params()[i].name] = optimizer.weight(i);
+  for (auto& [name, t] : model_state(model))
+    if (!fp32.count(name) && at::isFloatingType(t.scalar_type()) && !ClipModelImpl::keeps_float32(name))
+      fp32[name] = t.detach().clone();
+  model->to(at::kBFloat16);
+  return fp32;
+}
+
+LossScaler::LossScaler(const at::Device& device, double initial_scale, int64_t good_steps)
+    : scale(at::full({1}, initial_scale, at::TensorOptions(at::kFloat).device(device))),
+      growth_tracker(at::full({1}, good_steps, at::TensorOptions(at::kInt).device(device))) {}
+
+double LossScaler::value() const { return scale.item<double>(); }
+int64_t LossScaler::good_steps() const { return growth_tracker.item<int64_t>(); }
 
 StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<TrainBatch>& batches, double lr,
                      const StepOptions& options) {
@@ -53,20 +98,20 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
   if (batches.size() == 1) {
     ContrastiveLoss l;
     {
-      detail::AutocastScope ac(options.autocast, device);
+      detail::AutocastScope ac(options.autocast, device, options.autocast_dtype);
       auto [img, txt, scale] = model->forward(batches[0].pixels, batches[0].ids);
       l = contrastive_loss(global(img.to(at::kFloat)), global(txt.to(at::kFloat)), scale.to(at::kFloat));
     }
     st.loss = l.loss.item<double>();
     check_finite(st.loss, -1);
     accuracy(l, st);
-    l.loss.backward();
+    backward(l.loss, options.scaler);
   } else {
     // Feature caching (cn_clip --accum-freq): every micro-batch's features without gradients first ...
     std::vector<at::Tensor> cached_img, cached_txt;
     {
       at::NoGradGuard ng;
-      detail::AutocastScope ac(options.autocast, device);
+      detail::AutocastScope ac(options.autocast, device, options.autocast_dtype);
       for (const auto& b : batches) {
         auto [img, txt, scale] = model->forward(b.pixels, b.ids);
         cached_img.push_back(img.to(at::kFloat));
@@ -77,7 +122,7 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
     for (size_t j = 0; j < batches.size(); ++j) {
       ContrastiveLoss l;
       {
-        detail::AutocastScope ac(options.autocast, device);
+        detail::AutocastScope ac(options.autocast, device, options.autocast_dtype);
         auto [img, txt, scale] = model->forward(batches[j].pixels, batches[j].ids);
         std::vector<at::Tensor> all_img = cached_img, all_txt = cached_txt;
         all_img[j] = img.to(at::kFloat);
@@ -89,7 +134,7 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
       st.loss = l.loss.item<double>();
       check_finite(st.loss, static_cast<int64_t>(j));
       accuracy(l, st);
-      l.loss.backward();
+      backward(l.loss, options.scaler);
     }
   }
   if (dist && dist->size() > 1) {
@@ -106,12 +151,27 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
       g.div_(dist->size());
     }
   }
+  at::Tensor found_inf;
+  if (options.scaler) {
+    // GradScaler.unscale_: grads *= 1/scale (computed in double, as torch does), inf/NaN flagged.
+    at::NoGradGuard ng;
+    std::vector<at::Tensor> grads;
+    for (const auto& p : optimizer.params())
+      if (p.tensor.grad().defined()) grads.push_back(p.tensor.grad());
+    found_inf = at::zeros({1}, at::TensorOptions(at::kFloat).device(device));
+    at::Tensor inv = options.scaler->scale.to(at::kDouble).reciprocal().to(at::kFloat);
+    at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv);
+  }
   if (options.compute_grad_norm) {
     std::vector<at::Tensor> ps;
     for (const auto& p : optimizer.params()) ps.push_back(p.tensor);
     st.grad_l2 = detail::grad_global_l2(ps);
   }
-  optimizer.step();
+  optimizer.step(found_inf);
+  if (options.scaler) {
+    LossScaler& sc = *options.scaler;
+    at::_amp_update_scale_(sc.scale, sc.growth_tracker, found_inf, sc.growth, sc.backoff, sc.interval);
+  }
   clamp_logit_scale(model);
   st.logit_scale = model->logit_scale().item<double>();
   return st;
