@@ -1,7 +1,9 @@
 #include "clip/data/lmdb.h"
 
 #include <fmt/format.h>
+#ifdef CLIP_HAVE_LMDB
 #include <lmdb.h>
+#endif
 
 #include <algorithm>
 #include <charconv>
@@ -19,6 +21,19 @@ namespace clip {
 
 bool is_lmdb_env(const std::string& dir) { return is_directory(dir) && file_exists(path_join(dir, "data.mdb")); }
 
+#ifndef CLIP_HAVE_LMDB
+// Built without liblmdb-dev: an LMDB folder is recognised and refused with the remedy.
+struct LmdbEnv {
+  std::string path;
+  explicit LmdbEnv(const std::string& dir) : path(dir) {
+    throw DataError(fmt::format("'{}' is an LMDB dataset, but this build reads no LMDB (it was built without "
+                                "liblmdb-dev): install it and rebuild, or use the TSV/JSONL layout",
+                                dir));
+  }
+  template <typename F>
+  void for_each(F&&) {}
+};
+#else
 // A read-only environment and one read transaction over its unnamed database.
 struct LmdbEnv {
   MDB_env* env = nullptr;
@@ -63,6 +78,7 @@ struct LmdbEnv {
     if (rc != MDB_NOTFOUND) check(rc, "cursor_get");
   }
 };
+#endif
 
 namespace {
 
