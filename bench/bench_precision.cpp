@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -32,6 +33,7 @@
 namespace {
 
 struct Run {
+  std::vector<std::string> names;  // the optimizer's order
   double first_loss = 0;
   std::vector<at::Tensor> grads;   // float32, one per trainable tensor (undefined when none)
   std::vector<double> losses;      // the training run's
@@ -68,6 +70,7 @@ Run run_precision(const clip::ModelConfig& cfg, const std::vector<at::Tensor>& i
   // lr 0: the step leaves the weights as they are (the decay is lr * wd) and the gradients in place.
   r.first_loss = clip::train_step(model, opt, {batch}, 0.0, so).loss;
   for (const auto& p : opt.params()) {
+    r.names.push_back(p.name);
     const at::Tensor& g = p.tensor.grad();
     r.grads.push_back(g.defined() ? g.detach().to(at::kCPU, at::kFloat) : at::Tensor());
   }
@@ -127,14 +130,14 @@ int main(int argc, char** argv) {
 
   const Run ref = run_precision(cfg, init, "fp32", device, b, steps, lr);
   // The fp32 run's weight updates, to measure the others' final weights against.
-  std::vector<at::Tensor> ref_delta, init_trainable;
+  std::vector<at::Tensor> init_trainable, ref_delta;
   {
     clip::ClipModel m(cfg);
-    size_t k = 0;
+    std::map<std::string, at::Tensor> by_name;
     auto st = clip::model_state(m);
-    for (size_t i = 0; i < st.size(); ++i)
-      if (st[i].second.requires_grad()) init_trainable.push_back(init[i]);
-    for (; k < ref.weights.size(); ++k) ref_delta.push_back(ref.weights[k] - init_trainable[k]);
+    for (size_t i = 0; i < st.size(); ++i) by_name[st[i].first] = init[i];
+    for (const auto& n : ref.names) init_trainable.push_back(by_name.at(n));
+    for (size_t k = 0; k < ref.weights.size(); ++k) ref_delta.push_back(ref.weights[k] - init_trainable[k]);
   }
   bool all_ok = true;
   std::stringstream names(list);

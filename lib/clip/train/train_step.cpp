@@ -39,7 +39,7 @@ void accuracy(const ContrastiveLoss& l, StepStats& st) {
 }
 
 void backward(const at::Tensor& loss, const LossScaler* scaler) {
-  if (scaler) (loss * scaler->scale.view({})).backward();
+  if (scaler) (loss * scaler->scale.squeeze(0)).backward();
   else loss.backward();
 }
 
