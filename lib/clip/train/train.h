@@ -84,7 +84,7 @@ class AdamW {
   double lr() const { return options_.lr; }
   const AdamWOptions& options() const { return options_; }
   void zero_grad();  // grads set to undefined, like zero_grad(set_to_none=True)
-  // found_inf (optional, a 1-element float tensor on the parameters' device): a non-zero value
+  // found_inf (optional, a 0-dim float tensor on the parameters' device): a non-zero value
   // skips the update (the loss scaler found an overflow), without a device sync on the fused path.
   void step(const at::Tensor& found_inf = at::Tensor());
 

@@ -158,7 +158,7 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
     std::vector<at::Tensor> grads;
     for (const auto& p : optimizer.params())
       if (p.tensor.grad().defined()) grads.push_back(p.tensor.grad());
-    found_inf = at::zeros({1}, at::TensorOptions(at::kFloat).device(device));
+    found_inf = at::zeros({}, at::TensorOptions(at::kFloat).device(device));  // 0-dim, as GradScaler's
     at::Tensor inv = options.scaler->scale.to(at::kDouble).reciprocal().to(at::kFloat);
     at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv);
   }
