@@ -12,11 +12,11 @@ cd "$(dirname "$0")/.."
 B=${1:-build-gpu}/bin
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-"$B/bench_precision" --device cuda --batch "${CHECK_BATCH:-32}" --steps 10
+status=0
+"$B/bench_precision" --device cuda --batch "${CHECK_BATCH:-32}" --steps 10 || status=1
 
 common=(--data data/shapes-zh --vision-model data/shapes-zh/ViT-Demo.json --text-model data/shapes-zh/RBT-Demo.json
         -b 32 --max-steps 8 --log-interval 1 --no-validation --device cuda --seed 5 -q)
-status=0
 for p in ${PRECISIONS:-amp bf16 amp-fp16}; do
   "$B/clip-finetune" "${common[@]}" --precision "$p" -o "$out/$p-full"
   "$B/clip-finetune" "${common[@]}" --precision "$p" -o "$out/$p-again"
