@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <sstream>
 
 namespace clip {
@@ -89,6 +90,17 @@ void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& 
     app.add_option("--batch-size,-b", ro.batch_size, f.batch_help)->capture_default_str()->check(CLI::PositiveNumber);
   app.add_flag("--quiet,-q", ro.quiet, "Only errors on stderr");
   app.add_flag("--verbose,-v", ro.verbose, "Debug messages on stderr");
+}
+
+void add_image_options(CLI::App& app, ImageOptions& io) {
+  const std::map<std::string, DecodeMode> modes{{"exact", DecodeMode::exact}, {"fast", DecodeMode::fast}};
+  app.add_option("--decode", io.decode,
+                 "Image decoding for the model: exact (Pillow's settings, pixels bit-identical to cn_clip) or fast "
+                 "(JPEG: libjpeg-turbo decodes at the smallest scale M/8 keeping both sides >= the model resolution, "
+                 "fast IDCT, no fancy upsampling; other formats as exact; features within the cosine given in "
+                 "docs/benchmarks.md)")
+      ->transform(CLI::CheckedTransformer(modes))
+      ->default_str("exact");
 }
 
 void add_data_options(CLI::App& app, DataOptions& d, bool with_split) {
