@@ -6,7 +6,6 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
-#include <map>
 #include <sstream>
 
 namespace clip {
@@ -93,13 +92,13 @@ void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& 
 }
 
 void add_image_options(CLI::App& app, ImageOptions& io) {
-  const std::map<std::string, DecodeMode> modes{{"exact", DecodeMode::exact}, {"fast", DecodeMode::fast}};
-  app.add_option("--decode", io.decode,
-                 "Image decoding for the model: exact (Pillow's settings, pixels bit-identical to cn_clip) or fast "
-                 "(JPEG: libjpeg-turbo decodes at the smallest scale M/8 keeping both sides >= the model resolution, "
-                 "fast IDCT, no fancy upsampling; other formats as exact; features within the cosine given in "
-                 "docs/benchmarks.md)")
-      ->transform(CLI::CheckedTransformer(modes))
+  app.add_option_function<std::string>(
+         "--decode", [&io](const std::string& v) { io.decode = v == "fast" ? DecodeMode::fast : DecodeMode::exact; },
+         "Image decoding for the model: exact (Pillow's settings, pixels bit-identical to cn_clip) or fast (JPEG: "
+         "libjpeg-turbo decodes at the smallest scale M/8 keeping both sides >= the model resolution, fast IDCT, no "
+         "fancy upsampling; other formats as exact; its distance to exact: docs/benchmarks.md)")
+      ->check(CLI::IsMember({"exact", "fast"}))
+      ->type_name("MODE")
       ->default_str("exact");
 }
 
