@@ -1,35 +1,56 @@
-// bench_decode: images/s of base64 + JPEG decoding + cn_clip eval preprocessing, through the
-// ordered BatchPipeline with 1 thread and with every core, against a plain loop.
+// bench_decode: images/s of base64 + image decoding + cn_clip eval preprocessing, for each --decode
+// mode side by side on the same files, through the ordered BatchPipeline with 1 thread and with
+// every core, against a plain loop; then how far `fast` is from `exact`: pixel differences of the
+// preprocessed 8-bit image and the cosine similarity of ViT image features.
 //
-//   build/bin/bench_decode [--data data/shapes-zh] [--split train] [--large 400] [--min-seconds 2]
+//   build/bin/bench_decode [--data data/shapes-zh] [--split train] [--large 400] [--jpegs DIR]
+//                          [--decode exact,fast] [--min-seconds 2] [--cosine-images 32]
+//                          [--checkpoint CKPT | --vision-model ViT-B-16]
 //
-// Two inputs: the embedded demo split (80x80 JPEGs, preprocessed to 64x64, the demo model's
-// input) and synthetic 500x375 JPEGs (the typical Flickr30k size, preprocessed to 224x224).
-// Prints a Markdown table on stdout: wall-clock images/s and process CPU time per image (the
-// latter shows the pipeline's overhead even on a busy machine).
+// Inputs: the embedded demo split (80x80 JPEGs, preprocessed to 64x64, the demo model's input),
+// synthetic 500x375 photo-like JPEGs at quality 90 (the typical Flickr30k size, preprocessed to the
+// model resolution, 224) and, with --jpegs, every *.jpg/*.jpeg of a folder (preprocessed to 224).
+// Prints Markdown tables on stdout: wall-clock images/s and process CPU time per image (the latter
+// shows the pipeline's overhead even on a busy machine); then, per input of model-sized photos,
+// the mean and largest absolute difference of the preprocessed RGB bytes (R x R, 0-255), and the
+// mean and smallest cosine similarity of the L2-normalised image features of `fast` to `exact`.
+// Without --checkpoint the features come from a ViT with cn_clip's random initialisation (seed 0);
+// a line then also gives the mean cosine of two *different* images' exact features, the scale
+// against which such a model's cosines must be read.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <dirent.h>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "clip/base/fileio.h"
+#include "clip/base/log.h"
+#include "clip/base/pipeline.h"
+#include "clip/base/runtime.h"
 #include "clip/cli/cli.h"
 #include "clip/data/dataset.h"
 #include "clip/image/image.h"
-#include "clip/base/log.h"
-#include "clip/base/pipeline.h"
+#include "clip/model/config.h"
+#include "clip/model/loader.h"
+#include "clip/model/model.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// A 500x375 photo-like image: smooth colour fields, edges and fine noise (so the JPEG has about
-// the entropy of a real photo rather than of a flat test card).
+// A photo-like image: smooth colour fields, a few hard-edged shapes and fine noise, so that the JPEG
+// has about the entropy of a real photo (q90 of 500x375: ~50-60 KB) rather than of a flat test card.
 clip::Image synthetic_photo(int w, int h, uint32_t seed) {
   clip::Image im;
   im.width = w;
@@ -43,15 +64,27 @@ clip::Image synthetic_photo(int w, int h, uint32_t seed) {
     s ^= s << 5;
     return s;
   };
-  double fx = 0.01 + (seed % 7) * 0.003, fy = 0.013 + (seed % 5) * 0.002;
+  const double fx = 0.01 + (seed % 7) * 0.003, fy = 0.013 + (seed % 5) * 0.002;
+  struct Disc {
+    double x, y, r;
+    int c[3];
+  };
+  std::vector<Disc> discs;
+  for (int k = 0; k < 6; ++k)
+    discs.push_back({double(rnd() % w), double(rnd() % h), 15.0 + rnd() % 70,
+                     {int(rnd() % 256), int(rnd() % 256), int(rnd() % 256)}});
   for (int y = 0; y < h; ++y)
     for (int x = 0; x < w; ++x) {
-      double base[3] = {128 + 90 * std::sin(x * fx + y * 0.004 + seed), 128 + 80 * std::cos(y * fy - x * 0.003),
-                        128 + 70 * std::sin((x + y) * 0.02 + seed * 0.5)};
-      bool block = ((x / 60) + (y / 45) + seed) % 4 == 0;
+      double v[3] = {128 + 90 * std::sin(x * fx + y * 0.004 + seed), 128 + 80 * std::cos(y * fy - x * 0.003),
+                     128 + 70 * std::sin((x + y) * 0.02 + seed * 0.5)};
+      if (((x / 60) + (y / 45) + seed) % 4 == 0)
+        for (double& c : v) c += 40;
+      for (const auto& d : discs)
+        if ((x - d.x) * (x - d.x) + (y - d.y) * (y - d.y) < d.r * d.r)
+          for (int c = 0; c < 3; ++c) v[c] = 0.3 * v[c] + 0.7 * d.c[c];
       for (int c = 0; c < 3; ++c) {
-        double v = base[c] + (block ? 40 : 0) + double(int(rnd() % 41) - 20);
-        im.pixels[(size_t(y) * w + x) * 3 + c] = uint8_t(std::min(255.0, std::max(0.0, v)));
+        const double n = double(int(rnd() % 25) - 12);
+        im.pixels[(size_t(y) * w + x) * 3 + c] = uint8_t(std::min(255.0, std::max(0.0, v[c] + n)));
       }
     }
   return im;
@@ -76,68 +109,205 @@ Result measure(size_t n, double min_seconds, const std::function<void(size_t)>& 
   return {double(done) / el, 1000.0 * cpu / double(done)};
 }
 
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::vector<std::string> jpegs_in(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = opendir(dir.c_str());
+  if (!d) throw clip::UsageError("--jpegs: cannot open folder '" + dir + "'");
+  while (dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    std::string lower = n;
+    std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+    if ((lower.size() > 4 && lower.compare(lower.size() - 4, 4, ".jpg") == 0) ||
+        (lower.size() > 5 && lower.compare(lower.size() - 5, 5, ".jpeg") == 0))
+      out.push_back(dir + "/" + n);
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  clip::maybe_reexec_for_blas(argc, argv);
+  clip::tune_malloc();
   return clip::run_main("bench_decode", argc, argv, [](int argc, char** argv) -> int {
-    CLI::App app{"Decode + preprocess throughput (images/s)"};
-    std::string data = "data/shapes-zh", split = "train";
-    int large = 400, batch = 32;
+    CLI::App app{"Decode + preprocess throughput (images/s) per --decode mode, and fast's distance to exact"};
+    std::string data = "data/shapes-zh", split = "train", jpeg_dir, modes_arg = "exact,fast";
+    int large = 400, batch = 32, cosine_images = 32, threads = 0;
     double min_seconds = 2.0;
-    app.add_option("--data", data, "Dataset folder (Flickr30k-CN layout)")->capture_default_str();
+    clip::ModelOptions mo;
+    mo.vision_model = "ViT-B-16";
+    app.add_option("--data", data, "Dataset folder (Flickr30k-CN layout); '' to leave it out")->capture_default_str();
     app.add_option("--split", split, "Split to read")->capture_default_str();
-    app.add_option("--large", large, "Number of synthetic 500x375 JPEGs")->capture_default_str();
+    app.add_option("--large", large, "Number of synthetic 500x375 JPEGs (0: none)")->capture_default_str();
+    app.add_option("--jpegs", jpeg_dir, "Also a folder of real JPEGs (*.jpg, *.jpeg), preprocessed to 224");
+    app.add_option("--decode", modes_arg, "Decode modes to compare, comma-separated: exact, fast")->capture_default_str();
     app.add_option("--batch-size", batch, "Pipeline batch size")->capture_default_str();
+    app.add_option("--threads,-j", threads, "Pipeline threads of the many-thread rows (0 = all cores)")->capture_default_str();
     app.add_option("--min-seconds", min_seconds, "Minimum time per measurement")->capture_default_str();
+    app.add_option("--cosine-images", cosine_images,
+                   "Images per input whose features are compared (0: no model, pixel differences only)")
+        ->capture_default_str();
+    app.add_option("--checkpoint,-c", mo.checkpoint, "A real checkpoint for the feature cosines (its vision tower)");
+    app.add_option("--vision-model", mo.vision_model, "Vision tower (random weights, cn_clip's initialisation, seed 0) "
+                   "when no --checkpoint is given")->capture_default_str();
     CLIP_PARSE(app, argc, argv);
+    clip::set_threads(threads);
 
-    const int all = int(std::max(1u, std::thread::hardware_concurrency()));
+    std::vector<clip::DecodeMode> modes;
+    for (const auto& m : split_list(modes_arg)) {
+      if (m == "exact") modes.push_back(clip::DecodeMode::exact);
+      else if (m == "fast") modes.push_back(clip::DecodeMode::fast);
+      else throw clip::UsageError("--decode: unknown mode '" + m + "' (exact, fast)");
+    }
+    const int all = threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency()));
     struct Input {
       std::string name;
       size_t count;
       int resolution;
-      std::function<clip::Image(size_t)> decode;
+      std::function<std::vector<uint8_t>(size_t)> bytes;  // encoded file of item i
     };
     std::vector<Input> inputs;
 
     clip::ReadReport report;
-    clip::ImageTsv tsv(clip::split_images_path(data, split), report, true);
-    inputs.push_back({fmt::format("{} {} (80x80 JPEG -> 64)", data, split), tsv.size(), 64, [&](size_t i) {
-                        auto bytes = tsv.bytes(i);
-                        return clip::decode_image(bytes.data(), bytes.size());
-                      }});
+    std::unique_ptr<clip::ImageTsv> tsv;
+    if (!data.empty()) {
+      tsv = std::make_unique<clip::ImageTsv>(clip::split_images_path(data, split), report, true);
+      inputs.push_back({fmt::format("{} {} (80x80 JPEG -> 64)", data, split), tsv->size(), 64,
+                        [&](size_t i) { return tsv->bytes(i); }});
+    }
+    std::vector<std::vector<uint8_t>> synth;
+    if (large > 0) {
+      for (int k = 0; k < std::min(large, 64); ++k)
+        synth.push_back(clip::encode_jpeg(synthetic_photo(500, 375, uint32_t(k)), 90));
+      size_t total = 0;
+      for (auto& j : synth) total += j.size();
+      inputs.push_back({fmt::format("synthetic 500x375 JPEG q90 ({} distinct, mean {:.1f} KB) -> 224", synth.size(),
+                                    double(total) / synth.size() / 1024.0),
+                        size_t(large), 224, [&](size_t i) { return synth[i % synth.size()]; }});
+    }
+    std::vector<std::vector<uint8_t>> real;
+    if (!jpeg_dir.empty()) {
+      size_t total = 0;
+      for (const auto& p : jpegs_in(jpeg_dir)) {
+        std::string s = clip::read_file(p);
+        real.emplace_back(s.begin(), s.end());
+        total += s.size();
+      }
+      if (real.empty()) throw clip::UsageError("--jpegs: no *.jpg or *.jpeg in '" + jpeg_dir + "'");
+      const clip::Image first = clip::decode_image(real[0].data(), real[0].size());
+      inputs.push_back({fmt::format("{} ({} JPEGs, first {}x{}, mean {:.1f} KB) -> 224", jpeg_dir, real.size(),
+                                    first.width, first.height, double(total) / real.size() / 1024.0),
+                        real.size(), 224, [&](size_t i) { return real[i]; }});
+    }
 
-    std::vector<std::vector<uint8_t>> jpegs;
-    for (int k = 0; k < 8; ++k) jpegs.push_back(clip::encode_jpeg(synthetic_photo(500, 375, uint32_t(k)), 90));
-    size_t avg = 0;
-    for (auto& j : jpegs) avg += j.size() / jpegs.size();
-    inputs.push_back({fmt::format("synthetic 500x375 JPEG q90 (~{} KB) -> 224", avg / 1024), size_t(large), 224,
-                      [&](size_t i) {
-                        const auto& j = jpegs[i % jpegs.size()];
-                        return clip::decode_image(j.data(), j.size());
-                      }});
-
-    clip::out(fmt::format("| input | mode | threads | images/s | CPU ms/image |\n|---|---|---|---|---|\n"));
+    clip::out("| input | decode | mode | threads | images/s | CPU ms/image |\n|---|---|---|---|---|---|\n");
     for (const auto& in : inputs) {
       const size_t floats = size_t(3) * in.resolution * in.resolution;
-      auto work = [&](size_t i, float* out) { clip::preprocess_eval(in.decode(i), in.resolution, out); };
-      std::vector<float> one(floats);
-      Result plain = measure(in.count, min_seconds, [&](size_t n) {
-        for (size_t i = 0; i < n; ++i) work(i, one.data());
-      });
-      clip::out(fmt::format("| {} | plain loop | 1 | {:.0f} | {:.3f} |\n", in.name, plain.images_per_s,
-                            plain.cpu_ms_per_image));
+      // Alternate the modes per row so that machine drift hits them alike.
       std::vector<int> thread_counts = {1};
       if (all > 1) thread_counts.push_back(all);
-      for (int t : thread_counts) {
-        Result r = measure(in.count, min_seconds, [&](size_t n) {
-          clip::BatchPipeline pipe(n, size_t(batch), t, work, floats);
-          for (clip::BatchPipeline::Batch b; pipe.next(b);) {
+      for (int row = 0; row <= int(thread_counts.size()); ++row)
+        for (clip::DecodeMode mode : modes) {
+          auto work = [&](size_t i, float* out) {
+            const auto b = in.bytes(i);
+            clip::preprocess_eval_bytes(b.data(), b.size(), in.resolution, mode, out);
+          };
+          Result r;
+          std::string kind;
+          int t = 1;
+          if (row == 0) {
+            std::vector<float> one(floats);
+            r = measure(in.count, min_seconds, [&](size_t n) {
+              for (size_t i = 0; i < n; ++i) work(i, one.data());
+            });
+            kind = "plain loop";
+          } else {
+            t = thread_counts[size_t(row - 1)];
+            r = measure(in.count, min_seconds, [&](size_t n) {
+              clip::BatchPipeline pipe(n, size_t(batch), t, work, floats);
+              for (clip::BatchPipeline::Batch b; pipe.next(b);) {
+              }
+            });
+            kind = "BatchPipeline";
           }
-        });
-        clip::out(
-            fmt::format("| {} | BatchPipeline | {} | {:.0f} | {:.3f} |\n", in.name, t, r.images_per_s, r.cpu_ms_per_image));
+          clip::out(fmt::format("| {} | {} | {} | {} | {:.0f} | {:.3f} |\n", in.name, clip::decode_mode_name(mode), kind,
+                                t, r.images_per_s, r.cpu_ms_per_image));
+        }
+    }
+
+    // ------------------------------------------------------------------ fast against exact
+    if (std::find(modes.begin(), modes.end(), clip::DecodeMode::fast) == modes.end()) return 0;
+    clip::ClipModel model{nullptr};
+    std::string model_note;
+    if (cosine_images > 0) {
+      if (!mo.checkpoint.empty()) {
+        mo.towers = clip::Towers::vision;
+        clip::ModelSource src = clip::resolve_model(mo, /*need_vocab=*/false);
+        model = clip::build_model(src, clip::Towers::vision);
+        model_note = fmt::format("{} from {}", src.config.vision.name, mo.checkpoint);
+      } else {
+        clip::ModelConfig cfg;
+        cfg.vision = clip::vision_config(mo.vision_model);
+        model = clip::ClipModel(cfg, clip::Towers::vision);
+        model->initialize_parameters(0);
+        model_note = fmt::format("{}, random weights (cn_clip's initialisation, seed 0)", cfg.vision.name);
       }
+      model->eval();
+    }
+    clip::out(fmt::format("\nfast against exact ({}):\n\n| input | images | mean abs diff (0-255) | max abs diff | "
+                          "feature cosine mean | min | exact features of different images: mean cosine |\n"
+                          "|---|---|---|---|---|---|---|\n",
+                          model ? model_note : "pixels only"));
+    for (const auto& in : inputs) {
+      const bool use_model = model && in.resolution == model->config().vision.image_resolution;
+      const int R = in.resolution;
+      const size_t n = std::min(in.count, use_model ? size_t(cosine_images) : size_t(2000));
+      double abs_sum = 0;
+      int abs_max = 0;
+      auto px_exact = at::empty({int64_t(n), 3, R, R}), px_fast = at::empty({int64_t(n), 3, R, R});
+      for (size_t i = 0; i < n; ++i) {
+        const auto b = in.bytes(i);
+        const clip::Image ex = clip::convert_rgb(clip::resize_bicubic(clip::decode_image(b.data(), b.size()), R, R));
+        const clip::Image fa = clip::convert_rgb(
+            clip::resize_bicubic(clip::decode_image(b.data(), b.size(), clip::DecodeMode::fast, R), R, R));
+        for (size_t k = 0; k < ex.pixels.size(); ++k) {
+          const int d = std::abs(int(ex.pixels[k]) - int(fa.pixels[k]));
+          abs_sum += d;
+          abs_max = std::max(abs_max, d);
+        }
+        clip::to_chw_normalized(ex, px_exact[int64_t(i)].data_ptr<float>());
+        clip::to_chw_normalized(fa, px_fast[int64_t(i)].data_ptr<float>());
+      }
+      const double mad = abs_sum / double(n * size_t(3) * R * R);
+      std::string cos_mean = "-", cos_min = "-", cos_other = "-";
+      if (use_model) {
+        c10::InferenceMode guard;
+        std::vector<at::Tensor> fe, ff;
+        for (int64_t s = 0; s < int64_t(n); s += 8) {
+          const int64_t e = std::min<int64_t>(int64_t(n), s + 8);
+          fe.push_back(model->encode_image(px_exact.slice(0, s, e)));
+          ff.push_back(model->encode_image(px_fast.slice(0, s, e)));
+        }
+        auto a = at::cat(fe), b = at::cat(ff);
+        a = a / a.norm(2, -1, true);
+        b = b / b.norm(2, -1, true);
+        const auto c = (a * b).sum(-1).to(at::kDouble);
+        cos_mean = fmt::format("{:.6f}", c.mean().item<double>());
+        cos_min = fmt::format("{:.6f}", c.min().item<double>());
+        if (n > 1) cos_other = fmt::format("{:.4f}", (a * a.roll(1, 0)).sum(-1).to(at::kDouble).mean().item<double>());
+      }
+      clip::out(fmt::format("| {} | {} | {:.3f} | {} | {} | {} | {} |\n", in.name, n, mad, abs_max, cos_mean, cos_min,
+                            cos_other));
     }
     return 0;
   });

@@ -163,6 +163,67 @@ TEST_CASE("Pillow reference cases: PNG/JPEG variants decode and resize like Pill
   CHECK(checked >= 14);
 }
 
+TEST_CASE("--decode: exact stays Pillow's bytes, fast is a close image at the smallest scale M/8", "[image][decode]") {
+  const auto images = fixture_images();
+  REQUIRE(images.size() == 7);
+  const int R = 224;
+  // Expected output sizes of fast: the smallest M/8 keeping both sides >= 224 (8/8 when none does).
+  const std::map<long long, std::pair<int, int>> fast_size{
+      {1000002, {313, 235}},  // 500x375 RGB: 5/8
+      {1000015, {235, 313}},  // 375x500 L: 5/8
+      {1000231, {224, 224}},  // 224x224: 8/8
+      {1002399, {320, 240}},  // 320x240 CMYK: 8/8 (7/8 would give 210 rows)
+      {1003020, {225, 339}},  // 300x451: 6/8
+  };
+  std::vector<float> px_exact(3 * R * R), px_fast(3 * R * R);
+  for (const auto& fi : images) {
+    INFO("image " << fi.id);
+    const Image im = decode(fi.encoded);
+    // exact through the mode-taking entry point: the same bytes as decode_image.
+    const Image ex = decode_image(fi.encoded.data(), fi.encoded.size(), DecodeMode::exact, R);
+    CHECK(ex.width == im.width);
+    CHECK(ex.height == im.height);
+    CHECK(ex.pixels == im.pixels);
+    preprocess_eval_bytes(fi.encoded.data(), fi.encoded.size(), R, DecodeMode::exact, px_exact.data());
+    const std::string ref = read_file(testutil::fixture("expected/pixels/" + std::to_string(fi.id) + ".f32"));
+    REQUIRE(ref.size() == px_exact.size() * sizeof(float));
+    CHECK(std::memcmp(ref.data(), px_exact.data(), ref.size()) == 0);  // cn_clip's floats, bit for bit
+
+    const Image fa = decode_image(fi.encoded.data(), fi.encoded.size(), DecodeMode::fast, R);
+    CHECK(fa.mode == im.mode);
+    const auto want = fast_size.find(fi.id);
+    if (want == fast_size.end()) {  // PNG: not JPEG, decoded exactly
+      CHECK(fa.width == im.width);
+      CHECK(fa.pixels == im.pixels);
+      continue;
+    }
+    CHECK(fa.width == want->second.first);
+    CHECK(fa.height == want->second.second);
+    // The model input: close to exact's. The mean absolute difference of the resized RGB bytes
+    // stays small, and it is not zero (fast really decoded differently).
+    const Image a = convert_rgb(resize_bicubic(im, R, R)), b = convert_rgb(resize_bicubic(fa, R, R));
+    REQUIRE(a.pixels.size() == b.pixels.size());
+    double sum = 0;
+    for (size_t i = 0; i < a.pixels.size(); ++i) sum += std::abs(int(a.pixels[i]) - int(b.pixels[i]));
+    const double mad = sum / a.pixels.size();
+    INFO("mean abs difference " << mad);
+    CHECK(mad > 0.0);
+    CHECK(mad < 3.0);
+    preprocess_eval_bytes(fi.encoded.data(), fi.encoded.size(), R, DecodeMode::fast, px_fast.data());
+    std::vector<float> want_px(px_fast.size());
+    to_chw_normalized(b, want_px.data());
+    CHECK(std::memcmp(want_px.data(), px_fast.data(), want_px.size() * sizeof(float)) == 0);
+  }
+  // A JPEG smaller than the model resolution is decoded at 8/8 (no scaling).
+  const auto& jpeg = images[0].encoded;
+  const Image full = decode_image(jpeg.data(), jpeg.size(), DecodeMode::fast, 1000);
+  CHECK(full.width == 500);
+  CHECK(full.height == 375);
+  CHECK(std::string(decode_mode_name(DecodeMode::fast)) == "fast");
+  CHECK(std::string(decode_mode_name(DecodeMode::exact)) == "exact");
+  CHECK_THROWS_AS(decode_image(jpeg.data(), jpeg.size() / 2, DecodeMode::fast, R), DataError);  // truncated
+}
+
 TEST_CASE("resampling rules: copies, NEAREST for P/1, premultiplied alpha, argument checks", "[image]") {
   Image p;
   p.mode = PixelMode::P;

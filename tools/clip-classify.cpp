@@ -24,6 +24,7 @@ static int body(int argc, char** argv) {
                "with --ground-truth, the top-1/top-5 accuracy as one JSON object instead (--output keeps the predictions).",
                "clip-classify"};
   ModelOptions mo;
+  ImageOptions io;
   RuntimeOptions ro;
   std::string images, labels_path, template_set, ground_truth, output;
   std::vector<std::string> templates;
@@ -31,6 +32,7 @@ static int body(int argc, char** argv) {
   bool skip = false;
   add_model_options(app, mo);
   add_runtime_options(app, ro);
+  add_image_options(app, io);
   app.add_option("--images", images, "Images: a TSV (image_id<TAB>base64), a folder of photos, a file list or an LMDB imgs folder")
       ->required();
   app.add_option("--labels", labels_path, "Class names, one per line")->required();
@@ -51,7 +53,7 @@ static int body(int argc, char** argv) {
   for (const auto& t : templates) fill_template(t, "x");  // a template without {} is a usage error now
 
   const std::vector<std::string> labels = read_labels(labels_path);
-  Encoder enc(mo, ro);
+  Encoder enc(mo, ro, io);
   log_info("{} classes x {} templates", labels.size(), templates.size());
   at::Tensor classes = class_features(enc, labels, templates);
   ReadReport rep;

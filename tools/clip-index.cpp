@@ -22,6 +22,7 @@ static int body(int argc, char** argv) {
                "Outputs ending in .jsonl are cn_clip's feature files; any other name is a binary store (see docs/store-format.md).",
                "clip-index"};
   ModelOptions mo;
+  ImageOptions io;
   RuntimeOptions ro;
   DataOptions dopt;
   std::string image_out, text_out, dtype = "f32";
@@ -29,6 +30,7 @@ static int body(int argc, char** argv) {
   SidecarOptions side;
   add_model_options(app, mo);
   add_runtime_options(app, ro);
+  add_image_options(app, io);
   add_data_options(app, dopt);
   app.add_option("--image-out", image_out, "Image features: FILE.jsonl (cn_clip) or a store (e.g. FILE.clipfeat)");
   app.add_option("--text-out", text_out, "Text features: FILE.jsonl (cn_clip) or a store");
@@ -61,7 +63,7 @@ static int body(int argc, char** argv) {
 
   // Only the towers this job encodes with.
   mo.towers = image_out.empty() ? Towers::text : text_out.empty() ? Towers::vision : Towers::both;
-  Encoder enc(mo, ro);
+  Encoder enc(mo, ro, io);
   side.int8 = dtype == "i8";
   const StoreDtype dt = side.int8 ? StoreDtype::f16 : parse_store_dtype(dtype);
   const bool skip = dopt.skip_bad();

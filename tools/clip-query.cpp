@@ -30,6 +30,7 @@ static int body(int argc, char** argv) {
                "  clip-query --index part1.clipfeat --index part2.clipfeat --text \"海边的狗\" --nprobe 32",
                "clip-query"};
   ModelOptions mo;
+  ImageOptions io;
   RuntimeOptions ro;
   QueryOptions q;
   std::vector<std::string> index;
@@ -37,6 +38,7 @@ static int body(int argc, char** argv) {
   std::string format = "jsonl", montage, images_tsv;
   add_model_options(app, mo, /*checkpoint_required=*/false);
   add_runtime_options(app, ro);
+  add_image_options(app, io);
   add_search_options(app, index, so, "Feature store (or cn_clip JSONL features) to search");
   app.add_option("--text,-t", q.texts, "A text query (repeatable)");
   app.add_option("--text-file", q.text_file, "Text queries, one per line ('-' = stdin; also used when stdin is a pipe)");
@@ -71,7 +73,7 @@ static int body(int argc, char** argv) {
   const bool text_queries = !q.texts.empty() || !q.text_file.empty() || !q.texts_jsonl.empty();
   const bool image_queries = !q.image_paths.empty() || !q.query_tsv.empty();
   mo.towers = text_queries && image_queries ? Towers::both : text_queries ? Towers::text : Towers::vision;
-  Encoder enc(mo, ro);
+  Encoder enc(mo, ro, io);
   QueryResults res = run_queries(enc, coll, q, ro.threads);
   const OutFormat of = parse_out_format(format);
   out(format_results(res, store, of));

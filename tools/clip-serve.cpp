@@ -21,6 +21,7 @@ static int body(int argc, char** argv) {
                "  clip-serve --index test.img.clipfeat --port 7860   # then open http://127.0.0.1:7860/",
                "clip-serve"};
   ModelOptions mo;
+  ImageOptions io;
   RuntimeOptions ro;
   ServeOptions so;
   std::vector<std::string> index;
@@ -28,6 +29,7 @@ static int body(int argc, char** argv) {
   double max_upload_mb = static_cast<double>(so.max_upload_bytes) / (1 << 20);
   add_model_options(app, mo, /*checkpoint_required=*/false);
   add_runtime_options(app, ro);
+  add_image_options(app, io);
   add_search_options(app, index, search_opt, "Image feature store to search (its recorded checkpoint is used by default)");
   app.add_option("--images", so.images_tsv, "Images for thumbnails: TSV, photo folder, file list or LMDB (default: the store's source)");
   app.add_option("--host", so.host, "Address to listen on; anything but loopback exposes the server")->capture_default_str();
@@ -57,7 +59,7 @@ static int body(int argc, char** argv) {
   log_info("store {}: {} {} features in {} shard(s), dim {}; search: {}", index.front(), coll.size(), store.meta.kind,
            index.size(), store.dim, coll.method());
   fill_model_options_from_store(mo, store);
-  Encoder enc(mo, ro);
+  Encoder enc(mo, ro, io);
   Server server(enc, coll, so);
   const int port = server.bind();
   log_info("serving http://{}:{}/ (Ctrl-C stops)", so.host, port);

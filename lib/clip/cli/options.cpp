@@ -91,6 +91,17 @@ void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& 
   app.add_flag("--verbose,-v", ro.verbose, "Debug messages on stderr");
 }
 
+void add_image_options(CLI::App& app, ImageOptions& io) {
+  app.add_option_function<std::string>(
+         "--decode", [&io](const std::string& v) { io.decode = v == "fast" ? DecodeMode::fast : DecodeMode::exact; },
+         "Image decoding for the model: exact (Pillow's settings, pixels bit-identical to cn_clip) or fast (JPEG: "
+         "libjpeg-turbo decodes at the smallest scale M/8 keeping both sides >= the model resolution, fast IDCT, no "
+         "fancy upsampling; other formats as exact; its distance to exact: docs/benchmarks.md)")
+      ->check(CLI::IsMember({"exact", "fast"}))
+      ->type_name("MODE")
+      ->default_str("exact");
+}
+
 void add_data_options(CLI::App& app, DataOptions& d, bool with_split) {
   app.add_option("--data", d.data_dir,
                  "Dataset folder in the Flickr30k-CN layout ({split}_imgs.tsv, {split}_texts.jsonl) or cn_clip's LMDB "

@@ -1,7 +1,7 @@
 // The one option table: the flag groups that several tools share, registered on a CLI::App (or an
 // option group of one) with the same spelling, help and checks in every tool. The core takes the
 // plain structs (ModelOptions in model/loader.h, RuntimeOptions in base/runtime.h, DataOptions in
-// data/dataset.h, TrainOptions in train/train.h); only this layer knows CLI11.
+// data/dataset.h, ImageOptions in image/image.h, TrainOptions in train/train.h); only this layer knows CLI11.
 #pragma once
 #include <CLI/CLI.hpp>
 
@@ -10,6 +10,7 @@
 
 #include "clip/base/runtime.h"
 #include "clip/data/dataset.h"
+#include "clip/image/image.h"
 #include "clip/model/loader.h"
 
 namespace clip {
@@ -30,6 +31,9 @@ struct RuntimeFlags {
   std::string precision_help = "(fp16 on CUDA only; amp = bf16 autocast)";
 };
 void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& flags = {});
+
+// --decode exact|fast: how images are decoded for the model (tools that encode images).
+void add_image_options(CLI::App& app, ImageOptions& io);
 
 // --on-error stop|skip (the one error policy; also part of add_data_options).
 void add_on_error_option(CLI::App& app, std::string& on_error, const std::string& help = "");

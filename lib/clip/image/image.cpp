@@ -253,4 +253,10 @@ void preprocess_eval(const Image& im, int resolution, float* out, const std::arr
   to_chw_normalized(resized.mode == PixelMode::RGB ? resized : convert_rgb(resized), out, mean, std);
 }
 
+void preprocess_eval_bytes(const uint8_t* data, size_t n, int resolution, DecodeMode mode, float* out) {
+  preprocess_eval(decode_image(data, n, mode, resolution), resolution, out);
+}
+
+const char* decode_mode_name(DecodeMode m) { return m == DecodeMode::fast ? "fast" : "exact"; }
+
 }  // namespace clip

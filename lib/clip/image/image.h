@@ -48,6 +48,22 @@ constexpr uint64_t kMaxImagePixels = 2ull * 89478485ull;
 // the WebP and GIF cases of tests/data/image; BMP/PNM are not guaranteed identical. Details in
 // image_decode.cpp.
 Image decode_image(const uint8_t* data, size_t n);
+
+// How images are decoded for a model input (--decode).
+//  exact (default): decode_image above, Pillow's settings: pixels bit-identical to cn_clip's.
+//  fast: JPEGs are decoded by libjpeg-turbo at the smallest scale M/8 (M = 1..8) that keeps both sides
+//        at least `min_side` pixels (500x375 for a 224 model: 5/8, 313x235), with the fast integer
+//        IDCT (JDCT_IFAST) and without fancy upsampling; the eval transform that follows is the same
+//        bicubic squash. Other formats decode as in exact. Not bit-identical: docs/benchmarks.md
+//        gives the pixel differences and the feature cosine to exact.
+enum class DecodeMode { exact, fast };
+const char* decode_mode_name(DecodeMode m);  // "exact", "fast"
+// The image layer's settings that the tools expose (cli: --decode).
+struct ImageOptions {
+  DecodeMode decode = DecodeMode::exact;
+};
+// decode_image for a model input of min_side x min_side pixels (used by `fast` to pick the scale).
+Image decode_image(const uint8_t* data, size_t n, DecodeMode mode, int min_side);
 // Whether this build decodes "webp" (libwebp) or "gif" (giflib); JPEG and PNG always.
 bool image_format_supported(const std::string& name);
 
@@ -63,6 +79,8 @@ Image convert_rgb(const Image& im);  // Pillow's convert('RGB') for every mode
 // written to out[3*R*R].
 void preprocess_eval(const Image& im, int resolution, float* out, const std::array<float, 3>& mean = kClipMean,
                      const std::array<float, 3>& std = kClipStd);
+// Encoded bytes -> decode_image(data, n, mode, resolution) -> preprocess_eval.
+void preprocess_eval_bytes(const uint8_t* data, size_t n, int resolution, DecodeMode mode, float* out);
 // RGB image (any size) -> CHW normalised floats (ToTensor + Normalize only).
 void to_chw_normalized(const Image& rgb, float* out, const std::array<float, 3>& mean = kClipMean,
                        const std::array<float, 3>& std = kClipStd);

@@ -8,6 +8,8 @@
 //    the last scanline is an error, as Pillow's "image file is truncated" (in practice a missing EOI
 //    marker already is, because libjpeg needs it to finish the last MCU row); bytes after the EOI
 //    are ignored.
+//    DecodeMode::fast (not Pillow's settings, opt-in): libjpeg-turbo's scaled decoding at the smallest
+//    M/8 that keeps both sides >= the model resolution, JDCT_IFAST, no fancy upsampling.
 //  * PNG through libpng, no colour transforms (gamma, sRGB, iCCP are ignored as in Pillow):
 //    1-bit grey -> "1"; 2/4-bit grey -> L scaled by 0x55/0x11; 8-bit grey -> L (tRNS ignored);
 //    grey+alpha -> LA; RGB -> RGB; RGBA -> RGBA; palette (1/2/4/8 bit) -> P with the PLTE colours
@@ -77,6 +79,8 @@ struct JpegCtx {
   char message[JMSG_LENGTH_MAX] = {0};
   bool scanlines_done = false;
   bool truncated = false;
+  bool fast = false;  // DecodeMode::fast
+  int min_side = 0;   // fast: the smallest output side wanted (0: no scaling)
 };
 
 JpegCtx* ctx_of(j_common_ptr cinfo) { return static_cast<JpegCtx*>(cinfo->client_data); }
@@ -160,6 +164,19 @@ bool jpeg_decode_into(JpegCtx* ctx, const uint8_t* data, size_t n, Image* out) {
     jpeg_destroy_decompress(cinfo);
     return false;
   }
+  if (ctx->fast) {
+    cinfo->dct_method = JDCT_IFAST;
+    cinfo->do_fancy_upsampling = FALSE;
+    // The smallest scale M/8 whose output keeps both sides >= min_side (8/8 when none does).
+    for (unsigned m = 1; m <= 8; ++m) {
+      cinfo->scale_num = m;
+      cinfo->scale_denom = 8;
+      jpeg_calc_output_dimensions(cinfo);
+      if (ctx->min_side <= 0 || (cinfo->output_width >= static_cast<JDIMENSION>(ctx->min_side) &&
+                                 cinfo->output_height >= static_cast<JDIMENSION>(ctx->min_side)))
+        break;
+    }
+  }
   jpeg_start_decompress(cinfo);
   out->width = static_cast<int>(cinfo->output_width);
   out->height = static_cast<int>(cinfo->output_height);
@@ -180,10 +197,12 @@ bool jpeg_decode_into(JpegCtx* ctx, const uint8_t* data, size_t n, Image* out) {
   return true;
 }
 
-Image decode_jpeg(const uint8_t* data, size_t n) {
+Image decode_jpeg(const uint8_t* data, size_t n, bool fast = false, int min_side = 0) {
   Image out;
   auto ctx = std::make_unique<JpegCtx>();
   std::memset(&ctx->cinfo, 0, sizeof ctx->cinfo);
+  ctx->fast = fast;
+  ctx->min_side = min_side;
   if (!jpeg_decode_into(ctx.get(), data, n, &out)) throw DataError(std::string("JPEG: ") + ctx->message);
   if (out.mode == PixelMode::CMYK)
     for (auto& v : out.pixels) v = static_cast<uint8_t>(255 - v);
@@ -634,6 +653,12 @@ Image decode_image(const uint8_t* data, size_t n) {
     }
     return hex;
   }() + ")");
+}
+
+Image decode_image(const uint8_t* data, size_t n, DecodeMode mode, int min_side) {
+  if (mode == DecodeMode::fast && data != nullptr && n >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF)
+    return decode_jpeg(data, n, /*fast=*/true, min_side);
+  return decode_image(data, n);
 }
 
 bool image_format_supported(const std::string& name) {

@@ -39,7 +39,8 @@ at::ScalarType parse_precision(const std::string& p, const at::Device& dev) {
 
 }  // namespace
 
-Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro) : st_(std::make_unique<State>()) {
+Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOptions& io)
+    : st_(std::make_unique<State>()), image_(io) {
   context_length_ = mo.context_length;
   batch_size_ = ro.batch_size;
   checkpoint_path_ = mo.checkpoint;
@@ -134,12 +135,39 @@ at::Tensor Encoder::encode_pixels(const at::Tensor& pixels) {
 }
 
 void Encoder::preprocess_image(const uint8_t* data, size_t n, float* out) const {
-  Image im = decode_image(data, n);
-  preprocess_eval(im, resolution(), out);
+  preprocess_eval_bytes(data, n, resolution(), image_.decode, out);
+}
+
+bool Encoder::on_cuda() const { return st_->device.is_cuda(); }
+
+at::Tensor Encoder::stage_pixels(const at::Tensor& pixels) const {
+  if (!st_->device.is_cuda()) return pixels;
+  // Page-locked host memory from LibTorch's caching host allocator: a block is reused only once the
+  // asynchronous copy that read it has finished, so a fresh tensor per batch is safe and cheap.
+  // Converting to the model's dtype here (fp16/bf16: half the bytes) is the rounding the device
+  // would apply to float32 input.
+  at::Tensor host = at::empty(pixels.sizes(), at::TensorOptions().dtype(st_->dtype).pinned_memory(true));
+  host.copy_(pixels);
+  return host;
+}
+
+at::Tensor Encoder::encode_pixels_async(const at::Tensor& staged) {
+  at::NoGradGuard ng;
+  compat::Bf16Autocast ac(st_->amp, st_->device);
+  at::Tensor x = staged.to(st_->device, st_->dtype, /*non_blocking=*/true);
+  auto f = st_->model->encode_image(x);
+  f = f.to(at::kFloat);
+  return f / f.norm(2, -1, true);
+}
+
+at::Tensor Encoder::features_to_cpu(const at::Tensor& f) const {
+  at::Tensor c = f.to(at::kCPU).contiguous();
+  if (st_->checkpoint) st_->checkpoint->check_intact();
+  return c;
 }
 
 nlohmann::json Encoder::preprocess_meta() const {
-  return {
+  nlohmann::json m = {
       {"model", config().name()},
       {"resolution", resolution()},
       {"mean", {kClipMean[0], kClipMean[1], kClipMean[2]}},
@@ -148,6 +176,9 @@ nlohmann::json Encoder::preprocess_meta() const {
       {"context_length", context_length_},
       {"vocab_sha256", tokenizer_->vocab_sha256()},
   };
+  // Recorded only when not the default, so that stores of the exact path keep their metadata as before.
+  if (image_.decode != DecodeMode::exact) m["decode"] = decode_mode_name(image_.decode);
+  return m;
 }
 
 }  // namespace clip

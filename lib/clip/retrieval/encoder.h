@@ -12,6 +12,7 @@
 
 #include "clip/model/config.h"
 #include "clip/base/runtime.h"
+#include "clip/image/image.h"
 #include "clip/model/loader.h"
 
 namespace clip {
@@ -25,7 +26,8 @@ class Encoder {
   // assumed), finds the vocab, moves the model to the device and precision, eval mode. Only the
   // towers of model.towers are built; float32 weights on the CPU are used in place from the
   // mapped checkpoint. Encoding throws IoError when the checkpoint file changed under its map.
-  Encoder(const ModelOptions& model, const RuntimeOptions& runtime);
+  // `image` chooses how images are decoded for the model (--decode; exact by default).
+  Encoder(const ModelOptions& model, const RuntimeOptions& runtime, const ImageOptions& image = {});
   // An encoder over a model that lives elsewhere (the trainer's, for validation): shares its weights
   // on their device and dtype, with bf16 autocast when `amp`; no checkpoint, no weights hash.
   Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, int context_length, int batch_size, bool amp);
@@ -42,8 +44,22 @@ class Encoder {
   at::Tensor encode_ids(const at::Tensor& ids);
   // Preprocessed pixels [N, 3, R, R] float32 (any device) -> L2-normalised features [N, E] float32 CPU.
   at::Tensor encode_pixels(const at::Tensor& pixels);
-  // Encoded image file bytes -> normalised CHW floats (3*R*R) with this model's eval transform.
+  // Encoded image file bytes -> normalised CHW floats (3*R*R) with this model's eval transform,
+  // decoded as image_options().decode says.
   void preprocess_image(const uint8_t* data, size_t n, float* out) const;
+  const ImageOptions& image_options() const { return image_; }
+
+  // The overlapped path of encode_images: pixels [N, 3, R, R] float32 on the CPU -> a host tensor
+  // ready for the device (on CUDA: page-locked, in the model's dtype; on the CPU: `pixels` itself),
+  // then -> L2-normalised features [N, E] float32 left on the model's device. The upload is
+  // asynchronous (non_blocking from pinned memory) and nothing waits for the forward pass: the
+  // caller brings the result to the CPU (`.to(at::kCPU)`) when it needs it, which synchronises.
+  at::Tensor stage_pixels(const at::Tensor& pixels) const;
+  at::Tensor encode_pixels_async(const at::Tensor& staged);
+  // Copies features from encode_pixels_async to the CPU (waiting for them) and checks the mapped
+  // checkpoint is intact, as encode_pixels does.
+  at::Tensor features_to_cpu(const at::Tensor& f) const;
+  bool on_cuda() const;
 
   int resolution() const;
   int context_length() const { return context_length_; }
@@ -68,6 +84,7 @@ class Encoder {
   mutable std::string weights_hash_;
   int context_length_ = 52;
   int batch_size_ = 64;
+  ImageOptions image_;
 };
 
 }  // namespace clip

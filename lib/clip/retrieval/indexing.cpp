@@ -1,6 +1,7 @@
 #include "clip/retrieval/indexing.h"
 
 #include <cstdio>
+#include <deque>
 
 #include "clip/retrieval/ann.h"
 #include "clip/retrieval/int8.h"
@@ -41,6 +42,18 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
       item, 4, skip_errors);
   EncodedSet set;
   std::vector<at::Tensor> parts;
+  // Overlap on CUDA: while the workers decode ahead, each batch is staged in pinned memory, uploaded
+  // asynchronously and its forward pass queued without waiting; the features of a batch are brought
+  // back (which waits for that batch only) once `in_flight` newer batches are queued behind it, so
+  // the device always has work and host memory stays bounded. On the CPU every batch completes at once.
+  const size_t in_flight = enc.on_cuda() ? 2 : 0;
+  std::deque<at::Tensor> pending;  // device features, oldest first
+  auto drain = [&](size_t keep) {
+    while (pending.size() > keep) {
+      parts.push_back(enc.features_to_cpu(pending.front()));
+      pending.pop_front();
+    }
+  };
   Progress prog("encode images", static_cast<int64_t>(n), "img");
   for (BatchPipeline::Batch b; pipe.next(b);) {
     for (const auto& [i, why] : b.errors) {
@@ -49,7 +62,10 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
     }
     if (!b.items.empty()) {
       auto px = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, r, r}, at::kFloat);
-      parts.push_back(enc.encode_pixels(px));
+      // b.data is recycled by the next pipe.next(): staging copies it on CUDA, and on the CPU the
+      // forward pass has finished reading it before encode_pixels_async returns.
+      pending.push_back(enc.encode_pixels_async(enc.stage_pixels(px)));
+      drain(in_flight);
       for (size_t i : b.items) {
         set.ids.push_back(tsv.id(row_of(i)));
         std::string name = tsv.name(row_of(i));
@@ -58,6 +74,7 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
     }
     prog.add(static_cast<int64_t>(b.items.size() + b.errors.size()));
   }
+  drain(0);
   prog.finish();
   set.features = parts.empty() ? at::empty({0, enc.embed_dim()}, at::kFloat) : at::cat(parts, 0);
   if (!set.skipped.empty()) log_warn("{} of {} images skipped", set.skipped.size(), n);
@@ -154,6 +171,12 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
       throw DataError("cannot append to '" + path + "': it holds " + old.meta.kind + " features of weights " +
                       old.meta.weights_hash + ", these are " + meta.kind + " features of weights " + meta.weights_hash +
                       "; index into a new store instead");
+    auto decode_of = [](const nlohmann::json& pre) {
+      return pre.is_object() && pre.contains("decode") ? pre["decode"].get<std::string>() : std::string("exact");
+    };
+    if (decode_of(old.meta.preprocess) != decode_of(meta.preprocess))
+      log_warn("appending features of --decode {} to '{}', whose rows were made with --decode {}: the store mixes both",
+               decode_of(meta.preprocess), path, decode_of(old.meta.preprocess));
     // Refuse before the store changes when the index beside it is not the store's.
     if (side.ann_factory.empty() && file_exists(ann_file)) AnnIndex::open(ann_file, old, {});
     AppendOptions opt;

@@ -125,8 +125,11 @@ class DecodePool {
     std::vector<uint8_t> bytes;
     std::promise<Image> done;
   };
-  DecodePool(int threads, size_t max_queue) : st_(std::make_shared<State>()) {
+  // mode/min_side: the encoder's --decode and resolution (decode_image(data, n, mode, min_side)).
+  DecodePool(int threads, size_t max_queue, DecodeMode mode, int min_side) : st_(std::make_shared<State>()) {
     st_->max_queue = std::max<size_t>(1, max_queue);
+    st_->mode = mode;
+    st_->min_side = min_side;
     for (int i = 0; i < std::max(1, threads); ++i) std::thread([st = st_] { run(st); }).detach();
   }
   ~DecodePool() { stop(); }
@@ -164,6 +167,8 @@ class DecodePool {
     std::deque<std::shared_ptr<Job>> queue;
     size_t max_queue = 16;
     bool stop = false;
+    DecodeMode mode = DecodeMode::exact;
+    int min_side = 0;
   };
   static void run(std::shared_ptr<State> st) {
     for (;;) {
@@ -176,7 +181,7 @@ class DecodePool {
         st->queue.pop_front();
       }
       try {
-        job->done.set_value(decode_image(job->bytes.data(), job->bytes.size()));
+        job->done.set_value(decode_image(job->bytes.data(), job->bytes.size(), st->mode, st->min_side));
       } catch (...) {
         job->done.set_exception(std::current_exception());
       }
@@ -623,7 +628,8 @@ Server::Server(Encoder& enc, const Collection* coll, const FeatureSet& fs, Serve
   };
   if (o.decode_threads < 1) throw UsageError("--decode-threads must be at least 1");
   if (o.decode_timeout_ms < 1) throw UsageError("--decode-timeout-ms must be at least 1");
-  im_->decoder = std::make_unique<DecodePool>(o.decode_threads, static_cast<size_t>(std::max(1, o.decode_queue)));
+  im_->decoder = std::make_unique<DecodePool>(o.decode_threads, static_cast<size_t>(std::max(1, o.decode_queue)),
+                                              enc.image_options().decode, enc.resolution());
   im_->setup_routes();
   im_->batcher = std::thread([this] { im_->batch_loop(); });
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# --decode exact|fast: the default is exact (byte-identical features to no flag), fast is accepted by
+# every tool that decodes images for the model, gives features close to exact's (and different for
+# JPEGs), is recorded in a store's preprocessing metadata, and a bad value is a usage error (exit 2).
+# Usage: decode.sh BIN_DIR SOURCE_DIR SHARED_DIR
+set -u
+bin=$1 src=$2 shared=$3
+F=$shared/fixtures/cnclip-tiny
+PY=/usr/bin/python3
+source "$(dirname "$0")/checks.bash" decode
+MODEL=(-c "$F/checkpoints/vit_bert.pt" --vision-model "$F/configs/ViT-Tiny-P32.json"
+       --text-model "$F/configs/RBT-Tiny-H64-L2.json" --vocab "$F/vocab.txt" -q)
+
+"$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --image-out "$tmp/default.jsonl"
+check "clip-index without --decode: exit 0" test $? -eq 0
+"$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --image-out "$tmp/exact.jsonl" --decode exact
+check "clip-index --decode exact: exit 0" test $? -eq 0
+check "--decode exact is the default (same bytes)" cmp -s "$tmp/default.jsonl" "$tmp/exact.jsonl"
+"$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --image-out "$tmp/fast.jsonl" --decode fast
+check "clip-index --decode fast: exit 0" test $? -eq 0
+$PY - "$tmp" >"$tmp/cos.txt" <<'PY'
+import json, math, sys
+t = sys.argv[1]
+load = lambda n: {d["image_id"]: d["feature"] for d in map(json.loads, open(f"{t}/{n}.jsonl"))}
+ex, fa = load("exact"), load("fast")
+assert ex.keys() == fa.keys(), (ex.keys(), fa.keys())
+cos = {i: sum(a * b for a, b in zip(ex[i], fa[i])) for i in ex}
+print("min", min(cos.values()))
+print("differ", sum(ex[i] != fa[i] for i in ex))
+print("png_same", int(ex[1000562] == fa[1000562] and ex[1001004] == fa[1001004]))
+PY
+check "fast features: cosine to exact >= 0.99 for every image" awk '$1=="min" && $2+0 >= 0.99 {ok=1} END {exit !ok}' "$tmp/cos.txt"
+check "fast features differ from exact for the JPEGs (5 of 7)" has "$tmp/cos.txt" "differ 5"
+check "fast leaves PNGs exact" has "$tmp/cos.txt" "png_same 1"
+
+"$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --image-out "$tmp/fast.clipfeat" --decode fast
+check "store of --decode fast: exit 0" test $? -eq 0
+check "a --decode fast store records it in its preprocessing metadata" grep -aq '"decode":"fast"' "$tmp/fast.clipfeat"
+"$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --image-out "$tmp/exact.clipfeat"
+check "an exact store records no decode key (metadata as before)" bash -c "! grep -aq '\"decode\"' '$tmp/exact.clipfeat'"
+
+"$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --image-out "$tmp/bogus.jsonl" --decode bogus 2>"$tmp/err.txt"
+check "--decode bogus: usage error, exit 2" test $? -eq 2
+check "--decode bogus: the message names the flag" has "$tmp/err.txt" "--decode"
+check "--decode bogus: nothing written" test ! -e "$tmp/bogus.jsonl"
+
+# The same flag, spelled the same, in every tool that decodes images for the model.
+for tool in clip-index clip-query clip-classify clip-serve; do
+  "$bin/$tool" --help >"$tmp/help.txt" 2>&1
+  check "$tool --help lists --decode" has "$tmp/help.txt" "--decode"
+done
+"$bin/clip-query" --index "$tmp/exact.clipfeat" "${MODEL[@]}" --query-images "$F/images.tsv" --decode fast -k 1 \
+  >"$tmp/q.jsonl"
+check "clip-query --decode fast --query-images: exit 0" test $? -eq 0
+check "clip-query --decode fast: one answer per image" test "$(wc -l <"$tmp/q.jsonl")" -eq 7
+"$bin/clip-query" --index "$tmp/exact.clipfeat" "${MODEL[@]}" --query-images "$F/images.tsv" --decode gpu -k 1 \
+  >/dev/null 2>&1
+check "clip-query --decode gpu (not offered): exit 2" test $? -eq 2
+exit $((fails > 0))
