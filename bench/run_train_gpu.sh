@@ -2,7 +2,8 @@
 # Training throughput on one GPU, clip-finetune's step (bench_train, C++; each --precision) against
 # Python cn_clip's (bench_train_python.py: fp32, bf16 autocast, bf16 autocast + fused AdamW, its own
 # fp16 amp) on the same card in the same run: ViT-B-16 + RoBERTa-wwm-ext-base-chinese, batch 128,
-# random weights and data already on the GPU. ONLY="cpp" runs the C++ lines alone.
+# random weights and data already on the GPU. ONLY="cpp" runs the C++ lines alone; SKIP_FP32=1 leaves
+# out the fp32 pair.
 #   bench/run_train_gpu.sh CNCLIP_DIR [BUILD_DIR]      (environment: BATCH=128 STEPS=20 WARMUP=5)
 # CNCLIP_DIR: a checkout of OFA-Sys/Chinese-CLIP (read only). BUILD_DIR: a scripts/gpu_build.sh build.
 # Prints the raw "bench ..." lines (with the allocator's peak memory) and each process's peak device
@@ -40,8 +41,10 @@ common=(--batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP")
 # CKPT_MODES="plain" skips the gradient-checkpointing half.
 modes=(""); [[ ${CKPT_MODES:-plain ckpt} == *ckpt* ]] && modes+=(--grad-checkpointing)
 for ckpt in "${modes[@]}"; do
+  if [[ -z ${SKIP_FP32:-} ]]; then
   with_peak "$BUILD_DIR/bin/bench_train" --device cuda --precision fp32 "${common[@]}" $ckpt
   [[ ${ONLY:-} != cpp ]] && with_peak "$PYTHON" bench/bench_train_python.py --cnclip "$CNCLIP" --precision fp32 "${common[@]}" $ckpt
+  fi
   with_peak "$BUILD_DIR/bin/bench_train" --device cuda --precision amp "${common[@]}" $ckpt
   with_peak "$BUILD_DIR/bin/bench_train" --device cuda --precision bf16 "${common[@]}" $ckpt
   with_peak "$BUILD_DIR/bin/bench_train" --device cuda --precision amp-fp16 "${common[@]}" $ckpt
