@@ -153,7 +153,7 @@ at::Tensor Encoder::stage_pixels(const at::Tensor& pixels) const {
 
 at::Tensor Encoder::encode_pixels_async(const at::Tensor& staged) {
   at::NoGradGuard ng;
-  compat::Bf16Autocast ac(st_->amp, st_->device);
+  compat::Autocast ac(st_->amp, st_->device);
   at::Tensor x = staged.to(st_->device, st_->dtype, /*non_blocking=*/true);
   auto f = st_->model->encode_image(x);
   f = f.to(at::kFloat);
