@@ -79,4 +79,10 @@ TensorData to_tensor_data(const at::Tensor& t) {
   return d;
 }
 
+at::Tensor stage_for_upload(const at::Tensor& host, at::ScalarType dtype) {
+  at::Tensor staged = at::empty(host.sizes(), at::TensorOptions().dtype(dtype).pinned_memory(true));
+  staged.copy_(host);
+  return staged;
+}
+
 }  // namespace clip

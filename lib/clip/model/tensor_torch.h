@@ -26,4 +26,10 @@ TensorData to_tensor_data(const at::Tensor& t);
 // this LibTorch has no CUDA or no GPU is visible.
 at::Device parse_device(const std::string& name);
 
+// A host tensor staged for an asynchronous upload to a CUDA device: a copy in page-locked memory
+// from LibTorch's caching host allocator (a block is reused only once the copy that read it has
+// finished, so a fresh one per batch is safe and cheap), converted to `dtype` on the way (the
+// rounding the device would apply to float32 input). Upload it with .to(device, non_blocking=true).
+at::Tensor stage_for_upload(const at::Tensor& host, at::ScalarType dtype);
+
 }  // namespace clip

@@ -142,13 +142,8 @@ bool Encoder::on_cuda() const { return st_->device.is_cuda(); }
 
 at::Tensor Encoder::stage_pixels(const at::Tensor& pixels) const {
   if (!st_->device.is_cuda()) return pixels;
-  // Page-locked host memory from LibTorch's caching host allocator: a block is reused only once the
-  // asynchronous copy that read it has finished, so a fresh tensor per batch is safe and cheap.
-  // Converting to the model's dtype here (fp16/bf16: half the bytes) is the rounding the device
-  // would apply to float32 input.
-  at::Tensor host = at::empty(pixels.sizes(), at::TensorOptions().dtype(st_->dtype).pinned_memory(true));
-  host.copy_(pixels);
-  return host;
+  // In the model's dtype (fp16/bf16: half the bytes), the rounding the device would apply.
+  return stage_for_upload(pixels, st_->dtype);
 }
 
 at::Tensor Encoder::encode_pixels_async(const at::Tensor& staged) {

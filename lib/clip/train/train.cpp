@@ -689,8 +689,11 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     std::vector<size_t> texts;
     for (size_t k = 0; k < b.items.size(); ++k) texts.push_back(tr.pairs[static_cast<size_t>(order[position(b.items[k])])].first);
     TrainBatch tb;
-    tb.pixels = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, R, R}, at::kFloat)
-                    .to(device_, false, /*copy=*/true);
+    at::Tensor px = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, R, R}, at::kFloat);
+    // CUDA: staged in page-locked memory and uploaded without blocking this thread (b.data is
+    // recycled by the next pipe.next()); elsewhere a copy.
+    tb.pixels = device_.is_cuda() ? stage_for_upload(px, plan_.upload_dtype).to(device_, /*non_blocking=*/true)
+                                  : px.to(device_, false, /*copy=*/true);
     tb.ids = tokens_of(texts).to(device_);
     micro.push_back(std::move(tb));
     if (static_cast<int64_t>(micro.size()) < o_.accum_freq) {

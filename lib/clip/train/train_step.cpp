@@ -64,6 +64,7 @@ PrecisionPlan precision_plan(const std::string& precision, const at::Device& dev
   }
   p.fused_adamw = device.is_cuda();
   p.training_kernels = device.is_cuda();
+  if (device.is_cuda()) p.upload_dtype = p.autocast ? p.autocast_dtype : at::kBFloat16;
   return p;
 }
 
