@@ -18,6 +18,7 @@
 #include <ctime>
 #include <fstream>
 #include <optional>
+#include <future>
 #include <thread>
 
 #include "clip/data/augment.h"
@@ -684,16 +685,34 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   std::vector<TrainBatch> micro;
   int64_t batch_index = first_batch;
   auto t_wait = std::chrono::steady_clock::now();
-  for (BatchPipeline::Batch b; pipe.next(b); ++batch_index) {
+  // The next batch is taken from the pipeline and staged (CUDA: copied into page-locked memory in
+  // the upload dtype; elsewhere copied out of the pipeline's recycled buffer) by a helper thread
+  // while this one runs the current step, so that the device does not wait for the copy.
+  struct Staged {
+    BatchPipeline::Batch batch;
+    at::Tensor pixels;
+    bool ok = false;
+  };
+  auto fetch = [&pipe, R, this]() {
+    Staged s;
+    s.ok = pipe.next(s.batch);
+    if (s.ok) {
+      at::Tensor px = at::from_blob(s.batch.data.data(), {static_cast<int64_t>(s.batch.items.size()), 3, R, R}, at::kFloat);
+      s.pixels = device_.is_cuda() ? stage_for_upload(px, plan_.upload_dtype) : px.clone();
+    }
+    return s;
+  };
+  std::future<Staged> ahead = std::async(std::launch::async, fetch);
+  for (;; ++batch_index) {
+    Staged cur = ahead.get();
+    if (!cur.ok) break;
+    ahead = std::async(std::launch::async, fetch);
+    const BatchPipeline::Batch& b = cur.batch;
     data_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_wait).count();
     std::vector<size_t> texts;
     for (size_t k = 0; k < b.items.size(); ++k) texts.push_back(tr.pairs[static_cast<size_t>(order[position(b.items[k])])].first);
     TrainBatch tb;
-    at::Tensor px = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, R, R}, at::kFloat);
-    // CUDA: staged in page-locked memory and uploaded without blocking this thread (b.data is
-    // recycled by the next pipe.next()); elsewhere a copy.
-    tb.pixels = device_.is_cuda() ? stage_for_upload(px, plan_.upload_dtype).to(device_, /*non_blocking=*/true)
-                                  : px.to(device_, false, /*copy=*/true);
+    tb.pixels = device_.is_cuda() ? cur.pixels.to(device_, /*non_blocking=*/true) : cur.pixels;
     tb.ids = tokens_of(texts).to(device_);
     micro.push_back(std::move(tb));
     if (static_cast<int64_t>(micro.size()) < o_.accum_freq) {
