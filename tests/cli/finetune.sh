@@ -58,6 +58,17 @@ check "stopped run is resumable, not done" test ! -e "$tmp/b/DONE"
 check "resume exit 0" test $? -eq 0
 check "resumed run done" test -e "$tmp/b/DONE"
 
+# The same with a mixed precision: --resume alone keeps the run's precision (it once fell back to fp32).
+for p in amp bf16; do
+  "$bin/clip-finetune" "${common[@]}" --precision $p --max-steps 4 --no-validation -o "$tmp/$p-a" -q
+  "$bin/clip-finetune" "${common[@]}" --precision $p --max-steps 4 --no-validation -o "$tmp/$p-b" --stop-after-steps 2 -q
+  "$bin/clip-finetune" --resume "$tmp/$p-b" -q
+  check "$p: resume exit 0" test $? -eq 0
+  check "$p: the resumed run keeps --precision $p" has "$tmp/$p-b/params.json" "\"precision\": \"$p\""
+  check "$p: resumed losses equal the uninterrupted run's" test \
+    "$(grep -o '"loss":[^,]*' "$tmp/$p-a/metrics.jsonl")" = "$(grep -o '"loss":[^,]*' "$tmp/$p-b/metrics.jsonl")"
+done
+
 # A diverging run stops with exit 6 and keeps its last good checkpoint.
 "$bin/clip-finetune" "${base[@]}" --lr 1e30 --warmup 1 --max-steps 6 --save-step-frequency 1 --no-validation \
   -o "$tmp/nan" 2>"$tmp/err4.txt"
@@ -75,6 +86,15 @@ assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state
 assert len(a["optimizer"]["param_groups"]) == 2
 PY
   check "torch.load: cn_clip layout, resumed weights identical" test $? -eq 0
+  for p in amp bf16; do
+    /usr/bin/python3 - "$tmp/$p-a/checkpoints/epoch_latest.pt" "$tmp/$p-b/checkpoints/epoch_latest.pt" <<'PY'
+import sys, torch
+a, b = (torch.load(p, map_location="cpu") for p in sys.argv[1:3])
+assert all(t.dtype == torch.float32 for t in a["state_dict"].values() if t.is_floating_point())
+assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"]), "resumed weights differ"
+PY
+    check "$p: float32 checkpoints, resumed weights identical" test $? -eq 0
+  done
 else
   echo "skip: /usr/bin/python3 without torch"
 fi

@@ -76,7 +76,7 @@ void add_model_options(CLI::App& app, ModelOptions& mo, bool checkpoint_required
 }
 
 void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& f) {
-  ro.precision = f.default_precision;
+  if (!f.default_precision.empty()) ro.precision = f.default_precision;
   app.add_option("--threads,-j", ro.threads, "CPU threads (0 = all cores)")->capture_default_str()->check(CLI::NonNegativeNumber);
   if (f.device) app.add_option("--device", ro.device, "cpu, cuda or cuda:N")->capture_default_str();
   if (f.precision) {
@@ -194,6 +194,7 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
   auto* r = app.add_option_group("Runtime");
   RuntimeFlags rf;
   rf.precisions = {"fp32", "amp", "bf16", "amp-fp16"};
+  rf.default_precision.clear();  // keep o's: fp32 for a new run, the run's own precision on --resume
   rf.precision_help =
       "(fp32: cn_clip's step to the last digit; amp: bf16 autocast; bf16: bf16 weights and activations with float32 "
       "master weights, the fastest on GPUs; amp-fp16: cn_clip's own --precision amp, fp16 autocast with a dynamic loss "

@@ -26,7 +26,7 @@ void add_model_options(CLI::App& app, ModelOptions& mo, bool checkpoint_required
 struct RuntimeFlags {
   bool device = true, precision = true, batch_size = true;
   std::vector<std::string> precisions{"fp32", "bf16", "fp16", "amp"};
-  std::string default_precision = "fp32";
+  std::string default_precision = "fp32";  // empty: keep the value the options already hold
   std::string batch_help = "Batch size";
   std::string precision_help = "(fp16 on CUDA only; amp = bf16 autocast)";
 };
