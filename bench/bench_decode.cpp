@@ -3,13 +3,14 @@
 // every core, against a plain loop; then how far `fast` is from `exact`: pixel differences of the
 // preprocessed 8-bit image and the cosine similarity of ViT image features.
 //
-//   build/bin/bench_decode [--data data/shapes-zh] [--split train] [--large 400] [--jpegs DIR]
+//   build/bin/bench_decode [--data data/shapes-zh] [--split train] [--large 400] [--jpegs DIR] [--images TSV]
 //                          [--decode exact,fast] [--min-seconds 2] [--cosine-images 32]
 //                          [--checkpoint CKPT | --vision-model ViT-B-16]
 //
 // Inputs: the embedded demo split (80x80 JPEGs, preprocessed to 64x64, the demo model's input),
 // synthetic 500x375 photo-like JPEGs at quality 90 (the typical Flickr30k size, preprocessed to the
-// model resolution, 224) and, with --jpegs, every *.jpg/*.jpeg of a folder (preprocessed to 224).
+// model resolution, 224) and, with --jpegs, every *.jpg/*.jpeg of a folder, with --images the rows
+// of an images TSV (both preprocessed to 224).
 // Prints Markdown tables on stdout: wall-clock images/s and process CPU time per image (the latter
 // shows the pipeline's overhead even on a busy machine); then, per input of model-sized photos,
 // the mean and largest absolute difference of the preprocessed RGB bytes (R x R, 0-255), and the
@@ -29,6 +30,7 @@
 #include <ctime>
 #include <dirent.h>
 #include <functional>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -150,6 +152,9 @@ int main(int argc, char** argv) {
     app.add_option("--split", split, "Split to read")->capture_default_str();
     app.add_option("--large", large, "Number of synthetic 500x375 JPEGs (0: none)")->capture_default_str();
     app.add_option("--jpegs", jpeg_dir, "Also a folder of real JPEGs (*.jpg, *.jpeg), preprocessed to 224");
+    std::string images_tsv;
+    app.add_option("--images", images_tsv,
+                   "Also an images TSV (e.g. bench/bench_index_python.py make-data's), preprocessed to 224");
     app.add_option("--decode", modes_arg, "Decode modes to compare, comma-separated: exact, fast")->capture_default_str();
     app.add_option("--batch-size", batch, "Pipeline batch size")->capture_default_str();
     app.add_option("--threads,-j", threads, "Pipeline threads of the many-thread rows (0 = all cores)")->capture_default_str();
@@ -208,6 +213,17 @@ int main(int argc, char** argv) {
       inputs.push_back({fmt::format("{} ({} JPEGs, first {}x{}, mean {:.1f} KB) -> 224", jpeg_dir, real.size(),
                                     first.width, first.height, double(total) / real.size() / 1024.0),
                         real.size(), 224, [&](size_t i) { return real[i]; }});
+    }
+
+    std::unique_ptr<clip::ImageTsv> extra;
+    if (!images_tsv.empty()) {
+      extra = std::make_unique<clip::ImageTsv>(images_tsv, report, true);
+      if (extra->size() == 0) throw clip::UsageError("--images: no rows in '" + images_tsv + "'");
+      const auto b0 = extra->bytes(0);
+      const clip::Image first = clip::decode_image(b0.data(), b0.size());
+      inputs.push_back({fmt::format("{} ({} images, first {}x{}, {:.1f} KB) -> 224", images_tsv, extra->size(), first.width,
+                                    first.height, double(b0.size()) / 1024.0),
+                        extra->size(), 224, [&](size_t i) { return extra->bytes(i); }});
     }
 
     clip::out("| input | decode | mode | threads | images/s | CPU ms/image |\n|---|---|---|---|---|---|\n");

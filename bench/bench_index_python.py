@@ -33,7 +33,6 @@ import argparse
 import base64
 import io
 import json
-import math
 import os
 import struct
 import sys
@@ -298,12 +297,11 @@ def compare(a):
     common = [i for i in A if i in B]
     if not common:
         sys.exit(f"compare: no common ids in {a.a} and {a.b}")
-    cos = []
-    for i in common:
-        x, y = A[i], B[i]
-        nx, ny = math.sqrt(sum(v * v for v in x)), math.sqrt(sum(v * v for v in y))
-        cos.append(sum(p * q for p, q in zip(x, y)) / (nx * ny))
-    print(f"compare a={a.a} b={a.b} rows={len(common)} cos_mean={sum(cos) / len(cos):.6f} cos_min={min(cos):.6f}")
+    import torch
+    x = torch.tensor([list(A[i]) for i in common], dtype=torch.float64)
+    y = torch.tensor([list(B[i]) for i in common], dtype=torch.float64)
+    cos = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))
+    print(f"compare a={a.a} b={a.b} rows={len(common)} cos_mean={cos.mean().item():.6f} cos_min={cos.min().item():.6f}")
 
 
 def main():
