@@ -401,6 +401,45 @@ TEST_CASE("gradient checkpointing trains exactly as without it", "[train][checkp
   }
 }
 
+TEST_CASE("bf16 training keeps float32 masters and rounds the model from them", "[train][precision]") {
+  // What the bf16 precision promises on any device: the moments and the update in float32, the
+  // model's low-precision copy rounded from the master after every step, float32 tensors wherever
+  // cn_clip's fp16 layout keeps them, and the masters as what checkpoints hold.
+  ClipModel m = fixture_model("vit");
+  m->train();
+  const PrecisionPlan plan = precision_plan("bf16", at::kCPU);
+  CHECK(plan.bf16_weights);
+  CHECK_FALSE(plan.autocast);
+  CHECK_FALSE(plan.fused_adamw);  // CPU: the single-tensor step
+  AdamW opt(trainable(m), AdamWOptions{1e-3, 0.9, 0.98, 1e-6, 0.2});
+  std::map<std::string, at::Tensor> fp32 = convert_to_bf16_training(m, opt);
+  REQUIRE(opt.has_master_weights());
+  REQUIRE(fp32.size() >= opt.params().size());
+  TrainBatch batch = fixture_batch();
+  for (int step = 0; step < 2; ++step) train_step(m, opt, {batch}, 1e-3, StepOptions{});
+  size_t low = 0;
+  for (size_t i = 0; i < opt.params().size(); ++i) {
+    const auto& p = opt.params()[i];
+    INFO(p.name);
+    CHECK(p.master.scalar_type() == at::kFloat);
+    CHECK(p.exp_avg.scalar_type() == at::kFloat);
+    CHECK(at::equal(p.tensor.detach(), p.master.to(p.tensor.scalar_type())));
+    CHECK(fp32.at(p.name).is_same(p.master));  // checkpoints read the masters
+    if (p.tensor.scalar_type() == at::kBFloat16) ++low;
+    else CHECK(ClipModelImpl::keeps_float32(p.name));
+  }
+  CHECK(low > 0);
+}
+
+TEST_CASE("precision names: amp-fp16 needs CUDA, unknown names are usage errors", "[train][precision]") {
+  CHECK_THROWS_AS(precision_plan("amp-fp16", at::kCPU), UsageError);
+  CHECK_THROWS_AS(precision_plan("fp16", at::kCPU), UsageError);
+  CHECK_FALSE(precision_plan("fp32", at::kCPU).autocast);
+  CHECK(precision_plan("amp", at::kCPU).autocast);
+  CHECK(precision_plan("amp", at::kCPU).autocast_dtype == at::kBFloat16);
+  CHECK_FALSE(precision_plan("amp", at::kCPU).fused_adamw);
+}
+
 TEST_CASE("a non-finite loss stops before the optimizer step", "[train][nan]") {
   ClipModel m = fixture_model("vit");
   m->train();
