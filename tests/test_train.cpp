@@ -416,7 +416,14 @@ TEST_CASE("bf16 training keeps float32 masters and rounds the model from them", 
   REQUIRE(opt.has_master_weights());
   REQUIRE(fp32.size() >= opt.params().size());
   TrainBatch batch = fixture_batch();
+  const AdamW::Param* scale = nullptr;
+  for (const auto& p : opt.params())
+    if (p.name == "logit_scale") scale = &p;
+  REQUIRE(scale != nullptr);
+  scale->master.fill_(5.0);  // above cn_clip's clamp: the step must clamp the master, not only the model's copy
   for (int step = 0; step < 2; ++step) train_step(m, opt, {batch}, 1e-3, StepOptions{});
+  CHECK(scale->master.item<double>() <= kLogitScaleMax);
+  CHECK(m->logit_scale().item<double>() <= kLogitScaleMax);
   size_t low = 0;
   for (size_t i = 0; i < opt.params().size(); ++i) {
     const auto& p = opt.params()[i];

@@ -2,7 +2,6 @@
 // loading, state order, precision moves and cn_clip's random initialisation.
 #include "clip/model/model.h"
 
-#include <functional>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>

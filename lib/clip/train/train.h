@@ -95,8 +95,6 @@ class AdamW {
   bool has_master_weights() const { return !params_.empty() && params_.front().master.defined(); }
   // The float32 value of parameter i (its master when kept, else the tensor itself).
   const at::Tensor& weight(size_t i) const { return params_[i].master.defined() ? params_[i].master : params_[i].tensor; }
-  // Moves masters and moments to `device` (after the model moved).
-  void to(const at::Device& device);
   // Parameters in PyTorch's index order (group 0 first); group_of(i) is 0 or 1.
   const std::vector<Param>& params() const { return params_; }
   size_t group_size(int group) const { return group == 0 ? n_no_decay_ : params_.size() - n_no_decay_; }

@@ -69,17 +69,6 @@ void AdamW::keep_master_weights() {
   }
 }
 
-void AdamW::to(const at::Device& device) {
-  for (auto& p : params_) {
-    if (p.master.defined()) p.master = p.master.to(device);
-    if (p.exp_avg.defined()) {
-      p.exp_avg = p.exp_avg.to(device);
-      p.exp_avg_sq = p.exp_avg_sq.to(device);
-    }
-    if (p.step_t.defined()) p.step_t = p.step_t.to(device);
-  }
-}
-
 int64_t AdamW::step_count(const Param& p) const {
   // The fused path counts on the device (a skipped step, found_inf, is not counted there).
   return p.step_t.defined() ? static_cast<int64_t>(p.step_t.item<float>()) : p.step;

@@ -174,6 +174,12 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
     at::_amp_update_scale_(sc.scale, sc.growth_tracker, found_inf, sc.growth, sc.backoff, sc.interval);
   }
   clamp_logit_scale(model);
+  {
+    // bf16 training: the master is what the next step updates, so it is clamped too.
+    at::NoGradGuard ng;
+    for (const auto& p : optimizer.params())
+      if (p.master.defined() && p.tensor.is_same(model->logit_scale())) p.master.clamp_(0.0, kLogitScaleMax);
+  }
   st.logit_scale = model->logit_scale().item<double>();
   return st;
 }
