@@ -34,7 +34,9 @@ ModelSource resolve_model(const ModelOptions& mo, bool need_vocab, const std::ve
   std::optional<ModelConfig> carried;
   std::string carried_from;
   if (!mo.checkpoint.empty()) {
+    log_debug("reading checkpoint {}", mo.checkpoint);
     src.checkpoint = load_checkpoint(mo.checkpoint);
+    log_debug("checkpoint read: {} tensors", src.checkpoint->state_dict.keys.size());
     carried = carried_config(*src.checkpoint);
     carried_from = mo.checkpoint;
     if (src.checkpoint->had_module_prefix) log_debug("stripped 'module.' from checkpoint keys");
@@ -81,9 +83,14 @@ ClipModel build_model(const ModelSource& src, Towers towers, WeightUse use) {
   // A strict load overwrites every parameter: filling them first would only cost time and memory.
   ParamFillScope fill(src.checkpoint ? ParamFill::uninitialised : ParamFill::values);
   ClipModel model(src.config, towers);
+  log_debug("model built");
   if (src.checkpoint) {
-    load_weights(model, src.checkpoint->state_dict, /*strict=*/true, use);
+    std::vector<std::pair<const void*, size_t>> mapped;
+    for (const auto& m : src.checkpoint->maps)
+      if (m) mapped.emplace_back(m->data(), m->size());
+    load_weights(model, src.checkpoint->state_dict, /*strict=*/true, use, mapped);
     src.checkpoint->check_intact();
+    log_debug("weights loaded");
   }
   return model;
 }

@@ -141,19 +141,35 @@ double build_ann(const FeatureSet& fs, const AnnBuildOptions& opt, const std::st
   return s;
 }
 
-void extend_ann(const std::string& path, const FeatureSet& old_store, const FeatureSet& fs) {
+void carry_ann(const std::string& from_path, const FeatureSet& from_store, const FeatureSet& fs,
+               const std::string& to_path) {
   std::string factory;
-  auto index = read_ann(path, old_store, &factory);
-  for (int64_t r = 0; r < old_store.size(); ++r)
-    if (old_store.ids[r] != fs.ids[r])
-      throw DataError(fmt::format("cannot update {} '{}': rows of the store moved; {}", kWhat, path, remedy(fs.path)));
+  auto index = read_ann(from_path, from_store, &factory);
+  if (fs.size() < from_store.size() || fs.dim != from_store.dim)
+    throw DataError(fmt::format("cannot carry {} '{}' over to '{}': it does not start with the rows of '{}'; {}", kWhat,
+                                from_path, fs.path, from_store.path, remedy(fs.path)));
+  for (int64_t r = 0; r < from_store.size(); ++r)
+    if (from_store.ids[r] != fs.ids[r])
+      throw DataError(fmt::format("cannot update {} '{}': rows of the store moved; {}", kWhat, from_path, remedy(fs.path)));
   try {
-    add_rows(index.get(), fs, old_store.size(), fs.size());
+    add_rows(index.get(), fs, from_store.size(), fs.size());
   } catch (const faiss::FaissException& e) {
-    throw DataError(fmt::format("cannot add rows to {} '{}' ({}): {}", kWhat, path, e.what(), remedy(fs.path)));
+    throw DataError(fmt::format("cannot add rows to {} '{}' ({}): {}", kWhat, from_path, e.what(), remedy(fs.path)));
   }
-  write_ann(path, index.get(), factory, fs);
-  log_info("added {} rows to {}", fs.size() - old_store.size(), path);
+  write_ann(to_path, index.get(), factory, fs);
+  log_info("added {} rows to {} ({})", fs.size() - from_store.size(), to_path, factory);
+}
+
+void extend_ann(const std::string& path, const FeatureSet& old_store, const FeatureSet& fs) {
+  carry_ann(path, old_store, fs, path);
+}
+
+std::string ann_factory_of(const std::string& path) {
+  try {
+    return read_sidecar(path, kAnnMagic, kAnnVersion, kWhat, "").header.value("factory", "");
+  } catch (const Error&) {
+    return {};
+  }
 }
 
 std::unique_ptr<AnnIndex> AnnIndex::open(const std::string& path, const FeatureSet& fs, const AnnParams& p) {
@@ -219,6 +235,14 @@ const std::string& AnnIndex::factory() const { return im_->factory; }
 const std::string& AnnIndex::path() const { return im_->path; }
 double build_ann(const FeatureSet&, const AnnBuildOptions&, const std::string&) { no_faiss(); }
 void extend_ann(const std::string&, const FeatureSet&, const FeatureSet&) { no_faiss(); }
+void carry_ann(const std::string&, const FeatureSet&, const FeatureSet&, const std::string&) { no_faiss(); }
+std::string ann_factory_of(const std::string& path) {
+  try {
+    return read_sidecar(path, kAnnMagic, kAnnVersion, kWhat, "").header.value("factory", "");
+  } catch (const Error&) {
+    return {};
+  }
+}
 std::unique_ptr<AnnIndex> AnnIndex::open(const std::string&, const FeatureSet&, const AnnParams&) { no_faiss(); }
 std::vector<std::vector<int64_t>> AnnIndex::candidates(const float*, int64_t, int64_t) const { no_faiss(); }
 
