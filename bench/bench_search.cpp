@@ -118,7 +118,7 @@ std::pair<double, std::vector<std::vector<Hit>>> per_query(const Collection& c, 
 
 void bench_ann(int64_t n, int64_t dim, int64_t nq, const std::string& stem, const std::vector<std::string>& factories,
                const std::vector<int>& nprobes, const std::vector<int>& efs, int64_t train, int64_t clusters,
-               const std::vector<std::string>& datasets, bool int8_dim) {
+               const std::vector<std::string>& datasets, bool int8_dim, int64_t int8_queries) {
   for (const std::string& data : datasets) {
     at::Tensor all = data == "clustered" ? clustered_data(n + nq, dim, clusters, 1) : random_data(n + nq, dim, 2);
     at::Tensor q = all.narrow(0, n, nq).clone();  // held out of the store
@@ -155,8 +155,8 @@ void bench_ann(int64_t n, int64_t dim, int64_t nq, const std::string& stem, cons
       build_int8(exact.front(), int8_path(path), scale);
       const double build_s = ms_since(t0) / 1e3;
       Collection c = Collection::open({path});
-      // A full scan per query: 200 of the held-out queries are enough for its recall.
-      const int64_t m = std::min<int64_t>(nq, 200);
+      // A full scan per query: a few hundred of the held-out queries are enough for its recall.
+      const int64_t m = std::min<int64_t>(nq, int8_queries);
       auto [ms, hits] = per_query(c, q.narrow(0, 0, m));
       std::vector<std::vector<Hit>> sub(truth.begin(), truth.begin() + m);
       // Recall of the int8 scores alone (no exact re-scoring), best 10 of the scan.
@@ -212,6 +212,8 @@ int body(int argc, char** argv) {
   std::vector<int> efs = {16, 32, 64, 128};
   std::vector<std::string> datasets = {"clustered", "random"};
   bool int8_dim = true;
+  int64_t int8_queries = 200;
+  app.add_option("--int8-queries", int8_queries, "Held-out queries for the int8 recall (each a full scan)")->capture_default_str();
   app.add_option("--ef", efs, "HNSW efSearch values for --ann")->delimiter(',');
   app.add_option("--data", datasets, "Data sets for --ann: clustered, random")->delimiter(',');
   app.add_option("--int8-dim", int8_dim, "Also time the int8 file with one scale per dimension")->capture_default_str();
@@ -290,7 +292,7 @@ int body(int argc, char** argv) {
   std::fflush(stdout);
   if (ann)
     bench_ann(*std::max_element(sizes.begin(), sizes.end()), dim, queries, stem, factories, nprobes, efs, train, clusters,
-              datasets, int8_dim);
+              datasets, int8_dim, int8_queries);
   return 0;
 }
 

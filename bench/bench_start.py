@@ -94,6 +94,17 @@ def build_checkpoint(cnclip, work):
     return ckpt
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
 def run(cmd):
     """Runs cmd under GNU time (a small parent: the child's peak RSS is its own, not this
     interpreter's memory inherited through fork) and returns wall s, peak RSS MiB, stdout, CPU s."""
@@ -140,6 +151,7 @@ def main():
     cpp = [os.path.join(a.build, "bin", "clip-index"), "-c", ckpt, "--texts", one, "--text-out", out, "--quiet"]
     py = [sys.executable, os.path.abspath(__file__), "--cnclip", cnclip, "--child", ckpt]
     res = {"cpp": [], "python": []}
+    load_start = os.getloadavg()
     for i in range(a.runs + 1):
         for name, cmd in (("cpp", cpp), ("python", py)):
             wall, rss, _, cpu = run(cmd)
@@ -160,7 +172,8 @@ def main():
         "cpp_peak_rss_mib": round(med["cpp"][1], 1), "python_peak_rss_mib": round(med["python"][1], 1),
         "text_tower_mib": round(tt, 1), "cpp_rss_over_text_tower": round(med["cpp"][1] / tt, 3),
         "cpp_feature_head": cpp_feat, "python_feature_head": py_feat,
-        "runs": a.runs, "load_average": os.getloadavg(), "cores": os.cpu_count(),
+        "runs": a.runs, "load_average_start": load_start, "load_average": os.getloadavg(), "cores": os.cpu_count(),
+        "cpu": cpu_model(),
     }))
 
 

@@ -27,7 +27,7 @@ static int body(int argc, char** argv) {
   std::string image_out, text_out, dtype = "f32";
   bool append = false;
   SidecarOptions side;
-  add_model_options(app, mo);
+  add_model_options(app, mo, /*checkpoint_required=*/false);  // required unless --merge (below)
   add_runtime_options(app, ro);
   add_data_options(app, dopt);
   app.add_option("--image-out", image_out, "Image features: FILE.jsonl (cn_clip) or a store (e.g. FILE.clipfeat)");
@@ -78,6 +78,7 @@ static int body(int argc, char** argv) {
     merge_features(merge, out, mopt, side);
     return kExitOk;
   }
+  if (mo.checkpoint.empty()) throw UsageError("--checkpoint is required (run with --help for the options)");
   dopt.resolve(!image_out.empty(), !text_out.empty());
   if (image_out.empty() && text_out.empty()) throw UsageError("nothing to do: give --image-out and/or --text-out");
   if (!image_out.empty() && dopt.images.empty())
