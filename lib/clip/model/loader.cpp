@@ -1,6 +1,7 @@
 #include "clip/model/loader.h"
 
 #include <fmt/format.h>
+#include <sys/mman.h>
 
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
@@ -85,9 +86,15 @@ ClipModel build_model(const ModelSource& src, Towers towers, WeightUse use) {
   ClipModel model(src.config, towers);
   log_debug("model built");
   if (src.checkpoint) {
+    // The pages parsing mapped (zip directory, pickle) are not read again: unmapped (they stay in the
+    // page cache; the tensors' pages are mapped again as the weights are read). Nothing writes to a
+    // checkpoint's mapping, so dropping its pages loses nothing.
     std::vector<std::pair<const void*, size_t>> mapped;
     for (const auto& m : src.checkpoint->maps)
-      if (m) mapped.emplace_back(m->data(), m->size());
+      if (m && m->data()) {
+        mapped.emplace_back(m->data(), m->size());
+        ::madvise(const_cast<uint8_t*>(m->data()), m->size(), MADV_DONTNEED);
+      }
     load_weights(model, src.checkpoint->state_dict, /*strict=*/true, use, mapped);
     src.checkpoint->check_intact();
     log_debug("weights loaded");

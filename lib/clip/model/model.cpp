@@ -605,8 +605,13 @@ void load_weights(ClipModel& model, const StateDict& sd, bool strict, WeightUse 
       dst->set_data(v);
     else
       dst->copy_(v);
-    // The scan (and a copy) mapped every page of the tensor; the forward maps back what it reads.
-    if (mapped && v.is_contiguous()) drop_pages(src->data, static_cast<size_t>(v.numel()) * v.element_size());
+    // The scan (and a copy) mapped every page of the tensor. A copied tensor's pages are not read again;
+    // of a lookup table (BERT's word, position and token-type embeddings) the forward reads only the rows
+    // of the tokens it sees: unmapped, neither counts in the job's memory. (Other shared weights are read
+    // whole by every forward pass and stay mapped.)
+    const bool lookup = name.size() > 18 && name.compare(name.size() - 18, 18, "_embeddings.weight") == 0;
+    if (mapped && v.is_contiguous() && (lookup || dst->data_ptr() != v.data_ptr()))
+      drop_pages(src->data, static_cast<size_t>(v.numel()) * v.element_size());
   }
 }
 

@@ -90,8 +90,9 @@ TORCH_MODULE(ClipModel);
 // tower the model was built without are skipped). A shape mismatch throws ModelError naming the
 // key, the expected and the found shape.
 // `mapped`: the [begin, begin + size) ranges of the read-only file mappings the tensors may point into
-// (Checkpoint::maps); after its finiteness scan, a tensor in one of them has its pages unmapped again
-// (they stay in the page cache), so that the pages the job never reads do not count in its memory.
+// (Checkpoint::maps); after its finiteness scan, a copied tensor or a lookup table (embeddings) in one
+// of them has its pages unmapped again (they stay in the page cache), so that the pages the job does
+// not read again do not count in its memory.
 void load_weights(ClipModel& model, const StateDict& sd, bool strict = true, WeightUse use = WeightUse::copy,
                   const std::vector<std::pair<const void*, size_t>>& mapped = {});
 
