@@ -7,7 +7,8 @@
 // With --ann, for the largest size, on clustered and on random data, the int8 scan file and each faiss
 // index (--factories) at each --nprobe, with recall@10 against exact search on --queries held-out queries:
 //   bench int8 rows=N dim=D data=clustered recall10=R ms_per_query=M
-//   bench ann rows=N dim=D data=clustered index=FACTORY build_s=S recall10=R ms_per_query=M nprobe=P
+//   bench ann rows=N dim=D data=clustered index=FACTORY build_s=S recall10=R ms_per_query=M nprobe=P scan=store
+// (IVF indexes also with scan=faiss, index=FACTORY/faiss-scan: faiss scanning its own lists, for comparison)
 //   bench_search [--sizes 10000,100000,1000000] [--dim 512] [--reps 5] [--dir /tmp] [--threads 0] [--ann]
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <unistd.h>
 
@@ -118,7 +120,7 @@ std::pair<double, std::vector<std::vector<Hit>>> per_query(const Collection& c, 
 
 void bench_ann(int64_t n, int64_t dim, int64_t nq, const std::string& stem, const std::vector<std::string>& factories,
                const std::vector<int>& nprobes, const std::vector<int>& efs, int64_t train, int64_t clusters,
-               const std::vector<std::string>& datasets, bool int8_dim, int64_t int8_queries) {
+               const std::vector<std::string>& datasets, bool int8_dim, int64_t int8_queries, bool faiss_scan) {
   for (const std::string& data : datasets) {
     at::Tensor all = data == "clustered" ? clustered_data(n + nq, dim, clusters, 1) : random_data(n + nq, dim, 2);
     at::Tensor q = all.narrow(0, n, nq).clone();  // held out of the store
@@ -178,15 +180,23 @@ void bench_ann(int64_t n, int64_t dim, int64_t nq, const std::string& stem, cons
       bo.max_train = train;
       const double build_s = build_ann(exact.front(), bo, ann_path(path));
       const bool ivf = f.rfind("IVF", 0) == 0;
-      for (int p : ivf ? nprobes : efs) {
-        SearchOptions so;
-        (ivf ? so.ann.nprobe : so.ann.ef) = p;
-        Collection c = Collection::open({path}, so);
-        auto [ms, hits] = per_query(c, q);
-        std::printf("bench ann rows=%lld dim=%lld data=%s index=%s build_s=%.1f recall10=%.4f ms_per_query=%.3f %s=%d\n",
-                    (long long)n, (long long)dim, data.c_str(), f.c_str(), build_s, recall10(hits, truth), ms,
-                    ivf ? "nprobe" : "ef", p);
-        std::fflush(stdout);
+      // IVF lists are scanned in the store's rows (ann.cpp); scan=faiss is faiss's own list scanning, for
+      // comparison in the same run (CLIP_ANN_SCAN=faiss while the index is opened).
+      for (const std::string scan : ivf && faiss_scan ? std::vector<std::string>{"store", "faiss"}
+                                                       : std::vector<std::string>{ivf ? "store" : "faiss"}) {
+        for (int p : ivf ? nprobes : efs) {
+          SearchOptions so;
+          (ivf ? so.ann.nprobe : so.ann.ef) = p;
+          if (scan == "faiss") setenv("CLIP_ANN_SCAN", "faiss", 1);
+          Collection c = Collection::open({path}, so);
+          unsetenv("CLIP_ANN_SCAN");
+          auto [ms, hits] = per_query(c, q);
+          std::printf("bench ann rows=%lld dim=%lld data=%s index=%s%s build_s=%.1f recall10=%.4f ms_per_query=%.3f "
+                      "%s=%d scan=%s\n",
+                      (long long)n, (long long)dim, data.c_str(), f.c_str(), scan == "faiss" && ivf ? "/faiss-scan" : "",
+                      build_s, recall10(hits, truth), ms, ivf ? "nprobe" : "ef", p, scan.c_str());
+          std::fflush(stdout);
+        }
       }
       std::remove(ann_path(path).c_str());
     }
@@ -213,6 +223,8 @@ int body(int argc, char** argv) {
   std::vector<std::string> datasets = {"clustered", "random"};
   bool int8_dim = true;
   int64_t int8_queries = 200;
+  bool faiss_scan = true;
+  app.add_option("--faiss-scan", faiss_scan, "Also time IVF indexes with faiss's own list scanning")->capture_default_str();
   app.add_option("--int8-queries", int8_queries, "Held-out queries for the int8 recall (each a full scan)")->capture_default_str();
   app.add_option("--ef", efs, "HNSW efSearch values for --ann")->delimiter(',');
   app.add_option("--data", datasets, "Data sets for --ann: clustered, random")->delimiter(',');
@@ -292,7 +304,7 @@ int body(int argc, char** argv) {
   std::fflush(stdout);
   if (ann)
     bench_ann(*std::max_element(sizes.begin(), sizes.end()), dim, queries, stem, factories, nprobes, efs, train, clusters,
-              datasets, int8_dim, int8_queries);
+              datasets, int8_dim, int8_queries, faiss_scan);
   return 0;
 }
 

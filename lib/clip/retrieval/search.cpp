@@ -55,12 +55,13 @@ __attribute__((target("avx2,fma,f16c"))) inline float load1(const uint16_t* x) {
 // OpenBLAS's matrix-vector path, with a parallel region per call, falls well short of the bandwidth.
 template <typename T>
 __attribute__((target("avx2,fma,f16c"))) void dot_rows(const T* rows, int64_t n, int64_t dim, const float* q, int64_t nq,
-                                                        float* scores, int64_t ld) {
+                                                        float* scores, int64_t ld, bool page_ahead = true) {
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(T));
   for (int64_t r = 0; r < n; ++r) {
     const T* x = rows + r * dim;
     const char* pf = reinterpret_cast<const char*>(x) + 4096;  // a page ahead (see dot_rows512)
-    for (int64_t o = 0; o < row_bytes; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+    if (page_ahead)
+      for (int64_t o = 0; o < row_bytes; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
     __m256 acc0[kFusedMaxQueries], acc1[kFusedMaxQueries];  // two chains per query hide the FMA latency
     for (int64_t i = 0; i < nq; ++i) acc0[i] = acc1[i] = _mm256_setzero_ps();
     int64_t j = 0;
@@ -100,13 +101,15 @@ inline __m512 load16(const uint16_t* x) { return _mm512_cvtph_ps(_mm256_loadu_si
 
 template <typename T>
 __attribute__((target("avx512f,avx2,fma,f16c"))) void dot_rows512(const T* rows, int64_t n, int64_t dim, const float* q,
-                                                                   int64_t nq, float* scores, int64_t ld) {
+                                                                   int64_t nq, float* scores, int64_t ld,
+                                                                   bool page_ahead = true) {
   const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(T));
   constexpr int64_t kAhead = 4096;
   for (int64_t r = 0; r < n; ++r) {
     const T* x = rows + r * dim;
     const char* pf = reinterpret_cast<const char*>(x) + kAhead;
-    for (int64_t o = 0; o < row_bytes; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
+    if (page_ahead)
+      for (int64_t o = 0; o < row_bytes; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
     __m512 acc0[kFusedMaxQueries], acc1[kFusedMaxQueries];
     for (int64_t i = 0; i < nq; ++i) acc0[i] = acc1[i] = _mm512_setzero_ps();
     int64_t j = 0;
@@ -133,9 +136,10 @@ bool have_avx512() { return cpu_features().avx512f && have_avx2_f16c(); }
 
 // The kernel of every fused scan and of score_rows: AVX-512 where the CPU has it, else AVX2.
 template <typename T>
-void dot_rows_any(const T* rows, int64_t n, int64_t dim, const float* q, int64_t nq, float* scores, int64_t ld) {
-  if (have_avx512()) dot_rows512(rows, n, dim, q, nq, scores, ld);
-  else dot_rows(rows, n, dim, q, nq, scores, ld);
+void dot_rows_any(const T* rows, int64_t n, int64_t dim, const float* q, int64_t nq, float* scores, int64_t ld,
+                  bool page_ahead = true) {
+  if (have_avx512()) dot_rows512(rows, n, dim, q, nq, scores, ld, page_ahead);
+  else dot_rows(rows, n, dim, q, nq, scores, ld, page_ahead);
 }
 
 // Keeps the k best candidates under `better`; front() is the worst kept (a heap ordered by `better`).
@@ -230,11 +234,17 @@ at::Tensor feature_rows(const FeatureSet& fs, int64_t begin, int64_t end) {
 
 void score_rows(const FeatureSet& fs, const float* q, const std::vector<int64_t>& rows, float* out) {
   const int64_t D = fs.dim;
+  const int64_t row_bytes = D * static_cast<int64_t>(dtype_size(fs.dtype));
+  constexpr size_t kAheadRows = 4;  // rows in any order: prefetch the rows a few places ahead in the list
   for (size_t i = 0; i < rows.size(); ++i) {
     const int64_t r = rows[i];
+    if (i + kAheadRows < rows.size()) {
+      const char* nx = static_cast<const char*>(fs.data) + rows[i + kAheadRows] * row_bytes;
+      for (int64_t o = 0; o < row_bytes; o += 64) _mm_prefetch(nx + o, _MM_HINT_T0);
+    }
     if (have_avx2_f16c()) {
-      if (fs.dtype == StoreDtype::f16) dot_rows_any(fs.f16() + r * D, 1, D, q, 1, out + i, 1);
-      else dot_rows_any(fs.f32() + r * D, 1, D, q, 1, out + i, 1);
+      if (fs.dtype == StoreDtype::f16) dot_rows_any(fs.f16() + r * D, 1, D, q, 1, out + i, 1, false);
+      else dot_rows_any(fs.f32() + r * D, 1, D, q, 1, out + i, 1, false);
     } else {
       std::vector<float> v = fs.row(r);
       float s = 0;
