@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <set>
 
@@ -247,14 +248,36 @@ TEST_CASE("approximate index: exhaustive probing returns the exact answer; stale
       if (factory.rfind("IVF", 0) == 0) so.ann.nprobe = 16;  // every list
       else so.ann.ef = 4000;
       so.candidates = factory == "IVF16,Flat" ? 0 : n;  // approximate codes: re-score every row returned
-      Collection ann = Collection::open({path}, so);
-      REQUIRE(ann.method() == "ann " + factory);
-      for (int64_t nq : {1, 4}) {
-        const at::Tensor qt = tensor(q, 4, dim).narrow(0, 0, nq);
-        for (int k : {1, 10})
-          require_same(ann.search(qt, k), exact.search(qt, k));
-        std::vector<int64_t> self(nq, ids[3]);
-        require_same(ann.search(qt, 10, kNoThreshold, &self), exact.search(qt, 10, kNoThreshold, &self));
+      // IVF lists are scored in the store's rows by default; CLIP_ANN_SCAN=faiss uses faiss's own scanning.
+      for (bool faiss_scan : {false, true}) {
+        if (faiss_scan) setenv("CLIP_ANN_SCAN", "faiss", 1);
+        Collection ann = Collection::open({path}, so);
+        unsetenv("CLIP_ANN_SCAN");
+        REQUIRE(ann.method() == "ann " + factory);
+        for (int64_t nq : {1, 4}) {
+          const at::Tensor qt = tensor(q, 4, dim).narrow(0, 0, nq);
+          for (int k : {1, 10})
+            require_same(ann.search(qt, k), exact.search(qt, k));
+          std::vector<int64_t> self(nq, ids[3]);
+          require_same(ann.search(qt, 10, kNoThreshold, &self), exact.search(qt, 10, kNoThreshold, &self));
+        }
+      }
+      if (factory == "IVF8,SQ8") {
+        // One list of eight probed: the store scan and faiss's scan return the same rows (that list's),
+        // the store scan ordered by the exact score.
+        AnnParams one;
+        one.nprobe = 1;
+        auto store_scan = AnnIndex::open(ann_path(path), exact.front(), one)->candidates(q.data(), 1, n);
+        setenv("CLIP_ANN_SCAN", "faiss", 1);
+        auto faiss_scan = AnnIndex::open(ann_path(path), exact.front(), one)->candidates(q.data(), 1, n);
+        unsetenv("CLIP_ANN_SCAN");
+        REQUIRE(store_scan[0].size() > 0);
+        REQUIRE(store_scan[0].size() < static_cast<size_t>(n));  // one list, not every row
+        REQUIRE(std::set<int64_t>(store_scan[0].begin(), store_scan[0].end()) ==
+                std::set<int64_t>(faiss_scan[0].begin(), faiss_scan[0].end()));
+        std::vector<float> sc(store_scan[0].size());
+        score_rows(exact.front(), q.data(), store_scan[0], sc.data());
+        for (size_t j = 1; j < sc.size(); ++j) REQUIRE(sc[j - 1] >= sc[j]);
       }
     }
     std::remove(ann_path(path).c_str());

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -164,7 +165,8 @@ std::vector<std::vector<int64_t>> Int8Index::candidates(const float* q, int64_t 
   const int64_t N = rows_, D = dim_;
   n = std::min(n, N);
   const int64_t threads = std::max(1, at::get_num_threads());
-  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(threads * 4, (N + 4095) / 4096));
+  // Blocks handed out one at a time, as in the exact scan (search.cpp fused_scan).
+  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(threads * 16, (N + 4095) / 4096));
   const int64_t per = (N + nblocks - 1) / nblocks;
   std::vector<std::vector<std::vector<Cand>>> part(nblocks, std::vector<std::vector<Cand>>(nq));
   // One scale per dimension: folded into the query once (score = sum_j code_j * (scale_j * q_j)).
@@ -180,8 +182,9 @@ std::vector<std::vector<int64_t>> Int8Index::candidates(const float* q, int64_t 
       }
     q = qs.data();
   }
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t blk = b0; blk < b1; ++blk) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, nblocks), 1, [&](int64_t, int64_t) {
+    for (int64_t blk = next++; blk < nblocks; blk = next++) {
       const int64_t r0 = blk * per, r1 = std::min(N, r0 + per);
       for (int64_t i = 0; i < nq; ++i) {
         auto& h = part[blk][i];

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "clip/base/error.h"
 
@@ -179,14 +180,17 @@ std::vector<std::vector<Cand>> fused_scan(const FeatureSet& fs, const float* q, 
                                           const std::vector<int64_t>& self_row) {
   const int64_t N = fs.size(), D = fs.dim;
   const int64_t threads = std::max(1, at::get_num_threads());
-  // A few blocks per thread balance uneven cores (the machine may be shared) at little merge cost.
-  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(threads * 4, (N + 4095) / 4096));
+  // Blocks of at least 4096 rows, 16 per thread, handed out one at a time (an atomic counter): a thread
+  // that loses its core on a shared machine holds back only the block it is in, not a fixed share of
+  // the rows (at::parallel_for splits its range statically). Merging the blocks' top-k costs little.
+  const int64_t nblocks = std::max<int64_t>(1, std::min<int64_t>(threads * 16, (N + 4095) / 4096));
   const int64_t per = (N + nblocks - 1) / nblocks;
   std::vector<std::vector<std::vector<Cand>>> part(nblocks, std::vector<std::vector<Cand>>(nq));
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, nblocks), 1, [&](int64_t, int64_t) {
     constexpr int64_t kRows = 256;
     float scores[kFusedMaxQueries * kRows];
-    for (int64_t blk = b0; blk < b1; ++blk) {
+    for (int64_t blk = next++; blk < nblocks; blk = next++) {
       const int64_t r0 = blk * per, r1 = std::min(N, r0 + per);
       std::vector<TopK> top;
       for (int64_t i = 0; i < nq; ++i) top.emplace_back(k);
