@@ -495,7 +495,7 @@ TEST_CASE("the finiteness check finds one bad value anywhere in a tensor, in flo
       for (float bad : {std::nanf(""), -INFINITY}) {
         INFO("dtype " << at::toString(dt) << " position " << pos << " value " << bad);
         StateDict sd = f.ck.state_dict;
-        at::Tensor proj = tensor_view(sd.at("visual.proj")).to(dt).contiguous();
+        at::Tensor proj = tensor_view(sd.at("visual.proj")).to(dt).clone();  // never the fixture's own buffer
         proj.view(-1)[pos] = bad;
         sd.tensors["visual.proj"] = to_tensor_data(proj);
         ClipModel m(f.cfg);
@@ -503,7 +503,7 @@ TEST_CASE("the finiteness check finds one bad value anywhere in a tensor, in flo
       }
   // Large finite values (all exponent bits but one set) are not flagged.
   StateDict sd = f.ck.state_dict;
-  at::Tensor proj = tensor_view(sd.at("visual.proj")).clone();
+  at::Tensor proj = tensor_view(sd.at("visual.proj")).to(at::kFloat).clone();
   proj.view(-1)[n - 1] = 3.0e38f;
   proj.view(-1)[0] = -3.0e38f;
   sd.tensors["visual.proj"] = to_tensor_data(proj);
