@@ -1,11 +1,14 @@
 // Exact search over a feature store: open time (mmap) and query latency for 1 and 100 queries, float32
 // and float16 stores of random unit vectors, next to the memory-bandwidth bound of one scan measured in
-// the same run. Prints a Markdown table (docs/benchmarks.md), then one machine-readable line per dtype:
-//   bench exact rows=N dim=D dtype=f16 ms_per_query=M read_bound_ms=B
+// the same run (a sum over an anonymous buffer of the store's size, timed alternately with the query).
+// Prints a Markdown table (docs/benchmarks.md), then one machine-readable line per dtype:
+//   bench exact rows=N dim=D dtype=f16 ms_per_query=M read_bound_ms=B ratio=M/B read_bound_start_ms=B0
+// (B0: the store's bytes over the bandwidth measured once at the start, as earlier versions printed).
 // With --ann, for the largest size, on clustered and on random data, the int8 scan file and each faiss
 // index (--factories) at each --nprobe, with recall@10 against exact search on --queries held-out queries:
 //   bench int8 rows=N dim=D data=clustered recall10=R ms_per_query=M
-//   bench ann rows=N dim=D data=clustered index=FACTORY build_s=S recall10=R ms_per_query=M nprobe=P
+//   bench ann rows=N dim=D data=clustered index=FACTORY build_s=S recall10=R ms_per_query=M nprobe=P scan=store
+// (IVF indexes also with scan=faiss, index=FACTORY/faiss-scan: faiss scanning its own lists, for comparison)
 //   bench_search [--sizes 10000,100000,1000000] [--dim 512] [--reps 5] [--dir /tmp] [--threads 0] [--ann]
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -14,6 +17,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <unistd.h>
 
@@ -115,8 +119,9 @@ std::pair<double, std::vector<std::vector<Hit>>> per_query(const Collection& c, 
 }
 
 void bench_ann(int64_t n, int64_t dim, int64_t nq, const std::string& stem, const std::vector<std::string>& factories,
-               const std::vector<int>& nprobes, int64_t train, int64_t clusters) {
-  for (const std::string data : {"clustered", "random"}) {
+               const std::vector<int>& nprobes, const std::vector<int>& efs, int64_t train, int64_t clusters,
+               const std::vector<std::string>& datasets, bool int8_dim, int64_t int8_queries, bool faiss_scan) {
+  for (const std::string& data : datasets) {
     at::Tensor all = data == "clustered" ? clustered_data(n + nq, dim, clusters, 1) : random_data(n + nq, dim, 2);
     at::Tensor q = all.narrow(0, n, nq).clone();  // held out of the store
     std::vector<int64_t> ids(n);
@@ -146,17 +151,26 @@ void bench_ann(int64_t n, int64_t dim, int64_t nq, const std::string& stem, cons
     (void)unused;
     std::printf("bench exact rows=%lld dim=%lld data=%s dtype=f16 ms_per_query=%.2f\n", (long long)n, (long long)dim,
                 data.c_str(), exact_ms);
-    {
+    for (Int8Scale scale : int8_dim ? std::vector<Int8Scale>{Int8Scale::per_vector, Int8Scale::per_dimension}
+                                    : std::vector<Int8Scale>{Int8Scale::per_vector}) {
       auto t0 = Clock::now();
-      build_int8(exact.front(), int8_path(path));
+      build_int8(exact.front(), int8_path(path), scale);
       const double build_s = ms_since(t0) / 1e3;
       Collection c = Collection::open({path});
-      // A full scan per query: 200 of the held-out queries are enough for its recall.
-      const int64_t m = std::min<int64_t>(nq, 200);
+      // A full scan per query: a few hundred of the held-out queries are enough for its recall.
+      const int64_t m = std::min<int64_t>(nq, int8_queries);
       auto [ms, hits] = per_query(c, q.narrow(0, 0, m));
       std::vector<std::vector<Hit>> sub(truth.begin(), truth.begin() + m);
-      std::printf("bench int8 rows=%lld dim=%lld data=%s build_s=%.1f recall10=%.4f ms_per_query=%.2f queries=%lld\n",
-                  (long long)n, (long long)dim, data.c_str(), build_s, recall10(hits, sub), ms, (long long)m);
+      // Recall of the int8 scores alone (no exact re-scoring), best 10 of the scan.
+      SearchOptions raw;
+      raw.candidates = 10;
+      Collection c10 = Collection::open({path}, raw);
+      auto [ms10, hits10] = per_query(c10, q.narrow(0, 0, m));
+      (void)ms10;
+      std::printf("bench int8 rows=%lld dim=%lld data=%s scale=%s build_s=%.1f recall10=%.4f recall10_no_rescore=%.4f "
+                  "ms_per_query=%.2f queries=%lld\n",
+                  (long long)n, (long long)dim, data.c_str(), int8_scale_name(scale), build_s, recall10(hits, sub),
+                  recall10(hits10, sub), ms, (long long)m);
       std::fflush(stdout);
       std::remove(int8_path(path).c_str());
     }
@@ -166,15 +180,23 @@ void bench_ann(int64_t n, int64_t dim, int64_t nq, const std::string& stem, cons
       bo.max_train = train;
       const double build_s = build_ann(exact.front(), bo, ann_path(path));
       const bool ivf = f.rfind("IVF", 0) == 0;
-      for (int p : ivf ? nprobes : std::vector<int>{16, 32, 64, 128}) {
-        SearchOptions so;
-        (ivf ? so.ann.nprobe : so.ann.ef) = p;
-        Collection c = Collection::open({path}, so);
-        auto [ms, hits] = per_query(c, q);
-        std::printf("bench ann rows=%lld dim=%lld data=%s index=%s build_s=%.1f recall10=%.4f ms_per_query=%.3f %s=%d\n",
-                    (long long)n, (long long)dim, data.c_str(), f.c_str(), build_s, recall10(hits, truth), ms,
-                    ivf ? "nprobe" : "ef", p);
-        std::fflush(stdout);
+      // IVF lists are scanned in the store's rows (ann.cpp); scan=faiss is faiss's own list scanning, for
+      // comparison in the same run (CLIP_ANN_SCAN=faiss while the index is opened).
+      for (const std::string scan : ivf && faiss_scan ? std::vector<std::string>{"store", "faiss"}
+                                                       : std::vector<std::string>{ivf ? "store" : "faiss"}) {
+        for (int p : ivf ? nprobes : efs) {
+          SearchOptions so;
+          (ivf ? so.ann.nprobe : so.ann.ef) = p;
+          if (scan == "faiss") setenv("CLIP_ANN_SCAN", "faiss", 1);
+          Collection c = Collection::open({path}, so);
+          unsetenv("CLIP_ANN_SCAN");
+          auto [ms, hits] = per_query(c, q);
+          std::printf("bench ann rows=%lld dim=%lld data=%s index=%s%s build_s=%.1f recall10=%.4f ms_per_query=%.3f "
+                      "%s=%d scan=%s\n",
+                      (long long)n, (long long)dim, data.c_str(), f.c_str(), scan == "faiss" && ivf ? "/faiss-scan" : "",
+                      build_s, recall10(hits, truth), ms, ivf ? "nprobe" : "ef", p, scan.c_str());
+          std::fflush(stdout);
+        }
       }
       std::remove(ann_path(path).c_str());
     }
@@ -197,6 +219,16 @@ int body(int argc, char** argv) {
   std::vector<std::string> factories = {"IVF1024,Flat", "IVF1024,SQ8"};
   std::vector<int> nprobes = {2, 4, 8, 16, 32};
   int64_t queries = 1000, train = 65536, clusters = 2000;
+  std::vector<int> efs = {16, 32, 64, 128};
+  std::vector<std::string> datasets = {"clustered", "random"};
+  bool int8_dim = true;
+  int64_t int8_queries = 200;
+  bool faiss_scan = true;
+  app.add_option("--faiss-scan", faiss_scan, "Also time IVF indexes with faiss's own list scanning")->capture_default_str();
+  app.add_option("--int8-queries", int8_queries, "Held-out queries for the int8 recall (each a full scan)")->capture_default_str();
+  app.add_option("--ef", efs, "HNSW efSearch values for --ann")->delimiter(',');
+  app.add_option("--data", datasets, "Data sets for --ann: clustered, random")->delimiter(',');
+  app.add_option("--int8-dim", int8_dim, "Also time the int8 file with one scale per dimension")->capture_default_str();
   app.add_flag("--ann", ann, "Also benchmark int8 and approximate indexes at the largest size (clustered and random data)");
   app.add_option("--factories", factories, "faiss factory strings for --ann (';'-separated)")->delimiter(';');
   app.add_option("--nprobe", nprobes, "IVF nprobe values for --ann")->delimiter(',');
@@ -237,23 +269,42 @@ int body(int argc, char** argv) {
       t0 = Clock::now();
       search(q1, fs, 10);  // pays the page faults of the fresh mapping
       const double first_ms = ms_since(t0);
-      const double one_ms = median_ms(reps, [&] { search(q1, fs, 10); });
+      // One query, alternated with the read bound of the same bytes (a sum over an anonymous buffer of the
+      // store's size), so that both medians see the same machine (it may be shared and its load change).
+      std::vector<double> t_one, t_bound;
+      at::Tensor buf = at::ones({static_cast<int64_t>(n * dim * dtype_size(dt) / 4)});
+      for (int r = 0; r < reps; ++r) {
+        auto t1 = Clock::now();
+        search(q1, fs, 10);
+        t_one.push_back(ms_since(t1));
+        t1 = Clock::now();
+        volatile float s = buf.sum().item<float>();
+        (void)s;
+        t_bound.push_back(ms_since(t1));
+      }
+      buf = at::Tensor();
+      std::sort(t_one.begin(), t_one.end());
+      std::sort(t_bound.begin(), t_bound.end());
+      const double one_ms = t_one[t_one.size() / 2], bound_ms = t_bound[t_bound.size() / 2];
       const double hundred_ms = median_ms(reps, [&] { search(q100, fs, 10); });
       const double mb = n * dim * dtype_size(dt) / 1e6;
       // Bound: the bytes of one scan over the measured bandwidth (MB / (GB/s) = ms).
       std::printf("| %lld | %s | %.0f | %.2f | %.3f | %.1f | %.2f | %.2f | %.2f | %.1f | %.2f |\n",
-                  static_cast<long long>(n), dtype_name(dt), mb, write_s, open_ms, first_ms, one_ms, mb / read_bw,
+                  static_cast<long long>(n), dtype_name(dt), mb, write_s, open_ms, first_ms, one_ms, bound_ms,
                   mb / copy_bw, hundred_ms, hundred_ms / 100);
       std::fflush(stdout);
-      lines.push_back(fmt::format("bench exact rows={} dim={} dtype={} ms_per_query={:.2f} read_bound_ms={:.2f}", n, dim,
-                                  dtype_name(dt), one_ms, mb / read_bw));
+      lines.push_back(fmt::format("bench exact rows={} dim={} dtype={} ms_per_query={:.2f} read_bound_ms={:.2f} "
+                                  "ratio={:.2f} read_bound_start_ms={:.2f}",
+                                  n, dim, dtype_name(dt), one_ms, bound_ms, one_ms / bound_ms, mb / read_bw));
       std::remove(path.c_str());
     }
   }
   std::printf("\n");
   for (const auto& l : lines) std::printf("%s\n", l.c_str());
   std::fflush(stdout);
-  if (ann) bench_ann(*std::max_element(sizes.begin(), sizes.end()), dim, queries, stem, factories, nprobes, train, clusters);
+  if (ann)
+    bench_ann(*std::max_element(sizes.begin(), sizes.end()), dim, queries, stem, factories, nprobes, efs, train, clusters,
+              datasets, int8_dim, int8_queries, faiss_scan);
   return 0;
 }
 

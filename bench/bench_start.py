@@ -17,6 +17,7 @@ model and tokenizer code that runs is cn_clip's own.
    the checkpoint from the page cache):
      C++:    clip-index -c vitb16.pt --texts one.jsonl --text-out t.jsonl
      Python: import cn_clip's model, torch.load, build CLIP, load_state_dict, encode the text
+     (with --before B: also B/bin/clip-index, e.g. a build of the previous version)
    and prints each run's wall time, CPU time (user + system) and peak RSS (GNU time), the
    medians, the
    ratio, and the text tower's size (text_projection + bert.*, float32) for the memory goal.
@@ -94,6 +95,17 @@ def build_checkpoint(cnclip, work):
     return ckpt
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
 def run(cmd):
     """Runs cmd under GNU time (a small parent: the child's peak RSS is its own, not this
     interpreter's memory inherited through fork) and returns wall s, peak RSS MiB, stdout, CPU s."""
@@ -115,6 +127,7 @@ def main():
     ap.add_argument("--build", default="build")
     ap.add_argument("--work", default="/tmp/clip-bench-start")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--before", help="another build folder whose clip-index is timed alongside (e.g. main's)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     cnclip = os.path.abspath(a.cnclip)
@@ -139,9 +152,13 @@ def main():
     out = os.path.join(a.work, "t.jsonl")
     cpp = [os.path.join(a.build, "bin", "clip-index"), "-c", ckpt, "--texts", one, "--text-out", out, "--quiet"]
     py = [sys.executable, os.path.abspath(__file__), "--cnclip", cnclip, "--child", ckpt]
-    res = {"cpp": [], "python": []}
+    sides = [("cpp", cpp), ("python", py)]
+    if a.before:
+        sides.insert(1, ("before", [os.path.join(a.before, "bin", "clip-index")] + cpp[1:]))
+    res = {name: [] for name, _ in sides}
+    load_start = os.getloadavg()
     for i in range(a.runs + 1):
-        for name, cmd in (("cpp", cpp), ("python", py)):
+        for name, cmd in sides:
             wall, rss, _, cpu = run(cmd)
             tag = "warm-up" if i == 0 else f"run {i}"
             print(f"{name:6s} {tag:7s} wall {wall:6.3f} s  cpu {cpu:6.3f} s  peak RSS {rss:7.1f} MiB", file=sys.stderr)
@@ -160,7 +177,10 @@ def main():
         "cpp_peak_rss_mib": round(med["cpp"][1], 1), "python_peak_rss_mib": round(med["python"][1], 1),
         "text_tower_mib": round(tt, 1), "cpp_rss_over_text_tower": round(med["cpp"][1] / tt, 3),
         "cpp_feature_head": cpp_feat, "python_feature_head": py_feat,
-        "runs": a.runs, "load_average": os.getloadavg(), "cores": os.cpu_count(),
+        **({"before_wall_s": round(med["before"][0], 3), "before_cpu_s": round(med["before"][2], 3),
+            "before_peak_rss_mib": round(med["before"][1], 1)} if a.before else {}),
+        "runs": a.runs, "load_average_start": load_start, "load_average": os.getloadavg(), "cores": os.cpu_count(),
+        "cpu": cpu_model(),
     }))
 
 

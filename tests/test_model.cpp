@@ -15,6 +15,9 @@
 #include "clip/io/checkpoint.h"
 #include "clip/model/config.h"
 #include "clip/base/error.h"
+#include <ATen/Parallel.h>
+
+#include "clip/base/runtime.h"
 #include "clip/model/model.h"
 #include "clip/model/tensor_torch.h"
 #include "fixture_model.h"
@@ -481,6 +484,49 @@ TEST_CASE("weights holding NaN or infinity are refused at load, naming the key",
       CHECK(msg.find("1 NaN or infinite value") != std::string::npos);
     }
   }
+}
+
+TEST_CASE("the finiteness check finds one bad value anywhere in a tensor, in float32, float16 and bfloat16", "[model][hostile]") {
+  auto& f = fixture("vit");
+  const int64_t n = tensor_view(f.ck.state_dict.at("visual.proj")).numel();
+  REQUIRE(n > 64);  // the vectorised body and the scalar tail are both exercised below
+  for (at::ScalarType dt : {at::kFloat, at::kHalf, at::kBFloat16})
+    for (int64_t pos : {int64_t(0), int64_t(37), n / 2 + 5, n - 1})
+      for (float bad : {std::nanf(""), -INFINITY}) {
+        INFO("dtype " << at::toString(dt) << " position " << pos << " value " << bad);
+        StateDict sd = f.ck.state_dict;
+        at::Tensor proj = tensor_view(sd.at("visual.proj")).to(dt).clone();  // never the fixture's own buffer
+        proj.view(-1)[pos] = bad;
+        sd.tensors["visual.proj"] = to_tensor_data(proj);
+        ClipModel m(f.cfg);
+        REQUIRE_THROWS_AS(load_weights(m, sd), ModelError);
+      }
+  // Large finite values (all exponent bits but one set) are not flagged.
+  StateDict sd = f.ck.state_dict;
+  at::Tensor proj = tensor_view(sd.at("visual.proj")).to(at::kFloat).clone();
+  proj.view(-1)[n - 1] = 3.0e38f;
+  proj.view(-1)[0] = -3.0e38f;
+  sd.tensors["visual.proj"] = to_tensor_data(proj);
+  ClipModel m(f.cfg);
+  REQUIRE_NOTHROW(load_weights(m, sd));
+}
+
+TEST_CASE("ScopedThreads lowers the intra-op thread count for its scope only", "[model]") {
+  const int saved = at::get_num_threads();
+  const int before = set_threads(2);
+  REQUIRE(at::get_num_threads() == 2);
+  {
+    ScopedThreads one(1);
+    REQUIRE(at::get_num_threads() == 1);
+  }
+  REQUIRE(at::get_num_threads() == before);
+  {
+    ScopedThreads more(before + 1);  // never raises the count
+    REQUIRE(at::get_num_threads() == before);
+  }
+  set_threads(saved);
+  REQUIRE(threads_for_positions(52) == 1);
+  REQUIRE(threads_for_positions(64 * 52) == 0);
 }
 
 TEST_CASE("every official config constructs with cn_clip's parameter counts", "[model][official]") {

@@ -28,7 +28,7 @@ static int body(int argc, char** argv) {
   std::string image_out, text_out, dtype = "f32";
   bool append = false;
   SidecarOptions side;
-  add_model_options(app, mo);
+  add_model_options(app, mo, /*checkpoint_required=*/false);  // required unless --merge (below)
   add_runtime_options(app, ro);
   add_image_options(app, io);
   add_data_options(app, dopt);
@@ -37,6 +37,10 @@ static int body(int argc, char** argv) {
   app.add_option("--dtype", dtype, "Store element type: f32, f16, or i8 (a float16 store plus an int8 scan file STORE.i8 "
                  "whose best candidates are re-scored exactly)")
       ->capture_default_str()->check(CLI::IsMember({"f32", "f16", "i8"}));
+  std::string i8_scale = "row";
+  app.add_option("--i8-scale", i8_scale, "With --dtype i8: one int8 scale per row (max |x| of the row) or per "
+                 "dimension (max |x| of the column over all rows)")
+      ->capture_default_str()->check(CLI::IsMember({"row", "dim"}));
   app.add_option("--ann", side.ann_factory, "Also build an approximate faiss index STORE.ann, a faiss factory string "
                  "(e.g. IVF1024,SQ8, HNSW32, IVF4096,PQ64; see docs/search.md)");
   app.add_option("--ann-train", side.ann_train, "Rows (evenly spaced) that train the --ann index")
@@ -44,9 +48,39 @@ static int body(int argc, char** argv) {
   app.add_flag("--append", append,
                "Add to an existing store instead of replacing it: new ids only; for a photo folder, the files not yet "
                "indexed or changed since (by path, size and mtime)");
+  std::vector<std::string> merge;
+  bool replace = false, force = false;
+  app.add_option("--merge", merge, "Merge these stores (two or more, in this order) into the store "
+                                   "named by --image-out or --text-out; an approximate index (STORE.ann) and int8 "
+                                   "file beside them are carried over or rebuilt (docs/search.md)");
+  app.add_flag("--replace", replace, "With --merge: an id in several stores keeps the later store's feature");
+  app.add_flag("--force", force, "With --merge: merge stores of different models");
   add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
   ro.apply();
+  if (!merge.empty()) {
+    if (image_out.empty() == text_out.empty())
+      throw UsageError("--merge writes one store: give --image-out (image features) or --text-out (text features)");
+    if (!dopt.images.empty() || !dopt.texts.empty() || !dopt.data_dir.empty() || append)
+      throw UsageError("--merge reads feature stores only: drop --images/--texts/--data/--append");
+    const std::string& out = image_out.empty() ? text_out : image_out;
+    const std::string kind = image_out.empty() ? "text" : "image";
+    for (const auto& m : merge)
+      if (is_store_file(m) && open_store(m).meta.kind != kind)
+        throw UsageError("'" + m + "' holds " + open_store(m).meta.kind + " features; write them with --" +
+                         open_store(m).meta.kind + "-out");
+    MergeOptions mopt;
+    mopt.replace = replace;
+    mopt.force = force;
+    side.int8 = dtype == "i8";
+    side.int8_scale = parse_int8_scale(i8_scale);
+    std::optional<StoreDtype> out_dtype;
+    if (app.get_option("--dtype")->count() > 0) out_dtype = side.int8 ? StoreDtype::f16 : parse_store_dtype(dtype);
+    if (out_dtype) mopt.dtype = &*out_dtype;
+    merge_features(merge, out, mopt, side);
+    return kExitOk;
+  }
+  if (mo.checkpoint.empty()) throw UsageError("--checkpoint is required (run with --help for the options)");
   dopt.resolve(!image_out.empty(), !text_out.empty());
   if (image_out.empty() && text_out.empty()) throw UsageError("nothing to do: give --image-out and/or --text-out");
   if (!image_out.empty() && dopt.images.empty())
@@ -65,6 +99,7 @@ static int body(int argc, char** argv) {
   mo.towers = image_out.empty() ? Towers::text : text_out.empty() ? Towers::vision : Towers::both;
   Encoder enc(mo, ro, io);
   side.int8 = dtype == "i8";
+  side.int8_scale = parse_int8_scale(i8_scale);
   const StoreDtype dt = side.int8 ? StoreDtype::f16 : parse_store_dtype(dtype);
   const bool skip = dopt.skip_bad();
   // Both inputs are read and encoded before anything is written, so a failure in either leaves

@@ -53,6 +53,21 @@ if "$BIN/clip-index" --help | grep -q -- "--ann"; then
     rc=$?
     check "--append refuses to extend a stale index" test $rc = 3
     check "the store was left as it was" test "$("$BIN/clip-query" -q --exact --index "$tmp/ann.clipfeat" -t "$Q" -k 100 | grep -c '"rank"')" = 4
+    # --merge carries the first store's index over (the other store's rows added to it, no training).
+    "$BIN/clip-index" -q --merge "$tmp/a.clipfeat" "$tmp/missing.clipfeat" --image-out "$tmp/x.clipfeat" 2> "$tmp/err"
+    check "--merge of a file that is not a store exits 2" test $? = 2
+    "$BIN/clip-index" -q "${MODEL[@]}" --images "$tmp/a.tsv" --image-out "$tmp/p.clipfeat" --dtype f16 --ann HNSW8
+    "$BIN/clip-index" -v --merge "$tmp/p.clipfeat" "$tmp/b.clipfeat" --image-out "$tmp/m.clipfeat" 2> "$tmp/log"
+    check "--merge carries the first store's index over" has "$tmp/log" "added 3 rows to $tmp/m.clipfeat.ann"
+    "$BIN/clip-query" -q --index "$tmp/m.clipfeat" -t "$Q" -k 7 --ef 64 > "$tmp/m.jsonl"
+    check "the merged store's index answers as exact search" cmp -s "$tmp/all.jsonl" "$tmp/m.jsonl"
+    "$BIN/clip-index" -q --merge "$tmp/a.clipfeat" "$tmp/b.clipfeat" --image-out "$tmp/m2.clipfeat"
+    check "--merge of stores without an index makes none" test ! -f "$tmp/m2.clipfeat.ann"
+    "$BIN/clip-index" -v --merge "$tmp/m.clipfeat" "$tmp/b.clipfeat" --image-out "$tmp/m3.clipfeat" --replace 2> "$tmp/log"
+    check "--merge --replace of indexed rows rebuilds the index" test -f "$tmp/m3.clipfeat.ann"
+    check "and says why" has "$tmp/log" "rows of the first store were replaced"
+    "$BIN/clip-index" -v --merge "$tmp/p.clipfeat" "$tmp/b.clipfeat" --image-out "$tmp/p.clipfeat" 2> "$tmp/log"
+    check "--merge into the first store extends its own index" has "$tmp/log" "added 3 rows to $tmp/p.clipfeat.ann"
   fi
 fi
 exit $fails

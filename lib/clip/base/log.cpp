@@ -4,7 +4,10 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <mutex>
 
 #include "clip/base/error.h"
@@ -14,6 +17,26 @@ namespace clip {
 namespace {
 std::atomic<int> g_level{static_cast<int>(LogLevel::info)};
 std::mutex g_log_mutex;
+
+// Seconds since this process was started (exec), from /proc/self/stat's start time (clock ticks since
+// boot, 10 ms resolution); 0 where /proc is not there.
+double seconds_since_exec() {
+  static const double start = [] {
+    FILE* f = std::fopen("/proc/self/stat", "r");
+    if (!f) return -1.0;
+    char buf[1024];
+    const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = 0;
+    const char* p = std::strrchr(buf, ')');  // the command name may hold spaces
+    for (int field = 2; p && field < 22; ++field) p = std::strchr(p + 1, ' ');
+    return p ? std::strtod(p + 1, nullptr) / static_cast<double>(sysconf(_SC_CLK_TCK)) : -1.0;
+  }();
+  if (start < 0) return 0;
+  timespec now{};
+  clock_gettime(CLOCK_BOOTTIME, &now);
+  return now.tv_sec + now.tv_nsec * 1e-9 - start;
+}
 }  // namespace
 
 void throw_io_error(const std::string& action, const std::string& path) {
@@ -32,6 +55,26 @@ void log_write(LogLevel level, const std::string& msg) {
     case LogLevel::warn: prefix = "warning: "; break;
     case LogLevel::debug: prefix = "debug: "; break;
     default: break;
+  }
+  if (level == LogLevel::debug) {
+    // Where a process spends its start-up: seconds since exec (wall) and CPU seconds of all threads.
+    timespec cpu{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu);
+    // Resident memory: anonymous and file-backed (mapped checkpoints, libraries) pages, from /proc.
+    long anon_kb = 0, file_kb = 0;
+    if (FILE* f = std::fopen("/proc/self/status", "r")) {
+      char line[256];
+      while (std::fgets(line, sizeof line, f)) {
+        if (std::strncmp(line, "RssAnon:", 8) == 0) anon_kb = std::strtol(line + 8, nullptr, 10);
+        if (std::strncmp(line, "RssFile:", 8) == 0) file_kb = std::strtol(line + 8, nullptr, 10);
+      }
+      std::fclose(f);
+    }
+    std::fprintf(stderr, "debug [%.3f s, cpu %.3f s, rss %.0f MiB = anon %.0f + file %.0f]: %s\n", seconds_since_exec(),
+                 cpu.tv_sec + cpu.tv_nsec * 1e-9, (anon_kb + file_kb) / 1024.0, anon_kb / 1024.0, file_kb / 1024.0,
+                 msg.c_str());
+    std::fflush(stderr);
+    return;
   }
   std::fprintf(stderr, "%s%s\n", prefix, msg.c_str());
   std::fflush(stderr);

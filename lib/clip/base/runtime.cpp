@@ -54,6 +54,32 @@ int set_threads(int threads) {
   return threads;
 }
 
+namespace {
+// OpenMP's own count, through the runtime LibTorch loaded (libgomp): no link-time dependency here.
+using SetFn = void (*)(int);
+using GetFn = int (*)();
+SetFn omp_set() {
+  static SetFn f = reinterpret_cast<SetFn>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  return f;
+}
+GetFn omp_get() {
+  static GetFn f = reinterpret_cast<GetFn>(dlsym(RTLD_DEFAULT, "omp_get_max_threads"));
+  return f;
+}
+}  // namespace
+
+ScopedThreads::ScopedThreads(int n) {
+  if (n <= 0 || !omp_set() || !omp_get()) return;
+  const int now = at::get_num_threads();  // also initialises LibTorch's count
+  if (n >= now || omp_get()() != now) return;
+  before_ = now;
+  omp_set()(n);
+}
+
+ScopedThreads::~ScopedThreads() {
+  if (before_ > 0) omp_set()(before_);
+}
+
 void RuntimeOptions::apply() const {
   if (quiet) set_log_level(LogLevel::error);
   else if (verbose) set_log_level(LogLevel::debug);

@@ -32,6 +32,28 @@ void tune_malloc();
 // Sets LibTorch's intra-op threads (0 = all cores; LibTorch starts with one) and returns the count.
 int set_threads(int threads);
 
+// Within its scope, parallel regions started from the calling thread (LibTorch's intra-op loops, and
+// OpenBLAS and oneDNN, which follow OpenMP's count) use at most `n` threads; the previous count comes
+// back at the end. For jobs too small to gain from a thread team: starting one (and its workers spinning
+// between the forward pass's many short regions) costs more than it saves, the more so on a shared
+// machine. Unlike at::set_num_threads it does not rebuild LibTorch's pthreadpool. No-op when n <= 0 or
+// n is not below the current count.
+class ScopedThreads {
+ public:
+  explicit ScopedThreads(int n);
+  ~ScopedThreads();
+  ScopedThreads(const ScopedThreads&) = delete;
+  ScopedThreads& operator=(const ScopedThreads&) = delete;
+
+ private:
+  int before_ = 0;
+};
+
+// Intra-op threads worth using for a transformer forward pass over `positions` token positions in all
+// (batch x sequence length): 1 below kSmallJobPositions (a couple of texts), otherwise 0 (all).
+constexpr int64_t kSmallJobPositions = 128;
+inline int threads_for_positions(int64_t positions) { return positions < kSmallJobPositions ? 1 : 0; }
+
 // The BLAS core OpenBLAS selected (empty when another BLAS is loaded).
 std::string blas_core_name();
 

@@ -1,6 +1,7 @@
 #include "clip/model/loader.h"
 
 #include <fmt/format.h>
+#include <sys/mman.h>
 
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
@@ -34,7 +35,9 @@ ModelSource resolve_model(const ModelOptions& mo, bool need_vocab, const std::ve
   std::optional<ModelConfig> carried;
   std::string carried_from;
   if (!mo.checkpoint.empty()) {
+    log_debug("reading checkpoint {}", mo.checkpoint);
     src.checkpoint = load_checkpoint(mo.checkpoint);
+    log_debug("checkpoint read: {} tensors", src.checkpoint->state_dict.keys.size());
     carried = carried_config(*src.checkpoint);
     carried_from = mo.checkpoint;
     if (src.checkpoint->had_module_prefix) log_debug("stripped 'module.' from checkpoint keys");
@@ -81,9 +84,20 @@ ClipModel build_model(const ModelSource& src, Towers towers, WeightUse use) {
   // A strict load overwrites every parameter: filling them first would only cost time and memory.
   ParamFillScope fill(src.checkpoint ? ParamFill::uninitialised : ParamFill::values);
   ClipModel model(src.config, towers);
+  log_debug("model built");
   if (src.checkpoint) {
-    load_weights(model, src.checkpoint->state_dict, /*strict=*/true, use);
+    // The pages parsing mapped (zip directory, pickle) are not read again: unmapped (they stay in the
+    // page cache; the tensors' pages are mapped again as the weights are read). Nothing writes to a
+    // checkpoint's mapping, so dropping its pages loses nothing.
+    std::vector<std::pair<const void*, size_t>> mapped;
+    for (const auto& m : src.checkpoint->maps)
+      if (m && m->data()) {
+        mapped.emplace_back(m->data(), m->size());
+        ::madvise(const_cast<uint8_t*>(m->data()), m->size(), MADV_DONTNEED);
+      }
+    load_weights(model, src.checkpoint->state_dict, /*strict=*/true, use, mapped);
     src.checkpoint->check_intact();
+    log_debug("weights loaded");
   }
   return model;
 }

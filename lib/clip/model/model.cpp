@@ -11,11 +11,17 @@
 
 #include "clip/model/torch_compat.h"
 
+#include <immintrin.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <functional>
+#include <optional>
 #include <mutex>
 #include <set>
 
+#include "clip/base/cpu.h"
 #include "clip/base/error.h"
 #include "clip/base/log.h"
 #include "clip/model/model_parts.h"
@@ -477,13 +483,79 @@ std::string key_list(const std::vector<std::string>& keys) {
   return r;
 }
 
+// True when a contiguous float32/float16/bfloat16 buffer holds a NaN or an infinity: all exponent bits
+// set. One streaming pass with no temporary (at::isfinite would write a bool per value first).
+template <typename U>
+bool any_nonfinite_scalar(const U* x, int64_t n, U mask) {
+  U bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<U>((x[i] & mask) == mask);
+  return bad != 0;
+}
+
+__attribute__((target("avx2"))) bool any_nonfinite_avx2(const uint8_t* p, int64_t bytes, int bits) {
+  const __m256i m = bits == 32 ? _mm256_set1_epi32(0x7f800000) : _mm256_set1_epi16(static_cast<short>(bits == 16 ? 0x7c00 : 0x7f80));
+  __m256i acc = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 128 <= bytes; i += 128) {
+    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 32));
+    __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 64));
+    __m256i d = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 96));
+    if (bits == 32) {
+      acc = _mm256_or_si256(acc, _mm256_or_si256(_mm256_cmpeq_epi32(_mm256_and_si256(a, m), m),
+                                                 _mm256_cmpeq_epi32(_mm256_and_si256(b, m), m)));
+      acc = _mm256_or_si256(acc, _mm256_or_si256(_mm256_cmpeq_epi32(_mm256_and_si256(c, m), m),
+                                                 _mm256_cmpeq_epi32(_mm256_and_si256(d, m), m)));
+    } else {
+      acc = _mm256_or_si256(acc, _mm256_or_si256(_mm256_cmpeq_epi16(_mm256_and_si256(a, m), m),
+                                                 _mm256_cmpeq_epi16(_mm256_and_si256(b, m), m)));
+      acc = _mm256_or_si256(acc, _mm256_or_si256(_mm256_cmpeq_epi16(_mm256_and_si256(c, m), m),
+                                                 _mm256_cmpeq_epi16(_mm256_and_si256(d, m), m)));
+    }
+  }
+  if (!_mm256_testz_si256(acc, acc)) return true;
+  if (bits == 32) return any_nonfinite_scalar(reinterpret_cast<const uint32_t*>(p + i), (bytes - i) / 4, uint32_t(0x7f800000));
+  return any_nonfinite_scalar(reinterpret_cast<const uint16_t*>(p + i), (bytes - i) / 2,
+                              static_cast<uint16_t>(bits == 16 ? 0x7c00 : 0x7f80));
+}
+
+// Whether the stored tensor holds NaN/Inf, reading it once; std::nullopt when this fast path does not
+// apply (another dtype, a strided view): the caller then uses at::isfinite.
+std::optional<bool> any_nonfinite(const TensorData& t) {
+  const int bits = t.dtype == DType::f32 ? 32 : t.dtype == DType::f16 ? 16 : t.dtype == DType::bf16 ? 17 : 0;
+  if (!bits || !t.is_contiguous() || !t.data) return std::nullopt;
+  const int64_t n = t.numel();
+  if (cpu_features().avx2) return any_nonfinite_avx2(t.data, n * (bits == 32 ? 4 : 2), bits);
+  if (bits == 32) return any_nonfinite_scalar(reinterpret_cast<const uint32_t*>(t.data), n, uint32_t(0x7f800000));
+  return any_nonfinite_scalar(reinterpret_cast<const uint16_t*>(t.data), n, static_cast<uint16_t>(bits == 16 ? 0x7c00 : 0x7f80));
+}
+
+// Unmaps the whole pages inside [p, p + bytes) of a read-only file mapping (the pages stay in the page
+// cache; the next read maps them again, with the same bytes). After the finiteness scan of a mapped
+// tensor, so that only what the forward pass then reads counts in the process's memory: e.g. the rows of
+// the word embedding that no token of the job uses. Only for tensors that nothing has written to (a
+// fresh checkpoint mapping), where dropping a page loses nothing.
+void drop_pages(const void* p, size_t bytes) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(page - 1);
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
 const char* kRemedy =
     "the checkpoint was made for another architecture: pass the --vision-model/--text-model it was trained with "
     "(official name or cn_clip JSON config), or omit them to infer the config from the checkpoint";
 
 }  // namespace
 
-void load_weights(ClipModel& model, const StateDict& sd, bool strict, WeightUse use) {
+void load_weights(ClipModel& model, const StateDict& sd, bool strict, WeightUse use,
+                  const std::vector<std::pair<const void*, size_t>>& mapped_ranges) {
+  auto in_mapping = [&](const TensorData& t) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(t.data);
+    for (const auto& [b, n] : mapped_ranges)
+      if (p >= reinterpret_cast<uintptr_t>(b) && p < reinterpret_cast<uintptr_t>(b) + n) return true;
+    return false;
+  };
   const ModelConfig& cfg = model->config();
   auto state = model_state(model);
   std::vector<std::string> missing, unexpected;
@@ -528,20 +600,30 @@ void load_weights(ClipModel& model, const StateDict& sd, bool strict, WeightUse 
     if (!at::isFloatingType(to_scalar_type(src->dtype)) && at::isFloatingType(dst->scalar_type()))
       throw ModelError("checkpoint key '" + name + "' holds " + dtype_name(src->dtype) + " values where float weights are expected");
   }
+  log_debug("{} tensors to load", todo.size());
   for (auto& [name, dst, src] : todo) {
     const at::Tensor v = tensor_view(*src);
-    if (at::isFloatingType(v.scalar_type()) && v.numel() > 0 && !at::isfinite(v).all().item<bool>()) {
+    const std::optional<bool> fast = v.numel() > 0 ? any_nonfinite(*src) : std::optional<bool>(false);
+    if (at::isFloatingType(v.scalar_type()) && v.numel() > 0 && (fast ? *fast : !at::isfinite(v).all().item<bool>())) {
       const int64_t n = at::logical_not(at::isfinite(v)).sum().item<int64_t>();
       throw ModelError("checkpoint key '" + name + "' holds " + std::to_string(n) + " NaN or infinite value(s) of " +
                        std::to_string(v.numel()) + ": the weights are damaged (or came from a diverged run); use an "
                        "earlier checkpoint");
     }
     // In place: the parameter becomes the mapped bytes themselves when nothing needs converting.
+    const bool mapped = in_mapping(*src);
     if (use == WeightUse::share && v.scalar_type() == dst->scalar_type() && dst->device().is_cpu() &&
         v.is_contiguous() && !dst->is_meta())
       dst->set_data(v);
     else
       dst->copy_(v);
+    // The scan (and a copy) mapped every page of the tensor. A copied tensor's pages are not read again;
+    // of a lookup table (BERT's word, position and token-type embeddings) the forward reads only the rows
+    // of the tokens it sees: unmapped, neither counts in the job's memory. (Other shared weights are read
+    // whole by every forward pass and stay mapped.)
+    const bool lookup = name.size() > 18 && name.compare(name.size() - 18, 18, "_embeddings.weight") == 0;
+    if (mapped && v.is_contiguous() && (lookup || dst->data_ptr() != v.data_ptr()))
+      drop_pages(src->data, static_cast<size_t>(v.numel()) * v.element_size());
   }
 }
 

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "clip/io/checkpoint.h"
@@ -92,7 +93,12 @@ TORCH_MODULE(ClipModel);
 // model's dtype. strict: every model key must be present and no unknown key may remain (keys of a
 // tower the model was built without are skipped). A shape mismatch throws ModelError naming the
 // key, the expected and the found shape.
-void load_weights(ClipModel& model, const StateDict& sd, bool strict = true, WeightUse use = WeightUse::copy);
+// `mapped`: the [begin, begin + size) ranges of the read-only file mappings the tensors may point into
+// (Checkpoint::maps); after its finiteness scan, a copied tensor or a lookup table (embeddings) in one
+// of them has its pages unmapped again (they stay in the page cache), so that the pages the job does
+// not read again do not count in its memory.
+void load_weights(ClipModel& model, const StateDict& sd, bool strict = true, WeightUse use = WeightUse::copy,
+                  const std::vector<std::pair<const void*, size_t>>& mapped = {});
 
 // The model's parameters and buffers under cn_clip names, in cn_clip's state_dict order.
 std::vector<std::pair<std::string, at::Tensor>> model_state(ClipModel& model);

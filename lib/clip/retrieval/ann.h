@@ -36,6 +36,17 @@ double build_ann(const FeatureSet& fs, const AnnBuildOptions& opt, const std::st
 // does not belong to the old store.
 void extend_ann(const std::string& path, const FeatureSet& old_store, const FeatureSet& fs);
 
+// The index at `from_path` (built for `from_store`) carried over to `to_store`, whose first
+// from_store.size() rows are from_store's rows, unchanged and in order (a merge without replaced
+// rows): the remaining rows are added and the result is written to `to_path` (which may be
+// from_path). DataError with the remedy when the index does not belong to from_store or the ids of
+// the leading rows differ.
+void carry_ann(const std::string& from_path, const FeatureSet& from_store, const FeatureSet& to_store,
+               const std::string& to_path);
+
+// The factory string recorded in an index file (empty when it is not readable as one).
+std::string ann_factory_of(const std::string& path);
+
 class AnnIndex {
  public:
   // Reads and validates `path` against `fs`; applies `p` (nprobe/ef).

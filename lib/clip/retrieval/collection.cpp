@@ -70,7 +70,7 @@ Collection Collection::open(const std::vector<std::string>& paths, const SearchO
         auto [it, fresh] = owner.emplace(id, i);
         if (!fresh)
           throw DataError(fmt::format("id {} is in shard '{}' and in shard '{}': ids must be unique across shards "
-                                      "(index the collections with disjoint ids, or merge them with --replace)",
+                                      "(index the collections with disjoint ids, or merge them: clip-index --merge ... --replace)",
                                       id, paths[it->second], paths[i]));
       }
     }

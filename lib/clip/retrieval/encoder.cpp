@@ -10,6 +10,7 @@
 #include "clip/base/fileio.h"
 #include "clip/image/image.h"
 #include "clip/base/log.h"
+#include "clip/base/runtime.h"
 #include "clip/model/model.h"
 #include "clip/model/tensor_torch.h"
 #include "clip/model/torch_compat.h"
@@ -49,6 +50,7 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   if (!src.checkpoint) weights_hash_ = clip::weights_hash(st_->model);
   st_->checkpoint = std::move(src.checkpoint);
   tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(src.vocab_path));
+  log_debug("vocab {} loaded", src.vocab_path);
   check_vocab_fits(*tokenizer_, src.config.text);
   st_->device = parse_device(ro.device);
   st_->dtype = parse_precision(ro.precision, st_->device);
@@ -93,6 +95,8 @@ int Encoder::embed_dim() const { return config().embed_dim(); }
 
 at::Tensor Encoder::encode_ids(const at::Tensor& ids) {
   at::NoGradGuard ng;
+  // A text or two: one thread (a thread team costs more than it saves on so small a pass).
+  ScopedThreads small(st_->device.is_cpu() && ids.dim() == 2 ? threads_for_positions(ids.size(0) * ids.size(1)) : 0);
   compat::Autocast ac(st_->amp, st_->device);
   auto f = st_->model->encode_text(ids.to(st_->device));
   f = f.to(at::kFloat);

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <deque>
+#include <unordered_set>
 
 #include "clip/retrieval/ann.h"
 #include "clip/retrieval/int8.h"
@@ -103,6 +104,7 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts) {
     }
   }
   prog.finish();
+  log_debug("{} texts encoded", texts.size());
   set.features = parts.empty() ? at::empty({0, enc.embed_dim()}, at::kFloat) : at::cat(parts, 0);
   return set;
 }
@@ -205,10 +207,73 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
     }
   }
   if (side.int8 || (appending && file_exists(i8_file))) {
-    build_int8(now, i8_file);
+    build_int8(now, i8_file, side.int8 ? side.int8_scale : int8_scale_of(i8_file));
   } else if (file_exists(i8_file)) {
     std::remove(i8_file.c_str());
     log_warn("removed {}: it described the store this run replaced; rebuild it with --dtype i8", i8_file);
+  }
+}
+
+void merge_features(const std::vector<std::string>& inputs, const std::string& out, const MergeOptions& opt,
+                    const SidecarOptions& side) {
+  if (inputs.size() < 2) throw UsageError("--merge needs at least two stores");
+  for (const auto& in : inputs)
+    if (!is_store_file(in)) throw UsageError("--merge takes binary feature stores; '" + in + "' is not one");
+  // The inputs as they are now (their mappings stay valid when `out` replaces one of them), and their
+  // indexes checked before anything is written.
+  std::vector<FeatureSet> in;
+  for (const auto& p : inputs) in.push_back(open_store(p));
+  std::string carry_from, factory;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const std::string a = ann_path(inputs[i]);
+    if (!file_exists(a)) continue;
+    const auto idx = AnnIndex::open(a, in[i], {});  // DataError with the remedy when stale
+    if (factory.empty()) factory = idx->factory();
+    if (i == 0) carry_from = a;
+  }
+  std::string i8_from;
+  for (const auto& p : inputs)
+    if (i8_from.empty() && file_exists(int8_path(p))) i8_from = int8_path(p);
+  const Int8Scale i8_scale = side.int8 ? side.int8_scale : i8_from.empty() ? Int8Scale::per_vector : int8_scale_of(i8_from);
+  // The first input's index stays where it is while `out` is written (when `out` is the first input,
+  // it is read before being rewritten beside it).
+  for (size_t i = 1; i < inputs.size(); ++i) {
+    const std::string a = i == 1 ? inputs[0] : out;
+    merge_stores(a, inputs[i], out, opt);
+  }
+  FeatureSet now = open_store(out);
+  log_info("merged {} stores into {} ({} rows)", inputs.size(), out, now.size());
+  // Did every row of the first input keep its place and value? (No id of a later input replaced one.)
+  bool first_intact = true;
+  if (opt.replace) {
+    std::unordered_set<int64_t> first(in[0].ids.begin(), in[0].ids.end());
+    for (size_t i = 1; i < in.size() && first_intact; ++i)
+      for (int64_t id : in[i].ids)
+        if (first.count(id)) {
+          first_intact = false;
+          break;
+        }
+  }
+  const std::string ann_file = ann_path(out), i8_file = int8_path(out);
+  if (!side.ann_factory.empty() || (!factory.empty() && (carry_from.empty() || !first_intact))) {
+    AnnBuildOptions bo;
+    bo.factory = side.ann_factory.empty() ? factory : side.ann_factory;
+    bo.max_train = side.ann_train;
+    if (side.ann_factory.empty())
+      log_info("building a new {} index for {}: {}", bo.factory, out,
+               carry_from.empty() ? "the first store has none to carry over" : "rows of the first store were replaced");
+    build_ann(now, bo, ann_file);
+  } else if (!carry_from.empty()) {
+    carry_ann(carry_from, in[0], now, ann_file);
+  } else if (file_exists(ann_file)) {
+    std::remove(ann_file.c_str());
+    log_warn("removed {}: it indexed the store this merge replaced; build one with --ann FACTORY", ann_file);
+  }
+  if (side.int8 || !i8_from.empty()) {
+    build_int8(now, i8_file, i8_scale);
+  } else if (file_exists(i8_file)) {
+    std::remove(i8_file.c_str());
+    log_warn("removed {}: it described the store this merge replaced; rebuild it with --dtype i8", i8_file);
   }
 }
 

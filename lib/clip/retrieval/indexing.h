@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "clip/retrieval/int8.h"
 #include "clip/retrieval/store.h"
 
 namespace clip {
@@ -51,10 +52,24 @@ struct SidecarOptions {
   std::string ann_factory;
   int64_t ann_train = 100000;
   bool int8 = false;
+  Int8Scale int8_scale = Int8Scale::per_vector;  // --i8-scale (an appended-to file keeps its own kind)
 };
 
 void write_features(const std::string& path, const EncodedSet& set, const StoreMeta& meta, StoreDtype dtype,
                     bool append, const SidecarOptions& side = {}, bool replace = false);
+
+// clip-index --merge: the stores `inputs` (two or more, in that order; later ones win duplicate ids
+// with opt.replace) written as one store `out` (which may be one of the inputs), with the files beside
+// them carried over instead of dropped:
+//  * STORE.ann: with side.ann_factory, a new index of that factory; else, when the first input has an
+//    index and none of its rows was replaced, that index with the other inputs' rows added (no
+//    training); else, when any input has one, a new index of the first such input's factory, trained
+//    on the merged rows (logged). An input's index that does not match its store is refused (DataError,
+//    with the remedy) before anything is written.
+//  * STORE.i8: rebuilt when side.int8 or any input has one (the first one's scale kind unless
+//    side.int8). Stale files beside `out` are removed otherwise.
+void merge_features(const std::vector<std::string>& inputs, const std::string& out, const MergeOptions& opt,
+                    const SidecarOptions& side = {});
 
 // Photo folders and --append: which rows of `src` still need encoding for the store at `store_path`.
 // Without the store, or for a source other than a folder, every row (appending a TSV's id that is

@@ -1,8 +1,10 @@
-// int8 scan file STORE.i8 beside a float store (clip-index --dtype i8): every row quantised to int8
-// with its own scale (max |x| / 127). A query scans the int8 rows (a quarter of float32's bytes, half
-// of float16's) for its best candidates, which are then re-scored exactly from the float store, so the
-// scores returned are exact and only the choice of candidates is approximate. Sidecar format
-// (sidecar.h): magic "CLIPI8", version 1, payload = rows x dim int8 codes, then rows float32 scales.
+// int8 scan file STORE.i8 beside a float store (clip-index --dtype i8): every value quantised to int8,
+// with one scale per row (max |x| of the row / 127, the default) or one scale per dimension (max |x| of
+// the column over all rows / 127, --i8-scale dim). A query scans the int8 rows (a quarter of float32's
+// bytes, half of float16's) for its best candidates, which are then re-scored exactly from the float
+// store, so the scores returned are exact and only the choice of candidates is approximate. Sidecar
+// format (sidecar.h): magic "CLIPI8", version 1, header "scale": "per_vector" or "per_dimension",
+// payload = rows x dim int8 codes, then the float32 scales (rows of them, or dim of them).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -15,8 +17,14 @@ namespace clip {
 
 std::string int8_path(const std::string& store_path);  // store_path + ".i8"
 
+enum class Int8Scale { per_vector, per_dimension };
+Int8Scale parse_int8_scale(const std::string& s);  // "row" / "vector" or "dim" / "dimension"; UsageError otherwise
+const char* int8_scale_name(Int8Scale s);          // "per_vector" / "per_dimension" (the header's value)
+
 // Quantises every row of the store and writes `path` atomically.
-void build_int8(const FeatureSet& fs, const std::string& path);
+void build_int8(const FeatureSet& fs, const std::string& path, Int8Scale scale = Int8Scale::per_vector);
+// The scale kind an existing scan file was built with (to rebuild it alike); per_vector when unreadable.
+Int8Scale int8_scale_of(const std::string& path);
 
 class Int8Index {
  public:
@@ -28,12 +36,14 @@ class Int8Index {
   std::vector<std::vector<int64_t>> candidates(const float* q, int64_t nq, int64_t n,
                                                const std::vector<int64_t>& exclude_row) const;
   const std::string& path() const;
+  Int8Scale scale() const { return scale_; }
 
  private:
   Int8Index() = default;
   std::shared_ptr<const void> map_;
   const int8_t* codes_ = nullptr;
-  const float* scales_ = nullptr;
+  const float* scales_ = nullptr;  // rows of them (per_vector) or dim of them (per_dimension)
+  Int8Scale scale_ = Int8Scale::per_vector;
   int64_t rows_ = 0, dim_ = 0;
   std::string path_;
 };
