@@ -376,25 +376,33 @@ std::string background_phrase(int bg, Rng& rng) {
   }
 }
 
-std::string one_group_caption(const Scene& s, Rng& rng) {
+// A caption and what it states about the scene: always the groups' shapes, colours, counts and
+// places; the sizes and the background only where named.
+struct Caption {
+  std::string text;
+  bool sizes = false, background = false;
+};
+
+Caption one_group_caption(const Scene& s, Rng& rng) {
   const Group& g = s.groups[0];
-  std::string np = noun_phrase(g, rng, rng.chance(0.6)), p = pos_word(g.pos, rng);
+  bool sizes = rng.chance(0.6);
+  std::string np = noun_phrase(g, rng, sizes), p = pos_word(g.pos, rng);
   const std::string& bg = kBackgrounds[size_t(s.bg)].name;
   switch (rng.below(10)) {
-    case 0: return background_phrase(s.bg, rng) + "，" + p + "有" + np;
-    case 1: return "画面" + p + "是" + np;
-    case 2: return np + "位于画面" + p;
-    case 3: return "图中" + p + "画着" + np;
-    case 4: return p + "有" + np + "，背景是" + bg;
-    case 5: return "一张" + bg + "背景的图片，" + p + "有" + np;
-    case 6: return np + "出现在" + p;
-    case 7: return "这张图的" + p + "有" + np + "。";
-    case 8: return "在" + bg + "的背景中，" + np + "位于" + p;
-    default: return "图片" + p + "是" + np + "，其他地方是空的";
+    case 0: return {background_phrase(s.bg, rng) + "，" + p + "有" + np, sizes, true};
+    case 1: return {"画面" + p + "是" + np, sizes, false};
+    case 2: return {np + "位于画面" + p, sizes, false};
+    case 3: return {"图中" + p + "画着" + np, sizes, false};
+    case 4: return {p + "有" + np + "，背景是" + bg, sizes, true};
+    case 5: return {"一张" + bg + "背景的图片，" + p + "有" + np, sizes, true};
+    case 6: return {np + "出现在" + p, sizes, false};
+    case 7: return {"这张图的" + p + "有" + np + "。", sizes, false};
+    case 8: return {"在" + bg + "的背景中，" + np + "位于" + p, sizes, true};
+    default: return {"图片" + p + "是" + np + "，其他地方是空的", sizes, false};
   }
 }
 
-std::string two_group_caption(const Scene& s, Rng& rng) {
+Caption two_group_caption(const Scene& s, Rng& rng) {
   const Group &a = s.groups[0], &b = s.groups[1];
   // Same shape and colour: only the size (or the count) tells the groups apart, so name it.
   bool sizes = (a.shape == b.shape && a.color == b.color) || rng.chance(0.5);
@@ -402,24 +410,37 @@ std::string two_group_caption(const Scene& s, Rng& rng) {
   std::string pa = pos_word(a.pos, rng), pb = pos_word(b.pos, rng);
   const std::string& bg = kBackgrounds[size_t(s.bg)].name;
   switch (rng.below(8)) {
-    case 0: return pa + "是" + na + "，" + pb + "是" + nb;
-    case 1: return background_phrase(s.bg, rng) + "，" + pa + "有" + na + "，" + pb + "有" + nb;
-    case 2: return na + "在" + pa + "，" + nb + "在" + pb;
-    case 3: return pb + "有" + nb + "，" + pa + "有" + na;
-    case 4: return "画面" + pa + "画着" + na + "，" + pb + "画着" + nb + "，背景是" + bg;
-    case 5: return na + "和" + nb + "分别位于" + pa + "和" + pb;
-    case 6: return "图中有" + na + "和" + nb + "，前者在" + pa + "，后者在" + pb;
-    default: return "一张" + bg + "背景的图：" + pa + "是" + na + "，" + pb + "是" + nb + "。";
+    case 0: return {pa + "是" + na + "，" + pb + "是" + nb, sizes, false};
+    case 1: return {background_phrase(s.bg, rng) + "，" + pa + "有" + na + "，" + pb + "有" + nb, sizes, true};
+    case 2: return {na + "在" + pa + "，" + nb + "在" + pb, sizes, false};
+    case 3: return {pb + "有" + nb + "，" + pa + "有" + na, sizes, false};
+    case 4: return {"画面" + pa + "画着" + na + "，" + pb + "画着" + nb + "，背景是" + bg, sizes, true};
+    case 5: return {na + "和" + nb + "分别位于" + pa + "和" + pb, sizes, false};
+    case 6: return {"图中有" + na + "和" + nb + "，前者在" + pa + "，后者在" + pb, sizes, false};
+    default: return {"一张" + bg + "背景的图：" + pa + "是" + na + "，" + pb + "是" + nb + "。", sizes, true};
   }
 }
 
-std::vector<std::string> captions(const Scene& s, Rng& rng, int n) {
-  std::vector<std::string> out;
+std::vector<Caption> captions(const Scene& s, Rng& rng, int n) {
+  std::vector<Caption> out;
   for (int tries = 0; int(out.size()) < n; ++tries) {
-    std::string c = s.groups.size() == 1 ? one_group_caption(s, rng) : two_group_caption(s, rng);
-    if (tries > 1000 || std::find(out.begin(), out.end(), c) == out.end()) out.push_back(c);
+    Caption c = s.groups.size() == 1 ? one_group_caption(s, rng) : two_group_caption(s, rng);
+    if (tries > 1000 || std::none_of(out.begin(), out.end(), [&](const Caption& o) { return o.text == c.text; }))
+      out.push_back(c);
   }
   return out;
+}
+
+// Whether caption c (of some scene) describes scene s truthfully: the same groups (shape, colour,
+// count, place; the size where c names it) and the background where c names it.
+bool fits(const Caption& c, const Scene& of, const Scene& s) {
+  if (of.groups.size() != s.groups.size() || (c.background && of.bg != s.bg)) return false;
+  for (size_t k = 0; k < s.groups.size(); ++k) {
+    const Group &a = of.groups[k], &b = s.groups[k];
+    if (a.shape != b.shape || a.color != b.color || a.count != b.count || a.pos != b.pos) return false;
+    if (c.sizes && a.big != b.big) return false;
+  }
+  return true;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -464,6 +485,32 @@ void write_file(const std::string& path, const std::string& content) {
   f.commit();
 }
 
+// How well the captions single out their images: a caption that truthfully describes m images of
+// its split gives a perfect model Recall@1 1/m (ties broken at random), and an image described by F
+// captions of its split, 5 of them its own, Recall@1 5/F.
+void report_ambiguity(const std::string& split, const std::vector<Scene>& scenes,
+                      const std::vector<std::vector<Caption>>& texts) {
+  size_t n = scenes.size(), captions = 0, unique = 0, worst = 0;
+  double t2i = 0, i2t = 0;
+  std::vector<size_t> fitting(n, 0);  // captions of the split that describe image j
+  for (size_t i = 0; i < n; ++i)
+    for (const Caption& c : texts[i]) {
+      size_t m = 0;
+      for (size_t j = 0; j < n; ++j)
+        if (fits(c, scenes[i], scenes[j])) ++m, ++fitting[j];
+      ++captions;
+      unique += m == 1;
+      worst = std::max(worst, m);
+      t2i += 1.0 / double(m);
+    }
+  for (size_t j = 0; j < n; ++j) i2t += double(texts[j].size()) / double(fitting[j]);
+  if (n == 0) return;
+  clip::log_info("{}: {:.1f} % of the captions describe their own image only (at most {} images); a perfect model's "
+                 "Recall@1 {:.1f} % (text->image) / {:.1f} % (image->text)",
+                 split, 100.0 * double(unique) / double(captions), worst, 100.0 * t2i / double(captions),
+                 100.0 * i2t / double(n));
+}
+
 struct Options {
   std::string out;
   uint64_t seed = 20240601;
@@ -478,6 +525,8 @@ int run(const Options& o) {
   size_t total_bytes = 0;
   for (const auto& [split, count] : splits) {
     std::string tsv, jsonl;
+    std::vector<Scene> scenes;
+    std::vector<std::vector<Caption>> texts;
     for (int i = 0; i < count; ++i, ++global) {
       // Each image has its own stream, so a split's content does not depend on the others' sizes
       // beyond its id range.
@@ -491,10 +540,13 @@ int run(const Options& o) {
       for (size_t k = 0; k < caps.size(); ++k) {
         int64_t text_id = 1 + global * 5 + int64_t(k);
         jsonl += fmt::format("{{\"text_id\": {}, \"text\": {}, \"image_ids\": [{}]}}\n", text_id,
-                             nlohmann::json(caps[k]).dump(), image_id);
-        for (uint32_t cp : utf8_codepoints(caps[k])) chars.insert(cp);
+                             nlohmann::json(caps[k].text).dump(), image_id);
+        for (uint32_t cp : utf8_codepoints(caps[k].text)) chars.insert(cp);
       }
+      scenes.push_back(std::move(scene));
+      texts.push_back(std::move(caps));
     }
+    report_ambiguity(split, scenes, texts);
     write_file(clip::path_join(o.out, split + "_imgs.tsv"), tsv);
     write_file(clip::path_join(o.out, split + "_texts.jsonl"), jsonl);
     total_bytes += tsv.size() + jsonl.size();
