@@ -402,21 +402,23 @@ std::string add_background(const std::string& sentence, int bg, Rng& rng) {
   return ends ? t + period : t;
 }
 
+// A single group: the caption also says that nothing else is there ("只有", "其他地方是空的"), or
+// it would be just as true of a two-group scene holding the same group.
 Caption one_group_caption(const Scene& s, Rng& rng) {
   const Group& g = s.groups[0];
   bool sizes = rng.chance(0.6);
   std::string np = noun_phrase(g, rng, sizes), p = pos_word(g.pos, rng);
   const std::string& bg = kBackgrounds[size_t(s.bg)].name;
   switch (rng.below(10)) {
-    case 0: return {background_phrase(s.bg, rng) + "，" + p + "有" + np, sizes, true};
-    case 1: return {add_background("画面" + p + "是" + np, s.bg, rng), sizes, true};
-    case 2: return {add_background(np + "位于画面" + p, s.bg, rng), sizes, true};
-    case 3: return {add_background("图中" + p + "画着" + np, s.bg, rng), sizes, true};
-    case 4: return {p + "有" + np + "，背景是" + bg, sizes, true};
-    case 5: return {"一张" + bg + "背景的图片，" + p + "有" + np, sizes, true};
-    case 6: return {add_background(np + "出现在" + p, s.bg, rng), sizes, true};
-    case 7: return {add_background("这张图的" + p + "有" + np + "。", s.bg, rng), sizes, true};
-    case 8: return {"在" + bg + "的背景中，" + np + "位于" + p, sizes, true};
+    case 0: return {background_phrase(s.bg, rng) + "，只有" + p + "有" + np, sizes, true};
+    case 1: return {add_background("画面" + p + "是" + np + "，其他地方是空的", s.bg, rng), sizes, true};
+    case 2: return {add_background("画面中只有" + np + "，位于" + p, s.bg, rng), sizes, true};
+    case 3: return {add_background("图中只在" + p + "画着" + np, s.bg, rng), sizes, true};
+    case 4: return {"只有" + p + "有" + np + "，背景是" + bg, sizes, true};
+    case 5: return {"一张" + bg + "背景的图片，只在" + p + "有" + np, sizes, true};
+    case 6: return {add_background("只有" + np + "出现在" + p, s.bg, rng), sizes, true};
+    case 7: return {add_background("这张图只有" + p + "有" + np + "。", s.bg, rng), sizes, true};
+    case 8: return {"在" + bg + "的背景中，只有" + np + "位于" + p, sizes, true};
     default: return {add_background("图片" + p + "是" + np + "，其他地方是空的", s.bg, rng), sizes, true};
   }
 }
