@@ -46,8 +46,9 @@ echo "== 3. after training" >&2
 evaluate "$OUT/run/checkpoints/epoch_latest.pt" after
 
 echo "== 4. Chinese queries against the test images (top 3)" >&2
-# Three captions of the test split; the right answer to each is the image it was written for.
-grep -E '"text_id": (QUERY_IDS),' "$D/test_texts.jsonl" > "$OUT/queries.jsonl"
+# Three captions of the test split (two groups told apart by shape and place; a count; colour, size and
+# shape bound to left and right); the right answer to each is the image it was written for.
+grep -E '"text_id": (11226|11559|11882),' "$D/test_texts.jsonl" > "$OUT/queries.jsonl"
 sed -E 's/.*"text": "([^"]*)", "image_ids": \[([0-9]+)\].*/\1\t\2/' "$OUT/queries.jsonl" > "$OUT/queries.gold.tsv"
 echo "## queries: three test captions, top 3 after training (<- marks the image the caption was written for)"
 "$B/clip-query" -q --index "$OUT/after.test.img.clipfeat" --texts "$OUT/queries.jsonl" -k 3 --format tsv \
