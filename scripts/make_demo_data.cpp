@@ -1,15 +1,19 @@
 // make-demo-data: generates the small embedded dataset data/shapes-zh deterministically.
 //
 //   make-demo-data --out data/shapes-zh [--seed 20240601] [--train 2000 --valid 200 --test 200]
+//                  [--scenes scenes.jsonl]
 //
 // Each image is a simple scene (1-3 coloured shapes on a textured background) and comes with five
 // Chinese captions that describe it truthfully in varied words, including the details retrieval
 // models tend to confuse: which colour goes with which shape, how many, and where (left / right /
-// top / bottom / middle). Output, in the Flickr30k-CN layout that cn_clip reads:
+// top / bottom / middle); every caption names the background colour. Output, in the Flickr30k-CN
+// layout that cn_clip reads:
 //   {train,valid,test}_imgs.tsv      image_id<TAB>base64(JPEG)
 //   {train,valid,test}_texts.jsonl   {"text_id": N, "text": "...", "image_ids": [M]}
 //   vocab.txt                        BERT-Chinese layout covering every caption character
 //   ViT-Demo.json, RBT-Demo.json     a tiny model in cn_clip's config schema
+// and, with --scenes, every image's scene attributes as JSONL (for analysing a model's mistakes).
+// It logs how well each split's captions single out their images.
 // Every byte depends only on the options: the random generator is our own (std::distributions
 // differ between standard libraries) and each image is seeded from its global index.
 #include <CLI/CLI.hpp>
@@ -376,25 +380,50 @@ std::string background_phrase(int bg, Rng& rng) {
   }
 }
 
-std::string one_group_caption(const Scene& s, Rng& rng) {
+// A caption and what it states about the scene: always the groups' shapes, colours, counts and
+// places; the sizes and the background only where named.
+struct Caption {
+  std::string text;
+  bool sizes = false, background = false;
+};
+
+// Names the background where the sentence did not: "浅蓝色背景上，..." or "...，背景是浅蓝色".
+std::string add_background(const std::string& sentence, int bg, Rng& rng) {
+  const std::string& n = kBackgrounds[size_t(bg)].name;
+  const std::string period = "。";
+  bool ends = sentence.size() >= period.size() && sentence.compare(sentence.size() - period.size(), period.size(), period) == 0;
+  std::string t = ends ? sentence.substr(0, sentence.size() - period.size()) : sentence;
+  switch (rng.below(4)) {
+    case 0: t = background_phrase(bg, rng) + "，" + t; break;
+    case 1: t += "，背景是" + n; break;
+    case 2: t += "，背景为" + n; break;
+    default: t += "，底色是" + n; break;
+  }
+  return ends ? t + period : t;
+}
+
+// A single group: the caption also says that nothing else is there ("只有", "其他地方是空的"), or
+// it would be just as true of a two-group scene holding the same group.
+Caption one_group_caption(const Scene& s, Rng& rng) {
   const Group& g = s.groups[0];
-  std::string np = noun_phrase(g, rng, rng.chance(0.6)), p = pos_word(g.pos, rng);
+  bool sizes = rng.chance(0.6);
+  std::string np = noun_phrase(g, rng, sizes), p = pos_word(g.pos, rng);
   const std::string& bg = kBackgrounds[size_t(s.bg)].name;
   switch (rng.below(10)) {
-    case 0: return background_phrase(s.bg, rng) + "，" + p + "有" + np;
-    case 1: return "画面" + p + "是" + np;
-    case 2: return np + "位于画面" + p;
-    case 3: return "图中" + p + "画着" + np;
-    case 4: return p + "有" + np + "，背景是" + bg;
-    case 5: return "一张" + bg + "背景的图片，" + p + "有" + np;
-    case 6: return np + "出现在" + p;
-    case 7: return "这张图的" + p + "有" + np + "。";
-    case 8: return "在" + bg + "的背景中，" + np + "位于" + p;
-    default: return "图片" + p + "是" + np + "，其他地方是空的";
+    case 0: return {background_phrase(s.bg, rng) + "，只有" + p + "有" + np, sizes, true};
+    case 1: return {add_background("画面" + p + "是" + np + "，其他地方是空的", s.bg, rng), sizes, true};
+    case 2: return {add_background("画面中只有" + np + "，位于" + p, s.bg, rng), sizes, true};
+    case 3: return {add_background("图中只在" + p + "画着" + np, s.bg, rng), sizes, true};
+    case 4: return {"只有" + p + "有" + np + "，背景是" + bg, sizes, true};
+    case 5: return {"一张" + bg + "背景的图片，只在" + p + "有" + np, sizes, true};
+    case 6: return {add_background("只有" + np + "出现在" + p, s.bg, rng), sizes, true};
+    case 7: return {add_background("这张图只有" + p + "有" + np + "。", s.bg, rng), sizes, true};
+    case 8: return {"在" + bg + "的背景中，只有" + np + "位于" + p, sizes, true};
+    default: return {add_background("图片" + p + "是" + np + "，其他地方是空的", s.bg, rng), sizes, true};
   }
 }
 
-std::string two_group_caption(const Scene& s, Rng& rng) {
+Caption two_group_caption(const Scene& s, Rng& rng) {
   const Group &a = s.groups[0], &b = s.groups[1];
   // Same shape and colour: only the size (or the count) tells the groups apart, so name it.
   bool sizes = (a.shape == b.shape && a.color == b.color) || rng.chance(0.5);
@@ -402,24 +431,37 @@ std::string two_group_caption(const Scene& s, Rng& rng) {
   std::string pa = pos_word(a.pos, rng), pb = pos_word(b.pos, rng);
   const std::string& bg = kBackgrounds[size_t(s.bg)].name;
   switch (rng.below(8)) {
-    case 0: return pa + "是" + na + "，" + pb + "是" + nb;
-    case 1: return background_phrase(s.bg, rng) + "，" + pa + "有" + na + "，" + pb + "有" + nb;
-    case 2: return na + "在" + pa + "，" + nb + "在" + pb;
-    case 3: return pb + "有" + nb + "，" + pa + "有" + na;
-    case 4: return "画面" + pa + "画着" + na + "，" + pb + "画着" + nb + "，背景是" + bg;
-    case 5: return na + "和" + nb + "分别位于" + pa + "和" + pb;
-    case 6: return "图中有" + na + "和" + nb + "，前者在" + pa + "，后者在" + pb;
-    default: return "一张" + bg + "背景的图：" + pa + "是" + na + "，" + pb + "是" + nb + "。";
+    case 0: return {add_background(pa + "是" + na + "，" + pb + "是" + nb, s.bg, rng), sizes, true};
+    case 1: return {background_phrase(s.bg, rng) + "，" + pa + "有" + na + "，" + pb + "有" + nb, sizes, true};
+    case 2: return {add_background(na + "在" + pa + "，" + nb + "在" + pb, s.bg, rng), sizes, true};
+    case 3: return {add_background(pb + "有" + nb + "，" + pa + "有" + na, s.bg, rng), sizes, true};
+    case 4: return {"画面" + pa + "画着" + na + "，" + pb + "画着" + nb + "，背景是" + bg, sizes, true};
+    case 5: return {add_background(na + "和" + nb + "分别位于" + pa + "和" + pb, s.bg, rng), sizes, true};
+    case 6: return {add_background("图中有" + na + "和" + nb + "，前者在" + pa + "，后者在" + pb, s.bg, rng), sizes, true};
+    default: return {"一张" + bg + "背景的图：" + pa + "是" + na + "，" + pb + "是" + nb + "。", sizes, true};
   }
 }
 
-std::vector<std::string> captions(const Scene& s, Rng& rng, int n) {
-  std::vector<std::string> out;
+std::vector<Caption> captions(const Scene& s, Rng& rng, int n) {
+  std::vector<Caption> out;
   for (int tries = 0; int(out.size()) < n; ++tries) {
-    std::string c = s.groups.size() == 1 ? one_group_caption(s, rng) : two_group_caption(s, rng);
-    if (tries > 1000 || std::find(out.begin(), out.end(), c) == out.end()) out.push_back(c);
+    Caption c = s.groups.size() == 1 ? one_group_caption(s, rng) : two_group_caption(s, rng);
+    if (tries > 1000 || std::none_of(out.begin(), out.end(), [&](const Caption& o) { return o.text == c.text; }))
+      out.push_back(c);
   }
   return out;
+}
+
+// Whether caption c (of some scene) describes scene s truthfully: the same groups (shape, colour,
+// count, place; the size where c names it) and the background where c names it.
+bool fits(const Caption& c, const Scene& of, const Scene& s) {
+  if (of.groups.size() != s.groups.size() || (c.background && of.bg != s.bg)) return false;
+  for (size_t k = 0; k < s.groups.size(); ++k) {
+    const Group &a = of.groups[k], &b = s.groups[k];
+    if (a.shape != b.shape || a.color != b.color || a.count != b.count || a.pos != b.pos) return false;
+    if (c.sizes && a.big != b.big) return false;
+  }
+  return true;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -464,8 +506,54 @@ void write_file(const std::string& path, const std::string& content) {
   f.commit();
 }
 
+// How well the captions single out their images: a caption that truthfully describes m images of
+// its split gives a perfect model Recall@1 1/m (ties broken at random), and an image described by F
+// captions of its split, 5 of them its own, Recall@1 5/F.
+void report_ambiguity(const std::string& split, const std::vector<Scene>& scenes,
+                      const std::vector<std::vector<Caption>>& texts) {
+  size_t n = scenes.size(), captions = 0, unique = 0, worst = 0;
+  double t2i = 0, i2t = 0;
+  std::vector<size_t> fitting(n, 0);  // captions of the split that describe image j
+  for (size_t i = 0; i < n; ++i)
+    for (const Caption& c : texts[i]) {
+      size_t m = 0;
+      for (size_t j = 0; j < n; ++j)
+        if (fits(c, scenes[i], scenes[j])) ++m, ++fitting[j];
+      ++captions;
+      unique += m == 1;
+      worst = std::max(worst, m);
+      t2i += 1.0 / double(m);
+    }
+  for (size_t j = 0; j < n; ++j) i2t += double(texts[j].size()) / double(fitting[j]);
+  if (n == 0) return;
+  clip::log_info("{}: {:.1f} % of the captions describe their own image only (at most {} images); a perfect model's "
+                 "Recall@1 {:.1f} % (text->image) / {:.1f} % (image->text)",
+                 split, 100.0 * double(unique) / double(captions), worst, 100.0 * t2i / double(captions),
+                 100.0 * i2t / double(n));
+}
+
+// One image's scene as a JSON object (for analysing a model's mistakes):
+// {"split", "image_id", "background", "texture", "groups": [{"shape", "color", "count", "place", "size"}]}.
+nlohmann::ordered_json scene_json(const std::string& split, int64_t image_id, const Scene& s) {
+  static const char* shapes[] = {"circle", "square", "triangle", "star", "cross"};
+  static const char* places[] = {"left", "right", "top", "bottom", "middle"};
+  static const char* textures[] = {"plain", "gradient", "clouds", "stripes", "vignette", "grain"};
+  nlohmann::ordered_json j = {{"split", split},
+                              {"image_id", image_id},
+                              {"background", kBackgrounds[size_t(s.bg)].name},
+                              {"texture", textures[s.texture]},
+                              {"groups", nlohmann::ordered_json::array()}};
+  for (const Group& g : s.groups)
+    j["groups"].push_back({{"shape", shapes[g.shape]},
+                           {"color", kColors[size_t(g.color)].full},
+                           {"count", g.count},
+                           {"place", places[g.pos]},
+                           {"size", g.big ? "big" : "small"}});
+  return j;
+}
+
 struct Options {
-  std::string out;
+  std::string out, scenes;  // scenes: optional JSONL of every image's scene attributes
   uint64_t seed = 20240601;
   int train = 2000, valid = 200, test = 200, size = 80, quality = 85;
 };
@@ -476,8 +564,11 @@ int run(const Options& o) {
   std::set<uint32_t> chars;
   int64_t global = 0;
   size_t total_bytes = 0;
+  std::string scene_lines;
   for (const auto& [split, count] : splits) {
     std::string tsv, jsonl;
+    std::vector<Scene> scenes;
+    std::vector<std::vector<Caption>> texts;
     for (int i = 0; i < count; ++i, ++global) {
       // Each image has its own stream, so a split's content does not depend on the others' sizes
       // beyond its id range.
@@ -491,10 +582,14 @@ int run(const Options& o) {
       for (size_t k = 0; k < caps.size(); ++k) {
         int64_t text_id = 1 + global * 5 + int64_t(k);
         jsonl += fmt::format("{{\"text_id\": {}, \"text\": {}, \"image_ids\": [{}]}}\n", text_id,
-                             nlohmann::json(caps[k]).dump(), image_id);
-        for (uint32_t cp : utf8_codepoints(caps[k])) chars.insert(cp);
+                             nlohmann::json(caps[k].text).dump(), image_id);
+        for (uint32_t cp : utf8_codepoints(caps[k].text)) chars.insert(cp);
       }
+      if (!o.scenes.empty()) scene_lines += scene_json(split, image_id, scene).dump() + "\n";
+      scenes.push_back(std::move(scene));
+      texts.push_back(std::move(caps));
     }
+    report_ambiguity(split, scenes, texts);
     write_file(clip::path_join(o.out, split + "_imgs.tsv"), tsv);
     write_file(clip::path_join(o.out, split + "_texts.jsonl"), jsonl);
     total_bytes += tsv.size() + jsonl.size();
@@ -516,14 +611,17 @@ int run(const Options& o) {
     ++vocab_size;
   }
   write_file(clip::path_join(o.out, "vocab.txt"), vocab);
+  if (!o.scenes.empty()) write_file(o.scenes, scene_lines);
 
-  // A tiny model: 64x64 input, 8x8 patches (64 tokens), 2-layer ViT and BERT of width 128.
+  // A tiny model: 64x64 input, 8x8 patches (64 tokens), 2-layer ViT and BERT of width 128. The text
+  // tower has no dropout: trained from scratch for a few minutes, the model underfits, and dropout
+  // only slows it down.
   nlohmann::ordered_json vit = {{"embed_dim", 64},          {"image_resolution", 64}, {"vision_layers", 2},
                                 {"vision_width", 128},      {"vision_patch_size", 8}, {"vision_head_width", 32}};
   nlohmann::ordered_json rbt = {{"vocab_size", vocab_size},
-                                {"text_attention_probs_dropout_prob", 0.1},
+                                {"text_attention_probs_dropout_prob", 0.0},
                                 {"text_hidden_act", "gelu"},
-                                {"text_hidden_dropout_prob", 0.1},
+                                {"text_hidden_dropout_prob", 0.0},
                                 {"text_hidden_size", 128},
                                 {"text_initializer_range", 0.02},
                                 {"text_intermediate_size", 256},
@@ -550,6 +648,7 @@ int main(int argc, char** argv) {
     app.add_option("--test", o.test, "Test images")->capture_default_str()->check(CLI::NonNegativeNumber);
     app.add_option("--size", o.size, "Image side in pixels")->capture_default_str()->check(CLI::Range(32, 512));
     app.add_option("--quality", o.quality, "JPEG quality")->capture_default_str()->check(CLI::Range(1, 100));
+    app.add_option("--scenes", o.scenes, "Also write every image's scene attributes (JSONL) to this file");
     CLIP_PARSE(app, argc, argv);
     return run(o);
   });

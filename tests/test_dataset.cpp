@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -396,7 +397,9 @@ TEST_CASE("demo data: the generator reproduces data/shapes-zh byte for byte", "[
   std::string gen = testutil::bin_dir() + "/make-demo-data";
   REQUIRE(file_exists(gen));
   testutil::TempDir dir{"data"};
-  int rc = std::system(("'" + gen + "' --out '" + dir.path + "/shapes-zh' 2>/dev/null").c_str());
+  int rc = std::system(("'" + gen + "' --out '" + dir.path + "/shapes-zh' --scenes '" + dir.path + "/scenes.jsonl' 2>'" +
+                        dir.path + "/log.txt'")
+                           .c_str());
   REQUIRE(rc == 0);
   for (const char* f : kDemoFiles) {
     CAPTURE(f);
@@ -413,6 +416,46 @@ TEST_CASE("demo data: the generator reproduces data/shapes-zh byte for byte", "[
     closedir(d);
   }
   REQUIRE(entries == std::size(kDemoFiles));
+
+  // --scenes: one line per image, in id order; every caption names its image's background colour
+  // and the colour of each shape group.
+  std::map<int64_t, nlohmann::json> scenes;
+  {
+    std::ifstream in(dir.path + "/scenes.jsonl");
+    int64_t expect = 100001;
+    for (std::string line; std::getline(in, line); ++expect) {
+      auto j = nlohmann::json::parse(line);
+      REQUIRE(j.at("image_id").get<int64_t>() == expect);
+      REQUIRE(!j.at("groups").empty());
+      scenes[expect] = j;
+    }
+  }
+  REQUIRE(scenes.size() == 2400);
+  REQUIRE(scenes.at(102201).at("split") == "test");
+  size_t captions = 0;
+  for (const char* split : {"train", "valid", "test"}) {
+    ReadReport r;
+    for (const auto& t : read_texts(split_texts_path(demo_dir(), split), r, true)) {
+      const auto& sc = scenes.at(t.image_ids.at(0));
+      CAPTURE(t.text);
+      REQUIRE(contains(t.text, sc.at("background").get<std::string>()));
+      for (const auto& g : sc.at("groups")) REQUIRE(contains(t.text, g.at("color").get<std::string>()));
+      ++captions;
+    }
+  }
+  REQUIRE(captions == 12000);
+
+  // The captions single out their images: in the test split a model that read every caption
+  // perfectly would rank the right image first for nearly all of them (the generator's report).
+  std::string log = read_file(dir.path + "/log.txt");
+  auto pos = log.find("test: ");
+  REQUIRE(pos != std::string::npos);
+  auto at = log.find("Recall@1 ", pos);
+  REQUIRE(at != std::string::npos);
+  double t2i = std::stod(log.substr(at + 9));
+  double i2t = std::stod(log.substr(log.find("/ ", at) + 2));
+  CHECK(t2i >= 95.0);
+  CHECK(i2t >= 95.0);
 }
 
 TEST_CASE("one error policy: stop at the first bad line by default, skip counts per reason", "[dataset][policy]") {

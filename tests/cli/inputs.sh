@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Real inputs: a folder of photos (nested, mixed formats, one corrupt file), a file list, string ids
+# Real inputs: a folder of photos (nested, mixed formats incl. BMP, one format folders do not read, one
+# corrupt file), a file list, string ids
 # through clip-index / clip-query / clip-eval, --append of new files, and the contact sheet's query text.
 # Usage: inputs.sh BIN_DIR SOURCE_DIR SHARED_DIR
 set -u
@@ -17,7 +18,7 @@ from PIL import Image, ImageDraw
 t = sys.argv[1]
 p = os.path.join(t, "photos")
 files = {"2023/summer/beach.jpg": "JPEG", "2023/cat.png": "PNG", "dog.webp": "WEBP", "anim/wave.gif": "GIF",
-         "平面/红色.JPG": "JPEG", "old/scan.bmp": "BMP"}
+         "平面/红色.JPG": "JPEG", "old/scan.bmp": "BMP", "old/fax.tif": "TIFF"}
 for i, (name, fmt) in enumerate(sorted(files.items())):
     im = Image.new("RGB", (80 + 7 * i, 60 + 5 * i), (40 * i % 256, 200 - 20 * i, 90 + 15 * i))
     d = ImageDraw.Draw(im)
@@ -26,8 +27,9 @@ for i, (name, fmt) in enumerate(sorted(files.items())):
     im.save(os.path.join(p, name), fmt)
 open(os.path.join(p, "2023/broken.jpg"), "wb").write(b"\xff\xd8\xff\xe0 not really a jpeg")
 open(os.path.join(p, "notes.txt"), "w").write("not an image\n")
-# TSV twin of the decodable ones (the BMP is not read from folders; the corrupt file not at all)
-ok = sorted(n for n in files if not n.endswith(".bmp"))
+# TSV twin of the decodable ones (the TIFF is not read from folders; the corrupt file not at all)
+ok = sorted(n for n in files if not n.endswith(".tif"))
+assert "old/scan.bmp" in ok and open(os.path.join(p, "old/scan.bmp"), "rb").read(2) == b"BM"
 with open(os.path.join(t, "twin.tsv"), "w") as f:
     for i, n in enumerate(ok):
         f.write("%d\t%s\n" % (i + 1, base64.b64encode(open(os.path.join(p, n), "rb").read()).decode()))
@@ -42,11 +44,12 @@ check "test photos made" test -s "$tmp/photos/dog.webp"
 # 1. A corrupt file stops the run (exit 3, naming it); --on-error skip leaves it out.
 "$bin/clip-index" "${MODEL[@]}" --images "$tmp/photos" --image-out "$tmp/x.clipfeat" 2>"$tmp/err1"
 check "corrupt photo: exit 3" test $? -eq 3
-# (the first bad file stops it: the BMP, which folders do not read, is met when listing, before decoding)
-check "error names the file" grep -qE "photos/(old/scan\.bmp|2023/broken\.jpg)" "$tmp/err1"
+# (the first bad file stops it: the TIFF, which folders do not read, is met when listing, before decoding)
+check "error names the file" grep -qE "photos/(old/fax\.tif|2023/broken\.jpg)" "$tmp/err1"
 check "nothing written" test ! -e "$tmp/x.clipfeat"
 "$bin/clip-index" "${MODEL[@]}" --images "$tmp/photos" --on-error skip --image-out "$tmp/photos.jsonl" 2>"$tmp/err2"
 check "folder with --on-error skip: exit 0" test $? -eq 0
+check "the TIFF is named as a format folders do not read" has "$tmp/err2" "old/fax.tif: format '.tif' is not read from folders"
 "$bin/clip-index" "${MODEL[@]}" --images "$tmp/twin.tsv" --image-out "$tmp/twin.jsonl"
 check "TSV twin indexed" test $? -eq 0
 $PY - "$tmp" <<'PY'
@@ -56,7 +59,8 @@ names = open(f"{t}/twin_names.txt").read().split()
 twin = {d["image_id"]: d["feature"] for d in map(json.loads, open(f"{t}/twin.jsonl"))}
 got = [json.loads(l) for l in open(f"{t}/photos.jsonl")]
 ids = [g["image_id"] for g in got]
-assert ids == names, ids                       # path ids, in path order; no BMP, no corrupt file
+assert ids == names, ids                       # path ids, in path order; the BMP too, no TIFF, no corrupt file
+assert "old/scan.bmp" in ids
 for g in got:
     assert g["feature"] == twin[names.index(g["image_id"]) + 1], g["image_id"]
 print("folder ids and features equal the TSV twin's:", ids)
@@ -66,7 +70,7 @@ check "folder: path ids, features identical to the TSV twin" test $? -eq 0
 # 2. A store carries the string ids: clip-query prints paths (JSONL, TSV and cn_clip lines).
 "$bin/clip-index" "${MODEL[@]}" --images "$tmp/photos" --on-error skip --image-out "$tmp/photos.clipfeat" 2>/dev/null
 "$bin/clip-index" "${MODEL[@]}" --texts "$tmp/texts.jsonl" --text-out "$tmp/texts.clipfeat"
-"$bin/clip-query" -q --index "$tmp/photos.clipfeat" -t "一只猫" -k 5 >"$tmp/q.jsonl"
+"$bin/clip-query" -q --index "$tmp/photos.clipfeat" -t "一只猫" -k 10 >"$tmp/q.jsonl"
 check "query hits are paths" $PY -c "
 import json,sys; ids=[json.loads(l)['id'] for l in open('$tmp/q.jsonl')]
 assert sorted(ids)==sorted(open('$tmp/twin_names.txt').read().split()), ids"
@@ -94,9 +98,9 @@ from PIL import Image; Image.new('RGB', (50, 70), (10, 220, 30)).save('$tmp/phot
 "$bin/clip-index" "${MODEL[@]}" --images "$tmp/photos" --on-error skip --append --image-out "$tmp/photos.clipfeat" 2>"$tmp/err3" -v
 after=$("$bin/clip-query" -q --index "$tmp/photos.clipfeat" -t x -k 100 | wc -l)
 check "--append: one more row ($before -> $after)" test "$after" -eq $((before + 1))
-check "--append: only the new file is encoded (the corrupt one is retried)" has "$tmp/err3" "2 of 7 images are new"
+check "--append: only the new file is encoded (the corrupt one is retried)" has "$tmp/err3" "2 of 8 images are new"
 "$bin/clip-index" "${MODEL[@]}" --images "$tmp/photos" --on-error skip --append --image-out "$tmp/photos.clipfeat" -v 2>"$tmp/err4"
-check "--append again: nothing new but the corrupt file" has "$tmp/err4" "1 of 7 images are new"
+check "--append again: nothing new but the corrupt file" has "$tmp/err4" "1 of 8 images are new"
 touch -d '2001-01-01' "$tmp/photos/dog.webp"
 "$bin/clip-index" "${MODEL[@]}" --images "$tmp/photos" --on-error skip --append --image-out "$tmp/photos.clipfeat" -v 2>"$tmp/err5"
 check "--append: a changed file is re-encoded" has "$tmp/err5" "1 changed since indexed"

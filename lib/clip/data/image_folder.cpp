@@ -24,11 +24,22 @@ std::string lower_ext(const std::string& p) {
   return e;
 }
 
+// Whether this build decodes BMP (uncompressed and bit-field BMPs, headers checked; through
+// stb_image, which a build may lack).
+bool bmp_supported() {
+#ifdef CLIP_HAVE_STB
+  return true;
+#else
+  return false;
+#endif
+}
+
 // Extensions decoded here, and image extensions that are recognised but not decoded.
 bool supported_ext(const std::string& e) {
   if (e == ".jpg" || e == ".jpeg" || e == ".png") return true;
   if (e == ".webp") return image_format_supported("webp");
   if (e == ".gif") return image_format_supported("gif");
+  if (e == ".bmp") return bmp_supported();
   return false;
 }
 bool image_ext(const std::string& e) {
@@ -73,8 +84,9 @@ ImageFolder::ImageFolder(const std::string& path, ReadReport& report, bool stric
     if (!supported_ext(e)) {
       if (image_ext(e)) {
         ++unsupported;
-        report.add(fmt::format("{}: format '{}' is not read from folders (JPEG, PNG{}{} are)", full, e,
-                               image_format_supported("webp") ? ", WebP" : "", image_format_supported("gif") ? ", GIF" : ""),
+        report.add(fmt::format("{}: format '{}' is not read from folders (JPEG, PNG{}{}{} are)", full, e,
+                               image_format_supported("webp") ? ", WebP" : "", image_format_supported("gif") ? ", GIF" : "",
+                               bmp_supported() ? ", BMP" : ""),
                    strict);
       } else {
         ++other;

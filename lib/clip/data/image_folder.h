@@ -1,9 +1,9 @@
 // Photos on disk as an ImageSource: a folder searched recursively, or a file list (one path per line).
 //
-// A folder yields every regular file whose extension is .jpg/.jpeg/.png, plus .webp and .gif when
-// this build has libwebp / giflib, in byte order of their paths; ids are the paths relative to the
-// folder ("2024/cat.jpg"), mapped to int64 by name_to_id (base/ids.h). Files with another image
-// extension (.bmp, .tif, .heic, ...) are reported as skipped (an error with --strict); other files are
+// A folder yields every regular file whose extension is .jpg/.jpeg/.png, plus .webp, .gif and .bmp
+// when this build has libwebp / giflib / stb_image, in byte order of their paths; ids are the paths
+// relative to the folder ("2024/cat.jpg"), mapped to int64 by name_to_id (base/ids.h). Files with
+// another image extension (.tif, .heic, ...) are reported as skipped (an error with --strict); other files are
 // ignored. A file list (a .txt/.lst/.list file, or any file whose first line has no tab) names one
 // image per line; blank lines and lines starting with '#' are ignored; relative paths are taken
 // from the list's folder, and the id is the path as written. A listed file that does not exist is
