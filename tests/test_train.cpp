@@ -802,7 +802,7 @@ TEST_CASE("a run folder holds params, metrics, curves and cn_clip checkpoints; i
   CHECK(params["resolved"]["max_steps"] == 5);
   CHECK(params["resolved"]["train_pairs"] == 40);
   for (const char* f : {"epoch1.pt", "epoch_latest.pt", "epoch_1_2.pt", "epoch_1_4.pt", "vocab.txt", "ViT-Demo.json",
-                        "RBT-Demo.json"})
+                        "RBT-Dropout.json"})
     CHECK(file_exists(run + "/checkpoints/" + f));
   auto metrics = read_metrics(run);
   int train_lines = 0, val_lines = 0;
