@@ -47,7 +47,7 @@ check "direction mix-up: exit 2" test $? -eq 2
 check "direction mix-up: remedy" has "$tmp/err4.txt" "--tr-predictions"
 "$bin/clip-eval" --texts "$data/texts.jsonl" >/dev/null 2>&1
 check "no inputs: exit 2" test $? -eq 2
-"$bin/clip-eval" --image-feats "$tmp/nope.jsonl" --text-feats "$data/texts.txt_feat.jsonl" --texts "$data/texts.jsonl" \
+"$bin/clip-eval" --cnclip-duplicates --image-feats "$tmp/nope.jsonl" --text-feats "$data/texts.txt_feat.jsonl" --texts "$data/texts.jsonl" \
   >/dev/null 2>&1
 check "missing file: exit 5" test $? -eq 5
 "$bin/clip-eval" --help >"$tmp/help.txt"
