@@ -263,7 +263,7 @@ TEST_CASE("--on-error skip in gold texts and prediction files: counted per reaso
   std::remove(texts.c_str());
 
   // Predictions: the bad line is left out; its query then has no prediction, a miss when asked for.
-  const std::string preds = temp_file("{\"text_id\": 1, \"image_ids\": " + ten("5") + "}\n" +
+  const std::string preds = temp_file(std::string("{\"text_id\": 1, \"image_ids\": [5, 2, 3, 4, 6, 7, 8, 9, 10, 11]}\n") +
                                       "{\"text_id\": 2, \"image_ids\": [6, 7]}\n");
   CHECK_THROWS_AS(read_predictions(preds), DataError);
   ReadReport prep;
