@@ -16,7 +16,7 @@ if [[ -n "${SANITIZE:-}" ]]; then
   if [[ ! -f "$B/build.ninja" ]]; then
     CC=clang CXX=clang++ cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCLIP_SANITIZE=ON >&2
   fi
-  cmake --build "$B" --target clip_tests -j"$(nproc)" >&2
+  cmake --build "$B" --target clip_tests clip-finetune -j"$(nproc)" >&2  # test_dist runs clip-finetune
   supp=$PWD/tests/sanitizers
   export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1}
   export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$supp/lsan.supp:print_suppressions=0}
