@@ -1069,3 +1069,212 @@ TEST_CASE("load_checkpoint error handling", "[checkpoint]") {
   CHECK_THROWS_AS(save_torch_zip(dir + "/obj.pt", root), ModelError);
   CHECK_FALSE(file_exists(dir + "/obj.pt"));
 }
+
+namespace {
+
+// A zip archive assembled byte by byte, so that tests can make its records disagree.
+struct RawZip {
+  struct Entry {
+    std::string name, data;
+    uint16_t method = 0;
+  };
+  std::string bytes;
+  std::vector<size_t> local;  // offset of each local header
+  size_t cd = 0, eocd = 0;    // offsets of the central directory and of the end record
+
+  static void w16(std::string& s, uint32_t v) { s.push_back(char(v & 0xFF)), s.push_back(char((v >> 8) & 0xFF)); }
+  static void w32(std::string& s, uint32_t v) { w16(s, v & 0xFFFF), w16(s, v >> 16); }
+  static void put16(std::string& s, size_t at, uint32_t v) { s[at] = char(v & 0xFF), s[at + 1] = char((v >> 8) & 0xFF); }
+  static void put32(std::string& s, size_t at, uint32_t v) { put16(s, at, v & 0xFFFF), put16(s, at + 2, v >> 16); }
+
+  explicit RawZip(const std::vector<Entry>& entries, const std::string& comment = "") {
+    std::string central;
+    for (const auto& e : entries) {
+      const uint32_t crc = crc32(e.data.data(), e.data.size());
+      local.push_back(bytes.size());
+      std::string h;
+      w32(h, 0x04034b50), w16(h, 20), w16(h, 0), w16(h, e.method), w16(h, 0), w16(h, 0x21);
+      w32(h, crc), w32(h, uint32_t(e.data.size())), w32(h, uint32_t(e.data.size()));
+      w16(h, uint32_t(e.name.size())), w16(h, 0);
+      bytes += h + e.name + e.data;
+      std::string c;
+      w32(c, 0x02014b50), w16(c, 20), w16(c, 20), w16(c, 0), w16(c, e.method), w16(c, 0), w16(c, 0x21);
+      w32(c, crc), w32(c, uint32_t(e.data.size())), w32(c, uint32_t(e.data.size()));
+      w16(c, uint32_t(e.name.size())), w16(c, 0), w16(c, 0), w16(c, 0), w16(c, 0), w32(c, 0), w32(c, uint32_t(local.back()));
+      central += c + e.name;
+    }
+    cd = bytes.size();
+    bytes += central;
+    eocd = bytes.size();
+    std::string r;
+    w32(r, 0x06054b50), w16(r, 0), w16(r, 0), w16(r, uint32_t(entries.size())), w16(r, uint32_t(entries.size()));
+    w32(r, uint32_t(central.size())), w32(r, uint32_t(cd)), w16(r, uint32_t(comment.size()));
+    bytes += r + comment;
+  }
+  // Offset of the central directory record of entry i.
+  size_t central(size_t i) const {
+    size_t at = cd;
+    for (size_t k = 0; k < i; ++k) at += 46 + size_t(uint8_t(bytes[at + 28]) | (uint8_t(bytes[at + 29]) << 8));
+    return at;
+  }
+};
+
+std::string zip_error_of(const std::string& bytes) {
+  return model_error_of([&] { ZipReader z(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "'z.pt'"); });
+}
+
+bool zip_reads(const std::string& bytes) { return zip_error_of(bytes) == "(no error)"; }
+
+}  // namespace
+
+TEST_CASE("zip records must agree with each other (APPNOTE checks)", "[checkpoint][hostile]") {
+  const std::vector<RawZip::Entry> two = {{"x/data.pkl", "\x80\x02K\x01."}, {"x/version", "3\n"}};
+  REQUIRE(zip_reads(RawZip(two).bytes));
+  auto has = [](const std::string& msg, const char* what) {
+    INFO(msg);
+    return msg.find(what) != std::string::npos;
+  };
+
+  SECTION("end of central directory: comment, disks, sizes") {
+    CHECK(zip_reads(RawZip(two, "a comment").bytes));
+    RawZip z(two, "a comment");
+    std::string b = z.bytes;
+    RawZip::put16(b, z.eocd + 20, 3);  // the comment no longer ends at the end of the file
+    CHECK(has(zip_error_of(b), "end of central directory record not found"));
+    b = z.bytes;
+    RawZip::put16(b, z.eocd + 4, 1);  // disk number
+    CHECK(has(zip_error_of(b), "multi-part"));
+    b = z.bytes;
+    RawZip::put16(b, z.eocd + 8, 1);  // entries on this disk != entries in all
+    CHECK(has(zip_error_of(b), "multi-part"));
+    b = z.bytes;
+    RawZip::put16(b, z.eocd + 8, 0xFFFF), RawZip::put16(b, z.eocd + 10, 0xFFFF);  // ZIP64 marker, no ZIP64 record
+    CHECK(has(zip_error_of(b), "ZIP64 records that are missing"));
+    b = z.bytes;  // a central directory larger than its entries (hidden bytes)
+    b.insert(z.eocd, 46, 'Q');
+    RawZip::put32(b, z.eocd + 46 + 12, uint32_t(z.eocd + 46 - z.cd));
+    CHECK(has(zip_error_of(b), "but its entries take"));
+  }
+
+  SECTION("local headers must match the central directory") {
+    RawZip z(two);
+    std::string b = z.bytes;
+    b[z.local[1] + 30] = 'y';  // "y/version" in the local header, "x/version" in the central directory
+    CHECK(has(zip_error_of(b), "names another entry"));
+    b = z.bytes;
+    RawZip::put16(b, z.local[0] + 8, 8);  // deflated in the local header only
+    CHECK(has(zip_error_of(b), "compression method"));
+    b = z.bytes;
+    RawZip::put32(b, z.local[1] + 22, 1);  // local uncompressed size
+    CHECK(has(zip_error_of(b), "disagree on the CRC or sizes of entry 'x/version'"));
+    b = z.bytes;
+    RawZip::put32(b, z.local[1] + 14, 0xDEADBEEF);  // local CRC
+    CHECK(has(zip_error_of(b), "disagree on the CRC or sizes"));
+    b = z.bytes;  // with a data descriptor (flag bit 3) the local CRC and sizes may be zero
+    RawZip::put16(b, z.local[1] + 6, 8), RawZip::put32(b, z.local[1] + 14, 0), RawZip::put32(b, z.local[1] + 18, 0),
+        RawZip::put32(b, z.local[1] + 22, 0);
+    CHECK(zip_reads(b));
+  }
+
+  SECTION("ZIP64 fields that are announced must be there") {
+    RawZip z(two);
+    std::string b = z.bytes;
+    RawZip::put32(b, z.central(1) + 24, 0xFFFFFFFF);  // size "in the ZIP64 field", which is absent
+    CHECK(has(zip_error_of(b), "lacks the ZIP64 field"));
+    b = z.bytes;  // a truncated extra field
+    std::string c(b.begin() + std::ptrdiff_t(z.central(1)), b.begin() + std::ptrdiff_t(z.eocd));
+    RawZip::put16(c, 30, 3);
+    c += std::string("\x01\x00\x08", 3);
+    b = b.substr(0, z.central(1)) + c + b.substr(z.eocd);
+    RawZip::put32(b, z.eocd + 3 + 12, uint32_t(z.eocd + 3 - z.cd));
+    INFO(zip_error_of(b));
+    CHECK(has(zip_error_of(b), "malformed extra field in entry 'x/version'"));
+  }
+
+  SECTION("a ZIP64 end record that disagrees with the classic one") {
+    const std::string path = tmpdir() + "/z64.zip";
+    {
+      AtomicFile f(path);
+      ZipWriter w(f, /*force_zip64=*/true);
+      w.add("x/data.pkl", "\x80\x02K\x01.", 6);
+      w.add("x/version", "3\n", 2);
+      w.finish();
+      f.commit();
+    }
+    const std::string good = slurp(path);
+    REQUIRE(zip_reads(good));
+    std::string b = good;
+    const size_t eocd = b.size() - 22;
+    RawZip::put16(b, eocd + 8, 5), RawZip::put16(b, eocd + 10, 5);  // 5 entries here, 2 in the ZIP64 record
+    CHECK(has(zip_error_of(b), "disagrees"));
+    b = good;
+    const size_t z64 = eocd - 20 - 56;
+    RawZip::put32(b, z64 + 4, 200);  // record size running into the locator
+    CHECK(has(zip_error_of(b), "size field"));
+  }
+
+  SECTION("entries may not overlap each other or the central directory, nor repeat a name") {
+    // Entry "a" stores, as its data, the complete local header and data of entry "b": two names
+    // for overlapping bytes (the trick of overlapping-file zip bombs).
+    RawZip inner(std::vector<RawZip::Entry>{{"b", "BBBB"}});
+    const std::string nested = inner.bytes.substr(0, inner.cd);  // local header + data of "b"
+    RawZip z(std::vector<RawZip::Entry>{{"a", nested}, {"b", "BBBB"}});
+    std::string b = z.bytes;
+    RawZip::put32(b, z.central(1) + 42, uint32_t(z.local[0] + 30 + 1));  // "b" points inside "a"
+    CHECK(has(zip_error_of(b), "entries 'a' and 'b' overlap"));
+    // An entry whose (consistent) sizes run into the central directory.
+    RawZip y(two);
+    b = y.bytes;
+    RawZip::put32(b, y.local[1] + 18, 12), RawZip::put32(b, y.local[1] + 22, 12);
+    RawZip::put32(b, y.central(1) + 20, 12), RawZip::put32(b, y.central(1) + 24, 12);
+    CHECK(has(zip_error_of(b), "overlaps the central directory"));
+    CHECK(has(zip_error_of(RawZip(std::vector<RawZip::Entry>{{"x/data.pkl", "A"}, {"x/data.pkl", "B"}}).bytes), "'x/data.pkl' appears twice"));
+  }
+
+  SECTION("compressed entries are refused when read, naming the remedy") {
+    RawZip z(std::vector<RawZip::Entry>{{"x/data.pkl", "\x80\x02K\x01.", 8}, {"x/version", "3\n"}});
+    ZipReader r(reinterpret_cast<const uint8_t*>(z.bytes.data()), z.bytes.size(), "'z.pt'");
+    CHECK(has(model_error_of([&] { r.data(*r.find("x/data.pkl")); }), "is compressed (method 8)"));
+    CHECK(r.data(*r.find("x/version")) != nullptr);
+  }
+}
+
+TEST_CASE("pickle: integers beyond 64 bits, stack and memo bounds", "[checkpoint][hostile]") {
+  auto err = [](const std::string& pkl) {
+    FakeStorages fs;
+    return model_error_of([&] { unpickle(reinterpret_cast<const uint8_t*>(pkl.data()), pkl.size(), "'t.pt'", std::ref(fs)); });
+  };
+  auto value = [](const std::string& pkl) {
+    return unpickle(reinterpret_cast<const uint8_t*>(pkl.data()), pkl.size(), "'t.pt'");
+  };
+  // 2^63 as Python pickles it: LONG1 with 9 bytes.
+  std::string m = err(std::string("\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x80\x00.", 14));
+  CHECK(m.find("'t.pt'") != std::string::npos);
+  CHECK(m.find("unsupported pickle content") != std::string::npos);
+  CHECK(m.find("LONG1 of 9 bytes") != std::string::npos);
+  CHECK(m.find("2^63") != std::string::npos);
+  CHECK(m.find("corrupt") == std::string::npos);
+  // LONG4 with a huge value, and the text form of protocol 0.
+  CHECK(err(std::string("\x80\x02\x8b\x0a\x00\x00\x00", 7) + std::string(9, '\x01') + std::string("\x01.", 2)).find("LONG4 of 10 bytes") != std::string::npos);
+  CHECK(err("L99999999999999999999L\n.").find("integer outside the signed 64-bit range") != std::string::npos);
+  CHECK(err("I-99999999999999999999\n.").find("integer outside the signed 64-bit range") != std::string::npos);
+  CHECK(err("Iabc\n.").find("corrupt pickle data (bad integer") != std::string::npos);
+  // What does fit still reads: 2^63 - 1, -2^63, and a non-minimal but sign-extended 9-byte encoding.
+  CHECK(value(std::string("\x80\x02\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x7f.", 13))->i == INT64_MAX);
+  CHECK(value(std::string("\x80\x02\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x80.", 13))->i == INT64_MIN);
+  CHECK(value(std::string("\x80\x02\x8a\x09\xfe\xff\xff\xff\xff\xff\xff\xff\xff.", 14))->i == -2);
+  CHECK(value("L-9223372036854775808L\n.")->i == INT64_MIN);
+
+  // Stack: underflow below a MARK, and a stream that only ever pushes.
+  CHECK(err("\x80\x02(0.").find("stack underflow") != std::string::npos);
+  CHECK(err(std::string("\x80\x02q\x00.", 5)).find("stack underflow") != std::string::npos);  // BINPUT with nothing to memoize
+  CHECK(err("\x80\x02" + std::string((size_t(1) << 20) + 1, 'N') + ".").find("items on the stack") != std::string::npos);
+  CHECK(err("\x80\x02" + std::string((size_t(1) << 20) + 1, '(') + ".").find("open MARKs") != std::string::npos);
+  // Memo: reads of absent keys, and more entries than the bound (MEMOIZE adds one each time).
+  CHECK(err(std::string("\x80\x02j\x10\x00\x00\x00.", 8)).find("memo key 16 not found") != std::string::npos);
+  CHECK(err("\x80\x04N" + std::string((size_t(1) << 22) + 1, '\x94') + ".").find("memo entries") != std::string::npos);
+  // Rewriting one memo key many times is not growth.
+  std::string rewrite = "\x80\x02N";
+  for (int i = 0; i < 1000; ++i) rewrite += std::string("q\x07", 2);
+  CHECK(err(rewrite + "0h\x07.") == "(no error)");
+}

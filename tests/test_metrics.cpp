@@ -6,6 +6,7 @@
 
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
+#include "clip/data/dataset.h"
 #include "clip/retrieval/metrics.h"
 #include "util.h"
 
@@ -88,7 +89,9 @@ TEST_CASE("recall on hand-made rankings", "[metrics]") {
 }
 
 TEST_CASE("ground truth follows evaluation.py and transform_ir_annotation_to_tr.py", "[metrics][cnclip]") {
-  GroundTruth g = read_ground_truth(eval_data("quant/texts.jsonl"));
+  GoldOptions cnclip;
+  cnclip.repeated_text_id_replaces = true;
+  GroundTruth g = read_ground_truth(eval_data("quant/texts.jsonl"), cnclip);
   REQUIRE(g.text_ids.size() == 100);  // 101 lines, one text_id repeated
   // The repeated text (the 11th) keeps its position but takes the later line's images.
   REQUIRE(g.text_to_images.at(g.text_ids[10]) == std::vector<int64_t>{1001977});
@@ -163,7 +166,9 @@ TEST_CASE("recall numbers are identical to cn_clip's evaluation.py", "[metrics][
   };
   for (const Case& c : cases) {
     INFO(c.preds);
-    GroundTruth g = read_ground_truth(eval_data(c.gold));
+    GoldOptions cnclip;  // quant/texts.jsonl repeats a text_id on purpose: read as evaluation.py does
+    cnclip.repeated_text_id_replaces = true;
+    GroundTruth g = read_ground_truth(eval_data(c.gold), cnclip);
     Predictions p = read_predictions(eval_data(c.preds));
     const bool t2i = p.query_kind == "text";
     Recall r = t2i ? compute_recall(g.text_ids, g.text_to_images, p.ranked, c.preds)
@@ -208,4 +213,67 @@ TEST_CASE("evaluation report formats", "[metrics]") {
   REQUIRE_THAT(eval_to_table(r, "tsv"), Contains("image->text\t4\t50\t75\t100\t65\n"));
   REQUIRE_THAT(eval_to_table(r, "text"), Contains("overall"));
   REQUIRE_THROWS_AS(eval_to_table(r, "xml"), UsageError);
+}
+
+TEST_CASE("a repeated text_id is an error naming both lines, or skipped, or read as evaluation.py reads it",
+          "[metrics][hostile]") {
+  // The fixture's last line repeats a text_id with other images.
+  const std::string path = eval_data("quant/texts.jsonl");
+  std::string msg;
+  try {
+    read_ground_truth(path);
+  } catch (const DataError& e) {
+    msg = e.what();
+  }
+  REQUIRE_THAT(msg, Contains(path + ":101: text_id ") && Contains("appears again (first on line 11)") &&
+                        Contains("--on-error skip") && Contains("--cnclip-duplicates"));
+  ReadReport rep;
+  GoldOptions skip;
+  skip.skip = &rep;
+  GroundTruth first = read_ground_truth(path, skip);
+  REQUIRE(first.text_ids.size() == 100);
+  REQUIRE(rep.skipped == 1);
+  REQUIRE(rep.kept == 100);
+  REQUIRE(rep.reasons.at("duplicate text_id") == 1);
+  // The earlier line is kept: not the later line's single image.
+  REQUIRE(first.text_to_images.at(first.text_ids[10]) != std::vector<int64_t>{1001977});
+  GoldOptions cnclip;
+  cnclip.repeated_text_id_replaces = true;
+  REQUIRE(read_ground_truth(path, cnclip).text_to_images.at(first.text_ids[10]) == std::vector<int64_t>{1001977});
+}
+
+TEST_CASE("--on-error skip in gold texts and prediction files: counted per reason, the rest read", "[metrics][hostile]") {
+  const std::string ok1 = "{\"text_id\": 1, \"text\": \"a\", \"image_ids\": [5]}\n";
+  const std::string ok2 = "{\"text_id\": 2, \"text\": \"b\", \"image_ids\": [6]}\n";
+  const std::string texts = temp_file(ok1 + "{\"text_id\": 3,\n" + "[1]\n" + "{\"text_id\": \"x\", \"image_ids\": [5]}\n" + ok2 + ok1);
+  ReadReport rep;
+  GoldOptions skip;
+  skip.skip = &rep;
+  GroundTruth g = read_ground_truth(texts, skip);
+  CHECK(g.text_ids == std::vector<int64_t>{1, 2});
+  CHECK(rep.skipped == 4);
+  CHECK(rep.kept == 2);
+  CHECK(rep.reasons.at("invalid JSON") == 1);
+  CHECK(rep.reasons.at("not a JSON object") == 1);
+  CHECK(rep.reasons.at("bad field") == 1);
+  CHECK(rep.reasons.at("duplicate text_id") == 1);
+  REQUIRE(rep.problems.size() == 4);
+  CHECK_THAT(rep.problems[0], Contains(":2: not valid JSON"));
+  CHECK_THAT(rep.problems[3], Contains(":6: text_id 1 appears again (first on line 1)"));
+  std::remove(texts.c_str());
+
+  // Predictions: the bad line is left out; its query then has no prediction, a miss when asked for.
+  const std::string preds = temp_file(std::string("{\"text_id\": 1, \"image_ids\": [5, 2, 3, 4, 6, 7, 8, 9, 10, 11]}\n") +
+                                      "{\"text_id\": 2, \"image_ids\": [6, 7]}\n");
+  CHECK_THROWS_AS(read_predictions(preds), DataError);
+  ReadReport prep;
+  Predictions p = read_predictions(preds, 10, &prep);
+  CHECK(p.queries == std::vector<int64_t>{1});
+  CHECK(prep.skipped == 1);
+  CHECK_THROWS_AS(compute_recall(g.text_ids, g.text_to_images, p.ranked, "preds"), DataError);
+  Recall r = compute_recall(g.text_ids, g.text_to_images, p.ranked, "preds", /*missing_are_misses=*/true);
+  CHECK(r.queries == 2);
+  CHECK(r.hits1 == 1);
+  CHECK(r.r1 == 50.0);
+  std::remove(preds.c_str());
 }

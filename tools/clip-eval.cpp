@@ -30,6 +30,15 @@ static int body(int argc, char** argv) {
   app.add_option("--format", format, "Record on stdout: json, md or tsv")->check(CLI::IsMember({"json", "md", "tsv"}))->capture_default_str();
   app.add_option("--write-topk", write_topk, "Also write cn_clip prediction files PREFIX.t2i.jsonl and PREFIX.i2t.jsonl");
   app.add_option("--name", name, "A label copied into the record (e.g. the split)");
+  std::string on_error = "stop";
+  add_on_error_option(app, on_error,
+                      "A malformed line of --texts or of a prediction file, or a text_id annotated twice: stop "
+                      "(default: exit 3 naming file and line) or skip (leave it out, count it, summarise per reason; "
+                      "a gold query left without a prediction then counts as a miss)");
+  bool cnclip_duplicates = false;
+  app.add_flag("--cnclip-duplicates", cnclip_duplicates,
+               "A text_id annotated on several lines of --texts is read as cn_clip's evaluation.py reads it (the "
+               "later line's image_ids replace the earlier's; image->text counts both lines) instead of being an error");
   RuntimeFlags rf;
   rf.device = rf.precision = rf.batch_size = false;
   add_runtime_options(app, ro, rf);
@@ -52,13 +61,20 @@ static int body(int argc, char** argv) {
     throw UsageError("--image-feats and --text-feats go together");
   if (!write_topk.empty() && !from_feats) throw UsageError("--write-topk needs --image-feats and --text-feats");
 
-  const GroundTruth gold = read_ground_truth(texts);
+  const bool skip = on_error == "skip";
+  ReadReport gold_report;
+  GoldOptions gold_opt;
+  gold_opt.skip = skip ? &gold_report : nullptr;
+  gold_opt.repeated_text_id_replaces = cnclip_duplicates;
+  const GroundTruth gold = read_ground_truth(texts, gold_opt);
+  gold_report.summarize(texts);
   EvalResult res;
   nlohmann::json inputs = {{"texts", texts}};
   res.info["counts"] = {{"gold_texts", gold.text_ids.size()}, {"gold_images", gold.image_ids.size()}};
+  if (skip) res.info["counts"]["skipped_gold_lines"] = gold_report.skipped;
   auto score = [&](const Predictions& p, const std::string& what) {
-    if (p.query_kind == "text") res.text_to_image = compute_recall(gold.text_ids, gold.text_to_images, p.ranked, what);
-    else res.image_to_text = compute_recall(gold.image_ids, gold.image_to_texts, p.ranked, what);
+    if (p.query_kind == "text") res.text_to_image = compute_recall(gold.text_ids, gold.text_to_images, p.ranked, what, skip);
+    else res.image_to_text = compute_recall(gold.image_ids, gold.image_to_texts, p.ranked, what, skip);
   };
   if (from_feats) {
     FeatureSet img = read_features(image_feats), txt = read_features(text_feats);
@@ -89,7 +105,9 @@ static int body(int argc, char** argv) {
   }
   for (const std::string* f : {&predictions, &tr_predictions}) {
     if (f->empty()) continue;
-    Predictions p = read_predictions(*f);
+    ReadReport pred_report;
+    Predictions p = read_predictions(*f, 10, skip ? &pred_report : nullptr);
+    pred_report.summarize(*f);
     const bool want_text = f == &predictions;
     if ((p.query_kind == "text") != want_text)
       throw UsageError(fmt::format("'{}' holds {}->{} predictions; pass it with {}", *f, p.query_kind,

@@ -85,6 +85,30 @@ check "no temporary file is left" bash -c "! ls '$T' | grep -q '\\.tmp\\.'"
 { printf 'CLIPFEAX'; head -c 400 "$T/keep.clipfeat" | tail -c +9; } > "$T/magic.clipfeat"
 rc=$(code "$BIN/clip-query" -q --index "$T/magic.clipfeat" -t "猫")
 check "a bad store magic says so ($rc)" bash -c "[ $rc -eq 3 ] && grep -q 'CLIPFEAT' '$T/err' && ! grep -q 'not valid JSON' '$T/err'"
+# A store whose metadata block is damaged (one field rewritten, the block keeping its size): exit 3 (bad
+# data) naming the file and the field, never an internal error (a type error once escaped as exit 70).
+cat > "$T/edit_meta.py" <<'PY'
+import json, sys
+src, out, field, value = sys.argv[1:5]
+b = open(src, "rb").read()
+n = int.from_bytes(b[36:40], "little")  # metadata size (docs/store-format.md)
+m = json.loads(b[64:64 + n])
+d = m
+for k in field.split(".")[:-1]: d = d[k]
+d[field.split(".")[-1]] = json.loads(value)
+m["extra"].pop("tool", None)  # room for the longer value
+new = json.dumps(m, separators=(",", ":"), ensure_ascii=False).encode()
+assert len(new) <= n, (len(new), n)
+open(out, "wb").write(b[:64] + new + b" " * (n - len(new)) + b[64 + n:])
+PY
+for edit in 'preprocess.context_length "52"' 'preprocess.context_length 100000000' 'extra.checkpoint 5' \
+            'extra.model_config "{\"vision\": 1, \"text\": 2}"' 'extra.files {"a.jpg": "big"}'; do
+  field=${edit%% *}
+  /usr/bin/python3 "$T/edit_meta.py" "$T/keep.clipfeat" "$T/meta.clipfeat" "$field" "${edit#* }" || check "edit $field" false
+  rc=$(code "$BIN/clip-query" -q --index "$T/meta.clipfeat" -t "猫")
+  check "damaged store metadata ($edit): exit 3 naming file and field ($rc)" \
+    bash -c "[ $rc -eq 3 ] && grep -q \"feature store '$T/meta.clipfeat': metadata field '$field\" '$T/err'"
+done
 rc=$(code "$BIN/clip-index" --no-such-flag)
 check "CLI11's own errors carry the tool: usage error: prefix ($rc)" bash -c "[ $rc -eq 2 ] && grep -q 'clip-index: usage error: ' '$T/err'"
 

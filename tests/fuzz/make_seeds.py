@@ -25,6 +25,8 @@ for name, obj in [("ckpt.pt", {"epoch": 1, "step": 2, "name": "x",
     with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
         put("pickle", name + ".pkl", z.read([n for n in z.namelist() if n.endswith("data.pkl")][0]))
 put("pickle", "plain.pkl", pickle.dumps({"a": [1, 2.5, "x", None, True, (1, 2)], "b": {"c": b"\x00"}}, protocol=2))
+# Integers at and beyond the 64-bit edge (LONG1 of 8 and 9 bytes): the latter is refused as unsupported.
+put("pickle", "bigint.pkl", pickle.dumps({"max": 2**63 - 1, "min": -2**63, "big": 2**63, "huge": 2**80}, protocol=2))
 
 # safetensors: 8-byte little-endian header length, JSON header, data.
 def safetensors(tensors):

@@ -1,6 +1,8 @@
 #include "clip/base/fileio.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,9 +15,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <mutex>
+#include <vector>
 
 #include "clip/base/error.h"
+#include "clip/base/log.h"
 
 namespace clip {
 
@@ -218,6 +223,60 @@ mode_t current_umask() {
 
 }  // namespace
 
+namespace {
+
+// mkstemp's six replacement characters.
+bool is_mkstemp_suffix(const std::string& s) {
+  if (s.size() != 6) return false;
+  for (char c : s)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))) return false;
+  return true;
+}
+
+// Removes "<path>.tmp.XXXXXX" files that a killed writer of the same destination left behind.
+// A live writer holds an exclusive flock on its temporary file until the rename (and the lock goes
+// with the process, however it dies), so a file that can be locked has no writer. Only regular
+// files of this user with one link are touched, never followed through a symbolic link, and only
+// when at least kStaleSeconds old: a writer locks its file right after mkstemp, and a file that
+// young may still be in that instant.
+void remove_stale_temporaries(const std::string& path, const std::string& own_tmp) {
+  constexpr int64_t kStaleSeconds = 2;
+  const std::string dir = path_dirname(path);
+  const std::string prefix = path_basename(path) + ".tmp.";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  std::vector<std::string> candidates;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.size() == prefix.size() + 6 && name.compare(0, prefix.size(), prefix) == 0 &&
+        is_mkstemp_suffix(name.substr(prefix.size())))
+      candidates.push_back(path_join(dir, name));
+  }
+  ::closedir(d);
+  const time_t now = std::time(nullptr);
+  for (const std::string& c : candidates) {
+    if (c == own_tmp) continue;
+    const int fd = ::open(c.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) continue;
+    struct stat st, now_st;
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == ::geteuid() && st.st_nlink == 1 &&
+        int64_t(now) - int64_t(st.st_mtime) >= kStaleSeconds && ::flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+        ::lstat(c.c_str(), &now_st) == 0 && now_st.st_dev == st.st_dev && now_st.st_ino == st.st_ino &&
+        ::unlink(c.c_str()) == 0)
+      log_info("removed '{}', a temporary file left by an interrupted write of '{}'", c, path);
+    ::close(fd);  // releases the lock
+  }
+}
+
+// A failed write, flush or sync of the temporary file, named by the destination the user gave.
+[[noreturn]] void write_failed(const char* action, const std::string& dest, const std::string& tmp) {
+  const int e = errno;
+  throw IoError("cannot " + std::string(action) + " '" + dest + "': " + std::strerror(e) + " (in its temporary file '" +
+                path_basename(tmp) + "', which is removed; '" + dest + "' is left as it was)");
+}
+
+}  // namespace
+
 AtomicFile::AtomicFile(const std::string& path, bool binary) : path_(path) {
   (void)binary;  // POSIX: no text mode
   // mkstemp: a fresh name (O_CREAT | O_EXCL, so a planted file or symbolic link is never opened or
@@ -226,6 +285,10 @@ AtomicFile::AtomicFile(const std::string& path, bool binary) : path_(path) {
   int fd = ::mkstemp(tmpl.data());
   if (fd < 0) throw_io_error("create a temporary file for", path);
   tmp_ = tmpl;
+  // Held until the rename: tells remove_stale_temporaries() of another process that this file is
+  // being written. A second descriptor keeps the lock when the stream is closed before the rename.
+  ::flock(fd, LOCK_EX | LOCK_NB);
+  lock_fd_ = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   // The result gets the permissions the destination has (or a new file would get), not mkstemp's 0600.
   struct stat st;
   mode_t mode = 0666 & ~current_umask();
@@ -234,6 +297,8 @@ AtomicFile::AtomicFile(const std::string& path, bool binary) : path_(path) {
     const int e = errno;
     ::close(fd);
     ::unlink(tmp_.c_str());
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+    lock_fd_ = -1;
     errno = e;
     throw_io_error("set the permissions of", tmp_);
   }
@@ -242,9 +307,12 @@ AtomicFile::AtomicFile(const std::string& path, bool binary) : path_(path) {
     const int e = errno;
     ::close(fd);
     ::unlink(tmp_.c_str());
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+    lock_fd_ = -1;
     errno = e;
     throw_io_error("open", tmp_);
   }
+  remove_stale_temporaries(path, tmp_);
 }
 
 AtomicFile::~AtomicFile() {
@@ -252,22 +320,25 @@ AtomicFile::~AtomicFile() {
     if (fp_) std::fclose(fp_);
     if (!tmp_.empty()) ::unlink(tmp_.c_str());
   }
+  if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
 void AtomicFile::write(const void* data, size_t n) {
-  if (n && std::fwrite(data, 1, n, fp_) != n) throw_io_error("write", tmp_);
+  if (n && std::fwrite(data, 1, n, fp_) != n) write_failed("write", path_, tmp_);
 }
 
 void AtomicFile::commit() {
   if (committed_) return;
   if (!fp_) throw IoError("'" + tmp_ + "' was already closed after an earlier failure");
-  if (std::fflush(fp_) != 0) throw_io_error("write", tmp_);
-  if (::fsync(::fileno(fp_)) != 0 && errno != EINVAL) throw_io_error("fsync", tmp_);
+  if (std::fflush(fp_) != 0) write_failed("write", path_, tmp_);
+  if (::fsync(::fileno(fp_)) != 0 && errno != EINVAL) write_failed("sync", path_, tmp_);
   int rc = std::fclose(fp_);
   fp_ = nullptr;
-  if (rc != 0) throw_io_error("close", tmp_);
+  if (rc != 0) write_failed("write", path_, tmp_);
   if (::rename(tmp_.c_str(), path_.c_str()) != 0) throw_io_error("rename to " + path_ + " from", tmp_);
   committed_ = true;
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+  lock_fd_ = -1;
   // Make the rename itself durable.
   const int dfd = ::open(path_dirname(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {

@@ -59,7 +59,10 @@ bool same_file(const std::string& a, const std::string& b);
 // planted file or symbolic link is never followed), then on commit() flushes, fsyncs, renames over
 // <path> and fsyncs the folder. The result keeps the permissions of the file it replaces (a new
 // file gets 0666 minus the umask). If commit() is never reached or fails, the destination is
-// untouched and the temporary file is removed (a kill -9 can still leave one behind).
+// untouched and the temporary file is removed. A writer killed outright (kill -9, power loss) can
+// leave its temporary file behind: the next AtomicFile for the same destination removes such files
+// ("<path>.tmp." and six characters, regular, ours, at least 2 s old, and not locked: a live writer
+// holds an flock on its temporary file until the rename).
 // The whole of `content` written atomically to `path` (AtomicFile below); throws IoError.
 void write_file_atomic(const std::string& path, const std::string& content);
 
@@ -78,6 +81,7 @@ class AtomicFile {
  private:
   std::string path_, tmp_;
   std::FILE* fp_ = nullptr;
+  int lock_fd_ = -1;  // holds the flock on the temporary file until the rename
   bool committed_ = false;
 };
 

@@ -1,5 +1,6 @@
 #include "clip/io/pickle.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <unordered_map>
@@ -12,6 +13,11 @@ namespace clip {
 namespace {
 
 constexpr size_t kMaxDepth = 500;
+// Items on the unpickler's stack and entries in its memo. torch.save batches APPENDS/SETITEMS by
+// 1000 and memoizes a few objects per tensor, so real checkpoints stay orders of magnitude below
+// these; a hostile stream cannot grow either past them (about 100 MB of shared pointers).
+constexpr size_t kMaxStack = size_t(1) << 20;
+constexpr size_t kMaxMemo = size_t(1) << 22;
 
 struct StorageName {
   const char* name;
@@ -124,6 +130,15 @@ class Unpickler {
     throw ModelError(what_ + ": corrupt pickle data (" + msg + " at byte " + std::to_string(op_pos_) +
                      "); the file is damaged or was not written by torch.save");
   }
+  // Well-formed pickle data that this reader does not support (as opposed to damage).
+  [[noreturn]] void unsupported(const std::string& msg) const {
+    throw ModelError(what_ + ": unsupported pickle content at byte " + std::to_string(op_pos_) + ": " + msg);
+  }
+  [[noreturn]] void big_integer(const std::string& how) const {
+    unsupported("a Python integer outside the signed 64-bit range (" + how +
+                "); integers of 2^63 and above (or below -2^63) are not supported. Store such a value as a string "
+                "or drop it before torch.save");
+  }
 
   void teardown() {
     stack_.clear();
@@ -171,7 +186,10 @@ class Unpickler {
     return std::string(reinterpret_cast<const char*>(b), size_t(n));
   }
 
-  void push(PyPtr v) { stack_.push_back(std::move(v)); }
+  void push(PyPtr v) {
+    if (stack_.size() >= kMaxStack) fail("more than " + std::to_string(kMaxStack) + " items on the stack");
+    stack_.push_back(std::move(v));
+  }
   PyPtr pop() {
     if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) fail("stack underflow");
     PyPtr v = std::move(stack_.back());
@@ -229,7 +247,16 @@ class Unpickler {
     l.items.push_back(std::move(v));
   }
 
-  void memo_put(uint64_t idx) { memo_[idx] = top(); }
+  void memo_put(uint64_t idx) {
+    PyPtr& v = top();
+    auto it = memo_.find(idx);
+    if (it != memo_.end()) {
+      it->second = v;
+      return;
+    }
+    if (memo_.size() >= kMaxMemo) fail("more than " + std::to_string(kMaxMemo) + " memo entries");
+    memo_.emplace(idx, v);
+  }
   PyPtr memo_get(uint64_t idx) {
     auto it = memo_.find(idx);
     if (it == memo_.end()) fail("memo key " + std::to_string(idx) + " not found");
@@ -393,13 +420,22 @@ class Unpickler {
     errno = 0;
     char* e = nullptr;
     long long v = std::strtoll(s.c_str(), &e, 10);
-    if (errno || !e || *e) fail("bad or too large integer '" + s.substr(0, 40) + "'");
+    if (!e || *e || (errno && errno != ERANGE)) fail("bad integer '" + s.substr(0, 40) + "'");
+    if (errno == ERANGE) big_integer("the text integer " + s.substr(0, 40) + (s.size() > 40 ? "..." : ""));
     return v;
   }
 
-  int64_t read_long(uint64_t n) {
-    if (n > 8) fail("integer of " + std::to_string(n) + " bytes does not fit 64 bits");
+  // LONG1/LONG4: n bytes of little-endian two's complement. Python writes the minimal length, so
+  // 2^63 and above take 9 bytes; a longer encoding whose high bytes only extend the sign still fits.
+  int64_t read_long(uint64_t n, const char* op) {
     const uint8_t* b = take(n);
+    if (n > 8) {
+      const uint8_t ext = (b[7] & 0x80) ? 0xFF : 0x00;
+      for (uint64_t i = 8; i < n; ++i)
+        if (b[i] != ext)
+          big_integer(std::string(op) + " of " + std::to_string(n) + " bytes, more than the 64 bits (8 bytes) supported");
+      n = 8;
+    }
     if (n == 0) return 0;
     uint64_t v = 0;
     for (uint64_t i = 0; i < n; ++i) v |= uint64_t(b[i]) << (8 * i);
@@ -431,7 +467,10 @@ class Unpickler {
           PyPtr r = pop();
           return r ? r : PyValue::none();
         }
-        case '(': marks_.push_back(stack_.size()); break;
+        case '(':
+          if (marks_.size() >= kMaxStack) fail("more than " + std::to_string(kMaxStack) + " open MARKs");
+          marks_.push_back(stack_.size());
+          break;
         case '0': pop(); break;
         case '1': pop_mark(); break;
         case '2': push(top()); break;
@@ -449,11 +488,11 @@ class Unpickler {
         case 'J': push(PyValue::integer(int32_t(u32()))); break;
         case 'K': push(PyValue::integer(u8())); break;
         case 'M': push(PyValue::integer(u16())); break;
-        case 0x8a: push(PyValue::integer(read_long(u8()))); break;
+        case 0x8a: push(PyValue::integer(read_long(u8(), "LONG1"))); break;
         case 0x8b: {
           int32_t n = int32_t(u32());
           if (n < 0) fail("negative LONG4 length");
-          push(PyValue::integer(read_long(uint64_t(n))));
+          push(PyValue::integer(read_long(uint64_t(n), "LONG4")));
           break;
         }
         case 'G': {

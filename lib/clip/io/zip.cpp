@@ -1,5 +1,6 @@
 #include "clip/io/zip.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "clip/base/crc32.h"
@@ -41,7 +42,9 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
     return ModelError(what_ + ": " + msg + " (the file is truncated or damaged; re-download or re-save it)");
   };
   if (size_ < 22) throw fail("too small to be a zip archive (" + std::to_string(size_) + " bytes)");
-  // End of central directory: the last 22 bytes plus an optional comment of up to 65535 bytes.
+  // End of central directory: the last 22 bytes plus an optional comment of up to 65535 bytes. The
+  // last record whose comment ends exactly at the end of the file is the one (a comment may itself
+  // hold the signature).
   size_t eocd = SIZE_MAX;
   size_t lowest = size_ >= 22 + 65535 ? size_ - 22 - 65535 : 0;
   for (size_t p = size_ - 22 + 1; p-- > lowest;) {
@@ -51,40 +54,75 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
     }
   }
   if (eocd == SIZE_MAX) throw fail("not a complete zip archive (end of central directory record not found)");
-  uint64_t n_entries = rd16(base_ + eocd + 10);
-  uint64_t cd_size = rd32(base_ + eocd + 12);
-  uint64_t cd_offset = rd32(base_ + eocd + 16);
-  if (eocd >= 20 && rd32(base_ + eocd - 20) == kLocator64Sig) {
-    uint64_t z64 = rd64(base_ + eocd - 20 + 8);
-    if (z64 > size_ || size_ - z64 < 56 || rd32(base_ + z64) != kEnd64Sig) throw fail("bad ZIP64 end of central directory");
-    n_entries = rd64(base_ + z64 + 32);
-    cd_size = rd64(base_ + z64 + 40);
-    cd_offset = rd64(base_ + z64 + 48);
+  const uint8_t* e = base_ + eocd;
+  if (rd16(e + 4) != 0 || rd16(e + 6) != 0 || rd16(e + 8) != rd16(e + 10))
+    throw ModelError(what_ + ": a multi-part (spanned or split) zip archive, which is not supported");
+  uint64_t n_entries = rd16(e + 10);
+  uint64_t cd_size = rd32(e + 12);
+  uint64_t cd_offset = rd32(e + 16);
+  size_t cd_limit = eocd;  // the central directory ends before the (ZIP64) end records
+  if (eocd >= 20 && rd32(e - 20) == kLocator64Sig) {
+    const uint8_t* loc = e - 20;
+    uint64_t z64 = rd64(loc + 8);
+    if (rd32(loc + 4) != 0 || rd32(loc + 16) > 1)
+      throw ModelError(what_ + ": a multi-part (spanned or split) zip archive, which is not supported");
+    if (z64 > eocd - 20 || eocd - 20 - z64 < 56 || rd32(base_ + z64) != kEnd64Sig)
+      throw fail("bad ZIP64 end of central directory (not where its locator points)");
+    const uint8_t* r = base_ + z64;
+    const uint64_t rec_size = rd64(r + 4);  // of the rest of the record
+    if (rec_size < 44 || rec_size > eocd - 20 - z64 - 12)
+      throw fail("bad ZIP64 end of central directory (its size field is " + std::to_string(rec_size) + ")");
+    if (rd32(r + 16) != 0 || rd32(r + 20) != 0 || rd64(r + 24) != rd64(r + 32))
+      throw ModelError(what_ + ": a multi-part (spanned or split) zip archive, which is not supported");
+    // The 32-bit record must either agree or hold the "see ZIP64" marker.
+    const uint64_t n64 = rd64(r + 32), size64 = rd64(r + 40), off64 = rd64(r + 48);
+    if ((n_entries != 0xFFFF && n_entries != n64) || (cd_size != k32Max && cd_size != size64) ||
+        (cd_offset != k32Max && cd_offset != off64))
+      throw fail("the ZIP64 end of central directory disagrees with the end of central directory");
+    n_entries = n64;
+    cd_size = size64;
+    cd_offset = off64;
+    cd_limit = size_t(z64);
+  } else if (n_entries == 0xFFFF || cd_size == k32Max || cd_offset == k32Max) {
+    throw fail("the end of central directory points to ZIP64 records that are missing");
   }
-  if (cd_offset > size_ || cd_size > size_ - cd_offset) throw fail("central directory lies outside the file");
+  if (cd_offset > cd_limit || cd_size > cd_limit - cd_offset)
+    throw fail("central directory lies outside the file (or overlaps its end records)");
   if (n_entries > cd_size / 46) throw fail("central directory too small for " + std::to_string(n_entries) + " entries");
   entries_.reserve(size_t(n_entries));
+  struct Span {
+    uint64_t begin, end;
+    size_t entry;
+  };
+  std::vector<Span> spans;
+  spans.reserve(size_t(n_entries));
   const uint8_t* p = base_ + cd_offset;
   const uint8_t* end = p + cd_size;
   for (uint64_t i = 0; i < n_entries; ++i) {
     if (end - p < 46 || rd32(p) != kCentralSig) throw fail("bad central directory entry #" + std::to_string(i));
     ZipEntry e;
-    uint16_t flags = rd16(p + 8);
+    const uint16_t flags = rd16(p + 8);
     e.method = rd16(p + 10);
     e.crc = rd32(p + 16);
     e.compressed_size = rd32(p + 20);
     e.size = rd32(p + 24);
     size_t nlen = rd16(p + 28), elen = rd16(p + 30), clen = rd16(p + 32);
+    uint32_t disk = rd16(p + 34);
     uint64_t local = rd32(p + 42);
     if (size_t(end - p) < 46 + nlen + elen + clen) throw fail("central directory entry #" + std::to_string(i) + " overruns");
     e.name.assign(reinterpret_cast<const char*>(p + 46), nlen);
-    // ZIP64 extended information: present fields follow the order usize, csize, offset.
+    // ZIP64 extended information: the fields whose 32-bit value is 0xFFFFFFFF (0xFFFF for the disk)
+    // follow in the order usize, csize, offset, disk.
+    bool z64_seen = false;
     const uint8_t* x = p + 46 + nlen;
     const uint8_t* xend = x + elen;
-    while (xend - x >= 4) {
+    while (x < xend) {
+      if (xend - x < 4) throw fail("malformed extra field in entry '" + e.name + "'");
       uint16_t id = rd16(x), len = rd16(x + 2);
-      if (size_t(xend - x - 4) < len) break;
+      if (size_t(xend - x - 4) < len) throw fail("malformed extra field in entry '" + e.name + "'");
       if (id == 0x0001) {
+        if (z64_seen) throw fail("two ZIP64 fields in entry '" + e.name + "'");
+        z64_seen = true;
         const uint8_t* f = x + 4;
         const uint8_t* fend = f + len;
         auto take = [&](uint64_t& v) {
@@ -96,19 +134,77 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
         take(e.size);
         take(e.compressed_size);
         take(local);
+        if (disk == 0xFFFF) {
+          if (fend - f < 4) throw fail("short ZIP64 field in entry '" + e.name + "'");
+          disk = rd32(f);
+        }
       }
       x += 4 + len;
     }
-    if (flags & 1) throw fail("entry '" + e.name + "' is encrypted");
+    if (e.size == k32Max || e.compressed_size == k32Max || local == k32Max)
+      throw fail("entry '" + e.name + "' lacks the ZIP64 field its sizes or offset point to");
+    if (disk != 0) throw ModelError(what_ + ": entry '" + e.name + "' is on another disk of a multi-part zip archive, which is not supported");
+    if (flags & (1 | 64 | 8192)) throw ModelError(what_ + ": entry '" + e.name + "' is encrypted, which is not supported");
     if (local > size_ || size_ - local < 30 || rd32(base_ + local) != kLocalSig)
       throw fail("local header of entry '" + e.name + "' is missing");
-    uint64_t start = local + 30 + rd16(base_ + local + 26) + uint64_t(rd16(base_ + local + 28));
-    if (start > size_ || e.compressed_size > size_ - start)
+    // The local header must describe the same entry as the central directory.
+    const uint8_t* lh = base_ + local;
+    const uint16_t lflags = rd16(lh + 6), lmethod = rd16(lh + 8);
+    const size_t lnlen = rd16(lh + 26), lelen = rd16(lh + 28);
+    const uint64_t start = local + 30 + lnlen + uint64_t(lelen);
+    if (start > size_) throw fail("local header of entry '" + e.name + "' extends past the end of the file");
+    if (lnlen != nlen || std::memcmp(lh + 30, e.name.data(), nlen) != 0)
+      throw fail("the local header at offset " + std::to_string(local) + " names another entry than the central directory's '" + e.name + "'");
+    if (lmethod != e.method)
+      throw fail("local header and central directory disagree on the compression method of entry '" + e.name + "'");
+    if (!((flags | lflags) & 8)) {  // without a data descriptor the local header holds CRC and sizes
+      uint64_t lcsize = rd32(lh + 18), lsize = rd32(lh + 22);
+      if (lcsize == k32Max || lsize == k32Max) {  // both then follow in the local ZIP64 field
+        const uint8_t* lx = lh + 30 + lnlen;
+        const uint8_t* lxend = lx + lelen;
+        bool found = false;
+        while (lxend - lx >= 4) {
+          uint16_t id = rd16(lx), len = rd16(lx + 2);
+          if (size_t(lxend - lx - 4) < len) break;
+          if (id == 0x0001 && len >= 16) {
+            lsize = rd64(lx + 4);
+            lcsize = rd64(lx + 12);
+            found = true;
+            break;
+          }
+          lx += 4 + len;
+        }
+        if (!found) throw fail("local header of entry '" + e.name + "' lacks its ZIP64 sizes");
+      }
+      if (rd32(lh + 14) != e.crc || lcsize != e.compressed_size || lsize != e.size)
+        throw fail("local header and central directory disagree on the CRC or sizes of entry '" + e.name + "'");
+    }
+    if (e.compressed_size > size_ - start)
       throw fail("data of entry '" + e.name + "' extends past the end of the file");
     e.data_offset = start;
+    spans.push_back({local, start + e.compressed_size, entries_.size()});
     entries_.push_back(std::move(e));
     p += 46 + nlen + elen + clen;
   }
+  if (p != end) throw fail("the central directory is " + std::to_string(cd_size) + " bytes but its entries take " +
+                           std::to_string(p - (base_ + cd_offset)));
+  // Every entry (local header and data) lies before the central directory, and no two overlap:
+  // an archive whose entries share bytes reads differently in different readers.
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  for (size_t i = 0; i < spans.size(); ++i) {
+    if (spans[i].end > cd_offset)
+      throw fail("entry '" + entries_[spans[i].entry].name + "' overlaps the central directory");
+    if (i + 1 < spans.size() && spans[i].end > spans[i + 1].begin)
+      throw fail("entries '" + entries_[spans[i].entry].name + "' and '" + entries_[spans[i + 1].entry].name + "' overlap");
+  }
+  // Names are unique: a reader that takes the first of two and one that takes the last would
+  // otherwise see different archives.
+  std::vector<const std::string*> names;
+  names.reserve(entries_.size());
+  for (const auto& en : entries_) names.push_back(&en.name);
+  std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
+  for (size_t i = 1; i < names.size(); ++i)
+    if (*names[i] == *names[i - 1]) throw fail("entry '" + *names[i] + "' appears twice");
 }
 
 const ZipEntry* ZipReader::find(const std::string& name) const {

@@ -55,9 +55,15 @@ std::string id_list(const std::vector<int64_t>& ids, size_t max_shown = 20) {
   return s;
 }
 
+// --on-error skip: bad lines are counted in `report` (none: they stop the run).
+BadLineHandler skip_handler(ReadReport* report) {
+  if (!report) return nullptr;
+  return [report](const std::string& msg, const std::string& reason) { report->add(msg, /*strict=*/false, reason); };
+}
+
 }  // namespace
 
-GroundTruth read_ground_truth(const std::string& path) {
+GroundTruth read_ground_truth(const std::string& path, const GoldOptions& opt) {
   GroundTruth g;
   if (is_lmdb_env(path)) {  // cn_clip's pairs database: the texts in the JSONL's order
     ReadReport rep;
@@ -73,46 +79,61 @@ GroundTruth read_ground_truth(const std::string& path) {
     if (g.text_ids.empty()) throw DataError(fmt::format("'{}' holds no pairs", path));
     return g;
   }
-  for_each_json_line(path, [&](int64_t lineno, const nlohmann::json& j) {
-    const int64_t tid = int_field(path, lineno, j, "text_id");
-    std::vector<int64_t> imgs = int_list(path, lineno, j, "image_ids", fmt::format("text_id {}", tid), &g.names);
-    for (int64_t iid : imgs) {
-      auto [it, fresh] = g.image_to_texts.try_emplace(iid);
-      if (fresh) g.image_ids.push_back(iid);
-      it->second.push_back(tid);
-    }
-    auto [it, fresh] = g.text_to_images.try_emplace(tid);
-    if (fresh) g.text_ids.push_back(tid);
-    else log_warn("{}:{}: text_id {} appears again; its image_ids replace the earlier line's", path, lineno, tid);
-    it->second = std::move(imgs);
-  });
+  std::unordered_map<int64_t, int64_t> first_line;
+  const size_t kept = for_each_json_line(
+      path,
+      [&](int64_t lineno, const nlohmann::json& j) {
+        const int64_t tid = int_field(path, lineno, j, "text_id");
+        std::vector<int64_t> imgs = int_list(path, lineno, j, "image_ids", fmt::format("text_id {}", tid), &g.names);
+        auto [seen, fresh] = first_line.try_emplace(tid, lineno);
+        if (!fresh && !opt.repeated_text_id_replaces)
+          throw BadLine(fmt::format("{}:{}: text_id {} appears again (first on line {}); each text may be annotated "
+                                    "once (--on-error skip keeps the first line, --cnclip-duplicates takes the later "
+                                    "line's image_ids as cn_clip's evaluation.py does)",
+                                    path, lineno, tid, seen->second),
+                        "duplicate text_id");
+        for (int64_t iid : imgs) {
+          auto [it, first] = g.image_to_texts.try_emplace(iid);
+          if (first) g.image_ids.push_back(iid);
+          it->second.push_back(tid);
+        }
+        auto [it, first] = g.text_to_images.try_emplace(tid);
+        if (first) g.text_ids.push_back(tid);
+        it->second = std::move(imgs);
+      },
+      skip_handler(opt.skip));
+  if (opt.skip) opt.skip->kept += kept;
   if (g.text_ids.empty()) throw DataError(fmt::format("'{}' holds no texts (empty file?)", path));
   return g;
 }
 
-Predictions read_predictions(const std::string& path, int k) {
+Predictions read_predictions(const std::string& path, int k, ReadReport* skip) {
   Predictions p;
   std::string qkey, lkey;
-  for_each_json_line(path, [&](int64_t lineno, const nlohmann::json& j) {
-    if (qkey.empty()) {
-      if (j.contains("text_id")) p.query_kind = "text", qkey = "text_id", lkey = "image_ids";
-      else if (j.contains("image_id")) p.query_kind = "image", qkey = "image_id", lkey = "text_ids";
-      else throw DataError(fmt::format("{}:{}: no \"text_id\" or \"image_id\" key", path, lineno));
-    }
-    int64_t q;
-    if (p.query_kind == "image" && j.contains(qkey) && j[qkey].is_string()) q = *id_from_json(j[qkey], &p.names);
-    else q = int_field(path, lineno, j, qkey.c_str());
-    const std::string owner = fmt::format("{} {}", qkey, id_to_string(q, &p.names));
-    std::vector<int64_t> ids = int_list(path, lineno, j, lkey.c_str(), owner, p.query_kind == "text" ? &p.names : nullptr);
-    if (static_cast<int>(ids.size()) != k)
-      throw DataError(fmt::format("{}:{}: {} has {} predicted {}, expected exactly {}", path, lineno, owner, ids.size(),
-                                  lkey, k));
-    if (std::unordered_set<int64_t>(ids.begin(), ids.end()).size() != ids.size())
-      throw DataError(fmt::format("{}:{}: {} has duplicate ids among its predicted {}", path, lineno, owner, lkey));
-    auto [it, fresh] = p.ranked.try_emplace(q);
-    if (fresh) p.queries.push_back(q);
-    it->second = std::move(ids);
-  });
+  const size_t kept = for_each_json_line(
+      path,
+      [&](int64_t lineno, const nlohmann::json& j) {
+        if (qkey.empty()) {
+          if (j.contains("text_id")) p.query_kind = "text", qkey = "text_id", lkey = "image_ids";
+          else if (j.contains("image_id")) p.query_kind = "image", qkey = "image_id", lkey = "text_ids";
+          else throw DataError(fmt::format("{}:{}: no \"text_id\" or \"image_id\" key", path, lineno));
+        }
+        int64_t q;
+        if (p.query_kind == "image" && j.contains(qkey) && j[qkey].is_string()) q = *id_from_json(j[qkey], &p.names);
+        else q = int_field(path, lineno, j, qkey.c_str());
+        const std::string owner = fmt::format("{} {}", qkey, id_to_string(q, &p.names));
+        std::vector<int64_t> ids = int_list(path, lineno, j, lkey.c_str(), owner, p.query_kind == "text" ? &p.names : nullptr);
+        if (static_cast<int>(ids.size()) != k)
+          throw DataError(fmt::format("{}:{}: {} has {} predicted {}, expected exactly {}", path, lineno, owner, ids.size(),
+                                      lkey, k));
+        if (std::unordered_set<int64_t>(ids.begin(), ids.end()).size() != ids.size())
+          throw DataError(fmt::format("{}:{}: {} has duplicate ids among its predicted {}", path, lineno, owner, lkey));
+        auto [it, fresh] = p.ranked.try_emplace(q);
+        if (fresh) p.queries.push_back(q);
+        it->second = std::move(ids);
+      },
+      skip_handler(skip));
+  if (skip) skip->kept += kept;
   if (p.queries.empty()) throw DataError(fmt::format("'{}' holds no predictions (empty file?)", path));
   return p;
 }
@@ -142,20 +163,25 @@ void write_predictions(const std::string& path, const Predictions& p) {
 }
 
 Recall compute_recall(const std::vector<int64_t>& gold_order, const Ranking& gold, const Ranking& predicted,
-                      const std::string& what) {
+                      const std::string& what, bool missing_are_misses) {
   std::vector<int64_t> missing;
   for (int64_t q : gold_order)
     if (!predicted.count(q)) missing.push_back(q);
-  if (!missing.empty())
+  if (!missing.empty() && !missing_are_misses)
     throw DataError(fmt::format("{}: no prediction for {} of the {} gold queries: {}", what, missing.size(),
                                 gold_order.size(), id_list(missing)));
+  if (!missing.empty())
+    log_warn("{}: no prediction for {} of the {} gold queries (counted as misses): {}", what, missing.size(),
+             gold_order.size(), id_list(missing));
   Recall r;
   r.queries = static_cast<int64_t>(gold_order.size());
   if (r.queries == 0) return r;
   for (int64_t q : gold_order) {
     const auto& g = gold.at(q);
     const std::unordered_set<int64_t> relevant(g.begin(), g.end());
-    const auto& pred = predicted.at(q);
+    auto found = predicted.find(q);
+    if (found == predicted.end()) continue;  // a miss (missing_are_misses)
+    const auto& pred = found->second;
     int64_t first = -1;  // rank of the first relevant prediction
     for (size_t i = 0; i < pred.size() && i < 10; ++i)
       if (relevant.count(pred[i])) {

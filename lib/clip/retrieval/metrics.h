@@ -16,12 +16,14 @@
 
 namespace clip {
 
+struct ReadReport;  // data/dataset.h
+
 using Ranking = std::unordered_map<int64_t, std::vector<int64_t>>;
 
 // Gold annotations from a Flickr30k-CN texts JSONL ({"text_id": int, "text": str, "image_ids": [int]}).
-// Text->image follows evaluation.py's read_reference (a repeated text_id replaces the earlier line's
-// images but keeps its first position); image->text follows transform_ir_annotation_to_tr.py (every
-// line, in order, appends its text_id to each of its images; images in first-seen order).
+// Text->image follows evaluation.py's read_reference, image->text transform_ir_annotation_to_tr.py
+// (every line, in order, appends its text_id to each of its images; images in first-seen order). A
+// repeated text_id is an error unless GoldOptions says otherwise (see read_ground_truth).
 struct GroundTruth {
   std::vector<int64_t> text_ids;   // gold text queries in file order
   Ranking text_to_images;
@@ -29,10 +31,18 @@ struct GroundTruth {
   Ranking image_to_texts;
   IdNames names;                   // string image ids (photo paths, base/ids.h)
 };
-// Throws DataError naming the line for bad JSON, a missing or non-integer text_id, or image_ids that is
-// not a list of integers; IoError when unreadable. Blank lines are skipped.
+// Throws DataError naming the line for bad JSON, a missing or non-integer text_id, image_ids that is
+// not a list of integers, or a text_id seen on an earlier line (naming both lines); IoError when
+// unreadable. Blank lines are skipped. With `skip` (--on-error skip) bad lines are counted there and
+// left out instead (a repeated text_id: the later line). `repeated_text_id_replaces` reads a repeated
+// text_id as cn_clip's evaluation.py does instead (the later line's images replace the earlier's,
+// and the image->text inversion counts both lines).
 // Image ids may be strings (photo paths). `texts_jsonl` may also be cn_clip's LMDB pairs folder.
-GroundTruth read_ground_truth(const std::string& texts_jsonl);
+struct GoldOptions {
+  ReadReport* skip = nullptr;
+  bool repeated_text_id_replaces = false;
+};
+GroundTruth read_ground_truth(const std::string& texts_jsonl, const GoldOptions& opt = {});
 
 // A prediction file in cn_clip's format: {"text_id": int, "image_ids": [k ints]} per line (text->image)
 // or {"image_id": int, "text_ids": [k ints]} (image->text), the kind taken from the first line.
@@ -44,8 +54,9 @@ struct Predictions {
 };
 // Validates every line like evaluation.py: an integer query id, a list of exactly k integers, no
 // duplicates within a list (booleans are not integers here, and blank lines are skipped). A query
-// repeated on a later line replaces the earlier one, as in evaluation.py. Errors name the file and line.
-Predictions read_predictions(const std::string& path, int k = 10);
+// repeated on a later line replaces the earlier one, as in evaluation.py. Errors name the file and line;
+// with `skip` bad lines are counted there and left out instead.
+Predictions read_predictions(const std::string& path, int k = 10, ReadReport* skip = nullptr);
 // Writes cn_clip's format (json.dumps spacing), queries in p.queries order; "-" = stdout.
 void write_predictions(const std::string& path, const Predictions& p);
 
@@ -57,8 +68,9 @@ struct Recall {
 // Scores `predicted` against `gold` over the queries in `gold_order`. Every gold query must have a
 // prediction: otherwise DataError listing the missing ids (`what` names the prediction source).
 // A ranking shorter than 10 counts only what it has.
+// With `missing_are_misses` (--on-error skip) such queries count as misses instead, with a warning.
 Recall compute_recall(const std::vector<int64_t>& gold_order, const Ranking& gold, const Ranking& predicted,
-                      const std::string& what);
+                      const std::string& what, bool missing_are_misses = false);
 
 // One evaluation run: either direction may be absent.
 struct EvalResult {

@@ -42,7 +42,14 @@ void fill_model_options_from_store(ModelOptions& mo, const FeatureSet& store) {
     mo.vocab = extra["vocab"].get<std::string>();
   // The towers as the store's model had them (head counts are in no tensor shape).
   if (extra.contains("model_config") && extra["model_config"].is_string()) {
-    mo.known_config = model_config_from_json(extra["model_config"].get<std::string>(), store.path + ": model_config");
+    // Written by clip-index: a config that does not parse is damage to the store (bad data, exit 3).
+    try {
+      mo.known_config = model_config_from_json(extra["model_config"].get<std::string>(), "model_config");
+    } catch (const std::exception& e) {
+      throw DataError("feature store '" + store.path + "': metadata field 'extra.model_config' is not a usable model "
+                      "config (" + e.what() + "); rebuild the store with clip-index, or pass --vision-model and "
+                      "--text-model");
+    }
     mo.known_config_source = store.path;
   }
   if (mo.context_length == 52 && store.meta.preprocess.contains("context_length"))

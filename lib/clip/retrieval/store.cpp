@@ -130,9 +130,32 @@ StoreMeta meta_from_json(const std::string& path, const std::string& text, bool 
       store_error(path, "metadata 'sources' entry is not {\"path\": str, \"size\": int, \"mtime\": int}");
     m.sources.push_back({s["path"].get<std::string>(), s["size"].get<int64_t>(), s["mtime"].get<int64_t>()});
   }
+  // The fields the tools read back (clip-query without model flags, clip-index --append) must have
+  // the types clip-index writes: a damaged value is named here, not met later as a type error.
+  auto field_error = [&](const std::string& field, const nlohmann::json& v, const std::string& expected) {
+    std::string shown = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (shown.size() > 60) shown = shown.substr(0, 57) + "...";
+    store_error(path, fmt::format("metadata field '{}' is {}, expected {}", field, shown, expected));
+  };
+  for (const char* key : {"context_length", "resolution"}) {
+    auto it = m.preprocess.find(key);
+    if (it != m.preprocess.end() && !(it->is_number_integer() && it->get<int64_t>() >= 1 && it->get<int64_t>() <= 100000))
+      field_error(std::string("preprocess.") + key, *it, "an integer from 1 to 100000");
+  }
   auto ex = j.find("extra");
   if (ex != j.end()) {
     if (!ex->is_object()) store_error(path, "metadata key 'extra' is not an object");
+    for (const char* key : {"checkpoint", "vocab", "model_config", "tool"}) {
+      auto it = ex->find(key);
+      if (it != ex->end() && !it->is_string()) field_error(std::string("extra.") + key, *it, "a string");
+    }
+    auto files = ex->find("files");
+    if (files != ex->end()) {
+      if (!files->is_object()) field_error("extra.files", *files, "an object {path: [size, mtime]}");
+      for (auto it = files->begin(); it != files->end(); ++it)
+        if (!it->is_array() || it->size() != 2 || !(*it)[0].is_number_integer() || !(*it)[1].is_number_integer())
+          field_error("extra.files[\"" + it.key() + "\"]", *it, "[size, mtime] (two integers)");
+    }
     m.extra = *ex;
   }
   auto nm = j.find("names");
@@ -609,11 +632,18 @@ void write_features_jsonl(const std::string& path, const FeatureSet& fs) {
   write_features_jsonl(path, key, fs.ids, all.data(), fs.dim, fs.meta.names_or_null());
 }
 
-void for_each_json_line(const std::string& path, const std::function<void(int64_t, const nlohmann::json&)>& fn) {
+size_t for_each_json_line(const std::string& path, const std::function<void(int64_t, const nlohmann::json&)>& fn,
+                          const BadLineHandler& on_bad) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_io_error("open", path);
   std::string line;
   int64_t lineno = 0;
+  size_t good = 0;
+  // Stops (throws) without a handler; with one, reports the line under `reason` and goes on.
+  auto bad = [&](const std::string& msg, const std::string& reason) {
+    if (!on_bad) throw DataError(msg);
+    on_bad(msg, reason);
+  };
   while (std::getline(in, line)) {
     ++lineno;
     if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
@@ -621,12 +651,29 @@ void for_each_json_line(const std::string& path, const std::function<void(int64_
     try {
       j = nlohmann::json::parse(line);
     } catch (const nlohmann::json::exception& e) {
-      throw DataError(fmt::format("{}:{}: not valid JSON ({})", path, lineno, e.what()));
+      bad(fmt::format("{}:{}: not valid JSON ({})", path, lineno, e.what()), "invalid JSON");
+      continue;
     }
-    if (!j.is_object()) throw DataError(fmt::format("{}:{}: expected a JSON object", path, lineno));
-    fn(lineno, j);
+    if (!j.is_object()) {
+      bad(fmt::format("{}:{}: expected a JSON object", path, lineno), "not a JSON object");
+      continue;
+    }
+    if (!on_bad) {
+      fn(lineno, j);
+      ++good;
+      continue;
+    }
+    try {
+      fn(lineno, j);
+      ++good;
+    } catch (const BadLine& e) {
+      bad(e.what(), e.reason);
+    } catch (const DataError& e) {
+      bad(e.what(), "bad field");
+    }
   }
   if (in.bad()) throw_io_error("read", path);
+  return good;
 }
 
 FeatureSet read_features_jsonl(const std::string& path) {

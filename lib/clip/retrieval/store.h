@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "clip/base/error.h"
 #include "clip/base/ids.h"
 
 namespace clip {
@@ -124,9 +125,21 @@ void merge_stores(const std::string& a, const std::string& b, const std::string&
 
 // ---- cn_clip JSONL ---------------------------------------------------------------------------------
 
+// A bad JSONL line that fn reports under its own reason ("duplicate text_id") when lines are skipped.
+class BadLine : public DataError {
+ public:
+  BadLine(const std::string& what, std::string why) : DataError(what), reason(std::move(why)) {}
+  std::string reason;
+};
+
 // Calls fn(line number, object) for every non-blank line of a JSONL file. Throws DataError
 // "<path>:<line>: ..." for invalid JSON or a value that is not an object; IoError when unreadable.
-void for_each_json_line(const std::string& path, const std::function<void(int64_t, const nlohmann::json&)>& fn);
+// With `on_bad` (--on-error skip), such lines and the lines for which fn throws DataError are
+// reported to it with a reason (BadLine's, else "bad field") instead, and reading goes on.
+// Returns the number of lines fn accepted.
+using BadLineHandler = std::function<void(const std::string& message, const std::string& reason)>;
+size_t for_each_json_line(const std::string& path, const std::function<void(int64_t, const nlohmann::json&)>& fn,
+                          const BadLineHandler& on_bad = nullptr);
 
 // Reads {"image_id"|"text_id": int or string, "feature": [numbers]} lines (string ids: base/ids.h, kept
 // in meta.names) (blank lines skipped). Errors name the

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <dirent.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <torch/version.h>
 
@@ -138,6 +139,7 @@ class Trainer {
   int64_t gbs_ = 0;
   bool lead() const { return rank_ == 0; }
   std::string run_dir_, ckpt_dir_, metrics_path_, resume_ckpt_;
+  bool restart_ = false;  // a fresh run in a folder left by a run that saved no checkpoint
   at::Device device_{at::kCPU};
   std::optional<ClipModel> model_;
   std::unique_ptr<AdamW> opt_;
@@ -237,10 +239,18 @@ void Trainer::setup_run_dir() {
   } else {
     run_dir_ = o_.output_dir;
     if (run_dir_.empty()) throw UsageError("no run folder (internal: output_dir not resolved)");
-    if (lead() && is_directory(run_dir_) && dir_has_entries(run_dir_))
-      throw TrainingError("run folder '" + run_dir_ +
-                          "' already holds a run; continue it with --resume " + run_dir_ +
-                          ", or choose another --output-dir");
+    if (lead() && is_directory(run_dir_) && dir_has_entries(run_dir_)) {
+      // A folder with a checkpoint (or a finished run) holds work worth keeping: refused. One
+      // without (a run that failed or was stopped before its first save) is started afresh.
+      const std::string ck = newest_checkpoint(path_join(run_dir_, "checkpoints"));
+      if (!ck.empty() || file_exists(path_join(run_dir_, "DONE")))
+        throw TrainingError("run folder '" + run_dir_ + "' already holds a run" +
+                            (ck.empty() ? std::string(" (finished)") : " (checkpoint " + ck + ")") +
+                            "; continue it with --resume " + run_dir_ + ", or choose another --output-dir");
+      log_warn("run folder '{}' holds no checkpoint (an earlier run stopped before saving one): starting it afresh",
+               run_dir_);
+      restart_ = true;
+    }
   }
   ckpt_dir_ = path_join(run_dir_, "checkpoints");
   // Created in write_params(), once the model and the data are known to be usable: a failed start
@@ -463,6 +473,10 @@ void Trainer::write_params() {
   write_file_atomic(path_join(ckpt_dir_, sanitize(cfg.vision.name) + ".json"), to_json(cfg.vision).dump(2) + "\n");
   write_file_atomic(path_join(ckpt_dir_, sanitize(cfg.text.name) + ".json"), to_json(cfg.text).dump(2) + "\n");
 
+  if (restart_) {  // the earlier attempt's metrics and curves are not this run's
+    ::unlink(metrics_path_.c_str());
+    ::unlink(path_join(run_dir_, "curves.svg").c_str());
+  }
   nlohmann::json j = {{"options", stored.to_json()}, {"resolved", resolved_}};
   write_file_atomic(path_join(run_dir_, "params.json"), j.dump(2) + "\n");
   log_info("run folder {}: {} pairs, {} steps/epoch, {} steps over {} epochs, lr {} (warmup {}), batch {}{}",
