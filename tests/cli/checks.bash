@@ -8,3 +8,16 @@ check() {  # check DESCRIPTION COMMAND...: report and count a failure
   if "$@"; then echo "ok: $what"; else echo "FAIL: $what" >&2; fails=$((fails + 1)); fi
 }
 has() { grep -qF -- "$2" "$1"; }  # has FILE TEXT
+# demo_slice DEMO_DIR OUT_DIR: the first 12 training and 6 validation images of data/shapes-zh with
+# their captions and the vocab, a small dataset for training runs.
+demo_slice() {
+  local demo=$1 out=$2 split name n ids
+  mkdir -p "$out"
+  for split in train:12 valid:6; do
+    name=${split%%:*} n=${split##*:}
+    head -n "$n" "$demo/${name}_imgs.tsv" >"$out/${name}_imgs.tsv"
+    ids=$(cut -f1 "$out/${name}_imgs.tsv" | paste -sd'|')
+    grep -E "\"image_ids\": \[($ids)\]" "$demo/${name}_texts.jsonl" >"$out/${name}_texts.jsonl"
+  done
+  cp "$demo/vocab.txt" "$out/"
+}

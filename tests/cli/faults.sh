@@ -97,14 +97,7 @@ check "the next run cleans up the last one too: no temporary file left" test -z 
 # of an uninterrupted run. 12 training images (60 captions) of the demo data, 4 steps per epoch.
 demo=$SRC/data/shapes-zh
 data=$T/data
-mkdir -p "$data"
-for split in train:12 valid:6; do
-  name=${split%%:*} n=${split##*:}
-  head -n "$n" "$demo/${name}_imgs.tsv" >"$data/${name}_imgs.tsv"
-  ids=$(cut -f1 "$data/${name}_imgs.tsv" | paste -sd'|')
-  grep -E "\"image_ids\": \[($ids)\]" "$demo/${name}_texts.jsonl" >"$data/${name}_texts.jsonl"
-done
-cp "$demo/vocab.txt" "$data/"
+demo_slice "$demo" "$data"
 MODEL_DEMO=(--vision-model "$demo/ViT-Demo.json" --text-model "$demo/RBT-Demo.json" --batch-size 16 --log-interval 1
             --threads 2 --lr 1e-3 --warmup 2 --max-steps 8)
 TRAIN=(--data "$data" "${MODEL_DEMO[@]}" --save-step-frequency 2)

@@ -10,14 +10,7 @@ source "$(dirname "$0")/checks.bash" finetune
 
 # 12 training images (60 captions), 6 validation images.
 data=$tmp/data
-mkdir -p "$data"
-for split in train:12 valid:6; do
-  name=${split%%:*} n=${split##*:}
-  head -n "$n" "$demo/${name}_imgs.tsv" >"$data/${name}_imgs.tsv"
-  ids=$(cut -f1 "$data/${name}_imgs.tsv" | paste -sd'|')
-  grep -E "\"image_ids\": \[($ids)\]" "$demo/${name}_texts.jsonl" >"$data/${name}_texts.jsonl"
-done
-cp "$demo/vocab.txt" "$data/"
+demo_slice "$demo" "$data"
 base=(--data "$data" --vision-model "$demo/ViT-Demo.json" --text-model "$demo/RBT-Demo.json"
       --batch-size 16 --log-interval 1 --threads 2)
 common=("${base[@]}" --lr 1e-3 --warmup 2)
