@@ -5,7 +5,8 @@
 # folder), and stops the server with SIGTERM (it must exit 0).
 # Usage: serve_e2e.sh BIN_DIR SOURCE_DIR SHARED_DIR
 # The model: CLIP_DEMO_CHECKPOINT (with CLIP_DEMO_VISION/CLIP_DEMO_TEXT configs when the checkpoint
-# needs them) when set, else the reference fixture model in SHARED_DIR/fixtures/cnclip-tiny.
+# needs them) when set, else the reference fixture model in SHARED_DIR/fixtures/cnclip-tiny; the text
+# query: CLIP_DEMO_QUERY when set.
 set -u
 bin=$1 src=$2 shared=$3
 data=$src/data/shapes-zh
@@ -36,7 +37,7 @@ store=$tmp/test.img.clipfeat
 "$bin/clip-index" "${model[@]}" --data "$data" --split test --image-out "$store" -q || fail "clip-index"
 
 # The expected top hit of the text query: what clip-query answers for the same store.
-query="浅蓝色背景上，上方有一个大的黄色星星，底部有两个小的紫色十字"
+query="${CLIP_DEMO_QUERY:-浅蓝色背景上，上方有一个大的黄色星星，底部有两个小的紫色十字}"
 expect=$("$bin/clip-query" "${model[@]}" --index "$store" --text "$query" -k 1 -q --format tsv | cut -f3)
 [[ $expect =~ ^[0-9]+$ ]] || fail "clip-query gave no top hit for the query ($expect)"
 
