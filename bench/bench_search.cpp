@@ -10,6 +10,12 @@
 //   bench ann rows=N dim=D data=clustered index=FACTORY build_s=S recall10=R ms_per_query=M nprobe=P scan=store
 // (IVF indexes also with scan=faiss, index=FACTORY/faiss-scan: faiss scanning its own lists, for comparison)
 //   bench_search [--sizes 10000,100000,1000000] [--dim 512] [--reps 5] [--dir /tmp] [--threads 0] [--ann]
+// With --device cuda (a CUDA build), instead, for each size a float16 store of random unit vectors is
+// searched on the CPU (all cores, as clip-query does) and on the GPU (device_search.h), one line each:
+//   bench device rows=N dim=D dtype=f16 device=cuda:0 upload_s=U ms_per_query=M ms_per_query_batch=B
+//     cpu_ms_per_query=C cpu_ms_per_query_batch=CB same_as_cpu=1 widenings=W
+// (ms_per_query: one query at a time, median; _batch: --batch queries in one call, per query;
+// same_as_cpu: every single-query hit list equal to the CPU's, ids and scores).
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <c10/core/InferenceMode.h>
@@ -19,6 +25,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <unistd.h>
 
 #include "clip/cli/cli.h"
@@ -26,6 +33,7 @@
 #include "clip/base/runtime.h"
 #include "clip/retrieval/ann.h"
 #include "clip/retrieval/collection.h"
+#include "clip/retrieval/device_search.h"
 #include "clip/retrieval/int8.h"
 #include "clip/retrieval/search.h"
 #include "clip/retrieval/store.h"
@@ -204,6 +212,63 @@ void bench_ann(int64_t n, int64_t dim, int64_t nq, const std::string& stem, cons
   }
 }
 
+bool same_hits(const std::vector<Hit>& a, const std::vector<Hit>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].id != b[i].id || a[i].score != b[i].score || a[i].row != b[i].row) return false;
+  return true;
+}
+
+// --device: the store searched on the CPU and on the device, side by side in one process.
+void bench_device(int64_t n, int64_t dim, int reps, int64_t batch, const std::string& stem, const std::string& device) {
+  at::Tensor data = random_data(n, dim, 3);
+  std::vector<int64_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = i;
+  StoreMeta meta;
+  meta.kind = "image";
+  meta.model_name = "random";
+  const std::string path = stem + ".device.clipfeat";
+  write_store(path, ids, data.data_ptr<float>(), dim, StoreDtype::f16, meta);
+  data = at::Tensor();
+  FeatureSet fs = open_store(path);
+  at::manual_seed(7);
+  at::Tensor q = at::randn({std::max<int64_t>(batch, reps), dim});
+  q = q / q.norm(2, 1, true);
+  search(q.narrow(0, 0, 1), fs, 10);  // page faults of the fresh mapping
+  std::vector<std::vector<Hit>> cpu_hits;
+  std::vector<double> t_cpu;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    cpu_hits.push_back(search(q.narrow(0, r, 1), fs, 10).at(0));
+    t_cpu.push_back(ms_since(t0));
+  }
+  std::sort(t_cpu.begin(), t_cpu.end());
+  auto t0 = Clock::now();
+  search(q.narrow(0, 0, batch), fs, 10);
+  const double cpu_batch = ms_since(t0) / batch;
+
+  DeviceRows dev(fs, device);
+  dev.search(fs, q.narrow(0, 0, 1), 10, -std::numeric_limits<float>::infinity(), nullptr);  // warm-up (kernels, cuBLAS handles)
+  std::vector<double> t_dev;
+  bool same = true;
+  for (int r = 0; r < reps; ++r) {
+    auto t1 = Clock::now();
+    auto h = dev.search(fs, q.narrow(0, r, 1), 10, -std::numeric_limits<float>::infinity(), nullptr).at(0);
+    t_dev.push_back(ms_since(t1));
+    same = same && same_hits(h, cpu_hits[r]);
+  }
+  std::sort(t_dev.begin(), t_dev.end());
+  t0 = Clock::now();
+  dev.search(fs, q.narrow(0, 0, batch), 10, -std::numeric_limits<float>::infinity(), nullptr);
+  const double dev_batch = ms_since(t0) / batch;
+  std::printf("bench device rows=%lld dim=%lld dtype=f16 device=%s upload_s=%.2f ms_per_query=%.3f ms_per_query_batch=%.4f "
+              "cpu_ms_per_query=%.2f cpu_ms_per_query_batch=%.3f batch=%lld same_as_cpu=%d widenings=%lld\n",
+              (long long)n, (long long)dim, dev.device().c_str(), dev.upload_seconds(), t_dev[t_dev.size() / 2], dev_batch,
+              t_cpu[t_cpu.size() / 2], cpu_batch, (long long)batch, same ? 1 : 0, (long long)dev.widenings());
+  std::fflush(stdout);
+  std::remove(path.c_str());
+}
+
 int body(int argc, char** argv) {
   CLI::App app{"Feature store search benchmark", "bench_search"};
   std::vector<int64_t> sizes = {10000, 100000, 1000000};
@@ -235,9 +300,19 @@ int body(int argc, char** argv) {
   app.add_option("--queries", queries, "Held-out queries for recall@10")->capture_default_str();
   app.add_option("--train", train, "Rows that train an index")->capture_default_str();
   app.add_option("--clusters", clusters, "Clusters of the clustered data")->capture_default_str();
+  std::string device;
+  int64_t batch = 100;
+  app.add_option("--device", device, "Search on this device too (cuda, cuda:N): see the header")->capture_default_str();
+  app.add_option("--batch", batch, "Queries of the batched timing with --device")->capture_default_str();
   CLIP_PARSE(app, argc, argv);
   const int nthreads = set_threads(threads);
   c10::InferenceMode guard;
+  if (!device.empty()) {
+    std::printf("threads %d, dim %lld, device %s\n", nthreads, static_cast<long long>(dim), device.c_str());
+    const std::string stem = dir + "/bench_search." + std::to_string(::getpid());
+    for (int64_t n : sizes) bench_device(n, dim, reps, batch, stem, device);
+    return 0;
+  }
 
   auto [read_bw, copy_bw] = bandwidth_gbs();
   std::printf("threads %d, BLAS core %s, dim %lld; memory bandwidth (1 GiB, best of 4): read %.1f GB/s, copy %.1f GB/s\n\n",

@@ -13,6 +13,7 @@
 #include "clip/base/fileio.h"
 #include "clip/retrieval/ann.h"
 #include "clip/retrieval/collection.h"
+#include "clip/retrieval/device_search.h"
 #include "clip/retrieval/indexing.h"
 #include "clip/retrieval/int8.h"
 #include "clip/retrieval/search.h"
@@ -113,6 +114,49 @@ TEST_CASE("the threaded exact scan equals the chunked scan, ties included, over 
         for (const Hit& h : ex[i]) REQUIRE(h.id != self[i]);
     }
   }
+}
+
+TEST_CASE("device search (run on the CPU) equals the exact scan, ties and widening included", "[collection][device]") {
+  // Tight clusters (many near-equal scores) and exact duplicates (tied scores): the first candidate
+  // list is too short and must be widened until no row left out can enter the top k.
+  const int64_t n = 6000, dim = 32;
+  std::vector<float> g = clustered(n, dim, 3, 0.05f, 11);
+  for (int64_t r = 100; r < 160; ++r) std::copy(g.begin(), g.begin() + dim, g.begin() + r * dim);
+  const auto ids = ids_from(n, 5);
+  std::vector<float> qv(g.begin(), g.begin() + 3 * dim);  // the first rows as queries: ties at the top
+  const at::Tensor q3 = tensor(qv, 3, dim);
+  for (StoreDtype dt : {StoreDtype::f32, StoreDtype::f16}) {
+    FeatureSet fs = make_feature_set(ids, g.data(), dim, dt);
+    DeviceRows dev(fs, "cpu");
+    REQUIRE(dev.bytes() == n * dim * 4);
+    for (int64_t margin : {int64_t(0), int64_t(32)}) {
+      dev.set_initial_margin(margin);
+      for (int k : {1, 10, 70}) {
+        INFO(dtype_name(dt) << " margin " << margin << " k " << k);
+        const int64_t before = dev.widenings();
+        auto got = dev.search(fs, q3, k, kNoThreshold, nullptr);
+        auto want = search(q3, fs, k);
+        require_same(got, want);
+        for (size_t i = 0; i < got.size(); ++i)
+          for (size_t j = 0; j < got[i].size(); ++j) REQUIRE(got[i][j].row == want[i][j].row);
+        // 61 rows tie at the top of query 0: k = 70 cannot be settled by k candidates.
+        if (margin == 0 && k == 70) REQUIRE(dev.widenings() > before);
+        std::vector<int64_t> self = {ids[0], ids[1], ids[2]};
+        require_same(dev.search(fs, q3, k, kNoThreshold, &self), search(q3, fs, k, kNoThreshold, &self));
+        require_same(dev.search(fs, q3, k, 0.9f, nullptr), search(q3, fs, k, 0.9f));
+      }
+    }
+    // Batches of many queries: the same rows as the exact search (whose batched scores come from a
+    // matrix product and may differ from the single-query kernel in the last bit).
+    const at::Tensor q40 = tensor(std::vector<float>(g.begin() + 1000 * dim, g.begin() + 1040 * dim), 40, dim);
+    auto got = dev.search(fs, q40, 5, kNoThreshold, nullptr);
+    auto want = search(q40, fs, 5);
+    for (size_t i = 0; i < got.size(); ++i)
+      for (size_t j = 0; j < got[i].size(); ++j) REQUIRE(std::abs(got[i][j].score - want[i][j].score) < 1e-5f);
+  }
+  // Through a collection: --search-device cpu is the ordinary scan; a device that does not exist is refused.
+  FeatureSet fs = make_feature_set(ids, g.data(), dim, StoreDtype::f16);
+  REQUIRE_THROWS_AS(DeviceRows(fs, "tpu"), UsageError);
 }
 
 TEST_CASE("shards are searched exactly like the one store they add up to", "[collection]") {

@@ -58,6 +58,7 @@ static int body(int argc, char** argv) {
   CLIP_PARSE(app, argc, argv);
   q.skip_bad = on_error == "skip";
   ro.apply();
+  if (so.device.empty()) so.device = ro.device;  // the store is searched where the model runs
   if (q.texts.empty() && q.text_file.empty() && q.texts_jsonl.empty() && q.image_paths.empty() && q.query_tsv.empty()) {
     if (isatty(STDIN_FILENO)) throw UsageError("no query: give --text, --text-file, --texts, --image or --query-images");
     q.text_file = "-";

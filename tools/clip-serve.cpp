@@ -45,6 +45,7 @@ static int body(int argc, char** argv) {
   add_version_flag(app);
   CLIP_PARSE(app, argc, argv);
   ro.apply();
+  if (search_opt.device.empty()) search_opt.device = ro.device;  // the store is searched where the model runs
   so.max_upload_bytes = static_cast<size_t>(max_upload_mb * (1 << 20));
 
   // SIGINT/SIGTERM are taken by a watcher thread (blocked everywhere else), which stops the server cleanly.

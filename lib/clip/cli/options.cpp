@@ -52,6 +52,9 @@ void add_search_options(CLI::App& app, std::vector<std::string>& index, SearchOp
   app.add_option("--candidates", so.candidates,
                  "Rows an approximate or int8 search re-scores exactly per query (default max(4k, 64))")
       ->check(CLI::PositiveNumber);
+  app.add_option("--search-device", so.device,
+                 "Where the store is searched: cpu, cuda or cuda:N (default: --device). On a GPU the rows are held "
+                 "there in float16 and searched exactly");
 }
 
 void add_model_options(CLI::App& app, ModelOptions& mo, bool checkpoint_required, const std::string& checkpoint_help) {

@@ -10,6 +10,7 @@
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
 #include "clip/base/log.h"
+#include "clip/retrieval/device_search.h"
 #include "clip/retrieval/int8.h"
 
 namespace clip {
@@ -23,6 +24,7 @@ Collection::Collection(FeatureSet fs) {
   offsets_.push_back(0);
   ann_.resize(1);
   i8_.resize(1);
+  dev_.resize(1);
 }
 Collection::Collection(Collection&&) noexcept = default;
 Collection& Collection::operator=(Collection&&) noexcept = default;
@@ -38,7 +40,7 @@ std::string Collection::method() const {
   std::string m;
   for (size_t i = 0; i < shards_.size(); ++i) {
     if (i) m += ", ";
-    m += ann_[i] ? "ann " + ann_[i]->factory() : i8_[i] ? "int8" : "exact";
+    m += dev_[i] ? "exact on " + dev_[i]->device() : ann_[i] ? "ann " + ann_[i]->factory() : i8_[i] ? "int8" : "exact";
   }
   return m;
 }
@@ -76,7 +78,15 @@ Collection Collection::open(const std::vector<std::string>& paths, const SearchO
     }
     std::unique_ptr<AnnIndex> ann;
     std::unique_ptr<Int8Index> i8;
-    if (!so.exact && fs.format == "store") {
+    std::unique_ptr<DeviceRows> dev;
+    const bool on_device = !so.device.empty() && so.device != "cpu";
+    if (on_device) {
+      dev = std::make_unique<DeviceRows>(fs, so.device);
+      log_info("{}: {} rows on {} ({:.0f} MB, copied in {:.2f} s), searched exactly", paths[i], fs.size(), dev->device(),
+               dev->bytes() / 1e6, dev->upload_seconds());
+      if (file_exists(ann_path(paths[i])) || file_exists(int8_path(paths[i])))
+        log_info("{}: the approximate or int8 file beside it is not used on {}", paths[i], so.device);
+    } else if (!so.exact && fs.format == "store") {
       if (file_exists(ann_path(paths[i]))) {
         ann = AnnIndex::open(ann_path(paths[i]), fs, so.ann);
         log_info("{}: approximate index {} ({})", paths[i], ann_path(paths[i]), ann->factory());
@@ -85,7 +95,7 @@ Collection Collection::open(const std::vector<std::string>& paths, const SearchO
         log_info("{}: int8 scan file {}", paths[i], int8_path(paths[i]));
       }
     }
-    if ((so.ann.nprobe > 0 || so.ann.ef > 0) && !ann && !so.exact)
+    if ((so.ann.nprobe > 0 || so.ann.ef > 0) && !ann && !so.exact && !on_device)
       log_warn("--nprobe/--ef given but '{}' has no approximate index beside it ({}): searching it exactly", paths[i],
                ann_path(paths[i]));
     c.offsets_.push_back(offset);
@@ -93,6 +103,7 @@ Collection Collection::open(const std::vector<std::string>& paths, const SearchO
     c.shards_.push_back(std::move(fs));
     c.ann_.push_back(std::move(ann));
     c.i8_.push_back(std::move(i8));
+    c.dev_.push_back(std::move(dev));
   }
   return c;
 }
@@ -107,7 +118,9 @@ std::vector<std::vector<Hit>> Collection::search(const at::Tensor& queries, int 
   for (size_t s = 0; s < shards_.size(); ++s) {
     const FeatureSet& fs = shards_[s];
     std::vector<std::vector<Hit>> hits;
-    if (!ann_[s] && !i8_[s]) {
+    if (dev_[s]) {
+      hits = dev_[s]->search(fs, queries, k, threshold, exclude_ids);
+    } else if (!ann_[s] && !i8_[s]) {
       hits = clip::search(queries, fs, k, threshold, exclude_ids);
     } else {
       if (queries.dim() != 2 || queries.size(1) != fs.dim)

@@ -23,17 +23,22 @@
 namespace clip {
 
 class Int8Index;
+class DeviceRows;
 
 struct SearchOptions {
   bool exact = false;      // ignore STORE.ann / STORE.i8 and scan the float rows
   AnnParams ann;           // --nprobe / --ef
   int64_t candidates = 0;  // rows re-scored per query from an approximate or int8 search (0 = max(4k, 64))
+  // "cpu" (or empty), or an accelerator ("cuda", "cuda:N"): each store's rows are copied there once and
+  // searched exactly by matrix products (device_search.h); approximate and int8 files are then not used.
+  std::string device;
 };
 
 class Collection {
  public:
   // Opens every path (a store or cn_clip JSONL), and beside each store its STORE.ann (preferred) or
-  // STORE.i8 when present and not `exact`. A sidecar that does not match its store is refused.
+  // STORE.i8 when present and not `exact`. A sidecar that does not match its store is refused. With
+  // so.device an accelerator, the rows of every shard are copied there instead (sidecars unused).
   static Collection open(const std::vector<std::string>& paths, const SearchOptions& so = {});
   // One feature set searched exactly.
   explicit Collection(FeatureSet fs);
@@ -45,7 +50,7 @@ class Collection {
   const FeatureSet& front() const { return shards_.front(); }
   int64_t size() const;
   int64_t dim() const { return shards_.front().dim; }
-  // "exact", "int8", "ann IVF1024,SQ8" ... per shard, joined (for logs and /api/info).
+  // "exact", "int8", "ann IVF1024,SQ8", "exact on cuda:0" ... per shard, joined (for logs and /api/info).
   std::string method() const;
 
   // As search() in search.h over the shards as one store; Hit.row is the row in that concatenation.
@@ -59,6 +64,7 @@ class Collection {
   std::vector<int64_t> offsets_;
   std::vector<std::unique_ptr<AnnIndex>> ann_;
   std::vector<std::unique_ptr<Int8Index>> i8_;
+  std::vector<std::unique_ptr<DeviceRows>> dev_;
   SearchOptions so_;
 };
 
