@@ -8,6 +8,9 @@
 // Prints one line:
 //   bench impl=cpp device=cuda precision=amp batch=128 steps=20 samples_per_s=.. step_ms=.. peak_alloc_mib=..
 // (peak_* only in CUDA builds: the CUDA caching allocator's peak allocated and reserved bytes).
+// --profile FILE (CUDA builds): after the timed steps, --profile-steps more steps are recorded by
+// LibTorch's profiler (Kineto: CPU ops and CUDA kernels) into a Chrome trace; bench/profile_summary.py
+// sums its GPU time by kind of kernel (matrix products, attention, element-wise, normalisation, optimizer).
 #include <ATen/ATen.h>
 
 #include <CLI/CLI.hpp>
@@ -27,6 +30,7 @@
 
 #ifdef CLIP_BENCH_CUDA_STATS
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 #endif
 
 
@@ -50,6 +54,10 @@ int main(int argc, char** argv) {
   app.add_option("--context-length", ctx)->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (0 = all cores)")->capture_default_str();
   app.add_flag("--grad-checkpointing", grad_ckpt);
+  std::string profile;
+  int64_t profile_steps = 5;
+  app.add_option("--profile", profile, "Record --profile-steps more steps into this Chrome trace (CUDA builds)");
+  app.add_option("--profile-steps", profile_steps)->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   clip::set_threads(threads);
 
@@ -91,6 +99,23 @@ int main(int argc, char** argv) {
   for (int64_t i = 0; i < steps; ++i) loss = clip::train_step(model, opt, {b}, 5e-5, so).loss;
   (void)trainable.front().second.sum().item<float>();
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  if (!profile.empty()) {
+#ifdef CLIP_BENCH_CUDA_STATS
+    namespace prof = torch::profiler::impl;
+    const prof::ProfilerConfig pc(prof::ProfilerState::KINETO);
+    const std::set<prof::ActivityType> acts{prof::ActivityType::CPU, prof::ActivityType::CUDA};
+    torch::autograd::profiler::prepareProfiler(pc, acts);
+    torch::autograd::profiler::enableProfiler(pc, acts);
+    for (int64_t i = 0; i < profile_steps; ++i) clip::train_step(model, opt, {b}, 5e-5, so);
+    (void)trainable.front().second.sum().item<float>();
+    torch::autograd::profiler::disableProfiler()->save(profile);
+    std::fprintf(stderr, "profile of %lld steps: %s\n", (long long)profile_steps, profile.c_str());
+#else
+    std::fprintf(stderr, "--profile needs a CUDA build of LibTorch (scripts/gpu_build.sh)\n");
+    return 2;
+#endif
+  }
 
   std::string mem;
 #ifdef CLIP_BENCH_CUDA_STATS
