@@ -58,6 +58,8 @@ int main(int argc, char** argv) {
   int64_t profile_steps = 5;
   app.add_option("--profile", profile, "Record --profile-steps more steps into this Chrome trace (CUDA builds)");
   app.add_option("--profile-steps", profile_steps)->capture_default_str();
+  bool sync_each_step_flag = false;
+  app.add_flag("--sync-each-step", sync_each_step_flag, "Read the loss back after every step (no deferred statistics)");
   CLI11_PARSE(app, argc, argv);
   clip::set_threads(threads);
 
@@ -87,17 +89,28 @@ int main(int argc, char** argv) {
   so.autocast = plan.autocast;
   so.autocast_dtype = plan.autocast_dtype;
   so.scaler = scaler ? &*scaler : nullptr;
+  // As clip-finetune: with the fused optimizer (CUDA mixed precisions) the step's values stay on the
+  // device (no sync per step); --sync-each-step reads them back every step, as before.
+  const bool sync_each_step = sync_each_step_flag;
+  at::Tensor poison;
+  if (plan.fused_adamw) {
+    poison = at::zeros({}, at::TensorOptions(at::kFloat).device(device));
+    so.poison = &poison;
+  }
 
+  if (sync_each_step) so.poison = nullptr;
   for (int64_t i = 0; i < warmup; ++i) clip::train_step(model, opt, {b}, 5e-5, so);
 #ifdef CLIP_BENCH_CUDA_STATS
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
 #endif
   // train_step reads the loss back (a device sync); the parameter read at the end waits for the last
   // optimizer step.
-  double loss = 0;
+  std::vector<clip::StepStats> stats;
   auto t0 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < steps; ++i) loss = clip::train_step(model, opt, {b}, 5e-5, so).loss;
+  for (int64_t i = 0; i < steps; ++i) stats.push_back(clip::train_step(model, opt, {b}, 5e-5, so));
   (void)trainable.front().second.sum().item<float>();
+  clip::settle(stats);
+  const double loss = stats.back().loss;
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   if (!profile.empty()) {
@@ -125,9 +138,10 @@ int main(int argc, char** argv) {
           " peak_reserved_mib=" + std::to_string(st.reserved_bytes[0].peak >> 20);
   }
 #endif
-  std::printf("bench impl=cpp device=%s precision=%s batch=%lld steps=%lld grad_ckpt=%d samples_per_s=%.1f step_ms=%.1f "
-              "last_loss=%.4f%s\n",
+  std::printf("bench impl=cpp device=%s precision=%s batch=%lld steps=%lld grad_ckpt=%d deferred=%d samples_per_s=%.1f "
+              "step_ms=%.1f last_loss=%.4f%s\n",
               device_name.c_str(), precision.c_str(), (long long)batch, (long long)steps, grad_ckpt ? 1 : 0,
+              so.poison ? 1 : 0,
               batch * steps / s, 1000 * s / steps, loss, mem.c_str());
   return 0;
 }

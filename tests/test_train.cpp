@@ -461,6 +461,52 @@ TEST_CASE("a non-finite loss stops before the optimizer step", "[train][nan]") {
   for (const auto& p : opt.params()) CHECK_FALSE(p.exp_avg.defined());
 }
 
+TEST_CASE("deferred step values: same steps and statistics; a non-finite loss skips every later update", "[train][nan]") {
+  ClipModel a = fixture_model("vit"), b = fixture_model("vit");
+  a->train();
+  b->train();
+  AdamW oa(trainable(a), AdamWOptions{1e-3, 0.9, 0.98, 1e-6, 0.2}), ob(trainable(b), AdamWOptions{1e-3, 0.9, 0.98, 1e-6, 0.2});
+  at::Tensor poison = at::zeros({});
+  StepOptions deferred;
+  deferred.poison = &poison;
+  std::vector<StepStats> now, later;
+  for (int i = 0; i < 3; ++i) {
+    now.push_back(train_step(a, oa, {fixture_batch()}, 1e-3, StepOptions{}));
+    later.push_back(train_step(b, ob, {fixture_batch()}, 1e-3, deferred));
+    REQUIRE(later.back().pending.defined());
+  }
+  REQUIRE(settle(later) == -1);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(later[i].loss == now[i].loss);
+    CHECK(later[i].i2t_acc == now[i].i2t_acc);
+    CHECK(later[i].t2i_acc == now[i].t2i_acc);
+    CHECK(later[i].logit_scale == now[i].logit_scale);
+    CHECK_FALSE(later[i].pending.defined());
+  }
+  auto ta = trainable(a), tb = trainable(b);
+  for (size_t i = 0; i < ta.size(); ++i) CHECK(at::equal(ta[i].second, tb[i].second));
+
+  // A NaN pixel: the step does not throw, the update is skipped, and so is every later one (the
+  // poison sticks) until the caller settles and finds the bad step.
+  std::vector<at::Tensor> before;
+  for (auto& [n, t] : trainable(b)) before.push_back(t.detach().clone());
+  TrainBatch bad = fixture_batch();
+  bad.pixels[0][0][0][0] = std::nan("");
+  std::vector<StepStats> more;
+  more.push_back(train_step(b, ob, {fixture_batch()}, 1e-3, deferred));
+  more.push_back(train_step(b, ob, {bad}, 1e-3, deferred));
+  more.push_back(train_step(b, ob, {fixture_batch()}, 1e-3, deferred));
+  CHECK(poison.item<float>() == 1.f);
+  REQUIRE(settle(more) == 1);
+  CHECK(std::isfinite(more[0].loss));
+  CHECK_THROWS_AS(check_loss(more[1].loss), TrainingError);
+  // The first step of `more` was good and updated the weights; the two after it changed nothing.
+  train_step(a, oa, {fixture_batch()}, 1e-3, StepOptions{});
+  auto ta2 = trainable(a), tb2 = trainable(b);
+  for (size_t i = 0; i < ta2.size(); ++i) CHECK(at::equal(ta2[i].second, tb2[i].second));
+  CHECK(oa.params().front().step == ob.params().front().step);
+}
+
 TEST_CASE("epoch order pads by wrapping and shuffles reproducibly", "[train][data]") {
   auto o = epoch_order(10, 4, 123, 0);
   REQUIRE(o.size() == 12);

@@ -145,6 +145,7 @@ class Trainer {
   std::unique_ptr<AdamW> opt_;
   PrecisionPlan plan_;
   std::optional<LossScaler> scaler_;                  // --precision amp-fp16
+  at::Tensor poison_;                                 // deferred step values: a non-finite loss seen (StepOptions)
   std::map<std::string, at::Tensor> fp32_weights_;   // --precision bf16: what checkpoints hold
   std::shared_ptr<const Tokenizer> tok_;
   std::unique_ptr<DatasetSplit> train_, val_;
@@ -696,6 +697,38 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   so.autocast_dtype = plan_.autocast_dtype;
   so.scaler = scaler_ ? &*scaler_ : nullptr;
   so.dist = dist_.get();
+  // CUDA mixed precisions: the step's values stay on the device until a log line, a checkpoint, a
+  // validation or the end needs them (StepOptions::poison), so that the host never waits for the
+  // device between steps.
+  if (plan_.fused_adamw && !poison_.defined()) poison_ = at::zeros({}, at::TensorOptions(at::kFloat).device(device_));
+  if (plan_.fused_adamw) so.poison = &poison_;
+  std::vector<StepStats> pending;
+  std::vector<int64_t> pending_steps;
+  StepStats last;  // the last settled step
+  auto fail = [&](int64_t step, const TrainingError& e) {
+    std::string latest = path_join(ckpt_dir_, "epoch_latest.pt");
+    throw TrainingError(fmt::format("step {} (epoch {}): {}; {}", step, epoch + 1, e.what(),
+                                    file_exists(latest) ? "the last good checkpoint is " + latest
+                                                        : std::string("no checkpoint was saved yet")));
+  };
+  auto settle_pending = [&] {
+    const int64_t bad = settle(pending);
+    if (bad >= 0) {
+      try {
+        check_loss(pending[static_cast<size_t>(bad)].loss);
+      } catch (const TrainingError& e) {
+        fail(pending_steps[static_cast<size_t>(bad)], e);
+      }
+    }
+    for (const StepStats& p : pending) {
+      summary_.last_loss = p.loss;
+      loss_sum_ += p.loss;
+      ++loss_n_;
+    }
+    if (!pending.empty()) last = pending.back();
+    pending.clear();
+    pending_steps.clear();
+  };
   std::vector<TrainBatch> micro;
   int64_t batch_index = first_batch;
   auto t_wait = std::chrono::steady_clock::now();
@@ -736,26 +769,28 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     if (step_ >= max_steps_) return;
     auto t_step = std::chrono::steady_clock::now();
     const double lr = cosine_lr(lr_, o_.warmup, max_steps_, step_);
-    StepStats st;
     try {
-      st = train_step(m, *opt_, micro, lr, so);
+      pending.push_back(train_step(m, *opt_, micro, lr, so));
     } catch (const TrainingError& e) {
-      std::string last = path_join(ckpt_dir_, "epoch_latest.pt");
-      throw TrainingError(fmt::format("step {} (epoch {}): {}; {}", step_ + 1, epoch + 1, e.what(),
-                                      file_exists(last) ? "the last good checkpoint is " + last
-                                                        : std::string("no checkpoint was saved yet")));
+      fail(step_ + 1, e);
     }
     const int64_t samples = gbs_ * o_.accum_freq;
     step_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_step).count();
     micro.clear();
     ++step_;
     ++session_steps_;
+    pending_steps.push_back(step_);
     summary_.steps = step_;
-    summary_.last_loss = st.loss;
-    loss_sum_ += st.loss;
-    ++loss_n_;
     samples_since_log_ += samples;
-    if (lead() && (step_ % o_.log_interval == 0 || step_ == max_steps_)) {
+    const bool log_now = lead() && (step_ % o_.log_interval == 0 || step_ == max_steps_);
+    const bool validate_now = val_ && o_.valid_step_interval > 0 && step_ % o_.valid_step_interval == 0;
+    const bool save_now = o_.save_step_frequency > 0 && step_ % o_.save_step_frequency == 0;
+    // Also at every epoch's last step and every 64 steps (bounded memory), and before a stop below.
+    if (!so.poison || log_now || validate_now || save_now || step_ >= max_steps_ || pending.size() >= 64 ||
+        batch_index + 1 >= n_batches_used)
+      settle_pending();
+    const StepStats& st = last;
+    if (log_now) {
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - log_t0_).count();
       nlohmann::json j = {{"type", "train"},
                           {"step", step_},
@@ -786,8 +821,8 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                                      epoch + 1, st.loss, lr, st.logit_scale));
     if (tty_ || step_ % o_.log_interval == 0 || step_ == max_steps_) progress_->set(step_ - first_step_);
     const int64_t next_batch = batch_index + 1;
-    if (val_ && o_.valid_step_interval > 0 && step_ % o_.valid_step_interval == 0) validate(epoch, step_);
-    if (o_.save_step_frequency > 0 && step_ % o_.save_step_frequency == 0) {
+    if (validate_now) validate(epoch, step_);
+    if (save_now) {
       save(fmt::format("epoch_{}_{}.pt", epoch + 1, step_), epoch + 1, epoch, next_batch);
       save("epoch_latest.pt", epoch + 1, epoch, next_batch);
     }
@@ -796,6 +831,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     const bool signalled = dist_ ? dist_->any(g_interrupted) : g_interrupted.load();
     if (signalled || (o_.stop_after_steps > 0 && session_steps_ >= o_.stop_after_steps)) {
       interrupted_ = signalled;
+      settle_pending();
       if (step_ < max_steps_) {
         stop_ = true;
         // At the end of an epoch, the epoch's validation and checkpoints come first (run()).
@@ -808,6 +844,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       }
     }
   }
+  settle_pending();
   epoch_finished_ = true;
 }
 

@@ -176,6 +176,13 @@ struct StepOptions {
   // and the gradients are summed over ranks before the step (logit_scale's, which every rank
   // computes in full, is averaged): the step equals a single process's on the global batch.
   DistGroup* dist = nullptr;
+  // Deferred statistics (the trainer sets it for the CUDA mixed precisions): nothing in the step
+  // reads a value back from the device, so the host queues the next step while the device works.
+  // The loss, accuracies and logit_scale stay on the device in StepStats::pending until settle(). A
+  // non-finite loss sets *poison (a 0-dim float32 tensor on the device, 0 at the start), and while it
+  // is set every optimizer step is skipped on the device (as a loss scaler skips one), so the weights
+  // stay those of the last good step until the caller settles the stats and stops.
+  at::Tensor* poison = nullptr;
 };
 
 struct StepStats {
@@ -183,13 +190,21 @@ struct StepStats {
   double i2t_acc = 0, t2i_acc = 0;
   double grad_l2 = -1;    // global L2 norm of all gradients (when requested)
   double logit_scale = 0; // after the step and the clamp
+  at::Tensor pending;     // deferred: [loss, i2t_acc, t2i_acc, logit_scale] float32 on the device
 };
+
+// Reads the pending values of deferred steps (one device-to-host copy for all of them) into their
+// fields. Returns the index of the first step whose loss is not finite, or -1.
+int64_t settle(std::vector<StepStats>& steps);
+// Throws the TrainingError of a non-finite loss (what train_step throws when not deferred).
+void check_loss(double loss);
 
 // One optimizer step with cn_clip's semantics (data-parallel when options.dist is set). One batch: forward, loss, backward. Several batches
 // (--accum-freq): features of every batch are first computed without gradients, then each batch is
 // re-run with gradients and its fresh features substituted into the cached set, one backward each,
 // one optimizer step at the end. The learning rate is set to `lr` first; logit_scale is clamped
-// after. A non-finite loss throws TrainingError BEFORE the optimizer step, leaving weights intact.
+// after. A non-finite loss throws TrainingError BEFORE the optimizer step, leaving weights intact
+// (deferred: see StepOptions::poison).
 StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<TrainBatch>& batches, double lr,
                      const StepOptions& options);
 

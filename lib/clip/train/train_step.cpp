@@ -29,6 +29,21 @@ void check_finite(double loss, int64_t micro) {
                                     loss, micro >= 0 ? fmt::format(" (micro-batch {})", micro) : std::string()));
 }
 
+// Top-1 accuracies of both directions as 0-dim float tensors on the logits' device (no sync).
+std::pair<at::Tensor, at::Tensor> accuracy_t(const ContrastiveLoss& l) {
+  at::NoGradGuard ng;
+  at::Tensor logits = l.logits_per_image.detach();
+  int64_t n = logits.size(0);
+  at::Tensor gt = at::arange(n, at::TensorOptions(at::kLong).device(logits.device()));
+  return {(logits.argmax(-1) == gt).sum().to(at::kFloat) / n, (logits.t().argmax(-1) == gt).sum().to(at::kFloat) / n};
+}
+
+// Deferred: flags a non-finite loss in *poison (sticky) without reading it back.
+void flag_nonfinite(const at::Tensor& loss, at::Tensor& poison) {
+  at::NoGradGuard ng;
+  poison.copy_(at::maximum(poison, at::logical_not(at::isfinite(loss.detach())).to(at::kFloat).reshape({})));
+}
+
 void accuracy(const ContrastiveLoss& l, StepStats& st) {
   at::NoGradGuard ng;
   at::Tensor logits = l.logits_per_image.detach();
@@ -94,6 +109,9 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
   optimizer.zero_grad();
   at::Device device = model->logit_scale().device();
   DistGroup* dist = options.dist;
+  const bool defer = options.poison != nullptr;
+  at::Tensor loss_t;
+  std::pair<at::Tensor, at::Tensor> acc_t;
   // Every rank's rows of a feature matrix (only this rank's keep their autograd path).
   auto global = [dist](const at::Tensor& local) { return dist ? dist->all_gather_rows(local) : local; };
   if (batches.size() == 1) {
@@ -103,9 +121,15 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
       auto [img, txt, scale] = model->forward(batches[0].pixels, batches[0].ids);
       l = contrastive_loss(global(img.to(at::kFloat)), global(txt.to(at::kFloat)), scale.to(at::kFloat));
     }
-    st.loss = l.loss.item<double>();
-    check_finite(st.loss, -1);
-    accuracy(l, st);
+    if (defer) {
+      flag_nonfinite(l.loss, *options.poison);
+      loss_t = l.loss.detach().to(at::kFloat);
+      acc_t = accuracy_t(l);
+    } else {
+      st.loss = l.loss.item<double>();
+      check_finite(st.loss, -1);
+      accuracy(l, st);
+    }
     backward(l.loss, options.scaler);
   } else {
     // Feature caching (cn_clip --accum-freq): every micro-batch's features without gradients first ...
@@ -132,9 +156,15 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
         // which the loss does not depend on (images and texts are permuted alike).
         l = contrastive_loss(global(at::cat(all_img)), global(at::cat(all_txt)), scale.to(at::kFloat));
       }
-      st.loss = l.loss.item<double>();
-      check_finite(st.loss, static_cast<int64_t>(j));
-      accuracy(l, st);
+      if (defer) {
+        flag_nonfinite(l.loss, *options.poison);
+        loss_t = l.loss.detach().to(at::kFloat);
+        acc_t = accuracy_t(l);
+      } else {
+        st.loss = l.loss.item<double>();
+        check_finite(st.loss, static_cast<int64_t>(j));
+        accuracy(l, st);
+      }
       backward(l.loss, options.scaler);
     }
   }
@@ -163,6 +193,7 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
     at::Tensor inv = options.scaler->scale.to(at::kDouble).reciprocal().to(at::kFloat);
     at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv);
   }
+  if (defer) found_inf = found_inf.defined() ? at::maximum(found_inf, *options.poison) : options.poison->clone();
   if (options.compute_grad_norm) {
     std::vector<at::Tensor> ps;
     for (const auto& p : optimizer.params()) ps.push_back(p.tensor);
@@ -180,8 +211,38 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
     for (const auto& p : optimizer.params())
       if (p.master.defined() && p.tensor.is_same(model->logit_scale())) p.master.clamp_(0.0, kLogitScaleMax);
   }
-  st.logit_scale = model->logit_scale().item<double>();
+  if (defer) {
+    at::NoGradGuard ng;
+    st.pending = at::stack({loss_t.reshape({}), acc_t.first, acc_t.second,
+                            model->logit_scale().detach().to(at::kFloat).reshape({})});
+  } else {
+    st.logit_scale = model->logit_scale().item<double>();
+  }
   return st;
+}
+
+void check_loss(double loss) { check_finite(loss, -1); }
+
+int64_t settle(std::vector<StepStats>& steps) {
+  std::vector<at::Tensor> p;
+  for (const auto& s : steps)
+    if (s.pending.defined()) p.push_back(s.pending);
+  if (p.empty()) return -1;
+  const at::Tensor v = at::stack(p).to(at::kCPU, at::kDouble).contiguous();
+  const double* d = v.data_ptr<double>();
+  int64_t first_bad = -1, j = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    StepStats& s = steps[i];
+    if (!s.pending.defined()) continue;
+    s.loss = d[j * 4];
+    s.i2t_acc = d[j * 4 + 1];
+    s.t2i_acc = d[j * 4 + 2];
+    s.logit_scale = d[j * 4 + 3];
+    s.pending = at::Tensor();
+    ++j;
+    if (first_bad < 0 && !std::isfinite(s.loss)) first_bad = static_cast<int64_t>(i);
+  }
+  return first_bad;
 }
 
 }  // namespace clip
