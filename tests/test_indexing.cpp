@@ -1,6 +1,6 @@
 // Encoding whole inputs (retrieval/indexing): the 8-bit pixel path of encode_images against the
 // float32 pixels it replaced, bit for bit; texts with and without trimmed padding columns; the
-// timing each call reports.
+// weights hash computed in the background; the timing each call reports.
 #include <ATen/ATen.h>
 #include <unistd.h>
 
@@ -246,4 +246,49 @@ TEST_CASE("encode_texts: trimmed padding columns and length order give the same 
   opt.trim = false;
   CHECK(same_bytes(encode_texts(enc, texts, opt).features, plain.features));
   CHECK(encode_texts(enc, {}, opt).features.size(0) == 0);
+}
+
+TEST_CASE("the weights hash computed in the background is the synchronous one; its errors propagate",
+          "[indexing]") {
+  QuietLog quiet;
+  const ModelOptions mo = fixture_model("vit");
+  RuntimeOptions ro;
+  std::string want;
+  {
+    Encoder sync(mo, ro);
+    want = sync.weights_hash();
+    CHECK(sync.weights_hash_seconds() > 0);
+  }
+  {
+    Encoder enc(mo, ro);
+    enc.start_weights_hash();
+    enc.start_weights_hash();  // once
+    std::vector<std::string> got(4);
+    std::vector<std::thread> ts;
+    for (size_t i = 0; i < got.size(); ++i) ts.emplace_back([&, i] { got[i] = enc.weights_hash(); });
+    for (auto& t : ts) t.join();
+    for (const auto& g : got) CHECK(g == want);
+    enc.start_weights_hash();  // known: nothing to do
+    CHECK(enc.weights_hash() == want);
+  }
+  {
+    Encoder enc(mo, ro);
+    enc.start_weights_hash();
+  }  // destroyed while (or after) hashing: waits for the thread
+  {
+    testutil::TempDir dir("hash");
+    ModelOptions m = mo;
+    m.checkpoint = dir / "r.pt";
+    fs::copy_file(mo.checkpoint, m.checkpoint);
+    Encoder enc(m, ro);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a later modification time
+    {
+      std::fstream f(m.checkpoint, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(static_cast<std::streamoff>(fs::file_size(m.checkpoint) / 2));
+      f.write("XXXXXXXX", 8);
+    }
+    enc.start_weights_hash();
+    CHECK_THROWS_AS(enc.weights_hash(), IoError);  // the thread's error, rethrown here
+    CHECK_THROWS_AS(enc.weights_hash(), IoError);
+  }
 }

@@ -5,7 +5,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
+#include <atomic>
 #include <cstring>
+#include <future>
+#include <mutex>
 
 #include "clip/model/loader.h"
 #include "clip/base/error.h"
@@ -13,6 +16,7 @@
 #include "clip/image/image.h"
 #include "clip/base/log.h"
 #include "clip/base/runtime.h"
+#include "clip/base/timing.h"
 #include "clip/model/model.h"
 #include "clip/model/tensor_torch.h"
 #include "clip/model/torch_compat.h"
@@ -27,6 +31,11 @@ struct Encoder::State {
   at::ScalarType dtype = at::kFloat;
   bool amp = false;  // bf16 autocast around the forward (a wrapped training model)
   at::Tensor norm_table;  // [3, 256] float32 on `device`: ToTensor + Normalize of each byte value
+  // weights_hash: Encoder::weights_hash_ is set under hash_mu; hash_job is start_weights_hash's
+  // thread until its result is taken.
+  std::mutex hash_mu;
+  std::future<std::string> hash_job;
+  std::atomic<double> hash_s{0};
 
   void make_norm_table() {
     const NormalizeTable t = normalize_table();
@@ -86,21 +95,50 @@ Encoder::Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, in
   st_->make_norm_table();
 }
 
-Encoder::~Encoder() = default;
+Encoder::~Encoder() {
+  // The hash thread reads the checkpoint this object owns: let it finish (its error, if any, is
+  // dropped: nobody asked for the hash).
+  std::lock_guard<std::mutex> lk(st_->hash_mu);
+  if (st_->hash_job.valid()) st_->hash_job.wait();
+}
 
 ClipModel& Encoder::model() { return st_->model; }
 Towers Encoder::towers() const { return st_->model->towers(); }
 
+// Reads only what no other member function changes (the config, the mapped checkpoint), so it may
+// run on start_weights_hash's thread while this encoder encodes.
+std::string Encoder::compute_weights_hash() const {
+  const auto t0 = SteadyClock::now();
+  std::string h;
+  // From the checkpoint's stored values: the same digest as the float32 model with both towers
+  // right after loading, whatever towers, device and precision this encoder uses.
+  if (st_->checkpoint) h = clip::weights_hash(config(), st_->checkpoint->state_dict);
+  else h = clip::weights_hash(st_->model);
+  if (st_->checkpoint) st_->checkpoint->check_intact();
+  st_->hash_s = seconds_since(t0);
+  return h;
+}
+
 const std::string& Encoder::weights_hash() const {
+  std::lock_guard<std::mutex> lk(st_->hash_mu);
   if (weights_hash_.empty()) {
-    // From the checkpoint's stored values: the same digest as the float32 model with both towers
-    // right after loading, whatever towers, device and precision this encoder uses.
-    if (st_->checkpoint) weights_hash_ = clip::weights_hash(config(), st_->checkpoint->state_dict);
-    else weights_hash_ = clip::weights_hash(st_->model);
-    if (st_->checkpoint) st_->checkpoint->check_intact();
+    if (st_->hash_job.valid()) {
+      std::future<std::string> job = std::move(st_->hash_job);
+      weights_hash_ = job.get();  // rethrows the thread's error
+    } else {
+      weights_hash_ = compute_weights_hash();
+    }
   }
   return weights_hash_;
 }
+
+void Encoder::start_weights_hash() const {
+  std::lock_guard<std::mutex> lk(st_->hash_mu);
+  if (!weights_hash_.empty() || st_->hash_job.valid() || !st_->checkpoint) return;
+  st_->hash_job = std::async(std::launch::async, [this] { return compute_weights_hash(); });
+}
+
+double Encoder::weights_hash_seconds() const { return st_->hash_s; }
 const ModelConfig& Encoder::config() const { return st_->model->config(); }
 int Encoder::resolution() const { return config().vision.image_resolution; }
 int Encoder::embed_dim() const { return config().embed_dim(); }

@@ -88,8 +88,16 @@ class Encoder {
   const ModelConfig& config() const;
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const std::string& checkpoint_path() const { return checkpoint_path_; }
-  // weights_hash of the whole checkpoint (both towers, whatever was loaded), computed on first use.
+  // weights_hash of the whole checkpoint (both towers, whatever was loaded), computed on first use,
+  // or taken from start_weights_hash's thread (waiting for it; its error is rethrown here).
+  // Thread-safe.
   const std::string& weights_hash() const;
+  // Starts computing weights_hash() on a background thread so that it overlaps other work (a
+  // tool that will write a store calls it before encoding). Once; nothing to do when the hash is
+  // known or there is no checkpoint. The destructor waits for the thread.
+  void start_weights_hash() const;
+  // Seconds the hash took to compute (0 until it is known), wherever it ran.
+  double weights_hash_seconds() const;
   Towers towers() const;
   // Settings a consumer needs to reproduce the inputs: resolution, mean/std, interpolation,
   // context length, vocab sha256, model name; stored in feature stores and exports.
@@ -98,6 +106,7 @@ class Encoder {
 
  private:
   struct State;
+  std::string compute_weights_hash() const;
   std::unique_ptr<State> st_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::string checkpoint_path_;
