@@ -14,7 +14,8 @@
 #   RUNS=1 WORK=/tmp/clip-bench-index PYTHON=python3
 # A small check on a CPU machine:
 #   N=256 TEXTS=512 DEVICE=cpu PRECISION=fp32 VISION=ViT-B-32 TEXT=RBT3-chinese BATCH=32 bench/run_index_gpu.sh .device/cnclip build
-# Prints one "bench ..." line per run and a Markdown table; the data and checkpoint are reused between calls.
+# Prints one "bench ..." line per run (stdout), clip-index's "timing ..." lines (stderr: where each process's time
+# went, docs/benchmarks.md) and a Markdown table; the data and checkpoint are reused between calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CNCLIP=$(cd "${1:?usage: bench/run_index_gpu.sh CNCLIP_DIR [BUILD_DIR] [CHECKPOINT]}" && pwd)
@@ -74,13 +75,14 @@ timed() {
   "$@" 2> "$WORK/last.err" || { echo "failed ($impl): $*" >&2; tail -20 "$WORK/last.err" >&2; exit 1; }
   t1=$(date +%s.%N)
   grep -h '^python extract' "$WORK/last.err" >&2 || true
+  grep -h '^timing ' "$WORK/last.err" >&2 || true  # clip-index: where the time went (docs/benchmarks.md)
   awk -v j="$job" -v i="$impl" -v n="$items" -v a="$t0" -v b="$t1" \
     'BEGIN { printf "bench job=%s impl=%s items=%d wall_s=%.2f items_per_s=%.1f\n", j, i, n, b - a, n / (b - a) }' |
     tee -a "$out"
 }
 
 CPP=(-c "$CKPT" --vision-model "$VISION" --text-model "$TEXT" --device "$DEVICE" --precision "$PRECISION"
-     --batch-size "$BATCH" --threads "$THREADS" -q)
+     --batch-size "$BATCH" --threads "$THREADS")  # not -q: its "timing ..." lines are printed
 PYX=(extract --cnclip "$CNCLIP" --checkpoint "$CKPT" --vision "$VISION" --text "$TEXT" --device "$DEVICE"
      --precision "$PRECISION" --batch-size "$PY_BATCH")
 for ((r = 1; r <= RUNS; r++)); do

@@ -202,3 +202,37 @@ TEST_CASE("BatchPipeline: early stop joins the workers; edge sizes", "[pipeline]
   REQUIRE(total == 17);
   REQUIRE(std::count(hit.begin(), hit.end(), 1) == 17);
 }
+
+TEST_CASE("BytePipeline: 8-bit items in order, skipped items compacted byte-exactly", "[pipeline]") {
+  // 3 * 7 bytes per item, the shape of a tiny 8-bit RGB image; an odd size so that a compaction
+  // that moved floats instead of bytes would be caught.
+  const size_t n = 41, bs = 5, item = 21;
+  const std::vector<size_t> bad = {2, 10, 11, 40};
+  auto byte = [](size_t i, size_t j) { return static_cast<uint8_t>((i * 31 + j * 7) & 0xff); };
+  for (int threads : {1, 3}) {
+    CAPTURE(threads);
+    BytePipeline pipe(
+        n, bs, threads,
+        [&](size_t i, uint8_t* out) {
+          std::this_thread::sleep_for(std::chrono::microseconds((i * 7919) % 300));
+          for (size_t j = 0; j < item; ++j) out[j] = byte(i, j);
+          if (std::find(bad.begin(), bad.end(), i) != bad.end()) throw DataError("bad " + std::to_string(i));
+        },
+        item, 2, /*skip_errors=*/true);
+    std::vector<size_t> items, errors;
+    std::vector<uint8_t> data;
+    for (BytePipeline::Batch b; pipe.next(b);) {
+      REQUIRE(b.data.size() == b.items.size() * item);
+      items.insert(items.end(), b.items.begin(), b.items.end());
+      data.insert(data.end(), b.data.begin(), b.data.end());
+      for (auto& e : b.errors) errors.push_back(e.first);
+    }
+    REQUIRE(errors == bad);
+    REQUIRE(items.size() == n - bad.size());
+    for (size_t r = 0; r < items.size(); ++r) {
+      REQUIRE(std::find(bad.begin(), bad.end(), items[r]) == bad.end());
+      if (r > 0) REQUIRE(items[r] > items[r - 1]);
+      for (size_t j = 0; j < item; ++j) REQUIRE(data[r * item + j] == byte(items[r], j));
+    }
+  }
+}

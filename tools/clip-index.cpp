@@ -8,13 +8,57 @@
 #include "clip/retrieval/indexing.h"
 #include "clip/base/fileio.h"
 #include "clip/base/log.h"
+#include "clip/base/timing.h"
 
 #include <optional>
 #include <utility>
 
 using namespace clip;
 
+namespace {
+
+bool is_store_path(const std::string& out) {
+  return !out.empty() && !(out.size() >= 6 && out.compare(out.size() - 6, 6, ".jsonl") == 0);
+}
+
+// The parts of a job outside encode_images / encode_texts.
+struct JobTimes {
+  double open_s = 0;       // opening and reading the input (TSV index, folder walk, texts JSONL)
+  double hash_wait_s = 0;  // blocked for the weights hash (the store's metadata)
+  double write_s = 0;      // writing the output and the files beside it
+};
+
+// One machine-readable line per job at info level (stderr): where the whole process's time went.
+// Described in docs/benchmarks.md ("The timing line").
+void log_timing(const char* job, const EncodedSet& set, const JobTimes& jt, const RuntimeOptions& ro,
+                const Encoder& enc, double startup_s, double load_s, bool hashed) {
+  const EncodeTiming& t = set.timing;
+  std::string line = fmt::format("timing job={} items={} skipped={} batches={} batch={} device={} precision={}", job,
+                                 set.ids.size(), set.skipped.size(), t.batches, enc.batch_size(), enc.device().str(),
+                                 ro.precision);
+  const bool images = std::string(job) == "images";
+  if (images) line += fmt::format(" decode={} threads={}", decode_mode_name(enc.image_options().decode), t.threads);
+  else line += fmt::format(" trim={} columns={:.3f}", t.trim ? "on" : "off", t.columns);
+  line += fmt::format(" total_s={:.3f} startup_s={:.3f} load_s={:.3f} open_s={:.3f} encode_s={:.3f}", process_seconds(),
+                      startup_s, load_s, jt.open_s, t.encode_s);
+  if (images)
+    line += fmt::format(" wait_decode_s={:.3f}", t.wait_input_s);
+  else
+    line += fmt::format(" tokenize_s={:.3f} wait_tokenize_s={:.3f}", t.tokenize_s, t.wait_input_s);
+  line += fmt::format(" stage_s={:.3f} forward_s={:.3f} first_forward_s={:.3f} wait_device_s={:.3f}", t.stage_s,
+                      t.forward_s, t.first_forward_s, t.wait_device_s);
+  if (images)
+    line += fmt::format(" read_cpu_s={:.3f} decode_cpu_s={:.3f} resize_cpu_s={:.3f}", t.read_cpu_s, t.decode_cpu_s,
+                        t.resize_cpu_s);
+  line += fmt::format(" hash_s={:.3f} hash_wait_s={:.3f} write_s={:.3f}", hashed ? enc.weights_hash_seconds() : 0.0,
+                      jt.hash_wait_s, jt.write_s);
+  log_info("{}", line);
+}
+
+}  // namespace
+
 static int body(int argc, char** argv) {
+  const double startup_s = process_seconds();
   CLI::App app{"Encode images and texts into features.\n"
                "  clip-index -c model.pt --data data/shapes-zh --split test --image-out test.img.clipfeat --text-out test.txt.clipfeat\n"
                "  clip-index -c clip_cn_vit-b-16.pt --images test_imgs.tsv --image-out test_imgs.img_feat.jsonl\n"
@@ -98,6 +142,12 @@ static int body(int argc, char** argv) {
   // Only the towers this job encodes with.
   mo.towers = image_out.empty() ? Towers::text : text_out.empty() ? Towers::vision : Towers::both;
   Encoder enc(mo, ro, io);
+  const double load_s = process_seconds() - startup_s;
+  // A store records the checkpoint's weights hash (about a second for a ViT-B checkpoint): computed
+  // on a background thread while the inputs are read and encoded. JSONL outputs never need it.
+  const bool hash_images = is_store_path(image_out), hash_texts = is_store_path(text_out);
+  if ((hash_images && !append) || hash_texts) enc.start_weights_hash();
+  JobTimes image_times, text_times;
   side.int8 = dtype == "i8";
   side.int8_scale = parse_int8_scale(i8_scale);
   const StoreDtype dt = side.int8 ? StoreDtype::f16 : parse_store_dtype(dtype);
@@ -108,6 +158,7 @@ static int body(int argc, char** argv) {
   nlohmann::json image_files;    // a photo folder's file stats, so that --append finds what changed
   bool replace_changed = false;  // --append on a folder re-encodes changed files in place
   if (!image_out.empty()) {
+    const auto t_open = SteadyClock::now();
     ReadReport rep;
     std::unique_ptr<ImageSource> src = open_images(dopt.images, rep, !skip);
     rep.summarize(dopt.images);
@@ -121,7 +172,9 @@ static int body(int argc, char** argv) {
                  changed ? fmt::format(", {} changed since indexed", changed) : std::string());
       if (rows.empty()) log_info("nothing to add to {}", image_out);
     }
+    image_times.open_s = seconds_since(t_open);
     if (!append || !rows.empty()) {
+      if (hash_images) enc.start_weights_hash();
       images = encode_images(enc, *src, ro.threads, skip, rows);
       if (images->ids.empty())
         throw DataError("every image of '" + dopt.images + "' was skipped (undecodable): nothing to index");
@@ -130,18 +183,33 @@ static int body(int argc, char** argv) {
     }
   }
   if (!text_out.empty()) {
+    const auto t_open = SteadyClock::now();
     ReadReport rep;
     auto recs = read_texts(dopt.texts, rep, !skip);
     rep.summarize(dopt.texts);
     if (recs.empty()) throw DataError("'" + dopt.texts + "' holds no texts: nothing to index");
+    text_times.open_s = seconds_since(t_open);
     texts = encode_texts(enc, recs);
   }
   if (images) {
+    auto t = SteadyClock::now();
     StoreMeta meta = store_meta_for(image_out, enc, "image", dopt.images);
+    image_times.hash_wait_s = seconds_since(t);
     if (!image_files.empty()) meta.extra["files"] = image_files;
+    t = SteadyClock::now();
     write_features(image_out, *images, meta, dt, append, side, replace_changed);
+    image_times.write_s = seconds_since(t);
+    log_timing("images", *images, image_times, ro, enc, startup_s, load_s, hash_images);
   }
-  if (texts) write_features(text_out, *texts, store_meta_for(text_out, enc, "text", dopt.texts), dt, append, side);
+  if (texts) {
+    auto t = SteadyClock::now();
+    const StoreMeta meta = store_meta_for(text_out, enc, "text", dopt.texts);
+    text_times.hash_wait_s = seconds_since(t);
+    t = SteadyClock::now();
+    write_features(text_out, *texts, meta, dt, append, side);
+    text_times.write_s = seconds_since(t);
+    log_timing("texts", *texts, text_times, ro, enc, startup_s, load_s, hash_texts);
+  }
   return kExitOk;
 }
 

@@ -8,11 +8,12 @@
 
 namespace clip {
 
-BatchPipeline::BatchPipeline(size_t n_items, size_t batch_size, int threads, Work work, size_t item_floats,
-                             size_t queue_batches, bool skip_errors)
+template <typename T>
+BasicBatchPipeline<T>::BasicBatchPipeline(size_t n_items, size_t batch_size, int threads, Work work, size_t item_size,
+                                          size_t queue_batches, bool skip_errors)
     : n_items_(n_items),
       batch_size_(std::max<size_t>(batch_size, 1)),
-      item_floats_(item_floats),
+      item_size_(item_size),
       num_batches_((n_items + std::max<size_t>(batch_size, 1) - 1) / std::max<size_t>(batch_size, 1)),
       skip_errors_(skip_errors),
       work_(std::move(work)) {
@@ -30,9 +31,13 @@ BatchPipeline::BatchPipeline(size_t n_items, size_t batch_size, int threads, Wor
   }
 }
 
-BatchPipeline::~BatchPipeline() { stop_and_join(); }
+template <typename T>
+BasicBatchPipeline<T>::~BasicBatchPipeline() {
+  stop_and_join();
+}
 
-void BatchPipeline::stop_and_join() noexcept {
+template <typename T>
+void BasicBatchPipeline<T>::stop_and_join() noexcept {
   {
     std::lock_guard<std::mutex> lk(mu_);
     shutdown_ = true;
@@ -43,7 +48,8 @@ void BatchPipeline::stop_and_join() noexcept {
   workers_.clear();
 }
 
-void BatchPipeline::worker() {
+template <typename T>
+void BasicBatchPipeline<T>::worker() {
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
     // An item may be started only when its batch fits in the window of slots after the batch the
@@ -59,11 +65,11 @@ void BatchPipeline::worker() {
       size_t count = std::min(batch_size_, n_items_ - b * batch_size_);
       s.batch = b;
       s.pending = count;
-      s.data.resize(count * item_floats_);
+      s.data.resize(count * item_size_);
       s.status.assign(count, ItemStatus{});
     }
     ++in_flight_;
-    float* out = s.data.data() + pos * item_floats_;
+    T* out = s.data.data() + pos * item_size_;
     lk.unlock();
 
     std::exception_ptr fatal;
@@ -97,7 +103,8 @@ void BatchPipeline::worker() {
   }
 }
 
-bool BatchPipeline::next(Batch& b) {
+template <typename T>
+bool BasicBatchPipeline<T>::next(Batch& b) {
   std::unique_lock<std::mutex> lk(mu_);
   if (finished_) return false;
   if (next_batch_ >= num_batches_) {
@@ -144,13 +151,16 @@ bool BatchPipeline::next(Batch& b) {
       b.errors.emplace_back(item, std::move(status[r].skipped));
       continue;
     }
-    if (w != r && item_floats_)
-      std::memmove(b.data.data() + w * item_floats_, b.data.data() + r * item_floats_, item_floats_ * sizeof(float));
+    if (w != r && item_size_)
+      std::memmove(b.data.data() + w * item_size_, b.data.data() + r * item_size_, item_size_ * sizeof(T));
     b.items.push_back(item);
     ++w;
   }
-  b.data.resize(w * item_floats_);
+  b.data.resize(w * item_size_);
   return true;
 }
+
+template class BasicBatchPipeline<float>;
+template class BasicBatchPipeline<uint8_t>;
 
 }  // namespace clip

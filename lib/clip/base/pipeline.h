@@ -1,10 +1,14 @@
-// A small parallel producer for batched float data (decoded + preprocessed images, typically):
-// items 0..n-1 are computed by a pool of worker threads, grouped into consecutive batches of
+// A small parallel producer for batched data (decoded + preprocessed images, typically): items
+// 0..n-1 are computed by a pool of worker threads, grouped into consecutive batches of
 // `batch_size`, and handed to the consumer strictly in order. The output is the same whatever the
 // thread count, so results (features, training batches) do not depend on the machine.
 //
+// Each item is `item_size` elements of T: BatchPipeline (float: normalised pixels, the trainer's
+// augmented batches) and BytePipeline (uint8_t: 8-bit pixels that the model's device normalises,
+// clip-index). Both are the one template below, compiled once in pipeline.cpp.
+//
 // At most `queue_batches` batches are in flight (being filled or waiting for the consumer), which
-// bounds memory to queue_batches * batch_size * item_floats floats and lets decoding run ahead of
+// bounds memory to queue_batches * batch_size * item_size elements and lets decoding run ahead of
 // the model by that much.
 //
 // Errors. `work` reports a bad item by throwing. With skip_errors=false any exception stops the
@@ -28,36 +32,41 @@
 #pragma once
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace clip {
 
-class BatchPipeline {
+template <typename T>
+class BasicBatchPipeline {
+  static_assert(std::is_trivially_copyable<T>::value, "items are moved with memmove");
+
  public:
-  // Fills out[0 .. item_floats). Called concurrently from several threads, each with a distinct
+  // Fills out[0 .. item_size). Called concurrently from several threads, each with a distinct
   // item, so it must be thread-safe (read-only shared state is fine).
-  using Work = std::function<void(size_t item, float* out)>;
+  using Work = std::function<void(size_t item, T* out)>;
 
   struct Batch {
     size_t index = 0;                                   // batch number: 0, 1, 2, ...
     size_t first_item = 0;                              // items of this batch: [first_item, first_item + batch_size)
     std::vector<size_t> items;                          // the items delivered, ascending
-    std::vector<float> data;                            // items.size() * item_floats, item-major
+    std::vector<T> data;                                // items.size() * item_size, item-major
     std::vector<std::pair<size_t, std::string>> errors;  // skipped items and why (skip_errors only)
   };
 
   // threads <= 0: one per hardware thread. queue_batches >= 1 (clamped). batch_size >= 1.
-  BatchPipeline(size_t n_items, size_t batch_size, int threads, Work work, size_t item_floats, size_t queue_batches = 4,
-                bool skip_errors = false);
-  ~BatchPipeline();
-  BatchPipeline(const BatchPipeline&) = delete;
-  BatchPipeline& operator=(const BatchPipeline&) = delete;
+  BasicBatchPipeline(size_t n_items, size_t batch_size, int threads, Work work, size_t item_size,
+                     size_t queue_batches = 4, bool skip_errors = false);
+  ~BasicBatchPipeline();
+  BasicBatchPipeline(const BasicBatchPipeline&) = delete;
+  BasicBatchPipeline& operator=(const BasicBatchPipeline&) = delete;
 
   // Blocks until the next batch is complete and moves it into b (b's buffers are recycled).
   // Returns false once every batch was delivered. May rethrow a work error (see above); after
@@ -77,13 +86,13 @@ class BatchPipeline {
   struct Slot {
     size_t batch = static_cast<size_t>(-1);  // which batch occupies the slot (-1: none yet)
     size_t pending = 0;                      // items of that batch not finished yet
-    std::vector<float> data;
+    std::vector<T> data;
     std::vector<ItemStatus> status;          // per item of the batch
   };
   void worker();
   void stop_and_join() noexcept;
 
-  const size_t n_items_, batch_size_, item_floats_, num_batches_;
+  const size_t n_items_, batch_size_, item_size_, num_batches_;
   const bool skip_errors_;
   Work work_;
   std::vector<Slot> slots_;  // ring: batch k lives in slots_[k % slots_.size()]
@@ -98,5 +107,10 @@ class BatchPipeline {
   bool finished_ = false;     // next() returned false or threw
   std::vector<std::thread> workers_;
 };
+
+extern template class BasicBatchPipeline<float>;
+extern template class BasicBatchPipeline<uint8_t>;
+using BatchPipeline = BasicBatchPipeline<float>;
+using BytePipeline = BasicBatchPipeline<uint8_t>;
 
 }  // namespace clip

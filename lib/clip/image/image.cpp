@@ -219,6 +219,16 @@ Image convert_rgb(const Image& im) {
 
 // ToTensor (u8 / 255 in float32) + Normalize ((x - mean) / std in float32), as torchvision does it
 // element by element; a 256-entry table per channel gives the identical float for every byte value.
+NormalizeTable normalize_table(const std::array<float, 3>& mean, const std::array<float, 3>& std) {
+  NormalizeTable lut;
+  for (int c = 0; c < 3; ++c)
+    for (int v = 0; v < 256; ++v) {
+      const float x = static_cast<float>(v) / 255.0f;
+      lut[c][v] = (x - mean[c]) / std[c];
+    }
+  return lut;
+}
+
 void to_chw_normalized(const Image& rgb, float* out, const std::array<float, 3>& mean, const std::array<float, 3>& std) {
   if (rgb.mode != PixelMode::RGB) {
     to_chw_normalized(convert_rgb(rgb), out, mean, std);
@@ -226,12 +236,7 @@ void to_chw_normalized(const Image& rgb, float* out, const std::array<float, 3>&
   }
   const size_t n = static_cast<size_t>(rgb.width) * rgb.height;
   if (rgb.pixels.size() != n * 3) throw DataError("to_chw_normalized: pixel buffer size does not match the image size");
-  float lut[3][256];
-  for (int c = 0; c < 3; ++c)
-    for (int v = 0; v < 256; ++v) {
-      const float x = static_cast<float>(v) / 255.0f;
-      lut[c][v] = (x - mean[c]) / std[c];
-    }
+  const NormalizeTable lut = normalize_table(mean, std);
   const uint8_t* p = rgb.pixels.data();
   float* r = out;
   float* g = out + n;
@@ -243,18 +248,46 @@ void to_chw_normalized(const Image& rgb, float* out, const std::array<float, 3>&
   }
 }
 
-void preprocess_eval(const Image& im, int resolution, float* out, const std::array<float, 3>& mean,
-                     const std::array<float, 3>& std) {
+namespace {
+
+// The resize and RGB conversion of the eval transform, in cn_clip's order.
+Image eval_rgb(const Image& im, int resolution) {
   if (resolution < 1) throw UsageError("preprocess_eval: resolution must be positive, got " + std::to_string(resolution));
   if (im.width < 1 || im.height < 1) throw DataError("preprocess_eval: empty image");
   // Resize in the image's own mode first (P/1 nearest, RGBA/LA premultiplied, CMYK as 4 channels),
   // then convert to RGB: the order cn_clip's transform applies.
-  const Image resized = resize_bicubic(im, resolution, resolution);
-  to_chw_normalized(resized.mode == PixelMode::RGB ? resized : convert_rgb(resized), out, mean, std);
+  Image resized = resize_bicubic(im, resolution, resolution);
+  return resized.mode == PixelMode::RGB ? resized : convert_rgb(resized);
+}
+
+}  // namespace
+
+void preprocess_eval(const Image& im, int resolution, float* out, const std::array<float, 3>& mean,
+                     const std::array<float, 3>& std) {
+  to_chw_normalized(eval_rgb(im, resolution), out, mean, std);
+}
+
+void preprocess_eval_u8(const Image& im, int resolution, uint8_t* out) {
+  const Image rgb = eval_rgb(im, resolution);
+  const size_t n = static_cast<size_t>(rgb.width) * rgb.height;
+  if (rgb.pixels.size() != n * 3) throw DataError("preprocess_eval_u8: pixel buffer size does not match the image size");
+  const uint8_t* p = rgb.pixels.data();
+  uint8_t* r = out;
+  uint8_t* g = out + n;
+  uint8_t* b = out + 2 * n;
+  for (size_t i = 0; i < n; ++i, p += 3) {
+    r[i] = p[0];
+    g[i] = p[1];
+    b[i] = p[2];
+  }
 }
 
 void preprocess_eval_bytes(const uint8_t* data, size_t n, int resolution, DecodeMode mode, float* out) {
   preprocess_eval(decode_image(data, n, mode, resolution), resolution, out);
+}
+
+void preprocess_eval_bytes_u8(const uint8_t* data, size_t n, int resolution, DecodeMode mode, uint8_t* out) {
+  preprocess_eval_u8(decode_image(data, n, mode, resolution), resolution, out);
 }
 
 const char* decode_mode_name(DecodeMode m) { return m == DecodeMode::fast ? "fast" : "exact"; }

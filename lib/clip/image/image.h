@@ -85,6 +85,18 @@ void preprocess_eval_bytes(const uint8_t* data, size_t n, int resolution, Decode
 void to_chw_normalized(const Image& rgb, float* out, const std::array<float, 3>& mean = kClipMean,
                        const std::array<float, 3>& std = kClipStd);
 
+// The eval transform in two steps, for a model that normalises on its own device (clip-index):
+// preprocess_eval_u8 stops at the 8-bit RGB result of the squash (the same resize and RGB
+// conversion), written as planar CHW bytes out[3*R*R] (a quarter of the floats' bytes); a byte v of
+// channel c then becomes table[c][v] of normalize_table, the float32 value
+// (float(v) / 255 - mean[c]) / std[c] that to_chw_normalized writes, so the two steps give
+// preprocess_eval's floats bit for bit.
+using NormalizeTable = std::array<std::array<float, 256>, 3>;
+NormalizeTable normalize_table(const std::array<float, 3>& mean = kClipMean, const std::array<float, 3>& std = kClipStd);
+void preprocess_eval_u8(const Image& im, int resolution, uint8_t* out);
+// Encoded bytes -> decode_image(data, n, mode, resolution) -> preprocess_eval_u8.
+void preprocess_eval_bytes_u8(const uint8_t* data, size_t n, int resolution, DecodeMode mode, uint8_t* out);
+
 // Encoders (RGB or L input) for thumbnails, montages and the generated demo data.
 std::vector<uint8_t> encode_png(const Image& im);
 std::vector<uint8_t> encode_jpeg(const Image& im, int quality = 90);

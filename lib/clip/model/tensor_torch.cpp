@@ -1,6 +1,11 @@
 #include "clip/model/tensor_torch.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+#include <chrono>
+#include <thread>
 
 #include "clip/base/error.h"
 
@@ -83,6 +88,51 @@ at::Tensor stage_for_upload(const at::Tensor& host, at::ScalarType dtype) {
   at::Tensor staged = at::empty(host.sizes(), at::TensorOptions().dtype(dtype).pinned_memory(true));
   staged.copy_(host);
   return staged;
+}
+
+at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table) {
+  if (u8.scalar_type() != at::kByte || u8.dim() != 4 || u8.size(1) != 3)
+    throw ModelError("normalize_pixels_u8: expected uint8 pixels [N, 3, H, W], got " + std::string(c10::str(u8.sizes())) +
+                     " " + c10::toString(u8.scalar_type()));
+  if (table.scalar_type() != at::kFloat || table.numel() != 3 * 256)
+    throw ModelError("normalize_pixels_u8: expected a [3, 256] float32 table");
+  const at::Tensor t = table.device() == u8.device() ? table : table.to(u8.device());
+  // Index of byte v of channel c in the flattened table: c * 256 + v (int32: half the bytes of int64).
+  const at::Tensor offset = at::arange(0, 3 * 256, 256, u8.options().dtype(at::kInt)).view({1, 3, 1, 1});
+  const at::Tensor idx = u8.to(at::kInt).add_(offset);
+  return t.reshape({-1}).index_select(0, idx.reshape({-1})).view(u8.sizes());
+}
+
+struct HostCopy::Pending {
+  explicit Pending(c10::DeviceType type) : event(type) {}
+  c10::Event event;
+};
+
+HostCopy::HostCopy() = default;
+HostCopy::HostCopy(HostCopy&&) noexcept = default;
+HostCopy& HostCopy::operator=(HostCopy&&) noexcept = default;
+HostCopy::~HostCopy() = default;
+
+HostCopy::HostCopy(const at::Tensor& t) {
+  if (t.device().is_cpu()) {
+    host_ = t.contiguous();
+    return;
+  }
+  host_ = at::empty(t.sizes(), at::TensorOptions().dtype(t.scalar_type()).pinned_memory(true));
+  host_.copy_(t, /*non_blocking=*/true);
+  pending_ = std::make_unique<Pending>(t.device().type());
+  const c10::impl::VirtualGuardImpl impl(t.device().type());
+  pending_->event.record(impl.getStream(t.device()));
+}
+
+at::Tensor HostCopy::get() {
+  if (pending_) {
+    // c10::Event can be queried but (in LibTorch 1.13) not waited for: poll. A batch takes
+    // milliseconds; a 50 us nap costs nothing noticeable and leaves the core to the decoders.
+    while (!pending_->event.query()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    pending_.reset();
+  }
+  return host_;
 }
 
 }  // namespace clip

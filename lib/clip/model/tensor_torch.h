@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <memory>
+
 #include "clip/io/pyobj.h"
 
 namespace clip {
@@ -31,5 +33,32 @@ at::Device parse_device(const std::string& name);
 // finished, so a fresh one per batch is safe and cheap), converted to `dtype` on the way (the
 // rounding the device would apply to float32 input). Upload it with .to(device, non_blocking=true).
 at::Tensor stage_for_upload(const at::Tensor& host, at::ScalarType dtype);
+
+// 8-bit planar pixels [N, 3, H, W] (uint8, on any device) -> float32 [N, 3, H, W] on the same
+// device: byte v of channel c becomes table[c][v] (`table`: [3, 256] float32, on that device).
+// A lookup, not arithmetic, so the values are the table's on every device, bit for bit: with the
+// image layer's normalize_table, exactly the floats preprocess_eval writes on the CPU.
+at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table);
+
+// A copy of a tensor to the host that does not wait for the device. On CUDA it is queued on the
+// device's current stream into page-locked memory, behind the work that produces the tensor, and
+// an event marks its end: get() waits for that event only, not for work queued after the copy
+// (a whole-stream synchronisation, as .to(at::kCPU) does, would also wait for the batches queued
+// behind it). On the CPU: the tensor itself, at once.
+class HostCopy {
+ public:
+  HostCopy();
+  explicit HostCopy(const at::Tensor& t);
+  HostCopy(HostCopy&&) noexcept;
+  HostCopy& operator=(HostCopy&&) noexcept;
+  ~HostCopy();
+  // The host tensor (contiguous), once the copy has finished.
+  at::Tensor get();
+
+ private:
+  struct Pending;
+  at::Tensor host_;
+  std::unique_ptr<Pending> pending_;
+};
 
 }  // namespace clip

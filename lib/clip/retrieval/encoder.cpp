@@ -5,12 +5,18 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
+#include <atomic>
+#include <cstring>
+#include <future>
+#include <mutex>
+
 #include "clip/model/loader.h"
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
 #include "clip/image/image.h"
 #include "clip/base/log.h"
 #include "clip/base/runtime.h"
+#include "clip/base/timing.h"
 #include "clip/model/model.h"
 #include "clip/model/tensor_torch.h"
 #include "clip/model/torch_compat.h"
@@ -24,6 +30,19 @@ struct Encoder::State {
   at::Device device{at::kCPU};
   at::ScalarType dtype = at::kFloat;
   bool amp = false;  // bf16 autocast around the forward (a wrapped training model)
+  at::Tensor norm_table;  // [3, 256] float32 on `device`: ToTensor + Normalize of each byte value
+  // weights_hash: Encoder::weights_hash_ is set under hash_mu; hash_job is start_weights_hash's
+  // thread until its result is taken.
+  std::mutex hash_mu;
+  std::future<std::string> hash_job;
+  std::atomic<double> hash_s{0};
+
+  void make_norm_table() {
+    const NormalizeTable t = normalize_table();
+    norm_table = at::empty({3, 256}, at::kFloat);
+    std::memcpy(norm_table.data_ptr<float>(), t.data(), sizeof t);
+    norm_table = norm_table.to(device);
+  }
 };
 
 namespace {
@@ -56,6 +75,7 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   st_->dtype = parse_precision(ro.precision, st_->device);
   st_->model->to(st_->device, st_->dtype);
   st_->model->eval();
+  st_->make_norm_table();
   const Towers t = mo.towers;
   log_info("model {} ({}{}), {} on {}", src.config.name(), st_->checkpoint ? st_->checkpoint->format : "no checkpoint",
            t == Towers::both ? "" : t == Towers::text ? ", text tower only" : ", vision tower only", ro.precision,
@@ -72,38 +92,73 @@ Encoder::Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, in
     break;
   }
   st_->amp = amp;
+  st_->make_norm_table();
 }
 
-Encoder::~Encoder() = default;
+Encoder::~Encoder() {
+  // The hash thread reads the checkpoint this object owns: let it finish (its error, if any, is
+  // dropped: nobody asked for the hash).
+  std::lock_guard<std::mutex> lk(st_->hash_mu);
+  if (st_->hash_job.valid()) st_->hash_job.wait();
+}
 
 ClipModel& Encoder::model() { return st_->model; }
 Towers Encoder::towers() const { return st_->model->towers(); }
 
+// Reads only what no other member function changes (the config, the mapped checkpoint), so it may
+// run on start_weights_hash's thread while this encoder encodes.
+std::string Encoder::compute_weights_hash() const {
+  const auto t0 = SteadyClock::now();
+  std::string h;
+  // From the checkpoint's stored values: the same digest as the float32 model with both towers
+  // right after loading, whatever towers, device and precision this encoder uses.
+  if (st_->checkpoint) h = clip::weights_hash(config(), st_->checkpoint->state_dict);
+  else h = clip::weights_hash(st_->model);
+  if (st_->checkpoint) st_->checkpoint->check_intact();
+  st_->hash_s = seconds_since(t0);
+  return h;
+}
+
 const std::string& Encoder::weights_hash() const {
+  std::lock_guard<std::mutex> lk(st_->hash_mu);
   if (weights_hash_.empty()) {
-    // From the checkpoint's stored values: the same digest as the float32 model with both towers
-    // right after loading, whatever towers, device and precision this encoder uses.
-    if (st_->checkpoint) weights_hash_ = clip::weights_hash(config(), st_->checkpoint->state_dict);
-    else weights_hash_ = clip::weights_hash(st_->model);
-    if (st_->checkpoint) st_->checkpoint->check_intact();
+    if (st_->hash_job.valid()) {
+      std::future<std::string> job = std::move(st_->hash_job);
+      weights_hash_ = job.get();  // rethrows the thread's error
+    } else {
+      weights_hash_ = compute_weights_hash();
+    }
   }
   return weights_hash_;
 }
+
+void Encoder::start_weights_hash() const {
+  std::lock_guard<std::mutex> lk(st_->hash_mu);
+  if (!weights_hash_.empty() || st_->hash_job.valid() || !st_->checkpoint) return;
+  st_->hash_job = std::async(std::launch::async, [this] { return compute_weights_hash(); });
+}
+
+double Encoder::weights_hash_seconds() const { return st_->hash_s; }
 const ModelConfig& Encoder::config() const { return st_->model->config(); }
 int Encoder::resolution() const { return config().vision.image_resolution; }
 int Encoder::embed_dim() const { return config().embed_dim(); }
 
-at::Tensor Encoder::encode_ids(const at::Tensor& ids) {
+at::Tensor Encoder::encode_ids(const at::Tensor& ids) { return features_to_cpu(encode_ids_async(ids)); }
+
+at::Tensor Encoder::stage_ids(const at::Tensor& ids) const {
+  if (!st_->device.is_cuda()) return ids;
+  return stage_for_upload(ids, at::kLong);
+}
+
+at::Tensor Encoder::encode_ids_async(const at::Tensor& ids) {
   at::NoGradGuard ng;
   // A text or two: one thread (a thread team costs more than it saves on so small a pass).
   ScopedThreads small(st_->device.is_cpu() && ids.dim() == 2 ? threads_for_positions(ids.size(0) * ids.size(1)) : 0);
   compat::Autocast ac(st_->amp, st_->device);
-  auto f = st_->model->encode_text(ids.to(st_->device));
+  // Asynchronous only from page-locked memory (stage_ids); a pageable tensor is copied at once.
+  auto f = st_->model->encode_text(ids.to(st_->device, /*non_blocking=*/ids.device().is_cpu() && ids.is_pinned()));
   f = f.to(at::kFloat);
-  f = f / f.norm(2, -1, true);
-  f = f.to(at::kCPU).contiguous();
-  if (st_->checkpoint) st_->checkpoint->check_intact();
-  return f;
+  return f / f.norm(2, -1, true);
 }
 
 at::Tensor Encoder::tokenize(const std::vector<std::string>& texts, bool preprocess) const {
@@ -142,21 +197,43 @@ void Encoder::preprocess_image(const uint8_t* data, size_t n, float* out) const 
   preprocess_eval_bytes(data, n, resolution(), image_.decode, out);
 }
 
+void Encoder::preprocess_image_u8(const uint8_t* data, size_t n, uint8_t* out) const {
+  preprocess_eval_bytes_u8(data, n, resolution(), image_.decode, out);
+}
+
+at::Tensor Encoder::normalize_pixels(const at::Tensor& u8) const { return normalize_pixels_u8(u8, st_->norm_table); }
+
 bool Encoder::on_cuda() const { return st_->device.is_cuda(); }
+at::Device Encoder::device() const { return st_->device; }
 
 at::Tensor Encoder::stage_pixels(const at::Tensor& pixels) const {
   if (!st_->device.is_cuda()) return pixels;
-  // In the model's dtype (fp16/bf16: half the bytes), the rounding the device would apply.
-  return stage_for_upload(pixels, st_->dtype);
+  // 8-bit pixels as they are; float32 in the model's dtype (fp16/bf16: half the bytes), the
+  // rounding the device would apply.
+  return stage_for_upload(pixels, pixels.scalar_type() == at::kByte ? at::kByte : st_->dtype);
 }
 
 at::Tensor Encoder::encode_pixels_async(const at::Tensor& staged) {
   at::NoGradGuard ng;
   compat::Autocast ac(st_->amp, st_->device);
-  at::Tensor x = staged.to(st_->device, st_->dtype, /*non_blocking=*/true);
+  at::Tensor x;
+  if (staged.scalar_type() == at::kByte) {
+    // Normalised in float32 on the device, then cast: what the float32 path gives.
+    x = normalize_pixels(staged.to(st_->device, /*non_blocking=*/true)).to(st_->dtype);
+  } else {
+    x = staged.to(st_->device, st_->dtype, /*non_blocking=*/true);
+  }
   auto f = st_->model->encode_image(x);
   f = f.to(at::kFloat);
   return f / f.norm(2, -1, true);
+}
+
+HostCopy Encoder::fetch_features(const at::Tensor& f) const { return HostCopy(f); }
+
+at::Tensor Encoder::features_to_cpu(HostCopy& copy) const {
+  at::Tensor c = copy.get();
+  if (st_->checkpoint) st_->checkpoint->check_intact();
+  return c;
 }
 
 at::Tensor Encoder::features_to_cpu(const at::Tensor& f) const {

@@ -14,6 +14,7 @@
 #include "clip/base/runtime.h"
 #include "clip/image/image.h"
 #include "clip/model/loader.h"
+#include "clip/model/tensor_torch.h"
 
 namespace clip {
 
@@ -42,24 +43,43 @@ class Encoder {
   at::Tensor tokenize(const std::vector<std::string>& texts, bool preprocess = true) const;
   // Token ids [N, context_length] int64 -> L2-normalised features [N, E] float32 CPU.
   at::Tensor encode_ids(const at::Tensor& ids);
+  // The overlapped path of encode_texts (indexing.h): token ids [N, L] int64 on the CPU (L at most
+  // the context length; fewer columns when the padding is trimmed) -> a host tensor ready for the
+  // device (on CUDA: a page-locked copy; on the CPU: `ids` itself), then -> L2-normalised
+  // features [N, E] float32 left on the model's device, nothing waited for (fetch_features).
+  // encode_ids is encode_ids_async followed by features_to_cpu, bit for bit.
+  at::Tensor stage_ids(const at::Tensor& ids) const;
+  at::Tensor encode_ids_async(const at::Tensor& ids);
   // Preprocessed pixels [N, 3, R, R] float32 (any device) -> L2-normalised features [N, E] float32 CPU.
   at::Tensor encode_pixels(const at::Tensor& pixels);
   // Encoded image file bytes -> normalised CHW floats (3*R*R) with this model's eval transform,
   // decoded as image_options().decode says.
   void preprocess_image(const uint8_t* data, size_t n, float* out) const;
+  // The same transform up to its 8-bit RGB result, planar (3*R*R bytes, preprocess_eval_u8): what
+  // encode_images' decode workers write; the model's device then normalises (normalize_pixels).
+  void preprocess_image_u8(const uint8_t* data, size_t n, uint8_t* out) const;
+  // 8-bit pixels [N, 3, R, R] uint8 (any device) -> the float32 pixels preprocess_image writes for
+  // them, bit for bit, on the same device (a lookup in ToTensor + Normalize's table).
+  at::Tensor normalize_pixels(const at::Tensor& u8) const;
   const ImageOptions& image_options() const { return image_; }
 
-  // The overlapped path of encode_images: pixels [N, 3, R, R] float32 on the CPU -> a host tensor
-  // ready for the device (on CUDA: page-locked, in the model's dtype; on the CPU: `pixels` itself),
-  // then -> L2-normalised features [N, E] float32 left on the model's device. The upload is
-  // asynchronous (non_blocking from pinned memory) and nothing waits for the forward pass: the
-  // caller brings the result to the CPU (`.to(at::kCPU)`) when it needs it, which synchronises.
+  // The overlapped path of encode_images: pixels [N, 3, R, R] on the CPU, either float32
+  // (preprocess_image) or uint8 (preprocess_image_u8) -> a host tensor ready for the device (on
+  // CUDA: page-locked; float32 is converted to the model's dtype, uint8 stays 8-bit, a quarter of
+  // the bytes; on the CPU: `pixels` itself), then -> L2-normalised features [N, E] float32 left on
+  // the model's device. uint8 pixels are normalised there (normalize_pixels) and then cast to the
+  // model's dtype: the same features as from the float32 pixels. The upload is asynchronous
+  // (non_blocking from pinned memory) and nothing waits for the forward pass.
   at::Tensor stage_pixels(const at::Tensor& pixels) const;
   at::Tensor encode_pixels_async(const at::Tensor& staged);
-  // Copies features from encode_pixels_async to the CPU (waiting for them) and checks the mapped
-  // checkpoint is intact, as encode_pixels does.
+  // Starts copying features of an *_async call to the host without waiting (HostCopy); then
+  // features_to_cpu(copy) waits for that copy only and checks the mapped checkpoint is intact, as
+  // encode_pixels does. features_to_cpu(f) does both at once (waiting for all queued work).
+  HostCopy fetch_features(const at::Tensor& f) const;
+  at::Tensor features_to_cpu(HostCopy& copy) const;
   at::Tensor features_to_cpu(const at::Tensor& f) const;
   bool on_cuda() const;
+  at::Device device() const;
 
   int resolution() const;
   int context_length() const { return context_length_; }
@@ -68,8 +88,16 @@ class Encoder {
   const ModelConfig& config() const;
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   const std::string& checkpoint_path() const { return checkpoint_path_; }
-  // weights_hash of the whole checkpoint (both towers, whatever was loaded), computed on first use.
+  // weights_hash of the whole checkpoint (both towers, whatever was loaded), computed on first use,
+  // or taken from start_weights_hash's thread (waiting for it; its error is rethrown here).
+  // Thread-safe.
   const std::string& weights_hash() const;
+  // Starts computing weights_hash() on a background thread so that it overlaps other work (a
+  // tool that will write a store calls it before encoding). Once; nothing to do when the hash is
+  // known or there is no checkpoint. The destructor waits for the thread.
+  void start_weights_hash() const;
+  // Seconds the hash took to compute (0 until it is known), wherever it ran.
+  double weights_hash_seconds() const;
   Towers towers() const;
   // Settings a consumer needs to reproduce the inputs: resolution, mean/std, interpolation,
   // context length, vocab sha256, model name; stored in feature stores and exports.
@@ -78,6 +106,7 @@ class Encoder {
 
  private:
   struct State;
+  std::string compute_weights_hash() const;
   std::unique_ptr<State> st_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::string checkpoint_path_;

@@ -1,7 +1,11 @@
 #include "clip/retrieval/indexing.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <deque>
+#include <future>
+#include <numeric>
 #include <unordered_set>
 
 #include "clip/retrieval/ann.h"
@@ -17,24 +21,44 @@
 #include "clip/base/fileio.h"
 #include "clip/base/log.h"
 #include "clip/base/pipeline.h"
+#include "clip/base/timing.h"
+#include "clip/image/image.h"
+#include "clip/model/tensor_torch.h"
 #include "clip/text/tokenizer.h"
 
 namespace clip {
 
 EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool skip_errors,
                          const std::vector<size_t>& only) {
+  const auto t_start = SteadyClock::now();
   const int r = enc.resolution();
+  const DecodeMode mode = enc.image_options().decode;
   const size_t item = static_cast<size_t>(3) * r * r;
   const size_t n = only.empty() ? tsv.size() : only.size();
   auto row_of = [&](size_t i) { return only.empty() ? i : only[i]; };
-  BatchPipeline pipe(
+  // Worker time in nanoseconds, added to by every worker.
+  std::atomic<int64_t> read_ns{0}, decode_ns{0}, resize_ns{0};
+  auto add_ns = [](std::atomic<int64_t>& acc, SteadyClock::time_point a, SteadyClock::time_point b) {
+    acc.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count(), std::memory_order_relaxed);
+  };
+  // The workers stop at the 8-bit RGB result of the exact resize (a quarter of the bytes of float
+  // pixels); the model's device normalises it (Encoder::encode_pixels_async), bit for bit as
+  // preprocess_eval would have on the CPU.
+  BytePipeline pipe(
       n, enc.batch_size(), threads,
-      [&](size_t i, float* out) {
+      [&](size_t i, uint8_t* out) {
         const size_t row = row_of(i);
-        std::vector<uint8_t> bytes;
         try {
-          bytes = tsv.bytes(row);
-          enc.preprocess_image(bytes.data(), bytes.size(), out);
+          const auto t0 = SteadyClock::now();
+          const std::vector<uint8_t> bytes = tsv.bytes(row);
+          const auto t1 = SteadyClock::now();
+          const Image im = decode_image(bytes.data(), bytes.size(), mode, r);
+          const auto t2 = SteadyClock::now();
+          preprocess_eval_u8(im, r, out);
+          const auto t3 = SteadyClock::now();
+          add_ns(read_ns, t0, t1);
+          add_ns(decode_ns, t1, t2);
+          add_ns(resize_ns, t2, t3);
         } catch (const DataError& e) {
           throw DataError(tsv.where(row) + ": " + e.what() +
                           (skip_errors ? "" : " (use --on-error skip to leave such images out)"));
@@ -42,30 +66,48 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
       },
       item, 4, skip_errors);
   EncodedSet set;
+  EncodeTiming& tm = set.timing;
+  tm.threads = pipe.threads();
   std::vector<at::Tensor> parts;
   // Overlap on CUDA: while the workers decode ahead, each batch is staged in pinned memory, uploaded
-  // asynchronously and its forward pass queued without waiting; the features of a batch are brought
-  // back (which waits for that batch only) once `in_flight` newer batches are queued behind it, so
-  // the device always has work and host memory stays bounded. On the CPU every batch completes at once.
+  // asynchronously and its forward pass queued without waiting, followed by the copy of its
+  // features to the host; a batch's features are taken (waiting for that copy only) once
+  // `in_flight` newer batches are queued behind it, so the device always has work and host memory
+  // stays bounded. On the CPU every batch completes at once.
   const size_t in_flight = enc.on_cuda() ? 2 : 0;
-  std::deque<at::Tensor> pending;  // device features, oldest first
+  std::deque<HostCopy> pending;  // oldest first
   auto drain = [&](size_t keep) {
+    ScopedTimer wait(tm.wait_device_s);
     while (pending.size() > keep) {
       parts.push_back(enc.features_to_cpu(pending.front()));
       pending.pop_front();
     }
   };
   Progress prog("encode images", static_cast<int64_t>(n), "img");
-  for (BatchPipeline::Batch b; pipe.next(b);) {
+  for (BytePipeline::Batch b;;) {
+    bool more = false;
+    {
+      ScopedTimer wait(tm.wait_input_s);
+      more = pipe.next(b);
+    }
+    if (!more) break;
     for (const auto& [i, why] : b.errors) {
       log_warn("skipped {}", why);
       set.skipped.emplace_back(tsv.id(row_of(i)), why);
     }
     if (!b.items.empty()) {
-      auto px = at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, r, r}, at::kFloat);
-      // b.data is recycled by the next pipe.next(): staging copies it on CUDA, and on the CPU the
-      // forward pass has finished reading it before encode_pixels_async returns.
-      pending.push_back(enc.encode_pixels_async(enc.stage_pixels(px)));
+      at::Tensor staged;
+      {
+        // b.data is recycled by the next pipe.next(): staging copies it on CUDA, and on the CPU the
+        // forward pass has finished reading it before encode_pixels_async returns.
+        ScopedTimer stage(tm.stage_s);
+        staged = enc.stage_pixels(at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, r, r}, at::kByte));
+      }
+      const auto t0 = SteadyClock::now();
+      pending.push_back(enc.fetch_features(enc.encode_pixels_async(staged)));
+      const double fwd = seconds_since(t0);
+      tm.forward_s += fwd;
+      if (tm.batches++ == 0) tm.first_forward_s = fwd;
       drain(in_flight);
       for (size_t i : b.items) {
         set.ids.push_back(tsv.id(row_of(i)));
@@ -79,33 +121,121 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   prog.finish();
   set.features = parts.empty() ? at::empty({0, enc.embed_dim()}, at::kFloat) : at::cat(parts, 0);
   if (!set.skipped.empty()) log_warn("{} of {} images skipped", set.skipped.size(), n);
+  tm.read_cpu_s = static_cast<double>(read_ns.load()) * 1e-9;
+  tm.decode_cpu_s = static_cast<double>(decode_ns.load()) * 1e-9;
+  tm.resize_cpu_s = static_cast<double>(resize_ns.load()) * 1e-9;
+  tm.encode_s = seconds_since(t_start);
   return set;
 }
 
-EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts) {
+namespace {
+
+// Tokens of row `i` of ids [n, L]: up to the last non-padding (non-zero) id.
+int64_t text_length(const at::Tensor& ids, int64_t i) {
+  const int64_t len = ids.size(1);
+  const int64_t* row = ids.data_ptr<int64_t>() + i * len;
+  int64_t k = len;
+  while (k > 0 && row[k - 1] == 0) --k;
+  return k;
+}
+
+}  // namespace
+
+EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts, const TextEncodeOptions& opt) {
+  const auto t_start = SteadyClock::now();
   EncodedSet set;
-  std::vector<at::Tensor> parts;
-  Progress prog("encode texts", static_cast<int64_t>(texts.size()), "txt");
-  // Texts are tokenised a chunk at a time on every thread (bounded memory), then encoded batch by batch.
+  EncodeTiming& tm = set.timing;
+  const bool cuda = enc.on_cuda();
+  const bool trim = opt.trim.value_or(cuda);
+  tm.trim = trim;
+  const int64_t ctx = enc.context_length();
+  const int64_t total = static_cast<int64_t>(texts.size());
+  for (const auto& t : texts) set.ids.push_back(t.text_id);
+  at::Tensor out = at::empty({total, enc.embed_dim()}, at::kFloat);
+  Progress prog("encode texts", total, "txt");
+  // Texts are tokenised a chunk at a time on every thread (bounded memory), then encoded batch by
+  // batch; on CUDA the next chunk is tokenised on a helper thread while the device works.
   const size_t bs = static_cast<size_t>(enc.batch_size());
   const size_t chunk = std::max<size_t>(bs, 8192 / bs * bs);
-  for (size_t c = 0; c < texts.size(); c += chunk) {
+  auto tokenize_chunk = [&](size_t c) {
+    const auto t0 = SteadyClock::now();
     std::vector<std::string> part;
-    for (size_t i = c; i < std::min(texts.size(), c + chunk); ++i) {
-      part.push_back(texts[i].text);
-      set.ids.push_back(texts[i].text_id);
+    for (size_t i = c; i < std::min(texts.size(), c + chunk); ++i) part.push_back(texts[i].text);
+    at::Tensor ids = enc.tokenize(part, /*preprocess=*/true);
+    tm.tokenize_s += seconds_since(t0);  // one tokenising thread at a time
+    return ids;
+  };
+  // Features on their way to the host, with the rows of `out` they belong to; taken `in_flight`
+  // batches behind on CUDA, at once on the CPU.
+  struct Pending {
+    HostCopy copy;
+    at::Tensor rows;
+  };
+  std::deque<Pending> pending;
+  const size_t in_flight = cuda ? 2 : 0;
+  auto drain = [&](size_t keep) {
+    ScopedTimer wait(tm.wait_device_s);
+    while (pending.size() > keep) {
+      out.index_copy_(0, pending.front().rows, enc.features_to_cpu(pending.front().copy));
+      pending.pop_front();
     }
-    const at::Tensor ids = enc.tokenize(part, /*preprocess=*/true);
+  };
+  double columns = 0;
+  std::future<at::Tensor> ahead;
+  for (size_t c = 0; c < texts.size(); c += chunk) {
+    at::Tensor ids;
+    {
+      ScopedTimer wait(tm.wait_input_s);
+      ids = ahead.valid() ? ahead.get() : tokenize_chunk(c);
+    }
+    if (cuda && c + chunk < texts.size()) ahead = std::async(std::launch::async, tokenize_chunk, c + chunk);
     const int64_t n = ids.size(0);
+    std::vector<int64_t> order(static_cast<size_t>(n)), len(static_cast<size_t>(n), ctx);
+    {
+      ScopedTimer stage(tm.stage_s);
+      std::iota(order.begin(), order.end(), int64_t{0});
+      if (trim) {
+        for (int64_t i = 0; i < n; ++i) len[static_cast<size_t>(i)] = text_length(ids, i);
+        // Longest first: the first batch sizes the device's buffers for the rest.
+        std::stable_sort(order.begin(), order.end(),
+                         [&](int64_t a, int64_t b) { return len[static_cast<size_t>(a)] > len[static_cast<size_t>(b)]; });
+      }
+    }
     for (int64_t s = 0; s < n; s += static_cast<int64_t>(bs)) {
       const int64_t e = std::min(n, s + static_cast<int64_t>(bs));
-      parts.push_back(enc.encode_ids(ids.slice(0, s, e)));
+      at::Tensor staged, rows;
+      {
+        ScopedTimer stage(tm.stage_s);
+        std::vector<int64_t> global(order.begin() + s, order.begin() + e);
+        for (auto& g : global) g += static_cast<int64_t>(c);
+        rows = at::tensor(global, at::kLong);
+        at::Tensor batch;
+        if (trim) {
+          int64_t width = 1;
+          for (int64_t k = s; k < e; ++k) width = std::max(width, len[static_cast<size_t>(order[static_cast<size_t>(k)])]);
+          width = std::min(ctx, (width + 7) / 8 * 8);
+          batch = ids.index_select(0, rows - static_cast<int64_t>(c)).slice(1, 0, width).contiguous();
+        } else {
+          batch = ids.slice(0, s, e);
+        }
+        columns += static_cast<double>((e - s) * batch.size(1));
+        staged = enc.stage_ids(batch);
+      }
+      const auto t0 = SteadyClock::now();
+      pending.push_back({enc.fetch_features(enc.encode_ids_async(staged)), rows});
+      const double fwd = seconds_since(t0);
+      tm.forward_s += fwd;
+      if (tm.batches++ == 0) tm.first_forward_s = fwd;
+      drain(in_flight);
       prog.add(e - s);
     }
   }
+  drain(0);
   prog.finish();
   log_debug("{} texts encoded", texts.size());
-  set.features = parts.empty() ? at::empty({0, enc.embed_dim()}, at::kFloat) : at::cat(parts, 0);
+  set.features = out;
+  tm.columns = total > 0 ? columns / (static_cast<double>(total) * static_cast<double>(ctx)) : 1.0;
+  tm.encode_s = seconds_since(t_start);
   return set;
 }
 

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,19 +19,56 @@ class Encoder;
 class ImageSource;
 struct TextRecord;
 
+// Where the time of one encode_images / encode_texts call went, in seconds of steady_clock (the
+// tools log it as a `timing ...` line; docs/benchmarks.md). The main thread's parts (wait_input_s,
+// stage_s, forward_s, wait_device_s) add up to about encode_s; the *_cpu_s parts are summed over
+// the decode workers, so (read + decode + resize) / threads near encode_s means decoding bounds it.
+struct EncodeTiming {
+  double encode_s = 0;         // the whole call
+  double wait_input_s = 0;     // blocked for input: images in BatchPipeline::next (decoding), texts for the tokeniser
+  double stage_s = 0;          // host staging of each batch: page-locked copies on CUDA; texts: ordering and trimming
+  double forward_s = 0;        // in the forward calls: on CUDA queueing the kernels, on the CPU the compute itself
+  double first_forward_s = 0;  // the first of them (CUDA: lazy initialisation of kernels and libraries)
+  double wait_device_s = 0;    // blocked until a batch's features reached the host
+  double read_cpu_s = 0;       // images: reading the encoded bytes (TSV, file, LMDB), summed over the workers
+  double decode_cpu_s = 0;     // images: decoding them
+  double resize_cpu_s = 0;     // images: the squash to R x R and the 8-bit planar RGB
+  double tokenize_s = 0;       // texts: tokenising (on CUDA on a helper thread, overlapping the device)
+  int64_t batches = 0;
+  int threads = 0;             // images: decode workers
+  bool trim = false;           // texts: padding columns trimmed (TextEncodeOptions::trim)
+  double columns = 0;          // texts: token columns computed / (texts x context length) (1 untrimmed)
+};
+
 struct EncodedSet {
   std::vector<int64_t> ids;                                // ids of the rows of `features`, input order
   at::Tensor features;                                     // [n, E] float32, L2-normalised, CPU
   std::vector<std::pair<int64_t, std::string>> skipped;    // (id, why) of inputs dropped with skip_errors
   IdNames names;                                           // string ids (photo paths) of the rows that have one
+  EncodeTiming timing;
 };
 
 // All images of `src` (a TSV, a photo folder, an LMDB; or the rows `only` when non-empty). Decoding runs on `threads` workers ahead of
 // the model; with skip_errors an undecodable image is logged and dropped, otherwise the DataError
-// naming the file, line and image_id propagates.
+// naming the file, line and image_id propagates. The workers write the 8-bit RGB result of the
+// exact resize (Encoder::preprocess_image_u8) and the model's device normalises it, so the
+// features are those of the float32 pixels bit for bit; on CUDA the batches are staged in
+// page-locked memory, uploaded asynchronously and brought back two batches behind.
 EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool skip_errors,
                          const std::vector<size_t>& only = {});
-EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts);
+
+struct TextEncodeOptions {
+  // Per batch, only as many token columns as its longest text needs (rounded up to a multiple of
+  // 8, at most the context length), with the texts of each chunk ordered by length so that a batch
+  // holds similar lengths; the features come back in input order. The padding columns left out
+  // are masked in every layer, so the features are the same up to rounding (the sums have other
+  // lengths). Unset: on for a model on CUDA (fp16/bf16 there are not bit-reproducible anyway),
+  // off elsewhere, where the features stay bit-identical to full-length batches.
+  std::optional<bool> trim;
+};
+// All texts, tokenised a chunk at a time on every thread; on CUDA the next chunk is tokenised while
+// the device encodes this one, and features are brought back two batches behind.
+EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts, const TextEncodeOptions& opt = {});
 
 // Store metadata describing these features: model, weights hash, preprocessing, source file.
 StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std::string& source_path);

@@ -1,0 +1,294 @@
+// Encoding whole inputs (retrieval/indexing): the 8-bit pixel path of encode_images against the
+// float32 pixels it replaced, bit for bit; texts with and without trimmed padding columns; the
+// weights hash computed in the background; the timing each call reports.
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "clip/base/error.h"
+#include "clip/base/log.h"
+#include "clip/data/dataset.h"
+#include "clip/image/image.h"
+#include "clip/model/tensor_torch.h"
+#include "clip/retrieval/encoder.h"
+#include "clip/retrieval/indexing.h"
+#include "util.h"
+
+#undef CHECK
+#include <catch2/catch.hpp>
+
+using namespace clip;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Warnings only (no progress lines) within a test.
+struct QuietLog {
+  LogLevel prev = log_level();
+  QuietLog() { set_log_level(LogLevel::warn); }
+  ~QuietLog() { set_log_level(prev); }
+};
+
+// Equal sizes, dtypes and bytes (so -0.0 differs from 0.0, unlike at::equal).
+bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) return false;
+  const at::Tensor x = a.contiguous(), y = b.contiguous();
+  return std::memcmp(x.data_ptr(), y.data_ptr(), static_cast<size_t>(x.numel()) * x.element_size()) == 0;
+}
+
+ModelOptions fixture_model(const std::string& kind) {
+  ModelOptions mo;
+  mo.checkpoint = testutil::fixture(kind == "vit" ? "checkpoints/vit_bert.pt" : "checkpoints/rn_bert.pt");
+  mo.vocab = testutil::fixture("vocab.txt");
+  mo.vision_model = testutil::fixture(kind == "vit" ? "configs/ViT-Tiny-P32.json" : "configs/RN-Tiny.json");
+  mo.text_model = testutil::fixture("configs/RBT-Tiny-H64-L2.json");
+  return mo;
+}
+
+std::unique_ptr<ImageSource> open_tsv(const std::string& path) {
+  ReadReport rep;
+  return open_images(path, rep, /*strict=*/true);
+}
+
+// The float32 path encode_images used before: preprocess_image per image, then encode_pixels per
+// batch of the encoder's batch size.
+at::Tensor float_path_features(Encoder& enc, const ImageSource& src) {
+  const int r = enc.resolution();
+  std::vector<at::Tensor> parts;
+  const int64_t n = static_cast<int64_t>(src.size());
+  for (int64_t s = 0; s < n; s += enc.batch_size()) {
+    const int64_t e = std::min<int64_t>(n, s + enc.batch_size());
+    at::Tensor px = at::empty({e - s, 3, r, r}, at::kFloat);
+    for (int64_t i = s; i < e; ++i) {
+      const std::vector<uint8_t> bytes = src.bytes(static_cast<size_t>(i));
+      enc.preprocess_image(bytes.data(), bytes.size(), px[i - s].data_ptr<float>());
+    }
+    parts.push_back(enc.encode_pixels(px));
+  }
+  return at::cat(parts, 0);
+}
+
+}  // namespace
+
+TEST_CASE("the normalisation table is ToTensor + Normalize of every byte value", "[indexing]") {
+  const NormalizeTable t = normalize_table();
+  Image im = blank_image(256, 1, PixelMode::RGB);
+  for (int v = 0; v < 256; ++v)
+    for (int c = 0; c < 3; ++c) im.pixels[static_cast<size_t>(3 * v + c)] = static_cast<uint8_t>(c == 1 ? 255 - v : v);
+  std::vector<float> out(3 * 256);
+  to_chw_normalized(im, out.data());
+  for (int v = 0; v < 256; ++v) {
+    CHECK(std::memcmp(&out[static_cast<size_t>(v)], &t[0][static_cast<size_t>(v)], 4) == 0);
+    CHECK(std::memcmp(&out[static_cast<size_t>(256 + v)], &t[1][static_cast<size_t>(255 - v)], 4) == 0);
+    CHECK(std::memcmp(&out[static_cast<size_t>(512 + v)], &t[2][static_cast<size_t>(v)], 4) == 0);
+  }
+  // The lookup on tensors, for every byte value in every channel.
+  at::Tensor u8 = at::empty({2, 3, 16, 16}, at::kByte);
+  auto* p = u8.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < u8.numel(); ++i) p[i] = static_cast<uint8_t>((i * 7) & 0xff);
+  at::Tensor table = at::empty({3, 256}, at::kFloat);
+  std::memcpy(table.data_ptr<float>(), t.data(), sizeof t);
+  const at::Tensor f = normalize_pixels_u8(u8, table);
+  REQUIRE(f.sizes() == u8.sizes());
+  REQUIRE(f.scalar_type() == at::kFloat);
+  const auto* q = f.data_ptr<float>();
+  for (int64_t i = 0; i < u8.numel(); ++i) {
+    const int64_t c = (i / 256) % 3;
+    REQUIRE(std::memcmp(&q[i], &t[static_cast<size_t>(c)][p[i]], 4) == 0);
+  }
+  CHECK_THROWS_AS(normalize_pixels_u8(u8.to(at::kFloat), table), ModelError);
+}
+
+TEST_CASE("encode_images: 8-bit pixels normalised by the model give the float path's features bit for bit",
+          "[indexing]") {
+  QuietLog quiet;
+  // Real images: the fixture's JPEGs and PNGs (grey, palette, RGBA, ...) and the demo split's.
+  const std::string tsv = GENERATE(testutil::fixture("images.tsv"), testutil::source_dir() + "/data/shapes-zh/test_imgs.tsv");
+  const std::string kind = GENERATE(std::string("vit"), std::string("rn"));
+  const DecodeMode mode = GENERATE(DecodeMode::exact, DecodeMode::fast);
+  CAPTURE(tsv, kind, decode_mode_name(mode));
+  ModelOptions mo = fixture_model(kind);
+  mo.towers = Towers::vision;
+  RuntimeOptions ro;
+  ro.batch_size = 16;  // several batches of the demo split, the last one short
+  ImageOptions io;
+  io.decode = mode;
+  Encoder enc(mo, ro, io);
+  const auto src = open_tsv(tsv);
+  const size_t n = src->size();
+  REQUIRE(n > 0);
+
+  // Pixels: each image's 8-bit planar RGB, normalised, is preprocess_image's floats.
+  const int r = enc.resolution();
+  const size_t item = static_cast<size_t>(3 * r * r);
+  for (size_t i = 0; i < std::min<size_t>(n, 24); ++i) {
+    const std::vector<uint8_t> bytes = src->bytes(i);
+    at::Tensor want = at::empty({1, 3, r, r}, at::kFloat);
+    enc.preprocess_image(bytes.data(), bytes.size(), want.data_ptr<float>());
+    at::Tensor u8 = at::empty({1, 3, r, r}, at::kByte);
+    enc.preprocess_image_u8(bytes.data(), bytes.size(), u8.data_ptr<uint8_t>());
+    std::vector<uint8_t> direct(item);
+    preprocess_eval_bytes_u8(bytes.data(), bytes.size(), r, mode, direct.data());
+    CHECK(std::memcmp(direct.data(), u8.data_ptr<uint8_t>(), item) == 0);
+    CHECK(same_bytes(enc.normalize_pixels(u8), want));
+  }
+
+  // Features: the whole pipeline (threads, batches) against the float path.
+  const at::Tensor want = float_path_features(enc, *src);
+  for (int threads : {1, 3}) {
+    const EncodedSet set = encode_images(enc, *src, threads, /*skip_errors=*/false);
+    REQUIRE(set.ids.size() == n);
+    for (size_t i = 0; i < n; ++i) CHECK(set.ids[i] == src->id(i));
+    CHECK(same_bytes(set.features, want));
+    const EncodeTiming& t = set.timing;
+    CHECK(t.batches == static_cast<int64_t>((n + 15) / 16));
+    CHECK(t.threads == std::min<int>(threads, static_cast<int>(n)));
+    CHECK(t.encode_s > 0);
+    CHECK(t.forward_s > 0);
+    CHECK(t.first_forward_s > 0);
+    CHECK(t.first_forward_s <= t.forward_s);
+    CHECK(t.decode_cpu_s > 0);
+    CHECK(t.resize_cpu_s > 0);
+    // The main thread's parts fit in the call.
+    CHECK(t.wait_input_s + t.stage_s + t.forward_s + t.wait_device_s <= t.encode_s + 1e-3);
+  }
+}
+
+TEST_CASE("encode_images: the rows `only`, and skipped images, keep the float path's features", "[indexing]") {
+  QuietLog quiet;
+  ModelOptions mo = fixture_model("vit");
+  mo.towers = Towers::vision;
+  RuntimeOptions ro;
+  ro.batch_size = 3;
+  Encoder enc(mo, ro);
+  testutil::TempDir dir("indexing");
+  // The fixture's images with a broken one in the middle.
+  std::ifstream in(testutil::fixture("images.tsv"));
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) lines.push_back(l);
+  REQUIRE(lines.size() >= 4);
+  lines.insert(lines.begin() + 2, "424242\tbm90IGFuIGltYWdl");  // base64 of "not an image"
+  std::string text;
+  for (const auto& l : lines) text += l + "\n";
+  const std::string path = dir.write("mixed.tsv", text);
+  ReadReport rep;
+  const auto src = open_images(path, rep, /*strict=*/false);
+  const EncodedSet set = encode_images(enc, *src, 2, /*skip_errors=*/true);
+  REQUIRE(set.skipped.size() == 1);
+  CHECK(set.skipped[0].first == 424242);
+  REQUIRE(set.ids.size() == src->size() - 1);
+  const auto good = open_tsv(testutil::fixture("images.tsv"));
+  CHECK(same_bytes(set.features, float_path_features(enc, *good)));
+
+  const EncodedSet some = encode_images(enc, *good, 2, false, {4, 1});
+  REQUIRE(some.ids == std::vector<int64_t>{good->id(4), good->id(1)});
+  const at::Tensor all = float_path_features(enc, *good);
+  // One batch of two rows against rows of a batch of three: the same values on this CPU build
+  // only up to the BLAS kernels' blocking, so compare by cosine here.
+  const at::Tensor cos = (some.features * at::stack({all[4], all[1]})).sum(1);
+  CHECK(cos.min().item<double>() > 1 - 1e-6);
+}
+
+TEST_CASE("encode_texts: trimmed padding columns and length order give the same features, in input order",
+          "[indexing]") {
+  QuietLog quiet;
+  ModelOptions mo = fixture_model("vit");
+  mo.towers = Towers::text;
+  RuntimeOptions ro;
+  ro.batch_size = 32;
+  Encoder enc(mo, ro);
+  ReadReport rep;
+  std::vector<TextRecord> base = read_texts(testutil::source_dir() + "/data/shapes-zh/test_texts.jsonl", rep, true);
+  REQUIRE(base.size() > 100);
+  // Over 8192 texts: two chunks of the tokeniser. Lengths vary (short and long captions, and a
+  // text longer than the context, which keeps every column).
+  std::vector<TextRecord> texts;
+  for (int k = 0; texts.size() <= 8192 + 500; ++k)
+    for (const auto& t : base) {
+      TextRecord r = t;
+      r.text_id = static_cast<int64_t>(texts.size()) + 1;
+      if (k % 3 == 1) r.text = r.text.substr(0, std::min<size_t>(r.text.size(), 3 * (1 + texts.size() % 5)));
+      if (texts.size() % 997 == 0) r.text = std::string(200, 'a') + " " + r.text;
+      texts.push_back(std::move(r));
+    }
+
+  // The CPU default: untrimmed, bit-identical to encoding each batch at full context length.
+  const EncodedSet plain = encode_texts(enc, texts);
+  std::vector<std::string> strings;
+  for (const auto& t : texts) strings.push_back(t.text);
+  REQUIRE(same_bytes(plain.features, enc.encode_texts(strings, true)));
+  CHECK(plain.timing.columns == 1.0);
+  CHECK_FALSE(plain.timing.trim);
+  REQUIRE(plain.ids.size() == texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) REQUIRE(plain.ids[i] == texts[i].text_id);
+
+  TextEncodeOptions opt;
+  opt.trim = true;
+  const EncodedSet trimmed = encode_texts(enc, texts, opt);
+  REQUIRE(trimmed.ids == plain.ids);
+  REQUIRE(trimmed.features.sizes() == plain.features.sizes());
+  CHECK(trimmed.timing.trim);
+  CHECK(trimmed.timing.columns < 0.8);  // most captions are far shorter than 52 tokens
+  CHECK(trimmed.timing.batches == plain.timing.batches);
+  // Row by row (a wrong order would pair different texts: cosines far below 1).
+  const at::Tensor cos = (trimmed.features * plain.features).sum(1);
+  CHECK(cos.min().item<double>() > 1 - 1e-5);
+  CHECK((trimmed.features - plain.features).abs().max().item<double>() < 1e-4);
+
+  opt.trim = false;
+  CHECK(same_bytes(encode_texts(enc, texts, opt).features, plain.features));
+  CHECK(encode_texts(enc, {}, opt).features.size(0) == 0);
+}
+
+TEST_CASE("the weights hash computed in the background is the synchronous one; its errors propagate",
+          "[indexing]") {
+  QuietLog quiet;
+  const ModelOptions mo = fixture_model("vit");
+  RuntimeOptions ro;
+  std::string want;
+  {
+    Encoder sync(mo, ro);
+    want = sync.weights_hash();
+    CHECK(sync.weights_hash_seconds() > 0);
+  }
+  {
+    Encoder enc(mo, ro);
+    enc.start_weights_hash();
+    enc.start_weights_hash();  // once
+    std::vector<std::string> got(4);
+    std::vector<std::thread> ts;
+    for (size_t i = 0; i < got.size(); ++i) ts.emplace_back([&, i] { got[i] = enc.weights_hash(); });
+    for (auto& t : ts) t.join();
+    for (const auto& g : got) CHECK(g == want);
+    enc.start_weights_hash();  // known: nothing to do
+    CHECK(enc.weights_hash() == want);
+  }
+  {
+    Encoder enc(mo, ro);
+    enc.start_weights_hash();
+  }  // destroyed while (or after) hashing: waits for the thread
+  {
+    testutil::TempDir dir("hash");
+    ModelOptions m = mo;
+    m.checkpoint = dir / "r.pt";
+    fs::copy_file(mo.checkpoint, m.checkpoint);
+    Encoder enc(m, ro);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a later modification time
+    {
+      std::fstream f(m.checkpoint, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(static_cast<std::streamoff>(fs::file_size(m.checkpoint) / 2));
+      f.write("XXXXXXXX", 8);
+    }
+    enc.start_weights_hash();
+    CHECK_THROWS_AS(enc.weights_hash(), IoError);  // the thread's error, rethrown here
+    CHECK_THROWS_AS(enc.weights_hash(), IoError);
+  }
+}
