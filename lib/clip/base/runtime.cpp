@@ -1,4 +1,8 @@
 #include "clip/base/runtime.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include "clip/base/cpu.h"
 
 #include "clip/base/log.h"
@@ -51,6 +55,11 @@ void maybe_reexec_for_blas(int argc, char** argv) {
 int set_threads(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
+#ifdef _OPENMP
+  // The runtime this project's parallel loops were compiled against (the same one as LibTorch's on
+  // Debian; a second copy beside the PyTorch wheel's bundled one).
+  omp_set_num_threads(threads);
+#endif
   return threads;
 }
 
