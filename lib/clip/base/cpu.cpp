@@ -27,7 +27,9 @@ CpuFeatures probe() {
   f.avx = ymm && ((c >> 28) & 1);
   f.fma = f.avx && ((c >> 12) & 1);
   f.f16c = f.avx && ((c >> 29) & 1);
+  const bool ssse3_sse41 = ((c >> 9) & 1) && ((c >> 19) & 1);
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    f.sha = ssse3_sse41 && ((b >> 29) & 1);
     f.avx2 = f.avx && ((b >> 5) & 1);
     f.avx512f = zmm && ((b >> 16) & 1);
   }

@@ -1,7 +1,14 @@
 #include "clip/base/sha256.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "clip/base/cpu.h"
 
 namespace clip {
 namespace {
@@ -18,7 +25,67 @@ constexpr uint32_t kRound[64] = {
 
 inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
+std::atomic<bool> g_hardware{true};
+
+#if defined(__x86_64__)
+// The 64 rounds of `n` blocks with the SHA extensions: sha256rnds2 does two rounds on the state held as
+// (A,B,E,F) and (C,D,G,H); sha256msg1/msg2 extend the message schedule four words at a time.
+__attribute__((target("sha,sse4.1,ssse3"))) void compress_sha_ni(uint32_t st[8], const uint8_t* p, size_t n) {
+  const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i dcba = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(st)), 0xB1);      // B A D C
+  __m128i hgfe = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(st + 4)), 0x1B);  // H G F E
+  __m128i abef = _mm_alignr_epi8(dcba, hgfe, 8);  // F E B A
+  __m128i cdgh = _mm_blend_epi16(hgfe, dcba, 0xF0);  // H G D C
+  for (; n > 0; --n, p += 64) {
+    const __m128i abef0 = abef, cdgh0 = cdgh;
+    __m128i w[4];
+    for (int i = 0; i < 16; ++i) {
+      __m128i& cur = w[i & 3];
+      if (i < 4) {
+        cur = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * i)), bswap);
+      } else {
+        // W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16], for the four words t = 4i .. 4i+3.
+        const __m128i prev = w[(i + 3) & 3], prev2 = w[(i + 2) & 3];
+        __m128i t = _mm_sha256msg1_epu32(cur, w[(i + 1) & 3]);
+        t = _mm_add_epi32(t, _mm_alignr_epi8(prev, prev2, 4));
+        cur = _mm_sha256msg2_epu32(t, prev);
+      }
+      __m128i k = _mm_add_epi32(cur, _mm_loadu_si128(reinterpret_cast<const __m128i*>(kRound + 4 * i)));
+      cdgh = _mm_sha256rnds2_epu32(cdgh, abef, k);
+      abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(k, 0x0E));
+    }
+    abef = _mm_add_epi32(abef, abef0);
+    cdgh = _mm_add_epi32(cdgh, cdgh0);
+  }
+  const __m128i feba = _mm_shuffle_epi32(abef, 0x1B);
+  const __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(st), _mm_blend_epi16(feba, dchg, 0xF0));    // D C B A
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(st + 4), _mm_alignr_epi8(dchg, feba, 8));  // H G F E
+}
+#endif
+
+bool use_hardware() {
+#if defined(__x86_64__)
+  return g_hardware.load(std::memory_order_relaxed) && cpu_features().sha;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
+
+bool sha256_hardware() { return use_hardware(); }
+void set_sha256_hardware(bool on) { g_hardware.store(on); }
+
+void Sha256::compress_blocks(const uint8_t* p, size_t n) {
+#if defined(__x86_64__)
+  if (use_hardware()) {
+    compress_sha_ni(h_, p, n);
+    return;
+  }
+#endif
+  for (; n > 0; --n, p += 64) compress(p);
+}
 
 Sha256::Sha256() {
   static constexpr uint32_t kInit[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
@@ -62,10 +129,13 @@ void Sha256::update(const void* data, size_t n) {
     p += take;
     n -= take;
     if (buf_len_ < sizeof(buf_)) return;
-    compress(buf_);
+    compress_blocks(buf_, 1);
     buf_len_ = 0;
   }
-  for (; n >= 64; p += 64, n -= 64) compress(p);
+  const size_t blocks = n / 64;
+  compress_blocks(p, blocks);
+  p += blocks * 64;
+  n -= blocks * 64;
   if (n > 0) {
     std::memcpy(buf_, p, n);
     buf_len_ = n;

@@ -20,6 +20,7 @@ class Sha256 {
 
  private:
   void compress(const uint8_t* block);
+  void compress_blocks(const uint8_t* blocks, size_t n);  // n whole 64-byte blocks
   uint32_t h_[8];
   uint8_t buf_[64];
   size_t buf_len_ = 0;
@@ -27,6 +28,11 @@ class Sha256 {
 };
 
 std::string sha256_hex(const void* data, size_t n);
+
+// Whether full blocks are compressed with the CPU's SHA instructions (SHA-NI, several times faster);
+// the portable code is used where the CPU has none. Tests and bench_hash switch them off to compare.
+bool sha256_hardware();
+void set_sha256_hardware(bool on);  // on = use them when the CPU has them (the default)
 inline std::string sha256_hex(const std::string& s) { return sha256_hex(s.data(), s.size()); }
 
 }  // namespace clip
