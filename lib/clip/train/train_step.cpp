@@ -114,6 +114,20 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
   std::pair<at::Tensor, at::Tensor> acc_t;
   // Every rank's rows of a feature matrix (only this rank's keep their autograd path).
   auto global = [dist](const at::Tensor& local) { return dist ? dist->all_gather_rows(local) : local; };
+  // The loss and accuracies of a forward with gradients (read back now, or kept on the device when
+  // deferred), then its backward. micro: the micro-batch, for the error message (-1: one batch).
+  auto record_and_backward = [&](const ContrastiveLoss& l, int64_t micro) {
+    if (defer) {
+      flag_nonfinite(l.loss, *options.poison);
+      loss_t = l.loss.detach().to(at::kFloat);
+      acc_t = accuracy_t(l);
+    } else {
+      st.loss = l.loss.item<double>();
+      check_finite(st.loss, micro);
+      accuracy(l, st);
+    }
+    backward(l.loss, options.scaler);
+  };
   if (batches.size() == 1) {
     ContrastiveLoss l;
     {
@@ -121,16 +135,7 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
       auto [img, txt, scale] = model->forward(batches[0].pixels, batches[0].ids);
       l = contrastive_loss(global(img.to(at::kFloat)), global(txt.to(at::kFloat)), scale.to(at::kFloat));
     }
-    if (defer) {
-      flag_nonfinite(l.loss, *options.poison);
-      loss_t = l.loss.detach().to(at::kFloat);
-      acc_t = accuracy_t(l);
-    } else {
-      st.loss = l.loss.item<double>();
-      check_finite(st.loss, -1);
-      accuracy(l, st);
-    }
-    backward(l.loss, options.scaler);
+    record_and_backward(l, -1);
   } else {
     // Feature caching (cn_clip --accum-freq): every micro-batch's features without gradients first ...
     std::vector<at::Tensor> cached_img, cached_txt;
@@ -156,16 +161,7 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
         // which the loss does not depend on (images and texts are permuted alike).
         l = contrastive_loss(global(at::cat(all_img)), global(at::cat(all_txt)), scale.to(at::kFloat));
       }
-      if (defer) {
-        flag_nonfinite(l.loss, *options.poison);
-        loss_t = l.loss.detach().to(at::kFloat);
-        acc_t = accuracy_t(l);
-      } else {
-        st.loss = l.loss.item<double>();
-        check_finite(st.loss, static_cast<int64_t>(j));
-        accuracy(l, st);
-      }
-      backward(l.loss, options.scaler);
+      record_and_backward(l, static_cast<int64_t>(j));
     }
   }
   if (dist && dist->size() > 1) {
