@@ -26,13 +26,7 @@ fi
 "$bin/clip-index" "${model[@]}" --data "$src/data/shapes-zh" --split test --image-out "$tmp/store" -q
 "$bin/clip-serve" "${model[@]}" --index "$tmp/store" --host 127.0.0.1 --port 0 "$@" 2>"$tmp/serve.err" &
 pid=$!
-port=
-for _ in $(seq 1 300); do
-  port=$(sed -n 's|.*serving http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$tmp/serve.err")
-  [[ -n $port ]] && break
-  sleep 0.1
-done
-[[ -n $port ]] || { cat "$tmp/serve.err" >&2; exit 1; }
+port=$("$src/scripts/serve_port.sh" "$tmp/serve.err" "$pid" 30) || { cat "$tmp/serve.err" >&2; exit 1; }
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); clip-serve $*" >&2
 python3 "$src/bench/load_serve.py" --port "$port" --texts "$src/data/shapes-zh/test_texts.jsonl" \
   --requests "${LOAD_REQUESTS:-400}" --seconds "${LOAD_SECONDS:-30}"

@@ -60,12 +60,7 @@ if [[ ! -x $B/clip-serve ]]; then
 fi
 "$B/clip-serve" -c "$ck" --index "$out/test.img.clipfeat" --device cuda --host 127.0.0.1 --port 0 2>"$out/serve.err" &
 pid=$!
-port=
-for _ in $(seq 1 300); do
-  port=$(sed -n 's|.*serving http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$out/serve.err")
-  [[ -n $port ]] && break
-  sleep 0.1
-done
+port=$(scripts/serve_port.sh "$out/serve.err" "$pid" 30) || true
 if [[ -z $port ]]; then
   fail "clip-serve did not start: $(tail -3 "$out/serve.err")"
 else

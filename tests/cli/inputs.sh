@@ -140,13 +140,7 @@ check "montage: query text drawn in the label column, right answers framed" test
 # 7. clip-serve shows the photos from the folder: search results carry paths, /api/image/<path> gives the file.
 "$bin/clip-serve" --index "$tmp/photos.clipfeat" --host 127.0.0.1 --port 0 2>"$tmp/serve.err" &
 spid=$!
-port=
-for _ in $(seq 1 300); do
-  port=$(sed -n 's|.*serving http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$tmp/serve.err")
-  [[ -n $port ]] && break
-  kill -0 "$spid" 2>/dev/null || break
-  sleep 0.2
-done
+port=$("$src/scripts/serve_port.sh" "$tmp/serve.err" "$spid" 60)
 if [[ -n $port ]]; then
   curl -s "http://127.0.0.1:$port/api/search/text" -H 'Content-Type: application/json' -d '{"text": "一只猫", "k": 3}' >"$tmp/s.json"
   check "clip-serve: result ids are paths" $PY -c "

@@ -48,14 +48,11 @@ printf '%s' "${line#*$'\t'}" | tr -d '\r' | base64 -d >"$tmp/query.jpg" || fail 
 
 "$bin/clip-serve" "${model[@]}" --index "$store" --host 127.0.0.1 --port 0 2>"$tmp/serve.err" &
 pid=$!
-port=
-for _ in $(seq 1 300); do
-  port=$(sed -n 's|.*serving http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$tmp/serve.err")
-  [[ -n $port ]] && break
-  kill -0 "$pid" 2>/dev/null || fail "clip-serve exited during start-up"
-  sleep 0.1
-done
-[[ -n $port ]] || fail "clip-serve did not report its port"
+port=$("$src/scripts/serve_port.sh" "$tmp/serve.err" "$pid" 30)
+case $? in
+  1) fail "clip-serve exited during start-up" ;;
+  2) fail "clip-serve did not report its port" ;;
+esac
 echo "clip-serve on 127.0.0.1:$port (pid $pid); expected top hit $expect, image query $image_id"
 
 node "$e2e/serve.test.mjs" --url "http://127.0.0.1:$port/" --query "$query" --expect-id "$expect" \
