@@ -8,6 +8,14 @@ check() {  # check DESCRIPTION COMMAND...: report and count a failure
   if "$@"; then echo "ok: $what"; else echo "FAIL: $what" >&2; fails=$((fails + 1)); fi
 }
 has() { grep -qF -- "$2" "$1"; }  # has FILE TEXT
+# fixture_model FIXTURE_DIR [FLAG...]: MODEL = the flags of the tiny reference model (ViT-Tiny-P32 +
+# RBT-Tiny-H64-L2 in FIXTURE_DIR, shared/fixtures/cnclip-tiny), followed by FLAG...
+fixture_model() {
+  local f=$1; shift
+  MODEL=(-c "$f/checkpoints/vit_bert.pt" --vision-model "$f/configs/ViT-Tiny-P32.json"
+         --text-model "$f/configs/RBT-Tiny-H64-L2.json" --vocab "$f/vocab.txt" "$@")
+}
+code() { "$@" > "$tmp/out" 2> "$tmp/err"; echo $?; }  # exit status; stdout/stderr kept in $tmp/out, $tmp/err
 # demo_slice DEMO_DIR OUT_DIR: the first 12 training and 6 validation images of data/shapes-zh with
 # their captions and the vocab, a small dataset for training runs.
 demo_slice() {

@@ -8,8 +8,7 @@ bin=$1 src=$2 shared=$3
 F=$shared/fixtures/cnclip-tiny
 PY=/usr/bin/python3
 source "$(dirname "$0")/checks.bash" classify
-MODEL=(-c "$F/checkpoints/vit_bert.pt" --vision-model "$F/configs/ViT-Tiny-P32.json"
-       --text-model "$F/configs/RBT-Tiny-H64-L2.json" --vocab "$F/vocab.txt" -q)
+fixture_model "$F" -q
 printf '狗\n猫\n汽车\n\n一朵花\n' >"$tmp/labels.txt"
 T1='一张{}的照片' T2='{}的素描。'
 

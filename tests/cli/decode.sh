@@ -8,8 +8,7 @@ bin=$1 src=$2 shared=$3
 F=$shared/fixtures/cnclip-tiny
 PY=/usr/bin/python3
 source "$(dirname "$0")/checks.bash" decode
-MODEL=(-c "$F/checkpoints/vit_bert.pt" --vision-model "$F/configs/ViT-Tiny-P32.json"
-       --text-model "$F/configs/RBT-Tiny-H64-L2.json" --vocab "$F/vocab.txt" -q)
+fixture_model "$F" -q
 
 "$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --image-out "$tmp/default.jsonl"
 check "clip-index without --decode: exit 0" test $? -eq 0

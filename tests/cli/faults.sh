@@ -9,8 +9,7 @@ BIN=$1; SRC=$2; SHARED=$3
 F=$SHARED/fixtures/cnclip-tiny
 source "$(dirname "$0")/checks.bash" faults
 T=$tmp
-MODEL=(-c "$F/checkpoints/vit_bert.pt" --vision-model "$F/configs/ViT-Tiny-P32.json" --text-model "$F/configs/RBT-Tiny-H64-L2.json" --vocab "$F/vocab.txt")
-code() { "$@" > "$T/out" 2> "$T/err"; echo $?; }  # exit status; stdout/stderr kept in $T/out, $T/err
+fixture_model "$F"
 temps() { compgen -G "$1.tmp.*"; }                 # temps PATH: the temporary files of an output, if any
 
 # A preload library that freezes a tool at the worst moment for a kill: its output complete in the

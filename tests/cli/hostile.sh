@@ -8,8 +8,7 @@ BIN=$1; SRC=$2; SHARED=$3
 F=$SHARED/fixtures/cnclip-tiny
 source "$(dirname "$0")/checks.bash" hostile
 T=$tmp
-MODEL=(-c "$F/checkpoints/vit_bert.pt" --vision-model "$F/configs/ViT-Tiny-P32.json" --text-model "$F/configs/RBT-Tiny-H64-L2.json" --vocab "$F/vocab.txt")
-code() { "$@" > "$T/out" 2> "$T/err"; echo $?; }  # exit status; stdout/stderr kept in $T/out, $T/err
+fixture_model "$F"
 N=$(grep -c . "$F/images.tsv")
 
 # 1. The CVE-2021-42715 Radiance HDR (50 bytes) inside a TSV: refused at once, by default and with skip.

@@ -8,8 +8,7 @@ bin=$1 src=$2 shared=$3
 F=$shared/fixtures/cnclip-tiny
 PY=/usr/bin/python3
 source "$(dirname "$0")/checks.bash" inputs
-MODEL=(-c "$F/checkpoints/vit_bert.pt" --vision-model "$F/configs/ViT-Tiny-P32.json"
-       --text-model "$F/configs/RBT-Tiny-H64-L2.json" --vocab "$F/vocab.txt")
+fixture_model "$F"
 
 # The photos, and a TSV twin holding the same file bytes under integer ids.
 $PY - "$tmp" <<'PY'

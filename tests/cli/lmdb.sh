@@ -55,8 +55,7 @@ print(f"LMDB: {n} pairs, {m} images")
 PY
 check "LMDB written by the cn_clip recipe" test -s "$lm/lmdb/train/pairs/data.mdb"
 
-MODEL=(-c "$F/checkpoints/vit_bert.pt" --vision-model "$F/configs/ViT-Tiny-P32.json"
-       --text-model "$F/configs/RBT-Tiny-H64-L2.json" --vocab "$F/vocab.txt" -q)
+fixture_model "$F" -q
 # 1. clip-index: the same features per id
 for d in tsv lm; do
   "$bin/clip-index" "${MODEL[@]}" --data "$tmp/$d" --split train --image-out "$tmp/$d.img.jsonl" --text-out "$tmp/$d.txt.jsonl"

@@ -6,7 +6,7 @@ set -uo pipefail
 BIN=$1; SHARED=$3
 F=$SHARED/fixtures/cnclip-tiny
 source "$(dirname "$0")/checks.bash" search
-MODEL=(-c "$F/checkpoints/vit_bert.pt" --vision-model "$F/configs/ViT-Tiny-P32.json" --text-model "$F/configs/RBT-Tiny-H64-L2.json" --vocab "$F/vocab.txt")
+fixture_model "$F"
 Q="一只猫"
 head -4 "$F/images.tsv" > "$tmp/a.tsv"
 tail -n +5 "$F/images.tsv" > "$tmp/b.tsv"

@@ -7,8 +7,7 @@ set -u
 bin=$1 src=$2 shared=$3
 F=$shared/fixtures/cnclip-tiny
 source "$(dirname "$0")/checks.bash" timing
-MODEL=(-c "$F/checkpoints/vit_bert.pt" --vision-model "$F/configs/ViT-Tiny-P32.json"
-       --text-model "$F/configs/RBT-Tiny-H64-L2.json" --vocab "$F/vocab.txt")
+fixture_model "$F"
 
 "$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --texts "$F/texts.jsonl" -b 4 \
   --image-out "$tmp/img.clipfeat" --text-out "$tmp/txt.clipfeat" >"$tmp/out.txt" 2>"$tmp/err.txt"
