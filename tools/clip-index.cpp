@@ -17,10 +17,6 @@ using namespace clip;
 
 namespace {
 
-bool is_store_path(const std::string& out) {
-  return !out.empty() && !(out.size() >= 6 && out.compare(out.size() - 6, 6, ".jsonl") == 0);
-}
-
 // The parts of a job outside encode_images / encode_texts.
 struct JobTimes {
   double open_s = 0;       // opening and reading the input (TSV index, folder walk, texts JSONL)
@@ -145,7 +141,8 @@ static int body(int argc, char** argv) {
   const double load_s = process_seconds() - startup_s;
   // A store records the checkpoint's weights hash (about a second for a ViT-B checkpoint): computed
   // on a background thread while the inputs are read and encoded. JSONL outputs never need it.
-  const bool hash_images = is_store_path(image_out), hash_texts = is_store_path(text_out);
+  const bool hash_images = !image_out.empty() && !is_jsonl_output(image_out);
+  const bool hash_texts = !text_out.empty() && !is_jsonl_output(text_out);
   if ((hash_images && !append) || hash_texts) enc.start_weights_hash();
   JobTimes image_times, text_times;
   side.int8 = dtype == "i8";

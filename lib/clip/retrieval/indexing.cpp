@@ -105,9 +105,7 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
       }
       const auto t0 = SteadyClock::now();
       pending.push_back(enc.fetch_features(enc.encode_pixels_async(staged)));
-      const double fwd = seconds_since(t0);
-      tm.forward_s += fwd;
-      if (tm.batches++ == 0) tm.first_forward_s = fwd;
+      tm.add_forward(seconds_since(t0));
       drain(in_flight);
       for (size_t i : b.items) {
         set.ids.push_back(tsv.id(row_of(i)));
@@ -223,9 +221,7 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts, cons
       }
       const auto t0 = SteadyClock::now();
       pending.push_back({enc.fetch_features(enc.encode_ids_async(staged)), rows});
-      const double fwd = seconds_since(t0);
-      tm.forward_s += fwd;
-      if (tm.batches++ == 0) tm.first_forward_s = fwd;
+      tm.add_forward(seconds_since(t0));
       drain(in_flight);
       prog.add(e - s);
     }
@@ -239,13 +235,14 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts, cons
   return set;
 }
 
-static bool ends_with(const std::string& s, const std::string& suf) {
-  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+bool is_jsonl_output(const std::string& path) {
+  const std::string suf = ".jsonl";
+  return path.size() >= suf.size() && path.compare(path.size() - suf.size(), suf.size(), suf) == 0;
 }
 
 StoreMeta store_meta_for(const std::string& path, const Encoder& enc, const std::string& kind,
                          const std::string& source_path) {
-  if (!ends_with(path, ".jsonl")) return make_store_meta(enc, kind, source_path);
+  if (!is_jsonl_output(path)) return make_store_meta(enc, kind, source_path);
   StoreMeta m;
   m.kind = kind;
   return m;
@@ -287,7 +284,7 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
   const float* data = f.data_ptr<float>();
   const int64_t dim = f.size(1);
   const std::string ann_file = ann_path(path), i8_file = int8_path(path);
-  if (ends_with(path, ".jsonl")) {
+  if (is_jsonl_output(path)) {
     if (append) throw UsageError("--append works on binary stores, not on JSONL output '" + path + "'");
     if (!side.ann_factory.empty() || side.int8)
       throw UsageError("--ann and --dtype i8 need a binary store, not JSONL output '" + path + "'");

@@ -38,6 +38,11 @@ struct EncodeTiming {
   int threads = 0;             // images: decode workers
   bool trim = false;           // texts: padding columns trimmed (TextEncodeOptions::trim)
   double columns = 0;          // texts: token columns computed / (texts x context length) (1 untrimmed)
+  // One more batch's forward call that took `s` seconds.
+  void add_forward(double s) {
+    forward_s += s;
+    if (batches++ == 0) first_forward_s = s;
+  }
 };
 
 struct EncodedSet {
@@ -69,6 +74,10 @@ struct TextEncodeOptions {
 // All texts, tokenised a chunk at a time on every thread; on CUDA the next chunk is tokenised while
 // the device encodes this one, and features are brought back two batches behind.
 EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts, const TextEncodeOptions& opt = {});
+
+// Whether write_features writes `path` as cn_clip JSONL (a name ending in .jsonl) rather than as a
+// binary store: JSONL keeps no metadata, so a job writing only JSONL never needs the weights hash.
+bool is_jsonl_output(const std::string& path);
 
 // Store metadata describing these features: model, weights hash, preprocessing, source file.
 StoreMeta make_store_meta(const Encoder& enc, const std::string& kind, const std::string& source_path);
