@@ -1,8 +1,4 @@
 #include "clip/base/runtime.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #include "clip/base/cpu.h"
 
 #include "clip/base/log.h"
@@ -52,19 +48,10 @@ void maybe_reexec_for_blas(int argc, char** argv) {
   execv("/proc/self/exe", argv);  // on failure simply continue with the slow kernel
 }
 
-int set_threads(int threads) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(threads);
-#ifdef _OPENMP
-  // The runtime this project's parallel loops were compiled against (the same one as LibTorch's on
-  // Debian; a second copy beside the PyTorch wheel's bundled one).
-  omp_set_num_threads(threads);
-#endif
-  return threads;
-}
-
 namespace {
-// OpenMP's own count, through the runtime LibTorch loaded (libgomp): no link-time dependency here.
+// OpenMP's own count, through the first libgomp the process loaded: the one the core's parallel loops
+// were linked against (on Debian also LibTorch's; beside the PyTorch wheel, which bundles a renamed
+// copy for itself, a second one). No link-time dependency here.
 using SetFn = void (*)(int);
 using GetFn = int (*)();
 SetFn omp_set() {
@@ -76,6 +63,13 @@ GetFn omp_get() {
   return f;
 }
 }  // namespace
+
+int set_threads(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads);
+  if (omp_set()) omp_set()(threads);  // the core's own at::parallel_for loops (lib/CMakeLists.txt)
+  return threads;
+}
 
 ScopedThreads::ScopedThreads(int n) {
   if (n <= 0 || !omp_set() || !omp_get()) return;
