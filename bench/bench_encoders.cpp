@@ -3,8 +3,9 @@
 // architecture in plain PyTorch; run_encoders.sh runs both side by side.
 //
 //   bench_encoders [--threads N] [--image-batch N] [--text-batch N] [--iters N] [--warmup N]
-//                  [--dtypes fp32,bf16] [--towers image,text]
-// Prints one line per measurement:
+//                  [--dtypes fp32,bf16,fp16] [--towers image,text] [--device cuda] [--attention auto]
+// On CUDA each timed batch ends when its features are back on the host; --attention restricts the
+// fused attention kernels (torch_compat.h). Prints one line per measurement:
 //   bench impl=cpp tower=image dtype=fp32 batch=8 iters=3 median_ms=.. min_ms=.. items_per_s=..
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -20,6 +21,7 @@
 
 #include "clip/model/config.h"
 #include "clip/model/model.h"
+#include "clip/model/torch_compat.h"
 #include "clip/base/runtime.h"
 
 namespace {
@@ -70,6 +72,7 @@ int main(int argc, char** argv) {
   clip::tune_malloc();
   int threads = 2, image_batch = 8, text_batch = 16, iters = 3, warmup = 1;
   std::vector<std::string> dtypes{"fp32", "bf16"}, towers{"image", "text"};
+  std::string device_name = "cpu", attention = "auto";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -86,13 +89,20 @@ int main(int argc, char** argv) {
     else if (a == "--warmup") warmup = std::max(0, std::atoi(next().c_str()));
     else if (a == "--dtypes") dtypes = split(next());
     else if (a == "--towers") towers = split(next());
+    else if (a == "--device") device_name = next();
+    else if (a == "--attention") attention = next();
     else {
       std::fprintf(stderr, "usage: bench_encoders [--threads N] [--image-batch N] [--text-batch N] [--iters N] [--warmup N] "
-                           "[--dtypes fp32,bf16] [--towers image,text]\n");
+                           "[--dtypes fp32,bf16,fp16] [--towers image,text] [--device cpu|cuda] [--attention auto]\n");
       return 2;
     }
   }
   threads = clip::set_threads(threads);
+  if (!clip::compat::set_attention_backend(attention)) {
+    std::fprintf(stderr, "bench_encoders: --attention %s is not available in this LibTorch\n", attention.c_str());
+    return 2;
+  }
+  const at::Device device(device_name);
   const char* core = std::getenv("OPENBLAS_CORETYPE");
   std::fprintf(stderr, "bench_encoders: threads=%d blas_core=%s OPENBLAS_CORETYPE=%s\n", threads, clip::blas_core_name().c_str(),
                core ? core : "(unset)");
@@ -101,25 +111,30 @@ int main(int argc, char** argv) {
   clip::ClipModel model(cfg);
   model->initialize_parameters(0);
   model->eval();
+  model->to(device);
   const int64_t res = cfg.vision.image_resolution;
-  auto pixels = at::randn({image_batch, 3, res, res}, at::TensorOptions().dtype(at::kFloat));
-  auto ids = bench_ids(text_batch, 52);
+  auto pixels = at::randn({image_batch, 3, res, res}, at::TensorOptions().dtype(at::kFloat)).to(device);
+  auto ids = bench_ids(text_batch, 52).to(device);
 
   for (const auto& dt : dtypes) {
-    if (dt == "bf16") model->to(at::kBFloat16);
-    else if (dt == "fp32") model->to(at::kFloat);
-    else {
-      std::fprintf(stderr, "bench_encoders: unknown dtype %s (fp32, bf16)\n", dt.c_str());
+    at::ScalarType st = at::kFloat;
+    if (dt == "bf16") st = at::kBFloat16;
+    else if (dt == "fp16") st = at::kHalf;
+    else if (dt != "fp32") {
+      std::fprintf(stderr, "bench_encoders: unknown dtype %s (fp32, bf16, fp16)\n", dt.c_str());
       return 2;
     }
+    model->to(st);
+    const at::Tensor px = pixels.to(st);
     c10::InferenceMode guard;
     auto report = [&](const char* tower, int batch, Timing t) {
-      std::printf("bench impl=cpp tower=%s dtype=%s batch=%d iters=%d threads=%d median_ms=%.1f min_ms=%.1f items_per_s=%.2f\n",
-                  tower, dt.c_str(), batch, iters, threads, t.median_ms, t.min_ms, batch * 1000.0 / t.median_ms);
+      std::printf("bench impl=cpp tower=%s dtype=%s device=%s attention=%s batch=%d iters=%d threads=%d median_ms=%.2f "
+                  "min_ms=%.2f items_per_s=%.2f\n", tower, dt.c_str(), device.str().c_str(), attention.c_str(), batch, iters,
+                  threads, t.median_ms, t.min_ms, batch * 1000.0 / t.median_ms);
       std::fflush(stdout);
     };
-    if (has(towers, "image")) report("image", image_batch, time_it(warmup, iters, [&] { model->encode_image(pixels); }));
-    if (has(towers, "text")) report("text", text_batch, time_it(warmup, iters, [&] { model->encode_text(ids); }));
+    if (has(towers, "image")) report("image", image_batch, time_it(warmup, iters, [&] { model->encode_image(px).to(at::kCPU); }));
+    if (has(towers, "text")) report("text", text_batch, time_it(warmup, iters, [&] { model->encode_text(ids).to(at::kCPU); }));
   }
   return 0;
 }

@@ -24,6 +24,7 @@
 
 #include "clip/model/config.h"
 #include "clip/model/model.h"
+#include "clip/model/torch_compat.h"
 #include "clip/base/runtime.h"
 #include "clip/train/train.h"
 #include "bench_common.h"
@@ -60,7 +61,14 @@ int main(int argc, char** argv) {
   app.add_option("--profile-steps", profile_steps)->capture_default_str();
   bool sync_each_step_flag = false;
   app.add_flag("--sync-each-step", sync_each_step_flag, "Read the loss back after every step (no deferred statistics)");
+  std::string sdpa = "auto";
+  app.add_option("--attention", sdpa, "Fused attention kernels allowed on CUDA: auto, flash, efficient, cudnn, math")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (!clip::compat::set_attention_backend(sdpa)) {
+    std::fprintf(stderr, "bench_train: --attention %s is not available in this LibTorch\n", sdpa.c_str());
+    return 2;
+  }
   clip::set_threads(threads);
 
   const at::Device device(device_name);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Indexing throughput on one GPU, whole processes side by side on the same generated data:
-#   clip-index --decode exact and --decode fast on N 500x375 JPEGs (start of the process to the store on disk),
+#   clip-index with each --decode mode of MODES on N 500x375 JPEGs (start of the process to the store on disk),
 #   clip-index on TEXTS Chinese texts, and cn_clip's own extraction loop (bench/bench_index_python.py extract:
 #   extract_features.py's model, dataset logic and DataLoader loop) on the same images and texts as the baseline.
 #
@@ -11,7 +11,7 @@
 # beside it); without it one with random weights in cn_clip's layout is made once in WORK.
 # Environment (defaults): N=16384 TEXTS=20000 DEVICE=cuda PRECISION=fp16 BATCH=256 THREADS=0 (all cores)
 #   VISION=ViT-B-16 TEXT=RoBERTa-wwm-ext-base-chinese PY_BATCH=64 (cn_clip's) PY_WORKERS="0 <cores>" (0 is cn_clip's)
-#   RUNS=1 WORK=/tmp/clip-bench-index PYTHON=python3
+#   MODES="exact fast device" RUNS=1 WORK=/tmp/clip-bench-index PYTHON=python3 SKIP_PY= (1: clip-index only)
 # A small check on a CPU machine:
 #   N=256 TEXTS=512 DEVICE=cpu PRECISION=fp32 VISION=ViT-B-32 TEXT=RBT3-chinese BATCH=32 bench/run_index_gpu.sh .device/cnclip build
 # Prints one "bench ..." line per run (stdout), clip-index's "timing ..." lines (stderr: where each process's time
@@ -32,6 +32,8 @@ TEXT=${TEXT:-RoBERTa-wwm-ext-base-chinese}
 PY_BATCH=${PY_BATCH:-64}
 PY_WORKERS=${PY_WORKERS:-"0 $(nproc)"}
 RUNS=${RUNS:-1}
+MODES=${MODES:-exact fast device}
+SKIP_PY=${SKIP_PY:-}
 WORK=${WORK:-/tmp/clip-bench-index}
 PYTHON=${PYTHON:-python3}
 HELPER=bench/bench_index_python.py
@@ -87,21 +89,26 @@ PYX=(extract --cnclip "$CNCLIP" --checkpoint "$CKPT" --vision "$VISION" --text "
      --precision "$PRECISION" --batch-size "$PY_BATCH")
 for ((r = 1; r <= RUNS; r++)); do
   # Alternated, so that drift of the machine hits every implementation alike.
-  timed images "clip-index --decode exact" "$N" "$BIN/clip-index" "${CPP[@]}" --images "$IMAGES" --image-out "$WORK/exact.clipfeat" --decode exact
-  timed images "clip-index --decode fast" "$N" "$BIN/clip-index" "${CPP[@]}" --images "$IMAGES" --image-out "$WORK/fast.clipfeat" --decode fast
-  for w in $PY_WORKERS; do
+  for m in $MODES; do
+    timed images "clip-index --decode $m" "$N" "$BIN/clip-index" "${CPP[@]}" --images "$IMAGES" --image-out "$WORK/$m.clipfeat" --decode "$m"
+  done
+  [[ -n $SKIP_PY ]] || for w in $PY_WORKERS; do
     timed images "cn_clip loop, $w workers" "$N" "$PYTHON" "$HELPER" "${PYX[@]}" --workers "$w" --images "$IMAGES" --out "$WORK/py-img-$w.jsonl"
   done
   timed texts "clip-index" "$TEXTS" "$BIN/clip-index" "${CPP[@]}" --texts "$TEXTS_JSONL" --text-out "$WORK/texts.clipfeat"
-  timed texts "cn_clip loop, 0 workers" "$TEXTS" "$PYTHON" "$HELPER" "${PYX[@]}" --workers 0 --texts "$TEXTS_JSONL" --out "$WORK/py-txt.jsonl"
+  [[ -n $SKIP_PY ]] || timed texts "cn_clip loop, 0 workers" "$TEXTS" "$PYTHON" "$HELPER" "${PYX[@]}" --workers 0 --texts "$TEXTS_JSONL" --out "$WORK/py-txt.jsonl"
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 # Agreement: fast against exact (the cost of --decode fast), and each C++ output against cn_clip's.
 first_w=${PY_WORKERS%% *}
-"$PYTHON" "$HELPER" compare "$WORK/exact.clipfeat" "$WORK/fast.clipfeat" | sed 's/^/fast vs exact: /'
-"$PYTHON" "$HELPER" compare "$WORK/exact.clipfeat" "$WORK/py-img-$first_w.jsonl" | sed 's/^/exact vs cn_clip: /'
-"$PYTHON" "$HELPER" compare "$WORK/texts.clipfeat" "$WORK/py-txt.jsonl" | sed 's/^/texts vs cn_clip: /'
+for m in $MODES; do
+  [[ $m == exact || ! -f $WORK/exact.clipfeat ]] || "$PYTHON" "$HELPER" compare "$WORK/exact.clipfeat" "$WORK/$m.clipfeat" | sed "s/^/$m vs exact: /"
+done
+if [[ -z $SKIP_PY ]]; then
+  [[ ! -f $WORK/exact.clipfeat ]] || "$PYTHON" "$HELPER" compare "$WORK/exact.clipfeat" "$WORK/py-img-$first_w.jsonl" | sed 's/^/exact vs cn_clip: /'
+  "$PYTHON" "$HELPER" compare "$WORK/texts.clipfeat" "$WORK/py-txt.jsonl" | sed 's/^/texts vs cn_clip: /'
+fi
 
 echo
 echo "| job | implementation | items | wall s (whole process) | items/s |"

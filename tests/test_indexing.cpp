@@ -4,12 +4,15 @@
 #include <ATen/ATen.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "clip/base/error.h"
@@ -159,6 +162,85 @@ TEST_CASE("encode_images: 8-bit pixels normalised by the model give the float pa
     // The main thread's parts fit in the call.
     CHECK(t.wait_input_s + t.stage_s + t.forward_s + t.wait_device_s <= t.encode_s + 1e-3);
   }
+}
+
+TEST_CASE("squash_bicubic_u8: Pillow's bicubic squash in float, within rounding of the fixed-point one", "[indexing]") {
+  // Photo-like RGB images of several sizes (down- and upscaling, one already R x R), in one call:
+  // grouped by size inside, returned in input order.
+  const int r = 32;
+  std::vector<Image> ims;
+  for (auto [w, h] : std::vector<std::pair<int, int>>{{100, 75}, {r, r}, {57, 91}, {100, 75}, {20, 13}}) {
+    Image im = blank_image(w, h, PixelMode::RGB);
+    for (int y = 0; y < h; ++y)
+      for (int x = 0; x < w; ++x)
+        for (int c = 0; c < 3; ++c)
+          im.pixels[static_cast<size_t>((y * w + x) * 3 + c)] =
+              static_cast<uint8_t>((x * (3 + c) + y * 5 + ((x * y + c * 17) % 23) * 4 + (ims.size() * 40)) & 0xff);
+    ims.push_back(std::move(im));
+  }
+  std::vector<at::Tensor> hwc;
+  for (const Image& im : ims) {
+    at::Tensor t = at::empty({im.height, im.width, 3}, at::kByte);
+    std::memcpy(t.data_ptr<uint8_t>(), im.pixels.data(), im.pixels.size());
+    hwc.push_back(t);
+  }
+  const at::Tensor out = squash_bicubic_u8(hwc, r, at::Device(at::kCPU));
+  REQUIRE(out.sizes() == at::IntArrayRef({5, 3, r, r}));
+  const size_t item = static_cast<size_t>(3 * r * r);
+  for (size_t i = 0; i < ims.size(); ++i) {
+    CAPTURE(i, ims[i].width, ims[i].height);
+    std::vector<uint8_t> want(item);
+    preprocess_eval_u8(ims[i], r, want.data());
+    const uint8_t* got = out[static_cast<int64_t>(i)].contiguous().data_ptr<uint8_t>();
+    int max_diff = 0;
+    for (size_t k = 0; k < item; ++k) max_diff = std::max(max_diff, std::abs(int(got[k]) - int(want[k])));
+    if (ims[i].width == r && ims[i].height == r) CHECK(max_diff == 0);  // copied as it is
+    else CHECK(max_diff <= 1);                                           // the weights' rounding only
+  }
+  // Rows 0 and 3 are images of the same size resized in one group: each its own.
+  CHECK_FALSE(at::equal(out[0], out[3]));
+  CHECK_THROWS_AS(squash_bicubic_u8({at::zeros({4, 4}, at::kByte)}, r, at::Device(at::kCPU)), ModelError);
+}
+
+TEST_CASE("encode_images --decode device: the squash on the model's device stays within rounding of exact",
+          "[indexing]") {
+  QuietLog quiet;
+  // The fixture's JPEGs and PNGs (grey, palette, RGBA: the modes that keep the CPU path) and the demo split's.
+  const std::string tsv = GENERATE(testutil::fixture("images.tsv"), testutil::source_dir() + "/data/shapes-zh/test_imgs.tsv");
+  CAPTURE(tsv);
+  ModelOptions mo = fixture_model("vit");
+  mo.towers = Towers::vision;
+  RuntimeOptions ro;
+  ro.batch_size = 16;
+  ImageOptions io;
+  io.decode = DecodeMode::device;
+  Encoder enc(mo, ro, io);
+  Encoder exact(mo, ro);
+  const auto src = open_tsv(tsv);
+  const size_t n = src->size();
+  const EncodedSet want = encode_images(exact, *src, 2, false);
+  for (int threads : {1, 3}) {
+    const EncodedSet set = encode_images(enc, *src, threads, false);
+    REQUIRE(set.ids == want.ids);
+    const at::Tensor cos = (set.features * want.features).sum(1);
+    CHECK(cos.min().item<double>() > 0.9999);
+    CHECK(set.timing.batches == static_cast<int64_t>((n + 15) / 16));
+  }
+  // Grey, palette and RGBA images: device_resize_input gives RGB (L as is, others already R x R).
+  for (size_t i = 0; i < n; ++i) {
+    const std::vector<uint8_t> bytes = src->bytes(i);
+    const Image im = decode_image(bytes.data(), bytes.size());
+    const Image in = device_resize_input(im, enc.resolution());
+    CHECK(in.mode == PixelMode::RGB);
+    if (im.mode == PixelMode::RGB || im.mode == PixelMode::L) {
+      CHECK(in.width == im.width);
+      CHECK(in.height == im.height);
+    } else {
+      CHECK(in.width == enc.resolution());
+      CHECK(in.height == enc.resolution());
+    }
+  }
+  CHECK(std::string(enc.preprocess_meta().value("decode", "")) == "device");
 }
 
 TEST_CASE("encode_images: the rows `only`, and skipped images, keep the float path's features", "[indexing]") {

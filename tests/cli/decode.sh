@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# --decode exact|fast: the default is exact (byte-identical features to no flag), fast is accepted by
-# every tool that decodes images for the model, gives features close to exact's (and different for
-# JPEGs), is recorded in a store's preprocessing metadata, and a bad value is a usage error (exit 2).
+# --decode exact|fast|device: the default is exact (byte-identical features to no flag), fast is
+# accepted by every tool that decodes images for the model, gives features close to exact's (and
+# different for JPEGs), is recorded in a store's preprocessing metadata; device (the resize on the
+# model's device, here the CPU) stays within a cosine of 0.9999 of exact; a bad value is a usage error
+# (exit 2).
 # Usage: decode.sh BIN_DIR SOURCE_DIR SHARED_DIR
 set -u
 bin=$1 src=$2 shared=$3
@@ -31,6 +33,22 @@ PY
 check "fast features: cosine to exact >= 0.99 for every image" awk '$1=="min" && $2+0 >= 0.99 {ok=1} END {exit !ok}' "$tmp/cos.txt"
 check "fast features differ from exact for the JPEGs (5 of 7)" has "$tmp/cos.txt" "differ 5"
 check "fast leaves PNGs exact" has "$tmp/cos.txt" "png_same 1"
+
+"$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --image-out "$tmp/device.jsonl" --decode device
+check "clip-index --decode device: exit 0" test $? -eq 0
+$PY - "$tmp" >"$tmp/cos_device.txt" <<'PY'
+import json, math, sys
+t = sys.argv[1]
+load = lambda n: {d["image_id"]: d["feature"] for d in map(json.loads, open(f"{t}/{n}.jsonl"))}
+ex, dv = load("exact"), load("device")
+assert ex.keys() == dv.keys(), (ex.keys(), dv.keys())
+print("min", min(sum(a * b for a, b in zip(ex[i], dv[i])) for i in ex))
+print("differ", sum(ex[i] != dv[i] for i in ex))
+PY
+check "device features: cosine to exact >= 0.9999 for every image" awk '$1=="min" && $2+0 >= 0.9999 {ok=1} END {exit !ok}' "$tmp/cos_device.txt"
+check "device features are computed apart from exact's (some differ)" awk '$1=="differ" && $2+0 >= 1 {ok=1} END {exit !ok}' "$tmp/cos_device.txt"
+"$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --image-out "$tmp/device.clipfeat" --decode device
+check "a --decode device store records it in its preprocessing metadata" grep -aq '"decode":"device"' "$tmp/device.clipfeat"
 
 "$bin/clip-index" "${MODEL[@]}" --images "$F/images.tsv" --image-out "$tmp/fast.clipfeat" --decode fast
 check "store of --decode fast: exit 0" test $? -eq 0

@@ -96,11 +96,13 @@ void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& 
 
 void add_image_options(CLI::App& app, ImageOptions& io) {
   app.add_option_function<std::string>(
-         "--decode", [&io](const std::string& v) { io.decode = v == "fast" ? DecodeMode::fast : DecodeMode::exact; },
-         "Image decoding for the model: exact (Pillow's settings, pixels bit-identical to cn_clip) or fast (JPEG: "
+         "--decode", [&io](const std::string& v) { parse_decode_mode(v, io.decode); },
+         "Image decoding for the model: exact (Pillow's settings, pixels bit-identical to cn_clip), fast (JPEG: "
          "libjpeg-turbo decodes at the smallest scale M/8 keeping both sides >= the model resolution, fast IDCT, no "
-         "fancy upsampling; other formats as exact; its distance to exact: docs/benchmarks.md)")
-      ->check(CLI::IsMember({"exact", "fast"}))
+         "fancy upsampling; other formats as exact) or device (decoded as exact, the bicubic resize on the model's "
+         "device: the GPU with --device cuda; clip-index only, elsewhere as exact); their distance to exact: "
+         "docs/benchmarks.md")
+      ->check(CLI::IsMember({"exact", "fast", "device"}))
       ->type_name("MODE")
       ->default_str("exact");
 }

@@ -32,7 +32,7 @@ struct RuntimeFlags {
 };
 void add_runtime_options(CLI::App& app, RuntimeOptions& ro, const RuntimeFlags& flags = {});
 
-// --decode exact|fast: how images are decoded for the model (tools that encode images).
+// --decode exact|fast|device: how images are decoded for the model (tools that encode images).
 void add_image_options(CLI::App& app, ImageOptions& io);
 
 // --on-error stop|skip (the one error policy; also part of add_data_options).

@@ -290,6 +290,28 @@ void preprocess_eval_bytes_u8(const uint8_t* data, size_t n, int resolution, Dec
   preprocess_eval_u8(decode_image(data, n, mode, resolution), resolution, out);
 }
 
-const char* decode_mode_name(DecodeMode m) { return m == DecodeMode::fast ? "fast" : "exact"; }
+Image device_resize_input(Image im, int resolution) {
+  if (im.width < 1 || im.height < 1) throw DataError("preprocess_eval: empty image");
+  if (im.mode == PixelMode::RGB) return im;
+  if (im.mode == PixelMode::L) return convert_rgb(im);
+  return eval_rgb(im, resolution);
+}
+
+const char* decode_mode_name(DecodeMode m) {
+  switch (m) {
+    case DecodeMode::fast: return "fast";
+    case DecodeMode::device: return "device";
+    default: return "exact";
+  }
+}
+
+bool parse_decode_mode(const std::string& name, DecodeMode& out) {
+  for (DecodeMode m : {DecodeMode::exact, DecodeMode::fast, DecodeMode::device})
+    if (name == decode_mode_name(m)) {
+      out = m;
+      return true;
+    }
+  return false;
+}
 
 }  // namespace clip

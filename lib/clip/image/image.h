@@ -56,8 +56,15 @@ Image decode_image(const uint8_t* data, size_t n);
 //        IDCT (JDCT_IFAST) and without fancy upsampling; the eval transform that follows is the same
 //        bicubic squash. Other formats decode as in exact. Not bit-identical: docs/benchmarks.md
 //        gives the pixel differences and the feature cosine to exact.
-enum class DecodeMode { exact, fast };
-const char* decode_mode_name(DecodeMode m);  // "exact", "fast"
+//  device: decoded as in exact on the CPU, but the bicubic squash of RGB and L images runs on the
+//        model's device (the GPU with --device cuda) where a tool encodes a whole input (clip-index:
+//        device_resize_input below, then the model layer's squash_bicubic_u8), computed in float
+//        rather than Pillow's fixed point: the resized pixels differ from exact's by at most a few
+//        levels (docs/benchmarks.md). Elsewhere (single uploads, queries) it decodes as exact.
+enum class DecodeMode { exact, fast, device };
+const char* decode_mode_name(DecodeMode m);  // "exact", "fast", "device"
+// A mode from its name (--decode); false when the name is unknown.
+bool parse_decode_mode(const std::string& name, DecodeMode& out);
 // The image layer's settings that the tools expose (cli: --decode).
 struct ImageOptions {
   DecodeMode decode = DecodeMode::exact;
@@ -96,6 +103,12 @@ NormalizeTable normalize_table(const std::array<float, 3>& mean = kClipMean, con
 void preprocess_eval_u8(const Image& im, int resolution, uint8_t* out);
 // Encoded bytes -> decode_image(data, n, mode, resolution) -> preprocess_eval_u8.
 void preprocess_eval_bytes_u8(const uint8_t* data, size_t n, int resolution, DecodeMode mode, uint8_t* out);
+// DecodeMode::device: what of the eval transform stays on the CPU. An RGB image is returned as it is
+// (its squash to R x R runs on the model's device); an L image becomes RGB first (its three equal
+// channels resize exactly as L would, then convert('RGB') copies them); any other mode (P, 1, LA,
+// RGBA, CMYK: resized in their own mode by Pillow, nearest or premultiplied) takes the exact CPU path
+// and comes back already R x R RGB.
+Image device_resize_input(Image im, int resolution);
 
 // Encoders (RGB or L input) for thumbnails, montages and the generated demo data.
 std::vector<uint8_t> encode_png(const Image& im);

@@ -5,6 +5,8 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <chrono>
+#include <map>
+#include <utility>
 #include <thread>
 
 #include "clip/base/error.h"
@@ -88,6 +90,48 @@ at::Tensor stage_for_upload(const at::Tensor& host, at::ScalarType dtype) {
   at::Tensor staged = at::empty(host.sizes(), at::TensorOptions().dtype(dtype).pinned_memory(true));
   staged.copy_(host);
   return staged;
+}
+
+at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size, const at::Device& device) {
+  const int64_t n = static_cast<int64_t>(images.size());
+  at::Tensor out = at::empty({n, 3, size, size}, at::TensorOptions(at::kByte).device(device));
+  // Images grouped by size (ordered, so the work queued does not depend on hashing).
+  std::map<std::pair<int64_t, int64_t>, std::vector<int64_t>> groups;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& im = images[static_cast<size_t>(i)];
+    if (im.scalar_type() != at::kByte || im.dim() != 3 || im.size(2) != 3 || im.size(0) < 1 || im.size(1) < 1)
+      throw ModelError("squash_bicubic_u8: expected uint8 RGB images [H, W, 3], got " + std::string(c10::str(im.sizes())) +
+                       " " + c10::toString(im.scalar_type()));
+    groups[{im.size(0), im.size(1)}].push_back(i);
+  }
+  for (const auto& [hw, idx] : groups) {
+    const int64_t g = static_cast<int64_t>(idx.size());
+    at::Tensor dev = at::empty({g, hw.first, hw.second, 3}, at::TensorOptions(at::kByte).device(device));
+    for (int64_t k = 0; k < g; ++k) {
+      const at::Tensor& src = images[static_cast<size_t>(idx[static_cast<size_t>(k)])];
+      dev[k].copy_(src, /*non_blocking=*/src.is_pinned());
+    }
+    at::Tensor planar = dev.permute({0, 3, 1, 2});
+    at::Tensor res;
+    if (hw.first == size && hw.second == size) {
+      res = planar;
+    } else {
+      // Pillow's two passes, horizontal first, each rounded and clamped to 8 bits (an overshoot of
+      // the first pass is clipped before the second); a pass whose side does not change is skipped.
+      at::Tensor x = planar.to(at::kFloat);
+      if (hw.second != size)
+        x = at::_upsample_bicubic2d_aa(x.contiguous(), {hw.first, size}, /*align_corners=*/false).round_().clamp_(0, 255);
+      if (hw.first != size)
+        x = at::_upsample_bicubic2d_aa(x.contiguous(), {size, size}, /*align_corners=*/false).round_().clamp_(0, 255);
+      res = x.to(at::kByte);
+    }
+    if (g == n) {
+      out.copy_(res);
+    } else {
+      out.index_copy_(0, at::tensor(idx, at::kLong).to(device), res);
+    }
+  }
+  return out;
 }
 
 at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table) {

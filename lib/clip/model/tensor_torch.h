@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <vector>
 
 #include "clip/io/pyobj.h"
 
@@ -39,6 +40,16 @@ at::Tensor stage_for_upload(const at::Tensor& host, at::ScalarType dtype);
 // A lookup, not arithmetic, so the values are the table's on every device, bit for bit: with the
 // image layer's normalize_table, exactly the floats preprocess_eval writes on the CPU.
 at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table);
+
+// Pillow's bicubic squash (Image.resize((size, size), BICUBIC): antialiased, a = -0.5) of 8-bit RGB
+// images on `device`: images[i] is [H_i, W_i, 3] uint8 on the host (page-locked when `device` is
+// CUDA, so that the upload does not block), any sizes; returns [N, 3, size, size] uint8 on `device`,
+// planar like preprocess_eval_u8. Images of one size are uploaded into one tensor and resized
+// together by LibTorch's antialiased bicubic interpolation (the filter and support of Pillow's) in
+// Pillow's two passes, horizontal then vertical, each in float32 and then rounded and clamped to
+// 0..255 as Pillow's are: a pixel differs from Pillow's fixed-point result only where the weights'
+// rounding tips it. An image already size x size is copied as it is (what Pillow does).
+at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size, const at::Device& device);
 
 // A copy of a tensor to the host that does not wait for the device. On CUDA it is queued on the
 // device's current stream into page-locked memory, behind the work that produces the tensor, and

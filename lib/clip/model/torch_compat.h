@@ -2,6 +2,7 @@
 // (CUDA, GPU machine) live here and nowhere else.
 #pragma once
 #include <optional>
+#include <string>
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
@@ -25,6 +26,28 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
   auto probs = at::softmax(scores, -1);
   if (dropout_p > 0) probs = at::dropout(probs, dropout_p, /*train=*/true);
   return at::matmul(probs, v);
+#endif
+}
+
+// Restricts which fused attention kernels `attention` may use on CUDA (a benchmark knob):
+// "auto" (PyTorch's choice), "flash", "efficient", "cudnn" or "math". Returns false for a name this
+// LibTorch does not know (1.13 has no fused kernels: only "auto" and "math" are accepted there).
+inline bool set_attention_backend(const std::string& name) {
+#if TORCH_VERSION_MAJOR >= 2
+  auto& ctx = at::globalContext();
+  const bool all = name == "auto";
+  if (!all && name != "flash" && name != "efficient" && name != "cudnn" && name != "math") return false;
+  ctx.setSDPUseFlash(all || name == "flash");
+  ctx.setSDPUseMemEfficient(all || name == "efficient");
+  ctx.setSDPUseMath(all || name == "math");
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 3
+  ctx.setSDPUseCuDNN(all || name == "cudnn");
+#else
+  if (name == "cudnn") return false;
+#endif
+  return true;
+#else
+  return name == "auto" || name == "math";
 #endif
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <future>
 #include <numeric>
@@ -44,6 +45,13 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   // The workers stop at the 8-bit RGB result of the exact resize (a quarter of the bytes of float
   // pixels); the model's device normalises it (Encoder::encode_pixels_async), bit for bit as
   // preprocess_eval would have on the CPU.
+  // --decode device: the workers stop at the decoded RGB image, written into host memory of its own
+  // (page-locked on CUDA, ready to upload) in `decoded[i]`; the pipeline's own item is then a
+  // placeholder byte, and its queue still bounds how many decoded images wait. The squash runs on
+  // the model's device (squash_bicubic_u8).
+  const bool on_device = mode == DecodeMode::device;
+  const bool pin = on_device && enc.on_cuda();
+  std::vector<at::Tensor> decoded(on_device ? n : 0);  // each element written by one worker
   BytePipeline pipe(
       n, enc.batch_size(), threads,
       [&](size_t i, uint8_t* out) {
@@ -52,9 +60,17 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
           const auto t0 = SteadyClock::now();
           const std::vector<uint8_t> bytes = tsv.bytes(row);
           const auto t1 = SteadyClock::now();
-          const Image im = decode_image(bytes.data(), bytes.size(), mode, r);
+          Image im = decode_image(bytes.data(), bytes.size(), mode, r);
           const auto t2 = SteadyClock::now();
-          preprocess_eval_u8(im, r, out);
+          if (on_device) {
+            const Image rgb = device_resize_input(std::move(im), r);
+            at::Tensor t = at::empty({rgb.height, rgb.width, 3}, at::TensorOptions(at::kByte).pinned_memory(pin));
+            std::memcpy(t.data_ptr<uint8_t>(), rgb.pixels.data(), rgb.pixels.size());
+            decoded[i] = std::move(t);
+            out[0] = 0;
+          } else {
+            preprocess_eval_u8(im, r, out);
+          }
           const auto t3 = SteadyClock::now();
           add_ns(read_ns, t0, t1);
           add_ns(decode_ns, t1, t2);
@@ -64,7 +80,7 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
                           (skip_errors ? "" : " (use --on-error skip to leave such images out)"));
         }
       },
-      item, 4, skip_errors);
+      on_device ? 1 : item, 4, skip_errors);
   EncodedSet set;
   EncodeTiming& tm = set.timing;
   tm.threads = pipe.threads();
@@ -101,7 +117,13 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
         // b.data is recycled by the next pipe.next(): staging copies it on CUDA, and on the CPU the
         // forward pass has finished reading it before encode_pixels_async returns.
         ScopedTimer stage(tm.stage_s);
-        staged = enc.stage_pixels(at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, r, r}, at::kByte));
+        if (on_device) {
+          std::vector<at::Tensor> ims;
+          for (size_t i : b.items) ims.push_back(std::move(decoded[i]));
+          staged = squash_bicubic_u8(ims, r, enc.device());
+        } else {
+          staged = enc.stage_pixels(at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, r, r}, at::kByte));
+        }
       }
       const auto t0 = SteadyClock::now();
       pending.push_back(enc.fetch_features(enc.encode_pixels_async(staged)));
