@@ -137,13 +137,13 @@ static int body(int argc, char** argv) {
 
   // Only the towers this job encodes with.
   mo.towers = image_out.empty() ? Towers::text : text_out.empty() ? Towers::vision : Towers::both;
-  Encoder enc(mo, ro, io);
-  const double load_s = process_seconds() - startup_s;
   // A store records the checkpoint's weights hash (about a second for a ViT-B checkpoint): computed
-  // on a background thread while the inputs are read and encoded. JSONL outputs never need it.
+  // on a background thread from the moment the checkpoint is mapped, while the model loads and the
+  // inputs are read and encoded. JSONL outputs never need it.
   const bool hash_images = !image_out.empty() && !is_jsonl_output(image_out);
   const bool hash_texts = !text_out.empty() && !is_jsonl_output(text_out);
-  if ((hash_images && !append) || hash_texts) enc.start_weights_hash();
+  Encoder enc(mo, ro, io, (hash_images && !append) || hash_texts);
+  const double load_s = process_seconds() - startup_s;
   JobTimes image_times, text_times;
   side.int8 = dtype == "i8";
   side.int8_scale = parse_int8_scale(i8_scale);

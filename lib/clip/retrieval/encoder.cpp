@@ -5,7 +5,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <future>
 #include <mutex>
@@ -31,11 +33,12 @@ struct Encoder::State {
   at::ScalarType dtype = at::kFloat;
   bool amp = false;  // bf16 autocast around the forward (a wrapped training model)
   at::Tensor norm_table;  // [3, 256] float32 on `device`: ToTensor + Normalize of each byte value
+  ModelConfig config;     // of the checkpoint (set before the model is built: the hash thread reads it)
   // weights_hash: Encoder::weights_hash_ is set under hash_mu; hash_job is start_weights_hash's
   // thread until its result is taken.
-  std::mutex hash_mu;
-  std::future<std::string> hash_job;
   std::atomic<double> hash_s{0};
+  std::mutex hash_mu;
+  std::future<std::string> hash_job;  // declared last: destroyed (waited for) first
 
   void make_norm_table() {
     const NormalizeTable t = normalize_table();
@@ -59,23 +62,70 @@ at::ScalarType parse_precision(const std::string& p, const at::Device& dev) {
 
 }  // namespace
 
-Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOptions& io)
+namespace {
+
+// The forward passes a job of these towers will run, for DeviceWarmup.
+std::vector<WarmupShape> warmup_shapes(const ModelConfig& c, Towers towers, int batch, int context_length) {
+  std::vector<WarmupShape> out;
+  if (towers != Towers::text && !c.vision.resnet) {
+    WarmupShape v;
+    const int g = c.vision.image_resolution / std::max(1, c.vision.patch_size);
+    v.rows = batch;
+    v.seq = static_cast<int64_t>(g) * g + 1;
+    v.width = c.vision.width;
+    v.heads = c.vision.heads();
+    v.mlp = c.vision.mlp();
+    v.image = c.vision.image_resolution;
+    v.patch = c.vision.patch_size;
+    out.push_back(v);
+  }
+  if (towers != Towers::vision) {
+    // Full width and two trimmed ones (encode_texts trims CUDA batches to multiples of 8).
+    for (int seq : {context_length, 32, 16}) {
+      if (seq > context_length) continue;
+      WarmupShape t;
+      t.rows = batch;
+      t.seq = seq;
+      t.width = c.text.hidden_size;
+      t.heads = c.text.num_heads;
+      t.mlp = c.text.intermediate_size;
+      t.mask = true;
+      out.push_back(t);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOptions& io, bool hash_in_background)
     : st_(std::make_unique<State>()), image_(io) {
   context_length_ = mo.context_length;
   batch_size_ = ro.batch_size;
   checkpoint_path_ = mo.checkpoint;
+  st_->device = parse_device(ro.device);
+  st_->dtype = parse_precision(ro.precision, st_->device);
   ModelSource src = resolve_model(mo);
+  // On CUDA the device wakes up (context, libraries, the kernels of these shapes) while the weights
+  // are built, and the weights hash starts as soon as the checkpoint is mapped.
+  const char* warm = std::getenv("CLIP_CUDA_WARMUP");
+  DeviceWarmup warmup;
+  if (st_->device.is_cuda() && !(warm && std::string(warm) == "0"))
+    warmup = DeviceWarmup(st_->device, st_->dtype, warmup_shapes(src.config, mo.towers, batch_size_, context_length_));
+  st_->config = src.config;
+  st_->checkpoint = src.checkpoint;  // shares the mapped files and tensors
+  if (hash_in_background) start_weights_hash();
   st_->model = build_model(src, mo.towers, WeightUse::share);
   if (!src.checkpoint) weights_hash_ = clip::weights_hash(st_->model);
-  st_->checkpoint = std::move(src.checkpoint);
+  src.checkpoint.reset();
   tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(src.vocab_path));
   log_debug("vocab {} loaded", src.vocab_path);
   check_vocab_fits(*tokenizer_, src.config.text);
-  st_->device = parse_device(ro.device);
-  st_->dtype = parse_precision(ro.precision, st_->device);
   st_->model->to(st_->device, st_->dtype);
   st_->model->eval();
   st_->make_norm_table();
+  const double warm_s = warmup.join();
+  if (warm_s > 0) log_debug("device warm-up: {:.3f} s", warm_s);
   const Towers t = mo.towers;
   log_info("model {} ({}{}), {} on {}", src.config.name(), st_->checkpoint ? st_->checkpoint->format : "no checkpoint",
            t == Towers::both ? "" : t == Towers::text ? ", text tower only" : ", vision tower only", ro.precision,
@@ -112,7 +162,7 @@ std::string Encoder::compute_weights_hash() const {
   std::string h;
   // From the checkpoint's stored values: the same digest as the float32 model with both towers
   // right after loading, whatever towers, device and precision this encoder uses.
-  if (st_->checkpoint) h = clip::weights_hash(config(), st_->checkpoint->state_dict);
+  if (st_->checkpoint) h = clip::weights_hash(st_->config, st_->checkpoint->state_dict);
   else h = clip::weights_hash(st_->model);
   if (st_->checkpoint) st_->checkpoint->check_intact();
   st_->hash_s = seconds_since(t0);
