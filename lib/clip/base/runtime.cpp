@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <mutex>
 #include <thread>
 
 namespace clip {
@@ -26,10 +27,13 @@ std::string blas_core_name() {
 
 void tune_malloc() {
 #ifdef __GLIBC__
-  for (const char* v : {"GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "CLIP_NO_MALLOC_TUNING"})
-    if (std::getenv(v)) return;
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed value on 64-bit
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (const char* v : {"GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "CLIP_NO_MALLOC_TUNING"})
+      if (std::getenv(v)) return;
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed value on 64-bit
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  });
 #endif
 }
 

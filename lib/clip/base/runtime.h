@@ -21,12 +21,14 @@ struct RuntimeOptions {
 // Set CLIP_NO_REEXEC=1 to disable.
 void maybe_reexec_for_blas(int argc, char** argv);
 
-// Call first thing in main(), before any thread starts. glibc's malloc gives freed blocks above its
-// trim threshold back to the kernel at once, and then zero-fills fresh pages for the next batch's
+// Call before large CPU work (the encoder's first batch of 128 token positions or more, any image
+// batch, training); once per process, later calls do nothing. glibc's malloc gives freed blocks above
+// its trim threshold back to the kernel at once, and then zero-fills fresh pages for the next batch's
 // activations of the same size: 1.9 million page faults and ~25 % of the time for 3 batches of
 // ViT-B-16 on 2 cores. This keeps up to 1 GiB of freed memory for reuse and serves blocks below
-// 32 MiB from the heap. Skipped when GLIBC_TUNABLES, MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_
-// or CLIP_NO_MALLOC_TUNING is set.
+// 32 MiB from the heap. Not done for small jobs (one query text), whose peak memory it would raise
+// by what loading the checkpoint freed (about 11 MiB for ViT-B-16). Skipped when GLIBC_TUNABLES,
+// MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_ or CLIP_NO_MALLOC_TUNING is set.
 void tune_malloc();
 
 // Sets LibTorch's intra-op threads (0 = all cores; LibTorch starts with one) and returns the count.

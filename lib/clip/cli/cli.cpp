@@ -29,7 +29,6 @@ void out(const std::string& s) {
 
 int run_main(const char* tool, int argc, char** argv, const std::function<int(int, char**)>& body) {
   maybe_reexec_for_blas(argc, argv);
-  tune_malloc();
   std::signal(SIGPIPE, SIG_IGN);  // writes to a closed pipe then fail with EPIPE, handled in out()
   int rc = kExitInternal;
   try {

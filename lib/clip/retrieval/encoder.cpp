@@ -203,7 +203,9 @@ at::Tensor Encoder::stage_ids(const at::Tensor& ids) const {
 at::Tensor Encoder::encode_ids_async(const at::Tensor& ids) {
   at::NoGradGuard ng;
   // A text or two: one thread (a thread team costs more than it saves on so small a pass).
-  ScopedThreads small(st_->device.is_cpu() && ids.dim() == 2 ? threads_for_positions(ids.size(0) * ids.size(1)) : 0);
+  const int small_threads = st_->device.is_cpu() && ids.dim() == 2 ? threads_for_positions(ids.size(0) * ids.size(1)) : 0;
+  if (small_threads == 0) tune_malloc();  // a batch of some size: keep freed activation memory for the next
+  ScopedThreads small(small_threads);
   compat::Autocast ac(st_->amp, st_->device);
   // Asynchronous only from page-locked memory (stage_ids); a pageable tensor is copied at once.
   auto f = st_->model->encode_text(ids.to(st_->device, /*non_blocking=*/ids.device().is_cpu() && ids.is_pinned()));
@@ -233,6 +235,7 @@ at::Tensor Encoder::encode_texts(const std::vector<std::string>& texts, bool pre
 }
 
 at::Tensor Encoder::encode_pixels(const at::Tensor& pixels) {
+  tune_malloc();
   at::NoGradGuard ng;
   compat::Autocast ac(st_->amp, st_->device);
   auto f = st_->model->encode_image(pixels.to(st_->device, st_->dtype));
@@ -264,6 +267,7 @@ at::Tensor Encoder::stage_pixels(const at::Tensor& pixels) const {
 }
 
 at::Tensor Encoder::encode_pixels_async(const at::Tensor& staged) {
+  tune_malloc();
   at::NoGradGuard ng;
   compat::Autocast ac(st_->amp, st_->device);
   at::Tensor x;

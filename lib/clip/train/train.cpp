@@ -914,6 +914,7 @@ TrainSummary Trainer::run() {
 }  // namespace
 
 TrainSummary run_finetune(const TrainOptions& options) {
+  tune_malloc();
   Trainer t(options);
   return t.run();
 }
