@@ -354,6 +354,19 @@ TEST_CASE("the weights hash computed in the background is the synchronous one; i
     CHECK(enc.weights_hash() == want);
   }
   {
+    // Started from the constructor, while the model is built from the same mapped checkpoint, and
+    // for a one-tower load (the hash covers both towers whatever is loaded).
+    for (Towers t : {Towers::both, Towers::text, Towers::vision}) {
+      ModelOptions m = mo;
+      m.towers = t;
+      Encoder enc(m, ro, {}, /*hash_in_background=*/true);
+      CHECK(enc.weights_hash() == want);
+    }
+    // No device to wake on the CPU.
+    DeviceWarmup none(at::Device(at::kCPU), at::kFloat, {WarmupShape{}});
+    CHECK(none.join() == 0);
+  }
+  {
     Encoder enc(mo, ro);
     enc.start_weights_hash();
   }  // destroyed while (or after) hashing: waits for the thread
