@@ -67,6 +67,7 @@ fi
 cat "$IMAGES" "$TEXTS_JSONL" "$CKPT" >/dev/null
 echo "data: $(du -h "$IMAGES" | cut -f1) TSV, checkpoint $(du -h "$CKPT" | cut -f1); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
+failed=0
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 # timed JOB IMPL ITEMS COMMAND...: runs the whole process, prints and records one line.
@@ -74,7 +75,8 @@ timed() {
   local job=$1 impl=$2 items=$3; shift 3
   local t0 t1
   t0=$(date +%s.%N)
-  "$@" 2> "$WORK/last.err" || { echo "failed ($impl): $*" >&2; tail -20 "$WORK/last.err" >&2; exit 1; }
+  # A failing run is reported and the others still run (the script's status is then 1).
+  "$@" 2> "$WORK/last.err" || { echo "failed ($impl): $*" >&2; tail -20 "$WORK/last.err" >&2; failed=1; return 0; }
   t1=$(date +%s.%N)
   grep -h '^python extract' "$WORK/last.err" >&2 || true
   grep -h '^timing ' "$WORK/last.err" >&2 || true  # clip-index: where the time went (docs/benchmarks.md)
@@ -103,11 +105,11 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 # Agreement: fast against exact (the cost of --decode fast), and each C++ output against cn_clip's.
 first_w=${PY_WORKERS%% *}
 for m in $MODES; do
-  [[ $m == exact || ! -f $WORK/exact.clipfeat ]] || "$PYTHON" "$HELPER" compare "$WORK/exact.clipfeat" "$WORK/$m.clipfeat" | sed "s/^/$m vs exact: /"
+  [[ $m == exact || ! -f $WORK/exact.clipfeat || ! -f $WORK/$m.clipfeat ]] || "$PYTHON" "$HELPER" compare "$WORK/exact.clipfeat" "$WORK/$m.clipfeat" | sed "s/^/$m vs exact: /"
 done
 if [[ -z $SKIP_PY ]]; then
   [[ ! -f $WORK/exact.clipfeat ]] || "$PYTHON" "$HELPER" compare "$WORK/exact.clipfeat" "$WORK/py-img-$first_w.jsonl" | sed 's/^/exact vs cn_clip: /'
-  "$PYTHON" "$HELPER" compare "$WORK/texts.clipfeat" "$WORK/py-txt.jsonl" | sed 's/^/texts vs cn_clip: /'
+  [[ ! -f $WORK/texts.clipfeat || ! -f $WORK/py-txt.jsonl ]] || "$PYTHON" "$HELPER" compare "$WORK/texts.clipfeat" "$WORK/py-txt.jsonl" | sed 's/^/texts vs cn_clip: /'
 fi
 
 echo
@@ -116,3 +118,4 @@ echo "|---|---|---|---|---|"
 awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
        impl = $0; sub(/.*impl=/, "", impl); sub(/ items=.*/, "", impl)
        printf "| %s | %s | %s | %s | %s |\n", f["job"], impl, f["items"], f["wall_s"], f["items_per_s"] }' "$out"
+exit $failed
