@@ -362,9 +362,6 @@ TEST_CASE("the weights hash computed in the background is the synchronous one; i
       Encoder enc(m, ro, {}, /*hash_in_background=*/true);
       CHECK(enc.weights_hash() == want);
     }
-    // No device to wake on the CPU.
-    DeviceWarmup none(at::Device(at::kCPU), at::kFloat, {WarmupShape{}});
-    CHECK(none.join() == 0);
   }
   {
     Encoder enc(mo, ro);

@@ -1,7 +1,6 @@
 #include "clip/model/tensor_torch.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/grad_mode.h>
 #include <c10/core/Event.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
@@ -9,12 +8,8 @@
 #include <map>
 #include <utility>
 #include <thread>
-#include <cmath>
 
 #include "clip/base/error.h"
-#include "clip/base/log.h"
-#include "clip/base/timing.h"
-#include "clip/model/torch_compat.h"
 
 namespace clip {
 
@@ -183,78 +178,5 @@ at::Tensor HostCopy::get() {
   }
   return host_;
 }
-
-struct WarmupThread {
-  std::thread thread;
-  double seconds = 0;
-  ~WarmupThread() {
-    if (thread.joinable()) thread.join();
-  }
-};
-
-namespace {
-
-void warm_up(const at::Device& device, at::ScalarType dtype, const std::vector<WarmupShape>& shapes) {
-  at::NoGradGuard no_grad;
-  const auto o = at::TensorOptions().dtype(dtype).device(device);
-  auto filled = [&](at::IntArrayRef size) { return at::empty(size, o).fill_(0.01); };
-  at::Tensor sink = at::zeros({}, o.dtype(at::kFloat));
-  for (const WarmupShape& s : shapes) {
-    const int64_t n = std::max<int64_t>(1, s.rows), l = std::max<int64_t>(1, s.seq), w = s.width;
-    const int64_t h = std::max<int64_t>(1, s.heads), d = std::max<int64_t>(1, w / h);
-    if (s.image > 0) {
-      // The squash and normalisation of --decode device and the patch embedding.
-      at::Tensor px = at::zeros({n, 3, s.image + 7, s.image + 5}, o.dtype(at::kByte));
-      at::Tensor f = at::_upsample_bicubic2d_aa(px.to(at::kFloat), {s.image + 7, s.image}, false).round_().clamp_(0, 255);
-      f = at::_upsample_bicubic2d_aa(f, {s.image, s.image}, false).to(at::kByte);
-      at::Tensor table = at::zeros({3 * 256}, o.dtype(at::kFloat));
-      f = table.index_select(0, f.to(at::kInt).flatten()).view({n, 3, s.image, s.image}).to(dtype);
-      at::Tensor conv = at::conv2d(f, filled({w, 3, s.patch, s.patch}), {}, s.patch);
-      sink = sink + conv.sum().to(at::kFloat);
-    }
-    at::Tensor x = filled({n * l, w});
-    at::Tensor y = at::linear(x, filled({3 * w, w}), filled({3 * w}));
-    at::Tensor qkv = y.view({n, l, 3, h, d}).permute({2, 0, 3, 1, 4});
-    at::Tensor mask;
-    if (s.mask) mask = at::zeros({n, 1, 1, l}, o);
-    at::Tensor ctx = compat::attention(qkv[0], qkv[1], qkv[2], mask).transpose(1, 2).reshape({n * l, w});
-    x = x + at::linear(ctx, filled({w, w}), filled({w}));
-    x = at::layer_norm(x, {w}, filled({w}), filled({w}));
-    at::Tensor m = at::linear(x, filled({s.mlp, w}), filled({s.mlp}));
-    m = at::gelu(m) + m * at::sigmoid(m * 1.702) + at::silu(m);
-    x = x + at::linear(m, filled({w, s.mlp}), filled({w}));
-    at::Tensor f = x.to(at::kFloat);
-    sink = sink + (f / f.norm(2, -1, true)).sum();
-  }
-  (void)sink.item<float>();  // waits for the device
-}
-
-}  // namespace
-
-DeviceWarmup::DeviceWarmup(const at::Device& device, at::ScalarType dtype, std::vector<WarmupShape> shapes) {
-  if (!device.is_cuda()) return;
-  job_ = std::make_unique<WarmupThread>();
-  WarmupThread* job = job_.get();
-  job->thread = std::thread([job, device, dtype, shapes = std::move(shapes)] {
-    const auto t0 = SteadyClock::now();
-    try {
-      warm_up(device, dtype, shapes);
-    } catch (const std::exception& e) {
-      log_debug("device warm-up stopped: {}", e.what());
-    }
-    job->seconds = seconds_since(t0);
-  });
-}
-
-double DeviceWarmup::join() {
-  if (!job_) return 0;
-  if (job_->thread.joinable()) job_->thread.join();
-  return job_->seconds;
-}
-
-DeviceWarmup::DeviceWarmup() = default;
-DeviceWarmup::DeviceWarmup(DeviceWarmup&&) noexcept = default;
-DeviceWarmup& DeviceWarmup::operator=(DeviceWarmup&&) noexcept = default;
-DeviceWarmup::~DeviceWarmup() = default;  // WarmupThread's destructor joins
 
 }  // namespace clip

@@ -51,36 +51,6 @@ at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table);
 // rounding tips it. An image already size x size is copied as it is (what Pillow does).
 at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size, const at::Device& device);
 
-// One transformer tower's shapes for DeviceWarmup: `rows` sequences of `seq` tokens of `width`
-// features, `heads` attention heads, an MLP of `mlp`; `image` > 0: also the patch embedding of
-// image x image pixels in patches of `patch` (a ViT) and the device-side squash and normalisation.
-struct WarmupShape {
-  int64_t rows = 1, seq = 1, width = 64, heads = 1, mlp = 256;
-  bool mask = false;  // attention with an additive padding mask (the text tower)
-  int64_t image = 0, patch = 16;
-};
-
-// Wakes a CUDA device up on a thread of its own while the caller loads a checkpoint: the context,
-// the cuBLAS and cuDNN handles, and the kernels (loaded lazily by CUDA on their first launch) of a
-// forward pass of these shapes in `dtype`: matrix products with bias, attention, LayerNorm, the
-// activations, the casts. Its tensors hold constants, its results are dropped. join() waits for
-// it (the destructor too); a failure there is left for the real work to report. Nothing happens on
-// the CPU.
-struct WarmupThread;
-class DeviceWarmup {
- public:
-  DeviceWarmup();
-  DeviceWarmup(const at::Device& device, at::ScalarType dtype, std::vector<WarmupShape> shapes);
-  DeviceWarmup(DeviceWarmup&&) noexcept;
-  DeviceWarmup& operator=(DeviceWarmup&&) noexcept;
-  ~DeviceWarmup();
-  // Seconds the warm-up ran (0 before join() or when nothing ran).
-  double join();
-
- private:
-  std::unique_ptr<WarmupThread> job_;
-};
-
 // A copy of a tensor to the host that does not wait for the device. On CUDA it is queued on the
 // device's current stream into page-locked memory, behind the work that produces the tensor, and
 // an event marks its end: get() waits for that event only, not for work queued after the copy

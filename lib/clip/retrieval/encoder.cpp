@@ -5,9 +5,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
-#include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <future>
 #include <mutex>
@@ -62,42 +60,6 @@ at::ScalarType parse_precision(const std::string& p, const at::Device& dev) {
 
 }  // namespace
 
-namespace {
-
-// The forward passes a job of these towers will run, for DeviceWarmup.
-std::vector<WarmupShape> warmup_shapes(const ModelConfig& c, Towers towers, int batch, int context_length) {
-  std::vector<WarmupShape> out;
-  if (towers != Towers::text && !c.vision.resnet) {
-    WarmupShape v;
-    const int g = c.vision.image_resolution / std::max(1, c.vision.patch_size);
-    v.rows = batch;
-    v.seq = static_cast<int64_t>(g) * g + 1;
-    v.width = c.vision.width;
-    v.heads = c.vision.heads();
-    v.mlp = c.vision.mlp();
-    v.image = c.vision.image_resolution;
-    v.patch = c.vision.patch_size;
-    out.push_back(v);
-  }
-  if (towers != Towers::vision) {
-    // Full width and two trimmed ones (encode_texts trims CUDA batches to multiples of 8).
-    for (int seq : {context_length, 32, 16}) {
-      if (seq > context_length) continue;
-      WarmupShape t;
-      t.rows = batch;
-      t.seq = seq;
-      t.width = c.text.hidden_size;
-      t.heads = c.text.num_heads;
-      t.mlp = c.text.intermediate_size;
-      t.mask = true;
-      out.push_back(t);
-    }
-  }
-  return out;
-}
-
-}  // namespace
-
 Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOptions& io, bool hash_in_background)
     : st_(std::make_unique<State>()), image_(io) {
   context_length_ = mo.context_length;
@@ -106,12 +68,7 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   st_->device = parse_device(ro.device);
   st_->dtype = parse_precision(ro.precision, st_->device);
   ModelSource src = resolve_model(mo);
-  // On CUDA the device wakes up (context, libraries, the kernels of these shapes) while the weights
-  // are built, and the weights hash starts as soon as the checkpoint is mapped.
-  const char* warm = std::getenv("CLIP_CUDA_WARMUP");
-  DeviceWarmup warmup;
-  if (st_->device.is_cuda() && !(warm && std::string(warm) == "0"))
-    warmup = DeviceWarmup(st_->device, st_->dtype, warmup_shapes(src.config, mo.towers, batch_size_, context_length_));
+  // The weights hash starts as soon as the checkpoint is mapped, while the model is built from it.
   st_->config = src.config;
   st_->checkpoint = src.checkpoint;  // shares the mapped files and tensors
   if (hash_in_background) start_weights_hash();
@@ -124,8 +81,6 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   st_->model->to(st_->device, st_->dtype);
   st_->model->eval();
   st_->make_norm_table();
-  const double warm_s = warmup.join();
-  if (warm_s > 0) log_debug("device warm-up: {:.3f} s", warm_s);
   const Towers t = mo.towers;
   log_info("model {} ({}{}), {} on {}", src.config.name(), st_->checkpoint ? st_->checkpoint->format : "no checkpoint",
            t == Towers::both ? "" : t == Towers::text ? ", text tower only" : ", vision tower only", ro.precision,

@@ -28,10 +28,8 @@ class Encoder {
   // towers of model.towers are built; float32 weights on the CPU are used in place from the
   // mapped checkpoint. Encoding throws IoError when the checkpoint file changed under its map.
   // `image` chooses how images are decoded for the model (--decode; exact by default).
-  // hash_in_background: start_weights_hash as soon as the checkpoint is mapped (a tool that will
-  // write a store). On CUDA the device is woken up (DeviceWarmup: context, libraries, the kernels of
-  // the towers' shapes at this batch size) on a thread of its own while the weights load; the
-  // environment variable CLIP_CUDA_WARMUP=0 turns that off (for measuring it).
+  // hash_in_background: start_weights_hash as soon as the checkpoint is mapped, while the model is
+  // built and loaded (a tool that will write a store).
   Encoder(const ModelOptions& model, const RuntimeOptions& runtime, const ImageOptions& image = {},
           bool hash_in_background = false);
   // An encoder over a model that lives elsewhere (the trainer's, for validation): shares its weights
