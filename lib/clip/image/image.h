@@ -78,6 +78,10 @@ bool image_format_supported(const std::string& name);
 // fixed-point, horizontal then vertical pass) for L/RGB/CMYK, premultiplied for LA/RGBA,
 // NEAREST for P and 1; same size returns a copy.
 Image resize_bicubic(const Image& im, int width, int height);
+// The same bytes, computed as Pillow's own loops do (the horizontal pass output pixel by output
+// pixel, no AVX2 build of the vertical pass), as resize_bicubic did before it went column-wise and
+// used AVX2: the reference of tests and the baseline of bench_decode.
+Image resize_bicubic_by_rows(const Image& im, int width, int height);
 Image resize_nearest(const Image& im, int width, int height);
 Image crop(const Image& im, int x, int y, int width, int height);
 Image convert_rgb(const Image& im);  // Pillow's convert('RGB') for every mode
