@@ -168,7 +168,8 @@ void transpose(const uint8_t* src, int rows, int cols, uint8_t* dst) {
       const int y1 = std::min(rows, y0 + kTile), x1 = std::min(cols, x0 + kTile);
       for (int y = y0; y < y1; ++y)
         for (int x = x0; x < x1; ++x)
-          std::memcpy(dst + (static_cast<size_t>(x) * rows + y) * C, src + (static_cast<size_t>(y) * cols + x) * C, C);
+          for (int c = 0; c < C; ++c)
+            dst[(static_cast<size_t>(x) * rows + y) * C + c] = src[(static_cast<size_t>(y) * cols + x) * C + c];
     }
 }
 
@@ -198,8 +199,10 @@ std::vector<uint8_t> resample(const std::vector<uint8_t>& in, int in_w, int in_h
   int cur_w = in_w, shift = 0;
   if (need_h) {
     tmp.resize(static_cast<size_t>(out_w) * (ybox_last - ybox_first) * C);
-    // Column-wise where a column is long enough to fill vector registers (the same bytes either way).
-    if (by_columns && (ybox_last - ybox_first) * C >= 64)
+    // Column-wise where a column is long enough to fill vector registers and the transposed copy stays
+    // moderate (up to 16 M pixels: photos; the same bytes either way).
+    const int64_t pixels = static_cast<int64_t>(in_w) * (ybox_last - ybox_first);
+    if (by_columns && (ybox_last - ybox_first) * C >= 64 && pixels <= (int64_t{16} << 20))
       horizontal_by_columns<C>(in.data(), in_w, ybox_first, ybox_last - ybox_first, th, out_w, tmp.data());
     else
       horizontal<C>(in.data(), in_w, ybox_first, ybox_last - ybox_first, th, out_w, tmp.data());
