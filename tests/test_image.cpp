@@ -3,6 +3,9 @@
 // files covering the other PNG/JPEG variants, expected.tsv written by make_cases.py with Pillow).
 #include <catch2/catch.hpp>
 
+#include <dirent.h>
+
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <condition_variable>
@@ -10,6 +13,7 @@
 #include <mutex>
 #include <thread>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -433,6 +437,65 @@ TEST_CASE("hostile images are refused from their header, quickly", "[image][host
   CHECK(decode_with_deadline(bmp).find("compression") != std::string::npos);
 }
 
+TEST_CASE("PNG: an IDAT that runs past the end of the file, read on past it, stays inside the buffer", "[image]") {
+  // Found by the fuzzer: the IDAT's length reaches the file's last byte, so its CRC is missing; the
+  // zeros that stand in for it used to leave the read position past the end, and the next read (the
+  // following chunk's header) copied from outside the buffer. Pillow 9.4 decodes this file.
+  const auto data = bytes_of(read_file(testutil::source_dir() + "/tests/fuzz/corpus/image/png_cut_crc_reread.png"));
+  REQUIRE(data.size() == 192);
+  try {
+    const Image im = decode(data);
+    CHECK(mode_name(im.mode) == "L");
+    CHECK(im.width == 27);
+    CHECK(im.height == 19);
+    CHECK(sha_of(im.pixels) == "d413f31a520da79204f7ca4d30179bca55c6f055d67b7354f295a42fa1c60cdf");
+  } catch (const DataError& e) {
+    FAIL("Pillow decodes this file; we said: " << e.what());
+  }
+  // Every cut of it, and of it with four more bytes claimed, either decodes or names the truncation.
+  for (size_t n = 40; n <= data.size(); ++n) {
+    std::vector<uint8_t> cut(data.begin(), data.begin() + static_cast<long>(n));
+    try {
+      decode(cut);
+    } catch (const DataError& e) {
+      INFO("cut at " << n);
+      CHECK(std::string(e.what()).find("PNG") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("GIF: a first frame cut short is an error; what follows the first frame is never read", "[image]") {
+  const auto gif = bytes_of(read_file(testutil::source_dir() + "/tests/data/image/gif_p.gif"));
+  Image whole;
+  try {
+    whole = decode(gif);
+  } catch (const DataError& e) {
+    if (std::string(e.what()).find("absent from this build") != std::string::npos) return;  // no giflib
+    throw;
+  }
+  REQUIRE(gif.size() == 1403);
+  // Cuts inside the frame's LZW data (Pillow: "image file is truncated"): giflib's partial raster,
+  // the rest left at the background colour, used to come back as the image.
+  // (the colour table of 256 entries and the frame's descriptor end at byte 791)
+  for (size_t n : {size_t{900}, size_t{1100}, gif.size() - 40}) {
+    INFO("cut at " << n << " of " << gif.size());
+    std::vector<uint8_t> cut(gif.begin(), gif.begin() + static_cast<long>(n));
+    try {
+      decode(cut);
+      FAIL("a GIF cut inside its first frame decoded");
+    } catch (const DataError& e) {
+      CHECK(std::string(e.what()).find("GIF: the first image is cut short or corrupt") != std::string::npos);
+    }
+  }
+  // Garbage after the first frame (a second frame that is cut, say) leaves the first frame's pixels.
+  std::vector<uint8_t> more(gif.begin(), gif.end() - 1);  // without the trailer
+  for (uint8_t b : {0x2C, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x10}) more.push_back(b);
+  const Image again = decode(more);
+  CHECK(again.width == whole.width);
+  CHECK(again.height == whole.height);
+  CHECK(again.pixels == whole.pixels);
+}
+
 TEST_CASE("encoders: PNG round trip in every mode, JPEG close to the source", "[image]") {
   Image rgba;
   rgba.mode = PixelMode::RGBA;
@@ -568,4 +631,33 @@ TEST_CASE("resize_bicubic (column-wise, AVX2) gives the bytes of Pillow's loops 
       ++compared;
     }
   CHECK(compared == 50);
+}
+
+// Run by tests/cli/pillow_diff.sh (hidden otherwise): decodes every file of $CLIP_DECODE_DIR and
+// writes "name<TAB>ok<TAB>sha256 of the pixels" or "name<TAB>err<TAB>message" lines to
+// $CLIP_DECODE_DIR.out, for comparison with Pillow's answers on the same files.
+TEST_CASE("decode every file of $CLIP_DECODE_DIR (for tests/cli/pillow_diff.sh)", "[.decode-dir]") {
+  const char* dir = std::getenv("CLIP_DECODE_DIR");
+  if (!dir) FAIL("set CLIP_DECODE_DIR to a folder of image files");
+  std::vector<std::string> names;
+  if (DIR* d = opendir(dir)) {
+    while (const dirent* e = readdir(d))
+      if (e->d_name[0] != '.') names.emplace_back(e->d_name);
+    closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  REQUIRE(!names.empty());
+  std::ofstream out(std::string(dir) + ".out");
+  for (const auto& name : names) {
+    const auto data = bytes_of(read_file(std::string(dir) + "/" + name));
+    try {
+      const std::string sha = sha_of(decode(data).pixels);
+      out << name << "\tok\t" << sha << "\n";
+    } catch (const DataError& e) {
+      std::string why = e.what();
+      std::replace(why.begin(), why.end(), '\n', ' ');
+      out << name << "\terr\t" << why << "\n";
+    }
+  }
+  REQUIRE(out.good());
 }

@@ -17,11 +17,15 @@
 //    high bytes, exactly like Pillow's ";16B" unpackers. 16-bit grey becomes Pillow mode "I"
 //    (32-bit integers) in Pillow; we return L holding min(value, 255), which is what Pillow's later
 //    convert('RGB') makes of it (bicubic resizing before that clip can differ at edges).
-//    Chunk CRCs are checked as Pillow checks them: before the first IDAT only.
+//    Chunk CRCs are checked as Pillow checks them: before the first IDAT only. Like Pillow, reading
+//    stops once the last row is whole: what follows it (the rest of the zlib stream, the last
+//    IDAT's CRC, later chunks) may be cut or broken.
 //  * WebP through libwebp (when built with it): RGB, or RGBA when the file has alpha, as Pillow opens
 //    it; animated WebP is refused. GIF through giflib (when built with it): the first frame on the
-//    logical screen as mode P with its colour table, like Pillow; pixels outside the first frame take
-//    the background colour index. Neither is checked bit for bit against Pillow.
+//    logical screen (widened to hold the frame, as Pillow does) as mode P with its colour table;
+//    pixels outside the first frame take the background colour index; nothing after the first frame
+//    is read, and a first frame cut short is an error. Mutated and cut WebP files decode or fail as
+//    in Pillow; giflib reads past some invalid LZW codes that Pillow refuses ("broken data stream").
 //  * Uncompressed BMP and binary PNM (P5/P6) through stb_image as L/LA/RGB/RGBA, after their
 //    headers were checked here (dimensions, pixel data inside the file). Not bit-exact with Pillow
 //    (which keeps 8-bit BMP as mode P, for instance). Every other format (HDR, TGA, PSD, PIC, TIFF,
@@ -214,7 +218,7 @@ Image decode_jpeg(const uint8_t* data, size_t n, bool fast = false, int min_side
 struct PngCtx {
   const uint8_t* data = nullptr;
   size_t n = 0, pos = 0;
-  size_t last_chunk_data_end = 0;  // where the CRC field of the file's last (possibly cut) chunk starts
+  std::vector<uint8_t> mended;  // a copy of a file cut inside its last chunk, that chunk closed (png_prescan)
   char message[256] = {0};
   png_uint_32 width = 0, height = 0;
   int bit_depth = 0, color_type = 0;
@@ -222,6 +226,7 @@ struct PngCtx {
   size_t rowbytes = 0;
   std::vector<png_bytep> rows;
   std::vector<uint8_t> palette;
+  bool reading_rows = false, interlaced = false;
 };
 
 void png_on_error(png_structp png, png_const_charp msg) {
@@ -233,17 +238,7 @@ void png_on_warning(png_structp, png_const_charp) {}
 
 void png_read_mem(png_structp png, png_bytep dst, png_size_t len) {
   auto* ctx = static_cast<PngCtx*>(png_get_io_ptr(png));
-  const size_t avail = ctx->n - ctx->pos;
-  if (len > avail) {
-    // Pillow never reads the CRC of the last IDAT, so a file cut inside that CRC field still decodes
-    // there; CRC checks are off in libpng (see png_prescan), so zeros stand in for the missing bytes.
-    if (ctx->pos + avail < ctx->last_chunk_data_end || ctx->pos + len > ctx->last_chunk_data_end + 4)
-      png_error(png, "image data is truncated");
-    std::memcpy(dst, ctx->data + ctx->pos, avail);
-    std::memset(dst + avail, 0, len - avail);
-    ctx->pos += len;
-    return;
-  }
+  if (len > ctx->n - ctx->pos) png_error(png, "image data is truncated");
   std::memcpy(dst, ctx->data + ctx->pos, len);
   ctx->pos += len;
 }
@@ -253,8 +248,11 @@ uint32_t be32(const uint8_t* p) { return (uint32_t(p[0]) << 24) | (uint32_t(p[1]
 
 // Pillow checks the CRC of every chunk before the first IDAT (and fails on a mismatch) but never
 // the CRCs of IDAT or later chunks. We check the same chunks here and switch libpng's own CRC
-// checks off, so that both accept and reject the same files. Also records where the last chunk's
-// CRC field starts (for files cut inside it).
+// checks off, so that both accept and reject the same files.
+// Pillow also stops reading once the image is whole, so a file cut inside its last IDAT (in the data
+// that follows the end of the zlib stream, or in the CRC) still decodes there. libpng reads a chunk
+// whole, so such a file is decoded from a copy whose last chunk is closed: its length cut to the bytes
+// the file holds and a zero CRC after them. The image data that is missing stays missing.
 void png_prescan(PngCtx* ctx) {
   size_t pos = 8;
   bool before_idat = true;
@@ -262,7 +260,6 @@ void png_prescan(PngCtx* ctx) {
     const uint32_t len = be32(ctx->data + pos);
     const uint8_t* type = ctx->data + pos + 4;
     const size_t data_end = pos + 8 + static_cast<size_t>(len);
-    ctx->last_chunk_data_end = data_end;
     if (std::memcmp(type, "IDAT", 4) == 0) before_idat = false;
     if (before_idat) {
       if (data_end + 4 > ctx->n)
@@ -273,6 +270,17 @@ void png_prescan(PngCtx* ctx) {
                         " chunk)");
     }
     if (std::memcmp(type, "IEND", 4) == 0) break;
+    if (data_end + 4 > ctx->n) {
+      const size_t held = std::min(data_end, ctx->n) - (pos + 8);
+      ctx->mended.reserve(pos + 8 + held + 4);
+      ctx->mended.assign(ctx->data, ctx->data + pos);
+      for (int k = 3; k >= 0; --k) ctx->mended.push_back(static_cast<uint8_t>(held >> (8 * k)));
+      ctx->mended.insert(ctx->mended.end(), type, type + 4 + held);
+      ctx->mended.insert(ctx->mended.end(), 4, 0);
+      ctx->data = ctx->mended.data();
+      ctx->n = ctx->mended.size();
+      break;
+    }
     pos = data_end + 4;
   }
 }
@@ -290,8 +298,13 @@ bool png_decode_raw(PngCtx* ctx) {
     return false;
   }
   if (setjmp(png_jmpbuf(png))) {
+    // Pillow stops reading once the last row is whole. libpng reads on to the end of the zlib stream
+    // (png_read_finish_IDAT), into the file's end or the next chunk; what goes wrong there, after every
+    // row has been delivered, leaves Pillow's image.
+    const bool whole = ctx->reading_rows && (ctx->interlaced ? png_get_current_pass_number(png) >= 7
+                                                             : png_get_current_row_number(png) >= ctx->height);
     png_destroy_read_struct(&png, &info, nullptr);
-    return false;
+    return whole;
   }
   png_set_read_fn(png, ctx, png_read_mem);
   png_set_benign_errors(png, 1);
@@ -318,6 +331,8 @@ bool png_decode_raw(PngCtx* ctx) {
     throw;
   }
   for (png_uint_32 y = 0; y < ctx->height; ++y) ctx->rows[y] = ctx->raw.data() + ctx->rowbytes * y;
+  ctx->interlaced = interlace != PNG_INTERLACE_NONE;
+  ctx->reading_rows = true;
   png_read_image(png, ctx->rows.data());
   png_destroy_read_struct(&png, &info, nullptr);
   return true;
@@ -417,8 +432,9 @@ uint32_t le32(const uint8_t* p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 8) 
 uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 
 // Checks a BMP header: dimensions, an uncompressed layout stb_image supports, and pixel data that
-// fits inside the file (so a 60-byte file cannot ask for a gigabyte buffer).
-void check_bmp(const uint8_t* d, size_t n) {
+// fits inside the file (so a 60-byte file cannot ask for a gigabyte buffer). Returns where the
+// header's colour-plane count is.
+size_t check_bmp(const uint8_t* d, size_t n) {
   if (n < 26) throw DataError("BMP: image data is truncated (header of " + std::to_string(n) + " bytes)");
   const uint32_t data_off = le32(d + 10), dib = le32(d + 14);
   uint64_t w = 0, h = 0;
@@ -445,11 +461,14 @@ void check_bmp(const uint8_t* d, size_t n) {
                     " is not supported (only uncompressed and bit-field BMPs are); convert the image to PNG");
   if (bpp != 1 && bpp != 4 && bpp != 8 && bpp != 16 && bpp != 24 && bpp != 32)
     throw DataError("BMP: unsupported bit depth " + std::to_string(bpp));
+  // Rows are padded to 4 bytes; the last row's padding may be missing (Pillow stops at the last pixel).
   const uint64_t row = (w * bpp + 31) / 32 * 4;
-  if (data_off > n || row * h > n - data_off)
+  const uint64_t need = row * (h - 1) + (w * bpp + 7) / 8;
+  if (data_off > n || need > n - data_off)
     throw DataError("BMP: image data is truncated (" + std::to_string(w) + "x" + std::to_string(h) + " pixels need " +
-                    std::to_string(row * h) + " bytes of pixel data, the file holds " +
+                    std::to_string(need) + " bytes of pixel data, the file holds " +
                     std::to_string(data_off > n ? 0 : n - data_off) + ")");
+  return dib == 12 ? 22 : 26;
 }
 
 // Checks a binary PNM (P5 grey, P6 RGB) header and that the file holds every pixel it announces.
@@ -527,17 +546,44 @@ Image decode_gif(const uint8_t* data, size_t n) {
     DGifCloseFile(p, &e);
   });
   check_dimensions(static_cast<uint64_t>(std::max(0, g->SWidth)), static_cast<uint64_t>(std::max(0, g->SHeight)), "GIF");
-  if (DGifSlurp(g) != GIF_OK && g->ImageCount < 1)
-    throw DataError(std::string("GIF: ") + GifErrorString(g->Error));
-  if (g->ImageCount < 1) throw DataError("GIF: no image in the file");
-  const SavedImage& fr = g->SavedImages[0];
-  const ColorMapObject* cmap = fr.ImageDesc.ColorMap ? fr.ImageDesc.ColorMap : g->SColorMap;
+  auto fail = [&](const char* where) {
+    throw DataError(std::string("GIF: ") + where + ": " + GifErrorString(g->Error));
+  };
+  // The records up to the first image (extensions skipped), then that image alone, as Pillow opens
+  // the file: a later frame, broken or cut, is never read, and a first frame cut short is an error.
+  for (;;) {
+    GifRecordType rt = UNDEFINED_RECORD_TYPE;
+    if (DGifGetRecordType(g, &rt) == GIF_ERROR) fail("reading the records before the first image");
+    if (rt == IMAGE_DESC_RECORD_TYPE) break;
+    if (rt == TERMINATE_RECORD_TYPE) throw DataError("GIF: no image in the file");
+    if (rt != EXTENSION_RECORD_TYPE) throw DataError("GIF: broken file (unknown record before the first image)");
+    int code = 0;
+    GifByteType* ext = nullptr;
+    if (DGifGetExtension(g, &code, &ext) == GIF_ERROR) fail("reading an extension");
+    while (ext)
+      if (DGifGetExtensionNext(g, &ext) == GIF_ERROR) fail("reading an extension");
+  }
+  if (DGifGetImageDesc(g) == GIF_ERROR) fail("reading the first image's descriptor");
+  const GifImageDesc& desc = g->Image;
+  const ColorMapObject* cmap = desc.ColorMap ? desc.ColorMap : g->SColorMap;
   if (!cmap || cmap->ColorCount <= 0 || cmap->ColorCount > 256) throw DataError("GIF: no usable colour table");
-  const int fx = fr.ImageDesc.Left, fy = fr.ImageDesc.Top, fw = fr.ImageDesc.Width, fh = fr.ImageDesc.Height;
-  if (fw <= 0 || fh <= 0 || !fr.RasterBits) throw DataError("GIF: the first frame is empty or truncated");
+  const int fx = desc.Left, fy = desc.Top, fw = desc.Width, fh = desc.Height;
+  if (fw <= 0 || fh <= 0) throw DataError("GIF: the first frame is empty");
+  // A first frame that reaches past the logical screen widens it, as in Pillow.
+  const int width = std::max(g->SWidth, fx + fw), height = std::max(g->SHeight, fy + fh);
+  check_dimensions(static_cast<uint64_t>(width), static_cast<uint64_t>(height), "GIF");
+  std::vector<GifPixelType> raster(static_cast<size_t>(fw) * static_cast<size_t>(fh));
+  if (desc.Interlace) {  // the four passes, in the order they are stored
+    static const int kStart[4] = {0, 4, 2, 1}, kStep[4] = {8, 8, 4, 2};
+    for (int pass = 0; pass < 4; ++pass)
+      for (int y = kStart[pass]; y < fh; y += kStep[pass])
+        if (DGifGetLine(g, raster.data() + static_cast<size_t>(y) * fw, fw) == GIF_ERROR) fail("the first image is cut short or corrupt");
+  } else if (DGifGetLine(g, raster.data(), static_cast<int>(raster.size())) == GIF_ERROR) {
+    fail("the first image is cut short or corrupt");
+  }
   Image out;
-  out.width = g->SWidth;
-  out.height = g->SHeight;
+  out.width = width;
+  out.height = height;
   out.mode = PixelMode::P;
   out.palette.assign(256 * 3, 0);
   for (int i = 0; i < cmap->ColorCount; ++i) {
@@ -553,7 +599,7 @@ Image decode_gif(const uint8_t* data, size_t n) {
     for (int x = 0; x < fw; ++x) {
       const int dx = fx + x;
       if (dx < 0 || dx >= out.width) continue;
-      out.pixels[static_cast<size_t>(dy) * out.width + dx] = fr.RasterBits[static_cast<size_t>(y) * fw + x];
+      out.pixels[static_cast<size_t>(dy) * out.width + dx] = raster[static_cast<size_t>(y) * fw + x];
     }
   }
   return out;
@@ -634,7 +680,13 @@ Image decode_image(const uint8_t* data, size_t n) {
   if (n >= 6 && (std::memcmp(data, "GIF87a", 6) == 0 || std::memcmp(data, "GIF89a", 6) == 0)) return decode_gif(data, n);
 #endif
   if (starts_with(data, n, "BM")) {
-    check_bmp(data, n);
+    const size_t planes_at = check_bmp(data, n);
+    if (le16(data + planes_at) != 1) {  // stb_image insists on one colour plane; Pillow never reads the field
+      std::vector<uint8_t> copy(data, data + n);
+      copy[planes_at] = 1;
+      copy[planes_at + 1] = 0;
+      return decode_stb(copy.data(), n);
+    }
     return decode_stb(data, n);
   }
   if (n >= 2 && data[0] == 'P' && (data[1] == '5' || data[1] == '6')) {

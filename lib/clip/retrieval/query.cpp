@@ -75,6 +75,13 @@ static std::vector<std::string> read_lines(const std::string& path) {
   return lines;
 }
 
+static Query make_query(const char* kind, std::string label) {
+  Query q;
+  q.kind = kind;
+  q.label = std::move(label);
+  return q;
+}
+
 static void check_compatible(const Encoder& enc, const FeatureSet& store) {
   if (store.dim != enc.embed_dim())
     throw UsageError(fmt::format("the store holds {}-d features but the model makes {}-d ones: query it with the model "
@@ -107,16 +114,16 @@ QueryResults run_queries(Encoder& enc, const Collection& store, const QueryOptio
   for (const auto& t : q.texts) {
     if (t.find_first_not_of(" \t\r\n\f\v") == std::string::npos)
       throw UsageError("--text is empty: give the words to search for");
-    tq.push_back({"text", t});
+    tq.push_back(make_query("text", t));
   }
   if (!q.text_file.empty())
-    for (auto& t : read_lines(q.text_file)) tq.push_back({"text", std::move(t)});
+    for (auto& t : read_lines(q.text_file)) tq.push_back(make_query("text", std::move(t)));
   if (!q.texts_jsonl.empty()) {
     ReadReport rep;
     auto recs = read_texts(q.texts_jsonl, rep, !q.skip_bad);
     if (recs.empty()) throw DataError("'" + q.texts_jsonl + "' holds no texts: no queries to run");
     for (auto& rec : recs) {
-      Query qq{"text", rec.text};
+      Query qq = make_query("text", rec.text);
       qq.has_id = true;
       qq.id = rec.text_id;
       qq.gold = rec.image_ids;
@@ -145,7 +152,7 @@ QueryResults run_queries(Encoder& enc, const Collection& store, const QueryOptio
       } catch (const DataError& e) {
         throw DataError(q.image_paths[i] + ": " + e.what());
       }
-      iq.push_back({"image", q.image_paths[i]});
+      iq.push_back(make_query("image", q.image_paths[i]));
     }
     feats.push_back(enc.encode_pixels(px));
   }
@@ -157,7 +164,7 @@ QueryResults run_queries(Encoder& enc, const Collection& store, const QueryOptio
     EncodedSet set = encode_images(enc, *src, threads, q.skip_bad);
     for (const auto& [id, name] : set.names) res.query_names[id] = name;
     for (int64_t id : set.ids) {
-      Query qq{"image", "image_id " + id_to_string(id, &res.query_names)};
+      Query qq = make_query("image", "image_id " + id_to_string(id, &res.query_names));
       qq.has_id = true;
       qq.id = id;
       iq.push_back(std::move(qq));

@@ -113,6 +113,30 @@ wa = pattern(24, 20, 4)
 wa[3:9, 4:12, 3] = 0
 cases["webp_alpha.webp"] = save(Image.fromarray(wa, "RGBA"), "WEBP", lossless=True)
 cases["gif_p.gif"] = save(Image.fromarray(pattern(31, 23, 3), "RGB").quantize(64), "GIF")
+# Files that end early where Pillow still decodes: Pillow stops once the image is whole, before the
+# last IDAT's CRC, so a file cut inside that CRC, or an IDAT whose length runs past the end of the
+# file (its CRC and IEND never read), decodes in full.
+g8b = pattern(27, 19, 1)[..., 0]
+whole = raw_png(27, 19, 8, 0, [r.tobytes() for r in g8b])
+iend = len(whole) - 12
+cases["png_cut_in_idat_crc.png"] = whole[:iend - 2]
+idat_len_at = 8 + 25
+idat_len = struct.unpack(">I", whole[idat_len_at:idat_len_at + 4])[0]
+cases["png_idat_past_end.png"] = (whole[:idat_len_at] + struct.pack(">I", idat_len + 12) +
+                                  whole[idat_len_at + 4:iend - 4] + whole[iend:])
+# A BMP whose last row lacks its padding (Pillow stops at the last pixel), and a GIF whose first frame
+# reaches past the logical screen (Pillow widens the screen to hold it).
+cases["bmp_no_last_padding.bmp"] = cases["bmp_rgb.bmp"][:-2]
+gif = bytearray(cases["gif_p.gif"])
+pos = 13 + (3 << ((gif[10] & 7) + 1) if gif[10] & 0x80 else 0)
+while gif[pos] == 0x21:  # extensions: label, then sub-blocks up to an empty one
+    pos += 2
+    while gif[pos]:
+        pos += gif[pos] + 1
+    pos += 1
+assert gif[pos] == 0x2C
+gif[pos + 1:pos + 5] = struct.pack("<HH", 20, 9)  # left, top
+cases["gif_frame_past_screen.gif"] = bytes(gif)
 
 lines = []
 for name, data in cases.items():
