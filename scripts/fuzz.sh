@@ -3,16 +3,24 @@
 # for a bounded time over its committed seed corpus (tests/fuzz/corpus/<target>/). New inputs the
 # fuzzer finds go to a scratch folder, never into the committed corpus; a finding (crash, sanitizer
 # report, timeout, leak) is written to build-fuzz/findings/ and fails the script.
-#   scripts/fuzz.sh                  every target, 10 s each (the test suite runs this)
+#   scripts/fuzz.sh                  every target, 10 s each, new inputs each time
 #   scripts/fuzz.sh --seconds 600    every target, 10 minutes each
 #   scripts/fuzz.sh --seconds 60 image pickle
+#   scripts/fuzz.sh --runs 20000 --seed 1   the same inputs on every machine (the test suite runs this;
+#                                           --seconds then only caps a slow machine's run)
+# A fixed seed and run count make a finding reproducible by the same command; without them each run
+# explores new inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=10
+runs=-1
+seed=0
 targets=()
 while (($#)); do
   case $1 in
     --seconds) seconds=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
@@ -37,10 +45,11 @@ failed=0
 for t in "${targets[@]}"; do
   mkdir -p "$scratch/$t"
   log="$B/findings/$t.log"
-  if "$B/bin/fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536 \
+  start=$SECONDS
+  if "$B/bin/fuzz_$t" -max_total_time="$seconds" -runs="$runs" -seed="$seed" -timeout=10 -rss_limit_mb=4096 -max_len=65536 \
        -artifact_prefix="$B/findings/$t-" -print_final_stats=1 "$scratch/$t" "tests/fuzz/corpus/$t" > "$log" 2>&1; then
-    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
-    echo "ok: fuzz $t ${seconds}s, $runs inputs, no finding"
+    ran=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
+    echo "ok: fuzz $t: $ran inputs in $((SECONDS - start)) s$( ((seed)) && echo " (seed $seed)"), no finding"
   else
     echo "FAIL: fuzz $t: finding, see $log and $B/findings/$t-*" >&2
     tail -30 "$log" >&2
