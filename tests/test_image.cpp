@@ -633,12 +633,13 @@ TEST_CASE("resize_bicubic (column-wise, AVX2) gives the bytes of Pillow's loops 
   CHECK(compared == 50);
 }
 
-// Run by tests/cli/pillow_diff.sh (hidden otherwise): decodes every file of $CLIP_DECODE_DIR and
-// writes "name<TAB>ok<TAB>sha256 of the pixels" or "name<TAB>err<TAB>message" lines to
-// $CLIP_DECODE_DIR.out, for comparison with Pillow's answers on the same files.
+// A driver for tests/cli/pillow_diff.sh, which checks its output: decodes every file of
+// $CLIP_DECODE_DIR and writes "name<TAB>ok<TAB>sha256 of the pixels" or "name<TAB>err<TAB>message"
+// lines to $CLIP_DECODE_DIR.out, for comparison with Pillow's answers on the same files. Without the
+// variable (the file's own CTest entry selects every case of this file) it does nothing.
 TEST_CASE("decode every file of $CLIP_DECODE_DIR (for tests/cli/pillow_diff.sh)", "[.decode-dir]") {
   const char* dir = std::getenv("CLIP_DECODE_DIR");
-  if (!dir) FAIL("set CLIP_DECODE_DIR to a folder of image files");
+  if (!dir) return;
   std::vector<std::string> names;
   if (DIR* d = opendir(dir)) {
     while (const dirent* e = readdir(d))

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <thread>
@@ -473,4 +474,29 @@ TEST_CASE("find_vocab takes a tokenizer.json where no vocab.txt is, vocab.txt fi
   CHECK(find_vocab("", ckpt, {other.path}) == tj);
   std::remove(tj.c_str());
   CHECK(find_vocab("", ckpt, {other.path}) == other_vocab);
+}
+
+// A driver for scripts/check_tokenizer_cnclip.py, which checks its output against cn_clip's own
+// tokenizer: reads texts ({"text": ...} per line) from $CLIP_TOKENIZE_IN and writes, per text, its
+// wordpieces, its 52 input ids and cn_clip's text preprocessing as JSON lines to $CLIP_TOKENIZE_IN.out,
+// with the vocab at $CLIP_TOKENIZE_VOCAB (default: the fixture's). Without the variable (the file's
+// own CTest entry selects every case of this file) it does nothing.
+TEST_CASE("tokenize the texts of $CLIP_TOKENIZE_IN (for scripts/check_tokenizer_cnclip.py)", "[.tokenize-file]") {
+  const char* in_path = std::getenv("CLIP_TOKENIZE_IN");
+  if (!in_path) return;
+  const char* vocab = std::getenv("CLIP_TOKENIZE_VOCAB");
+  const Tokenizer tok = Tokenizer::load(vocab ? vocab : testutil::fixture("vocab.txt"));
+  std::ifstream in(in_path);
+  REQUIRE(in.good());
+  std::ofstream out(std::string(in_path) + ".out");
+  std::string line;
+  while (std::getline(in, line)) {
+    const std::string text = nlohmann::json::parse(line).at("text");
+    nlohmann::json row;
+    row["pieces"] = tok.tokenize(text);
+    row["ids"] = tok.encode(text, 52);
+    row["preprocessed"] = preprocess_text(text);
+    out << row.dump() << "\n";
+  }
+  REQUIRE(out.good());
 }
