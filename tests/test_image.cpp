@@ -635,8 +635,9 @@ TEST_CASE("resize_bicubic (column-wise, AVX2) gives the bytes of Pillow's loops 
 
 // A driver for tests/cli/pillow_diff.sh, which checks its output: decodes every file of
 // $CLIP_DECODE_DIR and writes "name<TAB>ok<TAB>sha256 of the pixels" or "name<TAB>err<TAB>message"
-// lines to $CLIP_DECODE_DIR.out, for comparison with Pillow's answers on the same files. Without the
-// variable (the file's own CTest entry selects every case of this file) it does nothing.
+// lines to $CLIP_DECODE_DIR.out, for comparison with Pillow's answers on the same files. A name that
+// ends in "_to_<W>x<H>.<ext>" adds a field: the sha256 of convert_rgb(resize_bicubic(image, W, H)).
+// Without the variable (the file's own CTest entry selects every case of this file) it does nothing.
 TEST_CASE("decode every file of $CLIP_DECODE_DIR (for tests/cli/pillow_diff.sh)", "[.decode-dir]") {
   const char* dir = std::getenv("CLIP_DECODE_DIR");
   if (!dir) return;
@@ -652,8 +653,15 @@ TEST_CASE("decode every file of $CLIP_DECODE_DIR (for tests/cli/pillow_diff.sh)"
   for (const auto& name : names) {
     const auto data = bytes_of(read_file(std::string(dir) + "/" + name));
     try {
-      const std::string sha = sha_of(decode(data).pixels);
-      out << name << "\tok\t" << sha << "\n";
+      const Image im = decode(data);
+      std::string line = name + "\tok\t" + sha_of(im.pixels);
+      const auto to = name.rfind("_to_");
+      if (to != std::string::npos) {
+        const auto x = name.find('x', to);
+        const int w = std::stoi(name.substr(to + 4, x - to - 4)), h = std::stoi(name.substr(x + 1));
+        line += "\t" + sha_of(convert_rgb(resize_bicubic(im, w, h)).pixels);
+      }
+      out << line << "\n";
     } catch (const DataError& e) {
       std::string why = e.what();
       std::replace(why.begin(), why.end(), '\n', ' ');
