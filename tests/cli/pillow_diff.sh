@@ -4,8 +4,8 @@
 # a fixed pseudo-random set of a few thousand files. Pillow 9.4 and our decoders must agree on each
 # file: both refuse it, or both decode it to the same pixels. The one known difference is left
 # out: giflib reads past some invalid LZW codes where Pillow stops ("broken data stream").
-# Then 400 random images of every mode, 1 to 640 pixels a side, resized (bicubic, then to RGB) to
-# random sizes: the same bytes as Pillow's.
+# Then 400 random images of every mode, 1 to 640 pixels a side (PNG, and JPEG for some L and RGB
+# ones), resized (bicubic, then to RGB) to random sizes: the same bytes as Pillow's.
 # Usage: pillow_diff.sh BIN_DIR SOURCE_DIR SHARED_DIR
 set -u
 bin=$1 src=$2
@@ -55,12 +55,14 @@ for f in bases:
             print(f"{name}\terr\t{type(e).__name__}: {e}".replace("\n", " "))
 PY
 # Pillow's bicubic resize (then convert('RGB'), cn_clip's eval order) of random images: every mode the
-# decoders give, sizes from 1 to 640 pixels a side, down- and up-scaled, saved losslessly as PNG.
+# decoders give, sizes from 1 to 640 pixels a side, down- and up-scaled, saved as PNG, or for some L
+# and RGB images as JPEG (every chroma subsampling, progressive or not, odd sizes).
 $PY - "$tmp/cases" >>"$tmp/pillow.tsv" <<'PY'
 import hashlib, io, os, random, sys
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
+ImageFile.MAXBLOCK = 1 << 24  # progressive/optimised JPEGs are written in one block
 out = sys.argv[1]
 rng = random.Random(6)
 nrng = np.random.RandomState(6)
@@ -82,7 +84,12 @@ for i in range(400):
         im = Image.fromarray(a[..., 0] if c == 1 else a, mode)
     name = f"resize{i:03d}_{mode}_{w}x{h}_to_{tw}x{th}.png"
     buf = io.BytesIO()
-    im.save(buf, "PNG")
+    if i % 2 and mode in ("L", "RGB"):  # JPEGs of every subsampling, progressive or not, odd sizes
+        name = name[:-4] + ".jpg"
+        im.save(buf, "JPEG", quality=rng.randint(30, 98), subsampling=rng.choice([0, 1, 2]),
+                progressive=rng.random() < 0.4, optimize=rng.random() < 0.3)
+    else:
+        im.save(buf, "PNG")
     open(os.path.join(out, name), "wb").write(buf.getvalue())
     back = Image.open(io.BytesIO(buf.getvalue()))
     back.load()
