@@ -236,7 +236,9 @@ int main(int argc, char** argv) {
         for (clip::DecodeMode mode : modes) {
           auto work = [&](size_t i, float* out) {
             const auto b = in.bytes(i);
-            clip::preprocess_eval_bytes(b.data(), b.size(), in.resolution, mode, out);
+            clip::ImageOptions io;
+            io.decode = mode;
+            clip::preprocess_eval_bytes(b.data(), b.size(), in.resolution, io, out);
           };
           Result r;
           std::string kind;

@@ -189,7 +189,7 @@ TEST_CASE("--decode: exact stays Pillow's bytes, fast is a close image at the sm
     CHECK(ex.width == im.width);
     CHECK(ex.height == im.height);
     CHECK(ex.pixels == im.pixels);
-    preprocess_eval_bytes(fi.encoded.data(), fi.encoded.size(), R, DecodeMode::exact, px_exact.data());
+    preprocess_eval_bytes(fi.encoded.data(), fi.encoded.size(), R, ImageOptions{DecodeMode::exact}, px_exact.data());
     const std::string ref = read_file(testutil::fixture("expected/pixels/" + std::to_string(fi.id) + ".f32"));
     REQUIRE(ref.size() == px_exact.size() * sizeof(float));
     CHECK(std::memcmp(ref.data(), px_exact.data(), ref.size()) == 0);  // cn_clip's floats, bit for bit
@@ -214,7 +214,7 @@ TEST_CASE("--decode: exact stays Pillow's bytes, fast is a close image at the sm
     INFO("mean abs difference " << mad);
     CHECK(mad > 0.0);
     CHECK(mad < 3.0);
-    preprocess_eval_bytes(fi.encoded.data(), fi.encoded.size(), R, DecodeMode::fast, px_fast.data());
+    preprocess_eval_bytes(fi.encoded.data(), fi.encoded.size(), R, ImageOptions{DecodeMode::fast}, px_fast.data());
     std::vector<float> want_px(px_fast.size());
     to_chw_normalized(b, want_px.data());
     CHECK(std::memcmp(want_px.data(), px_fast.data(), want_px.size() * sizeof(float)) == 0);
@@ -437,6 +437,50 @@ TEST_CASE("hostile images are refused from their header, quickly", "[image][host
   CHECK(decode_with_deadline(bmp).find("compression") != std::string::npos);
 }
 
+TEST_CASE("EXIF orientation: read from JPEG, PNG and WebP and applied as Pillow's exif_transpose", "[image]") {
+  const std::string dir = testutil::source_dir() + "/tests/data/image/";
+  std::istringstream in(read_file(dir + "exif.tsv"));
+  std::string line;
+  int checked = 0, turned = 0;
+  ImageOptions upright;
+  upright.exif_transpose = true;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const auto f = split(line, '\t');
+    REQUIRE(f.size() == 6);
+    INFO("file " << f[0]);
+    const auto data = bytes_of(read_file(dir + f[0]));
+    Image plain;
+    try {
+      plain = decode(data);
+    } catch (const DataError& e) {
+      if (std::string(e.what()).find("absent from this build") != std::string::npos) continue;  // no libwebp
+      throw;
+    }
+    const int pillow = std::stoi(f[1]);  // what Pillow reads; it acts on 2..8 only
+    const int o = exif_orientation(data.data(), data.size());
+    CHECK(o == (pillow >= 1 && pillow <= 8 ? pillow : 1));
+    const Image up = decode_image_upright(data.data(), data.size());
+    CHECK(up.width == std::stoi(f[2]));
+    CHECK(up.height == std::stoi(f[3]));
+    CHECK(sha_of(up.pixels) == f[4]);
+    CHECK(sha_of(convert_rgb(resize_bicubic(up, 224, 224)).pixels) == f[5]);
+    // The model's path: with exif_transpose the same pixels, without it the file's own.
+    CHECK(decode_image(data.data(), data.size(), upright, 224).pixels == up.pixels);
+    CHECK(decode_image(data.data(), data.size(), ImageOptions{}, 224).pixels == plain.pixels);
+    turned += o != 1;
+    ++checked;
+  }
+  CHECK(checked >= 12);
+  CHECK(turned >= 9);
+  // Corrupt or foreign input: orientation 1, never a read outside the data.
+  const auto jpeg = bytes_of(read_file(dir + "exif_jpeg_o6.jpg"));
+  for (size_t n = 0; n <= 80; ++n) CHECK(exif_orientation(jpeg.data(), n) <= 8);
+  CHECK(exif_orientation(nullptr, 0) == 1);
+  const uint8_t junk[] = {0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x10, 'E', 'x', 'i', 'f', 0, 0, 'I', 'I', 42, 0, 0xFF, 0xFF, 0xFF, 0x7F};
+  CHECK(exif_orientation(junk, sizeof junk) == 1);
+}
+
 TEST_CASE("PNG: an IDAT that runs past the end of the file, read on past it, stays inside the buffer", "[image]") {
   // Found by the fuzzer: the IDAT's length reaches the file's last byte, so its CRC is missing; the
   // zeros that stand in for it used to leave the read position past the end, and the next read (the
@@ -487,6 +531,9 @@ TEST_CASE("GIF: a first frame cut short is an error; what follows the first fram
       CHECK(std::string(e.what()).find("GIF: the first image is cut short or corrupt") != std::string::npos);
     }
   }
+  // Cut right after the last pixels (no empty sub-block, no trailer): Pillow has all it reads.
+  const Image cut_end = decode(std::vector<uint8_t>(gif.begin(), gif.end() - 2));
+  CHECK(cut_end.pixels == whole.pixels);
   // Garbage after the first frame (a second frame that is cut, say) leaves the first frame's pixels.
   std::vector<uint8_t> more(gif.begin(), gif.end() - 1);  // without the trailer
   for (uint8_t b : {0x2C, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x10}) more.push_back(b);
@@ -637,10 +684,9 @@ TEST_CASE("resize_bicubic (column-wise, AVX2) gives the bytes of Pillow's loops 
 // $CLIP_DECODE_DIR and writes "name<TAB>ok<TAB>sha256 of the pixels" or "name<TAB>err<TAB>message"
 // lines to $CLIP_DECODE_DIR.out, for comparison with Pillow's answers on the same files. A name that
 // ends in "_to_<W>x<H>.<ext>" adds a field: the sha256 of convert_rgb(resize_bicubic(image, W, H)).
-// Without the variable (the file's own CTest entry selects every case of this file) it does nothing.
 TEST_CASE("decode every file of $CLIP_DECODE_DIR (for tests/cli/pillow_diff.sh)", "[.decode-dir]") {
   const char* dir = std::getenv("CLIP_DECODE_DIR");
-  if (!dir) return;
+  if (!dir) FAIL("set CLIP_DECODE_DIR to a folder of image files");
   std::vector<std::string> names;
   if (DIR* d = opendir(dir)) {
     while (const dirent* e = readdir(d))

@@ -138,7 +138,7 @@ TEST_CASE("encode_images: 8-bit pixels normalised by the model give the float pa
     at::Tensor u8 = at::empty({1, 3, r, r}, at::kByte);
     enc.preprocess_image_u8(bytes.data(), bytes.size(), u8.data_ptr<uint8_t>());
     std::vector<uint8_t> direct(item);
-    preprocess_eval_bytes_u8(bytes.data(), bytes.size(), r, mode, direct.data());
+    preprocess_eval_bytes_u8(bytes.data(), bytes.size(), r, ImageOptions{mode}, direct.data());
     CHECK(std::memcmp(direct.data(), u8.data_ptr<uint8_t>(), item) == 0);
     CHECK(same_bytes(enc.normalize_pixels(u8), want));
   }

@@ -479,11 +479,10 @@ TEST_CASE("find_vocab takes a tokenizer.json where no vocab.txt is, vocab.txt fi
 // A driver for scripts/check_tokenizer_cnclip.py, which checks its output against cn_clip's own
 // tokenizer: reads texts ({"text": ...} per line) from $CLIP_TOKENIZE_IN and writes, per text, its
 // wordpieces, its 52 input ids and cn_clip's text preprocessing as JSON lines to $CLIP_TOKENIZE_IN.out,
-// with the vocab at $CLIP_TOKENIZE_VOCAB (default: the fixture's). Without the variable (the file's
-// own CTest entry selects every case of this file) it does nothing.
+// with the vocab at $CLIP_TOKENIZE_VOCAB (default: the fixture's).
 TEST_CASE("tokenize the texts of $CLIP_TOKENIZE_IN (for scripts/check_tokenizer_cnclip.py)", "[.tokenize-file]") {
   const char* in_path = std::getenv("CLIP_TOKENIZE_IN");
-  if (!in_path) return;
+  if (!in_path) FAIL("set CLIP_TOKENIZE_IN to a JSONL file of texts");
   const char* vocab = std::getenv("CLIP_TOKENIZE_VOCAB");
   const Tokenizer tok = Tokenizer::load(vocab ? vocab : testutil::fixture("vocab.txt"));
   std::ifstream in(in_path);

@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """Writes the seed corpus of the fuzz harnesses (tests/fuzz/corpus/<target>/): one small valid input
-per format the harness reads. Run from the repository root:  python3 tests/fuzz/make_seeds.py"""
+per format the harness reads. Run from the repository root:  python3 tests/fuzz/make_seeds.py
+Inputs that the fuzzers once found are kept beside these, never rewritten here
+(image/bmp-tall-truncated.bmp, image/png_cut_crc_reread.png: docs/reliability.md)."""
 import base64, io, json, os, pickle, shutil, struct, sys, zipfile
 
 import torch
@@ -43,7 +45,7 @@ put("safetensors", "empty.safetensors", safetensors({}))
 
 # Images: the decoder test cases.
 for f in sorted(os.listdir("tests/data/image")):
-    if f.split(".")[-1] in ("jpg", "png", "bmp", "ppm"):
+    if f.split(".")[-1] in ("jpg", "png", "bmp", "ppm", "webp", "gif"):
         put("image", f, open(os.path.join("tests/data/image", f), "rb").read())
 
 png = open("tests/data/image/png_p8.png", "rb").read()

@@ -105,6 +105,10 @@ void add_image_options(CLI::App& app, ImageOptions& io) {
       ->check(CLI::IsMember({"exact", "fast", "device"}))
       ->type_name("MODE")
       ->default_str("exact");
+  app.add_flag("--exif-transpose", io.exif_transpose,
+               "Turn each image upright by its EXIF orientation (JPEG, PNG, WebP) before the model sees it, as Pillow's "
+               "ImageOps.exif_transpose does: for phone photos stored sideways. cn_clip does not (off: its pixels); "
+               "recorded in a store's metadata");
 }
 
 void add_data_options(CLI::App& app, DataOptions& d, bool with_split) {

@@ -287,10 +287,13 @@ std::vector<uint8_t> ImageTsv::bytes(size_t i) const {
   }
 }
 
-Image ImageSource::decode(size_t i) const {
+Image ImageSource::decode(size_t i) const { return decode_as(i, false); }
+Image ImageSource::decode_upright(size_t i) const { return decode_as(i, true); }
+
+Image ImageSource::decode_as(size_t i, bool upright) const {
   std::vector<uint8_t> b = bytes(i);
   try {
-    return decode_image(b.data(), b.size());
+    return upright ? decode_image_upright(b.data(), b.size()) : decode_image(b.data(), b.size());
   } catch (const DataError& e) {
     throw DataError(fmt::format("{}: {}", where(i), e.what()));
   }

@@ -75,6 +75,11 @@ class ImageSource {
   virtual std::string name(size_t i) const { return {}; }
   // bytes(i) decoded with clip::decode_image; DataError names the image on failure.
   Image decode(size_t i) const;
+  // The same turned upright by its EXIF orientation (decode_image_upright): for display.
+  Image decode_upright(size_t i) const;
+
+ private:
+  Image decode_as(size_t i, bool upright) const;
 };
 
 // Opens --images: a folder of photos or a file list (ImageFolder), an LMDB folder holding data.mdb,

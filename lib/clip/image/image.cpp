@@ -282,12 +282,12 @@ void preprocess_eval_u8(const Image& im, int resolution, uint8_t* out) {
   }
 }
 
-void preprocess_eval_bytes(const uint8_t* data, size_t n, int resolution, DecodeMode mode, float* out) {
-  preprocess_eval(decode_image(data, n, mode, resolution), resolution, out);
+void preprocess_eval_bytes(const uint8_t* data, size_t n, int resolution, const ImageOptions& io, float* out) {
+  preprocess_eval(decode_image(data, n, io, resolution), resolution, out);
 }
 
-void preprocess_eval_bytes_u8(const uint8_t* data, size_t n, int resolution, DecodeMode mode, uint8_t* out) {
-  preprocess_eval_u8(decode_image(data, n, mode, resolution), resolution, out);
+void preprocess_eval_bytes_u8(const uint8_t* data, size_t n, int resolution, const ImageOptions& io, uint8_t* out) {
+  preprocess_eval_u8(decode_image(data, n, io, resolution), resolution, out);
 }
 
 Image device_resize_input(Image im, int resolution) {

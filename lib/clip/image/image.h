@@ -65,12 +65,27 @@ enum class DecodeMode { exact, fast, device };
 const char* decode_mode_name(DecodeMode m);  // "exact", "fast", "device"
 // A mode from its name (--decode); false when the name is unknown.
 bool parse_decode_mode(const std::string& name, DecodeMode& out);
-// The image layer's settings that the tools expose (cli: --decode).
+// The image layer's settings that the tools expose (cli: --decode, --exif-transpose).
 struct ImageOptions {
   DecodeMode decode = DecodeMode::exact;
+  // Turn each image upright by its EXIF orientation before the model's transform (Pillow's
+  // ImageOps.exif_transpose). cn_clip does not: off, the pixels are cn_clip's.
+  bool exif_transpose = false;
 };
 // decode_image for a model input of min_side x min_side pixels (used by `fast` to pick the scale).
 Image decode_image(const uint8_t* data, size_t n, DecodeMode mode, int min_side);
+// The same with `io.decode`, then apply_orientation when `io.exif_transpose` (exif.cpp).
+Image decode_image(const uint8_t* data, size_t n, const ImageOptions& io, int min_side);
+
+// EXIF orientation (tag 0x0112 of IFD0) of a JPEG (first APP1 "Exif" segment), PNG (eXIf chunk) or
+// WebP (EXIF chunk): 1 to 8; 1 when the file has none, or none that can be read.
+int exif_orientation(const uint8_t* data, size_t n);
+// Pillow's ImageOps.exif_transpose for that orientation: 2 mirror, 3 rotate 180, 4 flip, 5
+// transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise; 1 (or any other
+// value) returns the image as it is. Any mode, the palette kept.
+Image apply_orientation(const Image& im, int orientation);
+// decode_image turned upright: what photo viewers and browsers show (thumbnails, contact sheets).
+Image decode_image_upright(const uint8_t* data, size_t n);
 // Whether this build decodes "webp" (libwebp) or "gif" (giflib); JPEG and PNG always.
 bool image_format_supported(const std::string& name);
 
@@ -90,8 +105,8 @@ Image convert_rgb(const Image& im);  // Pillow's convert('RGB') for every mode
 // written to out[3*R*R].
 void preprocess_eval(const Image& im, int resolution, float* out, const std::array<float, 3>& mean = kClipMean,
                      const std::array<float, 3>& std = kClipStd);
-// Encoded bytes -> decode_image(data, n, mode, resolution) -> preprocess_eval.
-void preprocess_eval_bytes(const uint8_t* data, size_t n, int resolution, DecodeMode mode, float* out);
+// Encoded bytes -> decode_image(data, n, io, resolution) -> preprocess_eval.
+void preprocess_eval_bytes(const uint8_t* data, size_t n, int resolution, const ImageOptions& io, float* out);
 // RGB image (any size) -> CHW normalised floats (ToTensor + Normalize only).
 void to_chw_normalized(const Image& rgb, float* out, const std::array<float, 3>& mean = kClipMean,
                        const std::array<float, 3>& std = kClipStd);
@@ -105,8 +120,8 @@ void to_chw_normalized(const Image& rgb, float* out, const std::array<float, 3>&
 using NormalizeTable = std::array<std::array<float, 256>, 3>;
 NormalizeTable normalize_table(const std::array<float, 3>& mean = kClipMean, const std::array<float, 3>& std = kClipStd);
 void preprocess_eval_u8(const Image& im, int resolution, uint8_t* out);
-// Encoded bytes -> decode_image(data, n, mode, resolution) -> preprocess_eval_u8.
-void preprocess_eval_bytes_u8(const uint8_t* data, size_t n, int resolution, DecodeMode mode, uint8_t* out);
+// Encoded bytes -> decode_image(data, n, io, resolution) -> preprocess_eval_u8.
+void preprocess_eval_bytes_u8(const uint8_t* data, size_t n, int resolution, const ImageOptions& io, uint8_t* out);
 // DecodeMode::device: what of the eval transform stays on the CPU. An RGB image is returned as it is
 // (its squash to R x R runs on the model's device); an L image becomes RGB first (its three equal
 // channels resize exactly as L would, then convert('RGB') copies them); any other mode (P, 1, LA,

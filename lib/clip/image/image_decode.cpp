@@ -3,7 +3,8 @@
 //  * JPEG through libjpeg(-turbo) with its defaults (ISLOW DCT, fancy upsampling) - the library and
 //    settings Pillow uses. 1 component -> L, 3 -> RGB (libjpeg's YCbCr->RGB), 4 -> CMYK asked from
 //    libjpeg as CMYK (it converts YCCK) and then inverted, since Pillow reads every 4-component
-//    JPEG with rawmode "CMYK;I" (Adobe's inverted convention). EXIF orientation is not applied.
+//    JPEG with rawmode "CMYK;I" (Adobe's inverted convention). EXIF orientation is not applied here (as in
+//    Pillow's Image.open; exif.cpp applies it on request).
 //    libjpeg warnings are ignored like Pillow does; data that runs out before libjpeg has produced
 //    the last scanline is an error, as Pillow's "image file is truncated" (in practice a missing EOI
 //    marker already is, because libjpeg needs it to finish the last MCU row); bytes after the EOI
@@ -527,17 +528,25 @@ Image decode_webp(const uint8_t* data, size_t n) {
 struct GifSrc {
   const uint8_t* data;
   size_t n, pos;
+  bool terminated;  // the one zero byte past the end has been read
 };
+// Past the end of the file, one zero byte: the empty sub-block that ends the image data, which giflib
+// reads after the last pixel (and Pillow never does), so a file cut right after its last pixels
+// still decodes. A zero where more pixels were due is an error in giflib ("image is defective").
 int gif_read(GifFileType* g, GifByteType* buf, int len) {
   auto* s = static_cast<GifSrc*>(g->UserData);
-  const size_t k = std::min(static_cast<size_t>(len < 0 ? 0 : len), s->n - s->pos);
+  size_t k = std::min(static_cast<size_t>(len < 0 ? 0 : len), s->n - s->pos);
   std::memcpy(buf, s->data + s->pos, k);
   s->pos += k;
+  if (k < static_cast<size_t>(len) && !s->terminated) {
+    buf[k++] = 0;
+    s->terminated = true;
+  }
   return static_cast<int>(k);
 }
 
 Image decode_gif(const uint8_t* data, size_t n) {
-  GifSrc src{data, n, 0};
+  GifSrc src{data, n, 0, false};
   int err = 0;
   GifFileType* g = DGifOpen(&src, gif_read, &err);
   if (!g) throw DataError(std::string("GIF: ") + GifErrorString(err));

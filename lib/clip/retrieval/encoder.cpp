@@ -202,11 +202,11 @@ at::Tensor Encoder::encode_pixels(const at::Tensor& pixels) {
 }
 
 void Encoder::preprocess_image(const uint8_t* data, size_t n, float* out) const {
-  preprocess_eval_bytes(data, n, resolution(), image_.decode, out);
+  preprocess_eval_bytes(data, n, resolution(), image_, out);
 }
 
 void Encoder::preprocess_image_u8(const uint8_t* data, size_t n, uint8_t* out) const {
-  preprocess_eval_bytes_u8(data, n, resolution(), image_.decode, out);
+  preprocess_eval_bytes_u8(data, n, resolution(), image_, out);
 }
 
 at::Tensor Encoder::normalize_pixels(const at::Tensor& u8) const { return normalize_pixels_u8(u8, st_->norm_table); }
@@ -263,6 +263,7 @@ nlohmann::json Encoder::preprocess_meta() const {
   };
   // Recorded only when not the default, so that stores of the exact path keep their metadata as before.
   if (image_.decode != DecodeMode::exact) m["decode"] = decode_mode_name(image_.decode);
+  if (image_.exif_transpose) m["exif_transpose"] = true;
   return m;
 }
 

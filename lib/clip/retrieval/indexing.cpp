@@ -60,7 +60,7 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
           const auto t0 = SteadyClock::now();
           const std::vector<uint8_t> bytes = tsv.bytes(row);
           const auto t1 = SteadyClock::now();
-          Image im = decode_image(bytes.data(), bytes.size(), mode, r);
+          Image im = decode_image(bytes.data(), bytes.size(), enc.image_options(), r);
           const auto t2 = SteadyClock::now();
           if (on_device) {
             const Image rgb = device_resize_input(std::move(im), r);
@@ -328,6 +328,11 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
     if (decode_of(old.meta.preprocess) != decode_of(meta.preprocess))
       log_warn("appending features of --decode {} to '{}', whose rows were made with --decode {}: the store mixes both",
                decode_of(meta.preprocess), path, decode_of(old.meta.preprocess));
+    auto upright = [](const nlohmann::json& pre) { return pre.is_object() && pre.value("exif_transpose", false); };
+    if (upright(old.meta.preprocess) != upright(meta.preprocess))
+      log_warn("appending features made {} --exif-transpose to '{}', whose rows were made {} it: the store mixes "
+               "photos turned upright and photos as stored",
+               upright(meta.preprocess) ? "with" : "without", path, upright(old.meta.preprocess) ? "with" : "without");
     // Refuse before the store changes when the index beside it is not the store's.
     if (side.ann_factory.empty() && file_exists(ann_file)) AnnIndex::open(ann_file, old, {});
     AppendOptions opt;

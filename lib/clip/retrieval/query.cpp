@@ -250,18 +250,18 @@ void write_montage(const std::string& path, const QueryResults& r, const Feature
     std::vector<MontageTile> row;
     if (q.kind == "image" && !q.has_id) {
       std::string bytes = read_file(q.label);
-      keep.push_back(decode_image(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+      keep.push_back(decode_image_upright(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
       row.push_back({&keep.back(), "query"});
     } else if (q.kind == "image") {
       if (auto i = tsv->find(q.id)) {
-        keep.push_back(tsv->decode(*i));
+        keep.push_back(tsv->decode_upright(*i));
         row.push_back({&keep.back(), "query"});
       }
     }
     for (size_t i = 0; i < q.hits.size(); ++i) {
       auto idx = tsv->find(q.hits[i].id);
       if (!idx) continue;
-      keep.push_back(tsv->decode(*idx));
+      keep.push_back(tsv->decode_upright(*idx));
       const bool hit = std::find(q.gold.begin(), q.gold.end(), q.hits[i].id) != q.gold.end();
       right += hit;
       std::string id = id_to_string(q.hits[i].id, names);

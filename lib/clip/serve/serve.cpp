@@ -125,10 +125,10 @@ class DecodePool {
     std::vector<uint8_t> bytes;
     std::promise<Image> done;
   };
-  // mode/min_side: the encoder's --decode and resolution (decode_image(data, n, mode, min_side)).
-  DecodePool(int threads, size_t max_queue, DecodeMode mode, int min_side) : st_(std::make_shared<State>()) {
+  // io/min_side: the encoder's image options and resolution (decode_image(data, n, io, min_side)).
+  DecodePool(int threads, size_t max_queue, const ImageOptions& io, int min_side) : st_(std::make_shared<State>()) {
     st_->max_queue = std::max<size_t>(1, max_queue);
-    st_->mode = mode;
+    st_->io = io;
     st_->min_side = min_side;
     for (int i = 0; i < std::max(1, threads); ++i) std::thread([st = st_] { run(st); }).detach();
   }
@@ -167,7 +167,7 @@ class DecodePool {
     std::deque<std::shared_ptr<Job>> queue;
     size_t max_queue = 16;
     bool stop = false;
-    DecodeMode mode = DecodeMode::exact;
+    ImageOptions io;
     int min_side = 0;
   };
   static void run(std::shared_ptr<State> st) {
@@ -181,7 +181,7 @@ class DecodePool {
         st->queue.pop_front();
       }
       try {
-        job->done.set_value(decode_image(job->bytes.data(), job->bytes.size(), st->mode, st->min_side));
+        job->done.set_value(decode_image(job->bytes.data(), job->bytes.size(), st->io, st->min_side));
       } catch (...) {
         job->done.set_exception(std::current_exception());
       }
@@ -359,7 +359,7 @@ struct Server::Impl {
         return it->second->second;
       }
     }
-    Image im = convert_rgb(images->decode(index));
+    Image im = convert_rgb(images->decode_upright(index));
     const int side = std::max(im.width, im.height);
     if (side > size) {
       const int w = std::max(1, static_cast<int>(std::lround(double(im.width) * size / side)));
@@ -629,7 +629,7 @@ Server::Server(Encoder& enc, const Collection* coll, const FeatureSet& fs, Serve
   if (o.decode_threads < 1) throw UsageError("--decode-threads must be at least 1");
   if (o.decode_timeout_ms < 1) throw UsageError("--decode-timeout-ms must be at least 1");
   im_->decoder = std::make_unique<DecodePool>(o.decode_threads, static_cast<size_t>(std::max(1, o.decode_queue)),
-                                              enc.image_options().decode, enc.resolution());
+                                              enc.image_options(), enc.resolution());
   im_->setup_routes();
   im_->batcher = std::thread([this] { im_->batch_loop(); });
 }

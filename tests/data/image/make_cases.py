@@ -154,3 +154,53 @@ for name, data in cases.items():
 with open(os.path.join(out_dir, "expected.tsv"), "w") as f:
     f.write("\n".join(lines) + "\n")
 print(f"wrote {len(cases)} images and expected.tsv to {out_dir}")
+
+# EXIF orientation (exif.tsv): file, the orientation Pillow reads (0: none), then what
+# ImageOps.exif_transpose gives: width, height, sha256 of its pixels, and sha256 of its cn_clip eval
+# squash (resize((224, 224), BICUBIC).convert('RGB')).
+from PIL import ImageOps
+
+
+def exif_block(orientation, order="MM", type_=3):
+    le = order == "II"
+    pk = (lambda f, *v: struct.pack("<" + f, *v)) if le else (lambda f, *v: struct.pack(">" + f, *v))
+    value = pk("HH", orientation, 0) if type_ == 3 else pk("I", orientation)
+    return b"Exif\0\0" + order.encode() + pk("H", 42) + pk("I", 8) + pk("H", 1) + pk("HHI", 0x0112, type_, 1) + value + pk("I", 0)
+
+
+def with_app1(jpeg, *blocks):  # APP1 segments right after SOI
+    segs = b"".join(b"\xff\xe1" + struct.pack(">H", len(b) + 2) + b for b in blocks)
+    return jpeg[:2] + segs + jpeg[2:]
+
+
+exif_cases = {}
+plain_jpeg = save(Image.fromarray(pattern(37, 23, 3), "RGB"), "JPEG", quality=92)
+for o in range(1, 9):
+    exif_cases[f"exif_jpeg_o{o}.jpg"] = with_app1(plain_jpeg, exif_block(o))
+exif_cases["exif_jpeg_o3_long_le.jpg"] = with_app1(plain_jpeg, exif_block(3, "II", 4))
+exif_cases["exif_jpeg_two_app1.jpg"] = with_app1(plain_jpeg, exif_block(6), exif_block(3))
+exif_cases["exif_jpeg_o9.jpg"] = with_app1(plain_jpeg, exif_block(9))
+exif_cases["exif_jpeg_broken_ifd.jpg"] = with_app1(plain_jpeg, exif_block(6)[:-14])
+ex6 = Image.Exif()
+ex6[0x0112] = 6
+exif_cases["exif_png_rgba_o6.png"] = save(Image.fromarray(pattern(29, 17, 4), "RGBA"), "PNG", exif=ex6.tobytes())
+ex5 = Image.Exif()
+ex5[0x0112] = 5
+exif_cases["exif_png_p_o5.png"] = save(Image.fromarray(pattern(21, 26, 3), "RGB").quantize(32), "PNG", exif=ex5.tobytes())
+ex8 = Image.Exif()
+ex8[0x0112] = 8
+exif_cases["exif_webp_o8.webp"] = save(Image.fromarray(pattern(31, 19, 3), "RGB"), "WEBP", lossless=True, exif=ex8.tobytes())
+lines = []
+for name, data in exif_cases.items():
+    with open(os.path.join(out_dir, name), "wb") as f:
+        f.write(data)
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    up = ImageOps.exif_transpose(im)
+    o = im.getexif().get(0x0112, 0)
+    r = up.resize((224, 224), Image.BICUBIC).convert("RGB")
+    lines.append("\t".join([name, str(o), str(up.size[0]), str(up.size[1]), hashlib.sha256(up.tobytes()).hexdigest(),
+                            hashlib.sha256(r.tobytes()).hexdigest()]))
+with open(os.path.join(out_dir, "exif.tsv"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+print(f"wrote {len(exif_cases)} images and exif.tsv to {out_dir}")
