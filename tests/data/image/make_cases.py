@@ -138,12 +138,17 @@ assert gif[pos] == 0x2C
 gif[pos + 1:pos + 5] = struct.pack("<HH", 20, 9)  # left, top
 cases["gif_frame_past_screen.gif"] = bytes(gif)
 
-lines = []
-for name, data in cases.items():
+def write_and_open(name, data):
     with open(os.path.join(out_dir, name), "wb") as f:
         f.write(data)
     im = Image.open(io.BytesIO(data))
     im.load()
+    return im
+
+
+lines = []
+for name, data in cases.items():
+    im = write_and_open(name, data)
     native = im.convert("L").tobytes() if im.mode == "1" else im.tobytes()
     iw, ih = im.size
     fields = [name, im.mode, str(iw), str(ih), hashlib.sha256(native).hexdigest()]
@@ -181,21 +186,18 @@ exif_cases["exif_jpeg_o3_long_le.jpg"] = with_app1(plain_jpeg, exif_block(3, "II
 exif_cases["exif_jpeg_two_app1.jpg"] = with_app1(plain_jpeg, exif_block(6), exif_block(3))
 exif_cases["exif_jpeg_o9.jpg"] = with_app1(plain_jpeg, exif_block(9))
 exif_cases["exif_jpeg_broken_ifd.jpg"] = with_app1(plain_jpeg, exif_block(6)[:-14])
-ex6 = Image.Exif()
-ex6[0x0112] = 6
-exif_cases["exif_png_rgba_o6.png"] = save(Image.fromarray(pattern(29, 17, 4), "RGBA"), "PNG", exif=ex6.tobytes())
-ex5 = Image.Exif()
-ex5[0x0112] = 5
-exif_cases["exif_png_p_o5.png"] = save(Image.fromarray(pattern(21, 26, 3), "RGB").quantize(32), "PNG", exif=ex5.tobytes())
-ex8 = Image.Exif()
-ex8[0x0112] = 8
-exif_cases["exif_webp_o8.webp"] = save(Image.fromarray(pattern(31, 19, 3), "RGB"), "WEBP", lossless=True, exif=ex8.tobytes())
+def pillow_exif(orientation):
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    return ex.tobytes()
+
+
+exif_cases["exif_png_rgba_o6.png"] = save(Image.fromarray(pattern(29, 17, 4), "RGBA"), "PNG", exif=pillow_exif(6))
+exif_cases["exif_png_p_o5.png"] = save(Image.fromarray(pattern(21, 26, 3), "RGB").quantize(32), "PNG", exif=pillow_exif(5))
+exif_cases["exif_webp_o8.webp"] = save(Image.fromarray(pattern(31, 19, 3), "RGB"), "WEBP", lossless=True, exif=pillow_exif(8))
 lines = []
 for name, data in exif_cases.items():
-    with open(os.path.join(out_dir, name), "wb") as f:
-        f.write(data)
-    im = Image.open(io.BytesIO(data))
-    im.load()
+    im = write_and_open(name, data)
     up = ImageOps.exif_transpose(im)
     o = im.getexif().get(0x0112, 0)
     r = up.resize((224, 224), Image.BICUBIC).convert("RGB")
