@@ -3,9 +3,7 @@
 # GIF, BMP, PNM) cut short, with bytes changed or removed, or (PNG) with a chunk length changed,
 # a fixed pseudo-random set of a few thousand files. Pillow 9.4 and our decoders must agree on each
 # file: both refuse it, or both decode it to the same pixels. The one known difference is left
-# out: giflib reads past some invalid LZW codes where Pillow stops ("broken data stream"), and
-# libwebp's WebPDecode reads some damaged extended (VP8X) files that Pillow's frame reader refuses
-# ("failed to read next frame").
+# out: giflib reads past some invalid LZW codes where Pillow stops ("broken data stream").
 # Then 400 random images of every mode, 1 to 640 pixels a side (PNG, and JPEG for some L and RGB
 # ones), resized (bicubic, then to RGB) to random sizes: the same bytes as Pillow's.
 # Usage: pillow_diff.sh BIN_DIR SOURCE_DIR SHARED_DIR
@@ -124,8 +122,6 @@ for name, p in sorted(pil.items()):
         kind = "only Pillow decodes"
     elif ext == "gif" and "broken data stream" in p[2]:
         kind = "known: giflib reads past invalid LZW codes"
-    elif ext == "webp" and "failed to read next frame" in p[2]:
-        kind = "known: libwebp decodes what Pillow's frame reader refuses"
     else:
         kind = "only we decode"
     count[kind] += 1

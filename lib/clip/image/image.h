@@ -40,7 +40,7 @@ std::string base64_encode(const uint8_t* data, size_t n);
 constexpr uint64_t kMaxImagePixels = 2ull * 89478485ull;
 
 // Decodes JPEG (libjpeg-turbo defaults, like Pillow), PNG (libpng: L/LA/RGB/RGBA/P/1-bit kept as
-// Pillow's modes), WebP (libwebp: RGB or RGBA), GIF (giflib: the first frame, mode P) and, through
+// Pillow's modes), WebP (libwebp: RGB or RGBA; the first frame of an animation), GIF (giflib: the first frame, mode P) and, through
 // stb_image after our own header checks, uncompressed BMP and binary PNM (P5/P6). Every other format
 // (Radiance HDR, TGA, PSD, PIC, TIFF, ...) is refused by its magic bytes before any decoder runs.
 // Throws DataError describing the problem. Bytes identical to Pillow 9.4's Image.open(...).tobytes()

@@ -21,12 +21,13 @@
 //    Chunk CRCs are checked as Pillow checks them: before the first IDAT only. Like Pillow, reading
 //    stops once the last row is whole: what follows it (the rest of the zlib stream, the last
 //    IDAT's CRC, later chunks) may be cut or broken.
-//  * WebP through libwebp (when built with it): RGB, or RGBA when the file has alpha, as Pillow opens
-//    it; animated WebP is refused. GIF through giflib (when built with it): the first frame on the
+//  * WebP through libwebp's animation decoder (when built with it), as Pillow opens it: the first
+//    frame on its canvas, RGB, or RGBA when the file has alpha. GIF through giflib (when built with it): the first frame on the
 //    logical screen (widened to hold the frame, as Pillow does) as mode P with its colour table;
 //    pixels outside the first frame take the background colour index; nothing after the first frame
 //    is read, and a first frame cut short is an error. Mutated and cut WebP files decode or fail as
-//    in Pillow; giflib reads past some invalid LZW codes that Pillow refuses ("broken data stream").
+//    in Pillow (tests/cli/pillow_diff.sh); giflib reads past some invalid LZW codes that Pillow
+//    refuses ("broken data stream").
 //  * Uncompressed BMP and binary PNM (P5/P6) through stb_image as L/LA/RGB/RGBA, after their
 //    headers were checked here (dimensions, pixel data inside the file). Not bit-exact with Pillow
 //    (which keeps 8-bit BMP as mode P, for instance). Every other format (HDR, TGA, PSD, PIC, TIFF,
@@ -47,6 +48,7 @@
 #include <jpeglib.h>
 #ifdef CLIP_HAVE_WEBP
 #include <webp/decode.h>
+#include <webp/demux.h>
 #endif
 #ifdef CLIP_HAVE_GIF
 #include <gif_lib.h>
@@ -505,21 +507,40 @@ void check_pnm(const uint8_t* d, size_t n) {
 // ------------------------------------------------------------------------------------ WebP, GIF
 
 #ifdef CLIP_HAVE_WEBP
+// As Pillow 9.4 reads every WebP: through libwebp's animation decoder (demux), the first frame on
+// its canvas, RGBA, kept as RGBA when the file says it has alpha and as RGB otherwise. A still image
+// gives the pixels of WebPDecode; an animated one its first frame; a container the demuxer refuses,
+// or a first frame it cannot decode, is an error as in Pillow.
 Image decode_webp(const uint8_t* data, size_t n) {
   WebPBitstreamFeatures f;
   if (WebPGetFeatures(data, n, &f) != VP8_STATUS_OK) throw DataError("WebP: not a valid WebP file");
-  if (f.has_animation) throw DataError("WebP: animated WebP is not supported");
-  check_dimensions(static_cast<uint64_t>(f.width), static_cast<uint64_t>(f.height), "WebP");
+  // The decoder allocates the whole canvas at once: bound it first.
+  check_dimensions(static_cast<uint64_t>(std::max(0, f.width)), static_cast<uint64_t>(std::max(0, f.height)), "WebP");
+  WebPAnimDecoderOptions opt;
+  if (!WebPAnimDecoderOptionsInit(&opt)) throw DataError("WebP: libwebp's decoder could not be set up");
+  opt.color_mode = MODE_RGBA;
+  opt.use_threads = 0;
+  const WebPData wd{data, n};
+  std::unique_ptr<WebPAnimDecoder, void (*)(WebPAnimDecoder*)> dec(WebPAnimDecoderNew(&wd, &opt), WebPAnimDecoderDelete);
+  if (!dec) throw DataError("WebP: broken file (its chunks cannot be read)");
+  WebPAnimInfo info;
+  if (!WebPAnimDecoderGetInfo(dec.get(), &info)) throw DataError("WebP: broken file (no image information)");
+  check_dimensions(info.canvas_width, info.canvas_height, "WebP");
+  uint8_t* rgba = nullptr;
+  int timestamp = 0;
+  if (!WebPAnimDecoderGetNext(dec.get(), &rgba, &timestamp) || !rgba)
+    throw DataError("WebP: the data could not be decoded (truncated or corrupt)");
   Image out;
-  out.width = f.width;
-  out.height = f.height;
+  out.width = static_cast<int>(info.canvas_width);
+  out.height = static_cast<int>(info.canvas_height);
   out.mode = f.has_alpha ? PixelMode::RGBA : PixelMode::RGB;
-  const int ch = out.channels();
-  out.pixels.resize(static_cast<size_t>(f.width) * f.height * ch);
-  const int stride = f.width * ch;
-  const uint8_t* ok = f.has_alpha ? WebPDecodeRGBAInto(data, n, out.pixels.data(), out.pixels.size(), stride)
-                                  : WebPDecodeRGBInto(data, n, out.pixels.data(), out.pixels.size(), stride);
-  if (!ok) throw DataError("WebP: the data could not be decoded (truncated or corrupt)");
+  const size_t px = static_cast<size_t>(out.width) * out.height;
+  if (f.has_alpha) {
+    out.pixels.assign(rgba, rgba + px * 4);
+  } else {
+    out.pixels.resize(px * 3);
+    for (size_t i = 0; i < px; ++i) std::memcpy(out.pixels.data() + 3 * i, rgba + 4 * i, 3);
+  }
   return out;
 }
 #endif

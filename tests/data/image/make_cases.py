@@ -137,6 +137,12 @@ while gif[pos] == 0x21:  # extensions: label, then sub-blocks up to an empty one
 assert gif[pos] == 0x2C
 gif[pos + 1:pos + 5] = struct.pack("<HH", 20, 9)  # left, top
 cases["gif_frame_past_screen.gif"] = bytes(gif)
+# Animated WebP: Pillow opens the first frame on the canvas.
+frames = [Image.fromarray(pattern(26, 18, 3), "RGB"), Image.fromarray(255 - pattern(26, 18, 3), "RGB")]
+cases["webp_animated.webp"] = save(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True, duration=100)
+aframes = [Image.fromarray(pattern(22, 20, 4), "RGBA"), Image.fromarray(pattern(22, 20, 4)[::-1].copy(), "RGBA")]
+cases["webp_animated_alpha.webp"] = save(aframes[0], "WEBP", save_all=True, append_images=aframes[1:], quality=70,
+                                         duration=50)
 
 def write_and_open(name, data):
     with open(os.path.join(out_dir, name), "wb") as f:
