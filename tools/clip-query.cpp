@@ -70,6 +70,7 @@ static int body(int argc, char** argv) {
            index.size() > 1 ? fmt::format(" and {} more shards", index.size() - 1) : "", coll.size(), store.meta.kind,
            store.dim, coll.method());
   fill_model_options_from_store(mo, store);
+  fill_image_options_from_store(io, store);
   // Only the towers the queries need: text queries the text tower, image queries the vision tower.
   const bool text_queries = !q.texts.empty() || !q.text_file.empty() || !q.texts_jsonl.empty();
   const bool image_queries = !q.image_paths.empty() || !q.query_tsv.empty();

@@ -60,6 +60,7 @@ static int body(int argc, char** argv) {
   log_info("store {}: {} {} features in {} shard(s), dim {}; search: {}", index.front(), coll.size(), store.meta.kind,
            index.size(), store.dim, coll.method());
   fill_model_options_from_store(mo, store);
+  fill_image_options_from_store(io, store);
   Encoder enc(mo, ro, io);
   Server server(enc, coll, so);
   const int port = server.bind();

@@ -2,8 +2,8 @@
 # --exif-transpose: a photo stored sideways with an EXIF orientation gives, with the flag, the
 # features of the same photo stored upright (bit for bit), and without it cn_clip's features of the
 # pixels as stored; the flag is recorded in a store's metadata, spelled the same in every tool that
-# decodes images for the model, and clip-query --image takes it too. clip-serve's thumbnails are
-# upright whatever the flag (as browsers show the file itself).
+# decodes images for the model, and clip-query --image takes it too, or follows a store built with
+# it. clip-serve's thumbnails are upright whatever the flag (as browsers show the file itself).
 # Usage: exif.sh BIN_DIR SOURCE_DIR SHARED_DIR
 set -u
 bin=$1 src=$2 shared=$3
@@ -63,6 +63,16 @@ check "clip-query --image --exif-transpose: exit 0" test $? -eq 0
 check "... its best hit is the upright photo at score 1" $PY -c "
 import json; r=[json.loads(l) for l in open('$tmp/q.jsonl')]; h=r[0]['hits'] if 'hits' in r[0] else r
 best=h[0]; assert best['id']=='upright.png' and abs(best['score']-1) < 1e-5, best"
+# Against a store built with --exif-transpose, query images are turned upright without the flag.
+"$bin/clip-query" "${MODEL[@]}" --index "$tmp/up.clipfeat" --image "$tmp/photos/sideways.png" -k 2 >"$tmp/q2.jsonl"
+check "clip-query --image against an upright store: exit 0" test $? -eq 0
+check "... the query is turned upright as the store's images were (score 1 for both photos)" $PY -c "
+import json; r=[json.loads(l) for l in open('$tmp/q2.jsonl')]; h=r[0]['hits'] if 'hits' in r[0] else r
+assert len(h)==2 and all(abs(x['score']-1) < 1e-5 for x in h), h"
+"$bin/clip-query" "${MODEL[@]}" --index "$tmp/plain.clipfeat" --image "$tmp/photos/sideways.png" -k 2 >"$tmp/q3.jsonl"
+check "... and against a store without it, as stored (its best hit is itself)" $PY -c "
+import json; r=[json.loads(l) for l in open('$tmp/q3.jsonl')]; h=r[0]['hits'] if 'hits' in r[0] else r
+assert h[0]['id']=='sideways.png' and abs(h[0]['score']-1) < 1e-5 and abs(h[1]['score']-1) > 1e-3, h"
 
 # clip-serve's thumbnail of the sideways photo is upright (landscape), without the flag.
 "$bin/clip-serve" --index "$tmp/plain.clipfeat" --host 127.0.0.1 --port 0 2>"$tmp/serve.err" &

@@ -108,7 +108,7 @@ void add_image_options(CLI::App& app, ImageOptions& io) {
   app.add_flag("--exif-transpose", io.exif_transpose,
                "Turn each image upright by its EXIF orientation (JPEG, PNG, WebP) before the model sees it, as Pillow's "
                "ImageOps.exif_transpose does: for phone photos stored sideways. cn_clip does not (off: its pixels); "
-               "recorded in a store's metadata");
+               "recorded in a store's metadata, and queries against such a store follow it");
 }
 
 void add_data_options(CLI::App& app, DataOptions& d, bool with_split) {

@@ -56,6 +56,13 @@ void fill_model_options_from_store(ModelOptions& mo, const FeatureSet& store) {
     mo.context_length = store.meta.preprocess["context_length"].get<int>();
 }
 
+void fill_image_options_from_store(ImageOptions& io, const FeatureSet& store) {
+  const auto& pre = store.meta.preprocess;
+  if (io.exif_transpose || !pre.is_object() || !pre.value("exif_transpose", false)) return;
+  io.exif_transpose = true;
+  log_info("image queries are turned upright by their EXIF orientation, as the store's images were (--exif-transpose)");
+}
+
 static std::vector<std::string> read_lines(const std::string& path) {
   std::vector<std::string> lines;
   std::string line;

@@ -13,6 +13,7 @@ namespace clip {
 
 class Collection;
 class Encoder;
+struct ImageOptions;
 struct ModelOptions;
 
 // Output format for query records.
@@ -48,6 +49,9 @@ struct QueryResults {
 // When --checkpoint is not given, use the one the store was built with (its metadata records the
 // path and the model config), so a store is enough to query it.
 void fill_model_options_from_store(ModelOptions& mo, const FeatureSet& store);
+// Image queries against a store of photos turned upright (--exif-transpose at indexing: its
+// preprocessing metadata says "exif_transpose": true) are turned upright too, flag or not.
+void fill_image_options_from_store(ImageOptions& io, const FeatureSet& store);
 
 // Encodes every query (texts in batches, images decoded in parallel) and searches the store.
 QueryResults run_queries(Encoder& enc, const FeatureSet& store, const QueryOptions& q, int threads);
