@@ -74,14 +74,18 @@ check "... and against a store without it, as stored (its best hit is itself)" $
 import json; r=[json.loads(l) for l in open('$tmp/q3.jsonl')]; h=r[0]['hits'] if 'hits' in r[0] else r
 assert h[0]['id']=='sideways.png' and abs(h[0]['score']-1) < 1e-5 and abs(h[1]['score']-1) > 1e-3, h"
 
-# clip-serve's thumbnail of the sideways photo is upright (landscape), without the flag.
-"$bin/clip-serve" --index "$tmp/plain.clipfeat" --host 127.0.0.1 --port 0 2>"$tmp/serve.err" &
+# clip-serve's thumbnail of the sideways photo is upright (landscape), without the flag; against the
+# upright store an upload of the sideways file is turned upright too (score 1 for both photos).
+"$bin/clip-serve" --index "$tmp/up.clipfeat" --host 127.0.0.1 --port 0 2>"$tmp/serve.err" &
 spid=$!
 port=$("$src/scripts/serve_port.sh" "$tmp/serve.err" "$spid" 60)
 if [[ -n $port ]]; then
   curl -s -o "$tmp/thumb.jpg" "http://127.0.0.1:$port/api/image/sideways.png?thumb=1"
   check "clip-serve: the thumbnail of the sideways photo is upright (48x32)" $PY -c "
 from PIL import Image; im=Image.open('$tmp/thumb.jpg'); assert im.size==(48, 32), im.size"
+  curl -s "http://127.0.0.1:$port/api/search/image" -F image=@"$tmp/photos/sideways.png" -F k=2 >"$tmp/up.json"
+  check "clip-serve: an upload against the upright store is turned upright (score 1 for both photos)" $PY -c "
+import json; r=json.load(open('$tmp/up.json'))['results']; assert len(r)==2 and all(abs(x['score']-1) < 1e-5 for x in r), r"
 else
   check "clip-serve started (it says: $(tail -2 "$tmp/serve.err"))" false
 fi
