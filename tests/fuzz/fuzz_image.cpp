@@ -2,6 +2,7 @@
 // decodes, the orientation applied and cn_clip's eval transform.
 #include <cstdint>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "clip/image/image.h"
@@ -16,7 +17,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // JPEG of 615 bytes squashed to 32 x 32 sums 271 M products, over 10 s under the sanitizers),
     // which is work, not a fault; larger images are still decoded.
     if (static_cast<uint64_t>(im.width) * static_cast<uint64_t>(im.height) > (uint64_t{4} << 20)) return;
-    im = clip::apply_orientation(im, orientation);
+    im = clip::apply_orientation(std::move(im), orientation);
     std::vector<float> px(3 * 32 * 32);
     clip::preprocess_eval(im, 32, px.data());
   });

@@ -3,6 +3,7 @@
 // to the model as stored); the tools do it for display always and for the model on request
 // (ImageOptions::exif_transpose, --exif-transpose).
 #include <cstring>
+#include <utility>
 
 #include "clip/image/image.h"
 
@@ -115,7 +116,7 @@ int exif_orientation(const uint8_t* data, size_t n) {
   return o >= 1 && o <= 8 ? o : 1;
 }
 
-Image apply_orientation(const Image& im, int orientation) {
+Image apply_orientation(Image im, int orientation) {
   if (orientation < 2 || orientation > 8) return im;
   // Pillow's exif_transpose: 2 FLIP_LEFT_RIGHT, 3 ROTATE_180, 4 FLIP_TOP_BOTTOM, 5 TRANSPOSE,
   // 6 ROTATE_270, 7 TRANSVERSE, 8 ROTATE_90 (ROTATE_* counter-clockwise).
@@ -154,8 +155,7 @@ Image decode_image_upright(const uint8_t* data, size_t n) {
 Image decode_image(const uint8_t* data, size_t n, const ImageOptions& io, int min_side) {
   Image im = decode_image(data, n, io.decode, min_side);
   if (!io.exif_transpose) return im;
-  const int o = exif_orientation(data, n);
-  return o == 1 ? im : apply_orientation(im, o);
+  return apply_orientation(std::move(im), exif_orientation(data, n));
 }
 
 }  // namespace clip

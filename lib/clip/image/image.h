@@ -82,8 +82,8 @@ Image decode_image(const uint8_t* data, size_t n, const ImageOptions& io, int mi
 int exif_orientation(const uint8_t* data, size_t n);
 // Pillow's ImageOps.exif_transpose for that orientation: 2 mirror, 3 rotate 180, 4 flip, 5
 // transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise; 1 (or any other
-// value) returns the image as it is. Any mode, the palette kept.
-Image apply_orientation(const Image& im, int orientation);
+// value) returns the image as it is (moved, not copied). Any mode, the palette kept.
+Image apply_orientation(Image im, int orientation);
 // decode_image turned upright: what photo viewers and browsers show (thumbnails, contact sheets).
 Image decode_image_upright(const uint8_t* data, size_t n);
 // Whether this build decodes "webp" (libwebp) or "gif" (giflib); JPEG and PNG always.

@@ -322,17 +322,17 @@ void write_features(const std::string& path, const EncodedSet& set, const StoreM
       throw DataError("cannot append to '" + path + "': it holds " + old.meta.kind + " features of weights " +
                       old.meta.weights_hash + ", these are " + meta.kind + " features of weights " + meta.weights_hash +
                       "; index into a new store instead");
-    auto decode_of = [](const nlohmann::json& pre) {
-      return pre.is_object() && pre.contains("decode") ? pre["decode"].get<std::string>() : std::string("exact");
+    // The image settings of a store's rows, as the flags that give them (preprocess_meta records
+    // each only when it is not the default).
+    auto pixel_flags = [](const nlohmann::json& pre) {
+      const bool obj = pre.is_object();
+      std::string f = "--decode " + (obj && pre.contains("decode") ? pre["decode"].get<std::string>() : std::string("exact"));
+      if (obj && pre.value("exif_transpose", false)) f += " --exif-transpose";
+      return f;
     };
-    if (decode_of(old.meta.preprocess) != decode_of(meta.preprocess))
-      log_warn("appending features of --decode {} to '{}', whose rows were made with --decode {}: the store mixes both",
-               decode_of(meta.preprocess), path, decode_of(old.meta.preprocess));
-    auto upright = [](const nlohmann::json& pre) { return pre.is_object() && pre.value("exif_transpose", false); };
-    if (upright(old.meta.preprocess) != upright(meta.preprocess))
-      log_warn("appending features made {} --exif-transpose to '{}', whose rows were made {} it: the store mixes "
-               "photos turned upright and photos as stored",
-               upright(meta.preprocess) ? "with" : "without", path, upright(old.meta.preprocess) ? "with" : "without");
+    if (pixel_flags(old.meta.preprocess) != pixel_flags(meta.preprocess))
+      log_warn("appending features made with {} to '{}', whose rows were made with {}: the store mixes both",
+               pixel_flags(meta.preprocess), path, pixel_flags(old.meta.preprocess));
     // Refuse before the store changes when the index beside it is not the store's.
     if (side.ann_factory.empty() && file_exists(ann_file)) AnnIndex::open(ann_file, old, {});
     AppendOptions opt;
