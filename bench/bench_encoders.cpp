@@ -4,8 +4,11 @@
 //
 //   bench_encoders [--threads N] [--image-batch N] [--text-batch N] [--iters N] [--warmup N]
 //                  [--dtypes fp32,bf16,fp16] [--towers image,text] [--device cuda] [--attention auto]
+//                  [--kernels plain|training]
 // On CUDA each timed batch ends when its features are back on the host; --attention restricts the
-// fused attention kernels (torch_compat.h). Prints one line per measurement:
+// fused attention kernels (torch_compat.h); --kernels training runs the forms clip-finetune uses on
+// CUDA (ClipModelImpl::set_training_kernels: QuickGELU as silu, LayerNorm in the activation dtype).
+// Prints one line per measurement:
 //   bench impl=cpp tower=image dtype=fp32 batch=8 iters=3 median_ms=.. min_ms=.. items_per_s=..
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -72,7 +75,7 @@ int main(int argc, char** argv) {
   clip::tune_malloc();
   int threads = 2, image_batch = 8, text_batch = 16, iters = 3, warmup = 1;
   std::vector<std::string> dtypes{"fp32", "bf16"}, towers{"image", "text"};
-  std::string device_name = "cpu", attention = "auto";
+  std::string device_name = "cpu", attention = "auto", kernels = "plain";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -91,9 +94,11 @@ int main(int argc, char** argv) {
     else if (a == "--towers") towers = split(next());
     else if (a == "--device") device_name = next();
     else if (a == "--attention") attention = next();
+    else if (a == "--kernels") kernels = next();
     else {
       std::fprintf(stderr, "usage: bench_encoders [--threads N] [--image-batch N] [--text-batch N] [--iters N] [--warmup N] "
-                           "[--dtypes fp32,bf16,fp16] [--towers image,text] [--device cpu|cuda] [--attention auto]\n");
+                           "[--dtypes fp32,bf16,fp16] [--towers image,text] [--device cpu|cuda] [--attention auto] "
+                           "[--kernels plain|training]\n");
       return 2;
     }
   }
@@ -112,6 +117,11 @@ int main(int argc, char** argv) {
   model->initialize_parameters(0);
   model->eval();
   model->to(device);
+  if (kernels == "training") model->set_training_kernels(true);
+  else if (kernels != "plain") {
+    std::fprintf(stderr, "bench_encoders: --kernels is plain or training, not %s\n", kernels.c_str());
+    return 2;
+  }
   const int64_t res = cfg.vision.image_resolution;
   auto pixels = at::randn({image_batch, 3, res, res}, at::TensorOptions().dtype(at::kFloat)).to(device);
   auto ids = bench_ids(text_batch, 52).to(device);
@@ -128,8 +138,8 @@ int main(int argc, char** argv) {
     const at::Tensor px = pixels.to(st);
     c10::InferenceMode guard;
     auto report = [&](const char* tower, int batch, Timing t) {
-      std::printf("bench impl=cpp tower=%s dtype=%s device=%s attention=%s batch=%d iters=%d threads=%d median_ms=%.2f "
-                  "min_ms=%.2f items_per_s=%.2f\n", tower, dt.c_str(), device.str().c_str(), attention.c_str(), batch, iters,
+      std::printf("bench impl=cpp tower=%s dtype=%s device=%s attention=%s kernels=%s batch=%d iters=%d threads=%d median_ms=%.2f "
+                  "min_ms=%.2f items_per_s=%.2f\n", tower, dt.c_str(), device.str().c_str(), attention.c_str(), kernels.c_str(), batch, iters,
                   threads, t.median_ms, t.min_ms, batch * 1000.0 / t.median_ms);
       std::fflush(stdout);
     };

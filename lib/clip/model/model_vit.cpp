@@ -13,8 +13,11 @@ MultiheadAttention::MultiheadAttention(int64_t w, int64_t h) : width(w), heads(h
 
 at::Tensor MultiheadAttention::forward(const at::Tensor& x) const {
   const int64_t b = x.size(0), l = x.size(1), d = width / heads;
-  auto qkv = at::linear(x, in_proj_weight, in_proj_bias).view({b, l, 3, heads, d}).permute({2, 0, 3, 1, 4});
-  auto ctx = compat::attention(qkv[0], qkv[1], qkv[2], at::Tensor());  // [B, H, L, D]
+  // unbind, not three selects: its backward writes the three gradients into one packed [B, L, 3, H, D]
+  // tensor (a stack), where each select's backward would fill a zero tensor of that size and add.
+  auto qkv = at::linear(x, in_proj_weight, in_proj_bias).view({b, l, 3, heads, d}).unbind(2);  // 3 x [B, L, H, D]
+  auto ctx = compat::attention(qkv[0].transpose(1, 2), qkv[1].transpose(1, 2), qkv[2].transpose(1, 2),
+                               at::Tensor());  // [B, H, L, D]
   return out_proj->forward(ctx.transpose(1, 2).reshape({b, l, width}));
 }
 
