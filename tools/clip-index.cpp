@@ -35,8 +35,8 @@ void log_timing(const char* job, const EncodedSet& set, const JobTimes& jt, cons
   const bool images = std::string(job) == "images";
   if (images) line += fmt::format(" decode={} threads={}", decode_mode_name(enc.image_options().decode), t.threads);
   else line += fmt::format(" trim={} columns={:.3f}", t.trim ? "on" : "off", t.columns);
-  line += fmt::format(" total_s={:.3f} startup_s={:.3f} load_s={:.3f} open_s={:.3f} encode_s={:.3f}", process_seconds(),
-                      startup_s, load_s, jt.open_s, t.encode_s);
+  line += fmt::format(" total_s={:.3f} startup_s={:.3f} load_s={:.3f} load_wait_s={:.3f} open_s={:.3f} encode_s={:.3f}",
+                      process_seconds(), startup_s, load_s, enc.load_wait_seconds(), jt.open_s, t.encode_s);
   if (images)
     line += fmt::format(" wait_decode_s={:.3f}", t.wait_input_s);
   else

@@ -36,7 +36,18 @@ struct Encoder::State {
   // thread until its result is taken.
   std::atomic<double> hash_s{0};
   std::mutex hash_mu;
+  // CUDA: the weights' move to the device (context creation included) and the normalisation table,
+  // on a thread started by the constructor, so that opening the input and the first decodes
+  // overlap it; every member that touches the device waits for it first (ready()).
+  std::shared_future<void> device_job;
+  std::atomic<double> ready_wait_s{0};
   std::future<std::string> hash_job;  // declared last: destroyed (waited for) first
+
+  void to_device() {
+    model->to(device, dtype);
+    model->eval();
+    make_norm_table();
+  }
 
   void make_norm_table() {
     const NormalizeTable t = normalize_table();
@@ -78,9 +89,10 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(src.vocab_path));
   log_debug("vocab {} loaded", src.vocab_path);
   check_vocab_fits(*tokenizer_, src.config.text);
-  st_->model->to(st_->device, st_->dtype);
-  st_->model->eval();
-  st_->make_norm_table();
+  if (st_->device.is_cuda())
+    st_->device_job = std::async(std::launch::async, [s = st_.get()] { s->to_device(); }).share();
+  else
+    st_->to_device();
   const Towers t = mo.towers;
   log_info("model {} ({}{}), {} on {}", src.config.name(), st_->checkpoint ? st_->checkpoint->format : "no checkpoint",
            t == Towers::both ? "" : t == Towers::text ? ", text tower only" : ", vision tower only", ro.precision,
@@ -100,14 +112,29 @@ Encoder::Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, in
   st_->make_norm_table();
 }
 
+void Encoder::ready() const {
+  if (!st_->device_job.valid()) return;
+  const auto t0 = SteadyClock::now();
+  std::shared_future<void> job = st_->device_job;  // a copy per caller (clip-serve's threads)
+  job.get();                                      // rethrows the thread's error (every caller sees it)
+  st_->ready_wait_s = st_->ready_wait_s + seconds_since(t0);
+}
+
+double Encoder::load_wait_seconds() const { return st_->ready_wait_s; }
+
 Encoder::~Encoder() {
+  // The device thread uses this object's state: let it finish (its error is dropped here).
+  if (st_->device_job.valid()) st_->device_job.wait();
   // The hash thread reads the checkpoint this object owns: let it finish (its error, if any, is
   // dropped: nobody asked for the hash).
   std::lock_guard<std::mutex> lk(st_->hash_mu);
   if (st_->hash_job.valid()) st_->hash_job.wait();
 }
 
-ClipModel& Encoder::model() { return st_->model; }
+ClipModel& Encoder::model() {
+  ready();
+  return st_->model;
+}
 Towers Encoder::towers() const { return st_->model->towers(); }
 
 // Reads only what no other member function changes (the config, the mapped checkpoint), so it may
@@ -152,10 +179,12 @@ at::Tensor Encoder::encode_ids(const at::Tensor& ids) { return features_to_cpu(e
 
 at::Tensor Encoder::stage_ids(const at::Tensor& ids) const {
   if (!st_->device.is_cuda()) return ids;
+  ready();
   return stage_for_upload(ids, at::kLong);
 }
 
 at::Tensor Encoder::encode_ids_async(const at::Tensor& ids) {
+  ready();
   at::NoGradGuard ng;
   // A text or two: one thread (a thread team costs more than it saves on so small a pass).
   const int small_threads = st_->device.is_cpu() && ids.dim() == 2 ? threads_for_positions(ids.size(0) * ids.size(1)) : 0;
@@ -190,6 +219,7 @@ at::Tensor Encoder::encode_texts(const std::vector<std::string>& texts, bool pre
 }
 
 at::Tensor Encoder::encode_pixels(const at::Tensor& pixels) {
+  ready();
   tune_malloc();
   at::NoGradGuard ng;
   compat::Autocast ac(st_->amp, st_->device);
@@ -209,19 +239,24 @@ void Encoder::preprocess_image_u8(const uint8_t* data, size_t n, uint8_t* out) c
   preprocess_eval_bytes_u8(data, n, resolution(), image_, out);
 }
 
-at::Tensor Encoder::normalize_pixels(const at::Tensor& u8) const { return normalize_pixels_u8(u8, st_->norm_table); }
+at::Tensor Encoder::normalize_pixels(const at::Tensor& u8) const {
+  ready();
+  return normalize_pixels_u8(u8, st_->norm_table);
+}
 
 bool Encoder::on_cuda() const { return st_->device.is_cuda(); }
 at::Device Encoder::device() const { return st_->device; }
 
 at::Tensor Encoder::stage_pixels(const at::Tensor& pixels) const {
   if (!st_->device.is_cuda()) return pixels;
+  ready();
   // 8-bit pixels as they are; float32 in the model's dtype (fp16/bf16: half the bytes), the
   // rounding the device would apply.
   return stage_for_upload(pixels, pixels.scalar_type() == at::kByte ? at::kByte : st_->dtype);
 }
 
 at::Tensor Encoder::encode_pixels_async(const at::Tensor& staged) {
+  ready();
   tune_malloc();
   at::NoGradGuard ng;
   compat::Autocast ac(st_->amp, st_->device);

@@ -30,6 +30,9 @@ class Encoder {
   // `image` chooses how images are decoded for the model (--decode; exact by default).
   // hash_in_background: start_weights_hash as soon as the checkpoint is mapped, while the model is
   // built and loaded (a tool that will write a store).
+  // On CUDA the constructor returns before the weights are on the card: their upload (and CUDA's
+  // start) runs on a thread of its own, which every member that needs the device waits for; an
+  // error there (no device, out of memory) is thrown by the first such member.
   Encoder(const ModelOptions& model, const RuntimeOptions& runtime, const ImageOptions& image = {},
           bool hash_in_background = false);
   // An encoder over a model that lives elsewhere (the trainer's, for validation): shares its weights
@@ -101,6 +104,8 @@ class Encoder {
   void start_weights_hash() const;
   // Seconds the hash took to compute (0 until it is known), wherever it ran.
   double weights_hash_seconds() const;
+  // Seconds callers were blocked waiting for the model to reach the device (CUDA).
+  double load_wait_seconds() const;
   Towers towers() const;
   // Settings a consumer needs to reproduce the inputs: resolution, mean/std, interpolation,
   // context length, vocab sha256, model name; stored in feature stores and exports.
@@ -110,6 +115,7 @@ class Encoder {
  private:
   struct State;
   std::string compute_weights_hash() const;
+  void ready() const;  // waits for the model on its device (rethrowing that thread's error)
   std::unique_ptr<State> st_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::string checkpoint_path_;
