@@ -333,6 +333,47 @@ TEST_CASE("gradient checkpointing gives the same gradients", "[model]") {
   WARN("checkpointing: worst gradient difference " << worst);
 }
 
+TEST_CASE("the low-precision training kernels compute the same loss and gradients", "[model]") {
+  // set_training_kernels (QuickGELU as silu with 1.702 folded into the weights, LayerNorm in the
+  // activation dtype, BERT's query/key/value as one product): in float32 they differ from the
+  // plain forms by rounding only.
+  json ts = read_json(testutil::fixture("expected/train_step.json"));
+  auto px = train_batch_pixels(ts);
+  auto ids = train_batch_ids(ts);
+  auto run = [&](bool kernels) {
+    ClipModel m = loaded_model("vit");
+    m->train();
+    m->set_training_kernels(kernels);
+    auto loss = clip_loss(m, px, ids);
+    loss.backward();
+    std::map<std::string, at::Tensor> g;
+    for (const auto& p : m->named_parameters()) g[p.key()] = p.value().grad().defined() ? p.value().grad().clone() : at::Tensor();
+    return std::make_pair(loss.item<double>(), g);
+  };
+  auto [l0, g0] = run(false);
+  auto [l1, g1] = run(true);
+  CHECK(std::abs(l0 - l1) <= 1e-6 * std::abs(l0));
+  int compared = 0;
+  for (auto& [k, g] : g0) {
+    INFO(k);
+    REQUIRE(g1.count(k));
+    REQUIRE(g.defined() == g1[k].defined());
+    if (!g.defined()) continue;
+    CHECK(g1[k].sizes() == g.sizes());
+    // BERT's key biases: their true gradient is 0 (softmax ignores a shift), both forms give rounding noise.
+    const bool zero = k.find("key.bias") != std::string::npos;
+    const double scale = zero ? 1e-2 : g.abs().max().item<double>();
+    CHECK((g - g1[k]).abs().max().item<double>() <= 1e-4 * scale);
+    ++compared;
+  }
+  CHECK(compared == static_cast<int>(g0.size()));
+  // The fused projection still gives each of query, key and value its own, different gradient.
+  for (const char* w : {"query", "key", "value"})
+    CHECK(g1.at(std::string("bert.encoder.layer.0.attention.self.") + w + ".weight").abs().sum().item<double>() > 0);
+  CHECK_FALSE(g1.at("bert.encoder.layer.0.attention.self.query.weight")
+                  .equal(g1.at("bert.encoder.layer.0.attention.self.value.weight")));
+}
+
 TEST_CASE("config inference from a checkpoint's shapes", "[model]") {
   const Fixture& vit = fixture("vit");
   InferredConfig ic = infer_config(vit.ck.state_dict);

@@ -284,6 +284,7 @@ void ClipModelImpl::set_training_kernels(bool on) {
   std::function<void(torch::nn::Module&)> walk = [&](torch::nn::Module& m) {
     if (auto* ln = dynamic_cast<detail::LayerNorm*>(&m)) ln->direct = on;
     if (auto* mlp = dynamic_cast<detail::Mlp*>(&m)) mlp->silu_form = on;
+    if (auto* sa = dynamic_cast<detail::BertSelfAttention*>(&m)) sa->fused_qkv = on;
     for (auto& c : m.children()) walk(*c);
   };
   walk(*this);

@@ -55,7 +55,8 @@ class ClipModelImpl : public torch::nn::Module {
 
   // Recompute each transformer block / BERT layer in backward instead of storing activations.
   void set_grad_checkpointing(bool on);
-  // Kernels for low-precision training on GPUs (see LayerNorm::direct and Mlp::silu_form): the same
+  // Kernels for low-precision training on GPUs (see LayerNorm::direct, Mlp::silu_form and
+  // BertSelfAttention::fused_qkv): the same
   // functions in fewer, fused kernels, rounded differently. Off by default and for fp32, so that
   // inference and the fp32 step keep cn_clip's numbers.
   void set_training_kernels(bool on);

@@ -48,9 +48,18 @@ BertSelfAttention::BertSelfAttention(const TextConfig& c) : heads(c.num_heads), 
 
 at::Tensor BertSelfAttention::forward(const at::Tensor& x, const at::Tensor& mask) {
   const int64_t b = x.size(0), l = x.size(1), h = x.size(2), d = h / heads;
+  const double p = is_training() ? dropout : 0.0;
+  if (fused_qkv) {
+    // One [H, 3H] product for the three projections; its backward gives one input gradient and one
+    // packed weight gradient instead of three each (the parameters' gradients are views into it).
+    auto w = at::cat({query->weight, key->weight, value->weight}, 0);
+    auto bias = at::cat({query->bias, key->bias, value->bias}, 0);
+    auto qkv = at::linear(x, w, bias).view({b, l, 3, heads, d}).unbind(2);  // 3 x [B, L, heads, d]
+    auto ctx = compat::attention(qkv[0].transpose(1, 2), qkv[1].transpose(1, 2), qkv[2].transpose(1, 2), mask, p);
+    return ctx.transpose(1, 2).reshape({b, l, h});
+  }
   auto split = [&](const at::Tensor& y) { return y.view({b, l, heads, d}).transpose(1, 2); };
-  auto ctx = compat::attention(split(query->forward(x)), split(key->forward(x)), split(value->forward(x)), mask,
-                               is_training() ? dropout : 0.0);
+  auto ctx = compat::attention(split(query->forward(x)), split(key->forward(x)), split(value->forward(x)), mask, p);
   return ctx.transpose(1, 2).reshape({b, l, h});
 }
 

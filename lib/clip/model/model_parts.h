@@ -182,6 +182,9 @@ struct BertSelfAttention : torch::nn::Module {
   int64_t heads;
   double dropout;
   std::shared_ptr<Linear> query, key, value;
+  // Low-precision training kernels: query, key and value as one product of their concatenated
+  // weights (the same sums, which a GPU library may block differently).
+  bool fused_qkv = false;
 };
 
 struct BertDenseNorm : torch::nn::Module {  // BertSelfOutput / BertOutput: dense -> dropout -> LN(x + residual)
