@@ -52,6 +52,11 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   const bool on_device = mode == DecodeMode::device;
   const bool pin = on_device && enc.on_cuda();
   std::vector<at::Tensor> decoded(on_device ? n : 0);  // each element written by one worker
+  // On CUDA the workers start while the model is still on its way to the card (Encoder): a deeper
+  // queue, up to about 512 MB of 8-bit pixels, lets them decode that far ahead meanwhile.
+  const size_t batch_bytes = std::max<size_t>(1, static_cast<size_t>(enc.batch_size()) * item);
+  const size_t queue_batches =
+      enc.on_cuda() && !on_device ? std::clamp<size_t>((size_t{512} << 20) / batch_bytes, 4, 16) : 4;
   BytePipeline pipe(
       n, enc.batch_size(), threads,
       [&](size_t i, uint8_t* out) {
@@ -80,7 +85,7 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
                           (skip_errors ? "" : " (use --on-error skip to leave such images out)"));
         }
       },
-      on_device ? 1 : item, 4, skip_errors);
+      on_device ? 1 : item, queue_batches, skip_errors);
   EncodedSet set;
   EncodeTiming& tm = set.timing;
   tm.threads = pipe.threads();
