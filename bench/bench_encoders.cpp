@@ -7,7 +7,7 @@
 //                  [--kernels plain|training]
 // On CUDA each timed batch ends when its features are back on the host; --attention restricts the
 // fused attention kernels (torch_compat.h); --kernels training runs the forms clip-finetune uses on
-// CUDA (ClipModelImpl::set_training_kernels: QuickGELU as silu, LayerNorm in the activation dtype).
+// CUDA (ClipModelImpl::set_low_precision_kernels: QuickGELU as silu, LayerNorm in the activation dtype).
 // Prints one line per measurement:
 //   bench impl=cpp tower=image dtype=fp32 batch=8 iters=3 median_ms=.. min_ms=.. items_per_s=..
 #include <ATen/ATen.h>
@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
   model->initialize_parameters(0);
   model->eval();
   model->to(device);
-  if (kernels == "training") model->set_training_kernels(true);
+  if (kernels == "training") model->set_low_precision_kernels(true);
   else if (kernels != "plain") {
     std::fprintf(stderr, "bench_encoders: --kernels is plain or training, not %s\n", kernels.c_str());
     return 2;

@@ -59,7 +59,7 @@ Run run_precision(const clip::ModelConfig& cfg, const std::vector<at::Tensor>& i
   clip::AdamWOptions ao{lr, 0.9, 0.98, 1e-6, 0.001};
   ao.fused = plan.fused_adamw;
   clip::AdamW opt(trainable, ao);
-  if (plan.training_kernels) model->set_training_kernels(true);
+  if (plan.training_kernels) model->set_low_precision_kernels(true);
   if (plan.bf16_weights) clip::convert_to_bf16_training(model, opt);
   std::optional<clip::LossScaler> scaler;
   if (plan.loss_scaler) scaler.emplace(device);

@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
   ao.fused = plan.fused_adamw;
   clip::AdamW opt(trainable, ao);
   if (plan.bf16_weights) clip::convert_to_bf16_training(model, opt);
-  if (plan.training_kernels) model->set_training_kernels(true);
+  if (plan.training_kernels) model->set_low_precision_kernels(true);
   std::optional<clip::LossScaler> scaler;
   if (plan.loss_scaler) scaler.emplace(device);
 

@@ -333,17 +333,17 @@ TEST_CASE("gradient checkpointing gives the same gradients", "[model]") {
   WARN("checkpointing: worst gradient difference " << worst);
 }
 
-TEST_CASE("the low-precision training kernels compute the same loss and gradients", "[model]") {
-  // set_training_kernels (QuickGELU as silu with 1.702 folded into the weights, LayerNorm in the
-  // activation dtype, BERT's query/key/value as one product): in float32 they differ from the
-  // plain forms by rounding only.
+TEST_CASE("the low-precision kernels compute the same loss and gradients", "[model]") {
+  // set_low_precision_kernels (QuickGELU as silu with 1.702 folded into the weights, LayerNorm in the
+  // activation dtype, the patch embedding as a matrix product, BERT's query/key/value as one product):
+  // in float32 they differ from the plain forms by rounding only.
   json ts = read_json(testutil::fixture("expected/train_step.json"));
   auto px = train_batch_pixels(ts);
   auto ids = train_batch_ids(ts);
   auto run = [&](bool kernels) {
     ClipModel m = loaded_model("vit");
     m->train();
-    m->set_training_kernels(kernels);
+    m->set_low_precision_kernels(kernels);
     auto loss = clip_loss(m, px, ids);
     loss.backward();
     std::map<std::string, at::Tensor> g;

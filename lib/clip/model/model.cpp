@@ -280,11 +280,12 @@ void ClipModelImpl::set_grad_checkpointing(bool on) {
   if (towers_->bert) towers_->bert->encoder->grad_checkpointing = on;
 }
 
-void ClipModelImpl::set_training_kernels(bool on) {
+void ClipModelImpl::set_low_precision_kernels(bool on) {
   std::function<void(torch::nn::Module&)> walk = [&](torch::nn::Module& m) {
     if (auto* ln = dynamic_cast<detail::LayerNorm*>(&m)) ln->direct = on;
     if (auto* mlp = dynamic_cast<detail::Mlp*>(&m)) mlp->silu_form = on;
     if (auto* sa = dynamic_cast<detail::BertSelfAttention*>(&m)) sa->fused_qkv = on;
+    if (auto* vit = dynamic_cast<detail::VisualTransformer*>(&m)) vit->patch_matmul = on;
     for (auto& c : m.children()) walk(*c);
   };
   walk(*this);

@@ -55,11 +55,11 @@ class ClipModelImpl : public torch::nn::Module {
 
   // Recompute each transformer block / BERT layer in backward instead of storing activations.
   void set_grad_checkpointing(bool on);
-  // Kernels for low-precision training on GPUs (see LayerNorm::direct, Mlp::silu_form and
-  // BertSelfAttention::fused_qkv): the same
-  // functions in fewer, fused kernels, rounded differently. Off by default and for fp32, so that
-  // inference and the fp32 step keep cn_clip's numbers.
-  void set_training_kernels(bool on);
+  // Kernels for bf16/fp16 on GPUs, in training and inference (see LayerNorm::direct, Mlp::silu_form,
+  // BertSelfAttention::fused_qkv and VisualTransformer::patch_matmul): the same functions in fewer,
+  // fused kernels, rounded differently. Off by default and for fp32, so that the CPU and the fp32
+  // step keep cn_clip's numbers.
+  void set_low_precision_kernels(bool on);
   // requires_grad=false on visual.*; ModifiedResNet BatchNorms stay in eval mode while training.
   void freeze_vision(bool on);
   bool vision_frozen() const { return vision_frozen_; }

@@ -53,7 +53,7 @@ struct LayerNorm : torch::nn::Module {
   int64_t n;
   double eps;
   bool fp32_math;
-  // Low-precision training kernels (ClipModelImpl::set_training_kernels): a bf16/fp16 activation is
+  // Low-precision kernels (ClipModelImpl::set_low_precision_kernels): a bf16/fp16 activation is
   // normalised by one kernel in its own dtype (float32 math inside, weight and bias rounded to it)
   // instead of cast to float32 and back.
   bool direct = false;
@@ -94,7 +94,7 @@ struct Mlp : torch::nn::Module {  // c_fc: width -> hidden, QuickGELU, c_proj: h
   Mlp(int64_t width, int64_t hidden);
   at::Tensor forward(const at::Tensor& x) const;
   std::shared_ptr<Linear> c_fc, c_proj;
-  // Low-precision training kernels: QuickGELU(h) = h * sigmoid(1.702 h) = silu(1.702 h) / 1.702, with
+  // Low-precision kernels: QuickGELU(h) = h * sigmoid(1.702 h) = silu(1.702 h) / 1.702, with
   // 1.702 folded into c_fc's weight and bias and 1/1.702 into c_proj's weight, so that the activation
   // is one fused kernel forward and one backward (silu) instead of three and five.
   bool silu_form = false;
@@ -125,6 +125,9 @@ struct VisualTransformer : torch::nn::Module {
   std::shared_ptr<LayerNorm> ln_pre;
   std::shared_ptr<VisionTransformerStack> transformer;
   std::shared_ptr<LayerNorm> ln_post;
+  // Low-precision kernels: the patch embedding (a convolution whose stride is its kernel) as one
+  // matrix product over the image's patches, instead of cuDNN's layout change and convolution.
+  bool patch_matmul = false;
 };
 
 // ---- ModifiedResNet ------------------------------------------------------------------------
@@ -182,7 +185,7 @@ struct BertSelfAttention : torch::nn::Module {
   int64_t heads;
   double dropout;
   std::shared_ptr<Linear> query, key, value;
-  // Low-precision training kernels: query, key and value as one product of their concatenated
+  // Low-precision kernels: query, key and value as one product of their concatenated
   // weights (the same sums, which a GPU library may block differently).
   bool fused_qkv = false;
 };

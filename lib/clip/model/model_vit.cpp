@@ -79,9 +79,20 @@ VisualTransformer::VisualTransformer(const VisionConfig& c) : cfg(c) {
 }
 
 at::Tensor VisualTransformer::forward(const at::Tensor& pixels) {
-  auto x = conv1->forward(pixels.to(conv1->weight.scalar_type()));  // [B, W, g, g]
-  const int64_t b = x.size(0), w = x.size(1);
-  x = x.reshape({b, w, -1}).permute({0, 2, 1});                      // [B, g*g, W]
+  const at::Tensor px = pixels.to(conv1->weight.scalar_type());
+  at::Tensor x;
+  if (patch_matmul) {
+    // [B, 3, g*p, g*p] -> patches [B, g*g, 3*p*p] (channel, row, column: the kernel's order) -> [B, g*g, W].
+    // Rows and columns past the last whole patch are dropped, as the convolution drops them.
+    const int64_t b = px.size(0), c = px.size(1), p = conv1->weight.size(-1), gh = px.size(2) / p, gw = px.size(3) / p;
+    const at::Tensor patches = px.narrow(2, 0, gh * p).narrow(3, 0, gw * p).reshape({b, c, gh, p, gw, p})
+                                   .permute({0, 2, 4, 1, 3, 5}).reshape({b, gh * gw, c * p * p});
+    x = at::matmul(patches, conv1->weight.reshape({conv1->weight.size(0), -1}).t());
+  } else {
+    x = conv1->forward(px);  // [B, W, g, g]
+    x = x.reshape({x.size(0), x.size(1), -1}).permute({0, 2, 1});  // [B, g*g, W]
+  }
+  const int64_t b = x.size(0), w = x.size(2);
   auto cls = class_embedding.to(x.scalar_type()).view({1, 1, w}).expand({b, 1, w});
   x = at::cat({cls, x}, 1) + positional_embedding.to(x.scalar_type());
   x = ln_pre->forward(x);

@@ -295,7 +295,7 @@ void Trainer::setup_model() {
   m->to(device_);
   if (o_.grad_checkpointing) m->set_grad_checkpointing(true);
   if (o_.freeze_vision) m->freeze_vision(true);
-  if (plan_.training_kernels) m->set_training_kernels(true);
+  if (plan_.training_kernels) m->set_low_precision_kernels(true);
 
   defaults_ = arch_defaults(cfg.vision);
   lr_ = o_.lr > 0 ? o_.lr : defaults_.lr;

@@ -154,7 +154,7 @@ struct PrecisionPlan {
   bool fused_adamw = false;   // CUDA and not fp32
   bool bf16_weights = false;  // bf16: model in bf16, float32 masters in the optimizer
   bool loss_scaler = false;   // amp-fp16
-  bool training_kernels = false;  // CUDA and not fp32: ClipModelImpl::set_training_kernels
+  bool training_kernels = false;  // CUDA and not fp32: ClipModelImpl::set_low_precision_kernels
   // Pixels are uploaded in this dtype (bf16/fp16 where the first convolution rounds them to it
   // anyway: the same values in half the bytes).
   at::ScalarType upload_dtype = at::kFloat;
