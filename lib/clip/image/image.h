@@ -97,6 +97,10 @@ Image resize_bicubic(const Image& im, int width, int height);
 // pixel, no AVX2 build of the vertical pass), as resize_bicubic did before it went column-wise and
 // used AVX2: the reference of tests and the baseline of bench_decode.
 Image resize_bicubic_by_rows(const Image& im, int width, int height);
+// The weights of one pass of that resize as a dense [out_size x in_size] row-major matrix: row i
+// holds Pillow's fixed-point taps of output i divided by 2^22, so that an output sample is the dot
+// product of its row with the input samples, then rounded half up and clamped to 0..255.
+std::vector<float> bicubic_matrix(int in_size, int out_size);
 Image resize_nearest(const Image& im, int width, int height);
 Image crop(const Image& im, int x, int y, int width, int height);
 Image convert_rgb(const Image& im);  // Pillow's convert('RGB') for every mode

@@ -322,4 +322,15 @@ Image resize_bicubic(const Image& im, int width, int height, bool by_columns) {
 Image resize_bicubic(const Image& im, int width, int height) { return resize_bicubic(im, width, height, true); }
 Image resize_bicubic_by_rows(const Image& im, int width, int height) { return resize_bicubic(im, width, height, false); }
 
+std::vector<float> bicubic_matrix(int in_size, int out_size) {
+  if (in_size < 1 || out_size < 1) throw UsageError("bicubic_matrix: sizes must be positive");
+  const Taps t = make_taps(in_size, out_size);
+  std::vector<float> m(static_cast<size_t>(out_size) * in_size, 0.0f);
+  for (int i = 0; i < out_size; ++i)
+    for (int j = 0; j < t.count[i]; ++j)
+      m[static_cast<size_t>(i) * in_size + t.first[i] + j] =
+          static_cast<float>(t.k[static_cast<size_t>(i) * t.ksize + j]) / static_cast<float>(1 << kPrecisionBits);
+  return m;
+}
+
 }  // namespace clip

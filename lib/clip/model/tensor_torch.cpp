@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "clip/base/error.h"
+#include "clip/image/image.h"
 
 namespace clip {
 
@@ -116,13 +117,20 @@ at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size
     if (hw.first == size && hw.second == size) {
       res = planar;
     } else {
-      // Pillow's two passes, horizontal first, each rounded and clamped to 8 bits (an overshoot of
-      // the first pass is clipped before the second); a pass whose side does not change is skipped.
-      at::Tensor x = planar.to(at::kFloat);
-      if (hw.second != size)
-        x = at::_upsample_bicubic2d_aa(x.contiguous(), {hw.first, size}, /*align_corners=*/false).round_().clamp_(0, 255);
-      if (hw.first != size)
-        x = at::_upsample_bicubic2d_aa(x.contiguous(), {size, size}, /*align_corners=*/false).round_().clamp_(0, 255);
+      // Pillow's two passes, horizontal first, each rounded half up and clamped to 8 bits (an
+      // overshoot of the first pass is clipped before the second); a pass whose side does not change
+      // is skipped. Each pass is one matrix product with Pillow's own fixed-point weights
+      // (bicubic_matrix): float32 sums of at most a few dozen exact products, so a sample differs
+      // from Pillow's integer sum only where the rounding tips it.
+      auto pass_matrix = [&](int64_t in) {
+        const std::vector<float> m = bicubic_matrix(static_cast<int>(in), static_cast<int>(size));
+        return at::from_blob(const_cast<float*>(m.data()), {size, in}, at::kFloat)
+            .to(device, at::kFloat, /*non_blocking=*/false, /*copy=*/true);  // a copy also on the CPU: m goes
+      };
+      auto round8 = [](at::Tensor y) { return y.add_(0.5).floor_().clamp_(0, 255); };
+      at::Tensor x = planar.to(at::kFloat);                                                // [g, 3, H, W]
+      if (hw.second != size) x = round8(at::matmul(x, pass_matrix(hw.second).t()));        // [g, 3, H, size]
+      if (hw.first != size) x = round8(at::matmul(pass_matrix(hw.first), x));              // [g, 3, size, size]
       res = x.to(at::kByte);
     }
     if (g == n) {

@@ -45,10 +45,10 @@ at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table);
 // images on `device`: images[i] is [H_i, W_i, 3] uint8 on the host (page-locked when `device` is
 // CUDA, so that the upload does not block), any sizes; returns [N, 3, size, size] uint8 on `device`,
 // planar like preprocess_eval_u8. Images of one size are uploaded into one tensor and resized
-// together by LibTorch's antialiased bicubic interpolation (the filter and support of Pillow's) in
-// Pillow's two passes, horizontal then vertical, each in float32 and then rounded and clamped to
-// 0..255 as Pillow's are: a pixel differs from Pillow's fixed-point result only where the weights'
-// rounding tips it. An image already size x size is copied as it is (what Pillow does).
+// together in Pillow's two passes, horizontal then vertical, each a float32 matrix product with
+// Pillow's fixed-point weights (image layer's bicubic_matrix) then rounded and clamped to 0..255 as
+// Pillow's are: a pixel differs from Pillow's integer result only where float32 rounding tips it.
+// An image already size x size is copied as it is (what Pillow does).
 at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size, const at::Device& device);
 
 // A copy of a tensor to the host that does not wait for the device. On CUDA it is queued on the
