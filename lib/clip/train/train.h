@@ -111,11 +111,20 @@ class AdamW {
 
  private:
   bool fused_step(const at::Tensor& found_inf);
+  void pack_group(int group, const std::vector<size_t>& members);
   int64_t step_count(const Param& p) const;
 
   AdamWOptions options_;
   std::vector<Param> params_;
   size_t n_no_decay_ = 0;
+  // The fused path with master weights keeps each group's masters, low-precision parameters and
+  // float32 gradient copies as views into one buffer each (pack_group), so that the two
+  // conversions of a step (gradients up, weights down) are one copy each, not one per parameter.
+  struct Packed {
+    std::vector<size_t> members;  // parameter indices, in buffer order
+    at::Tensor master, low, grad32;
+  };
+  Packed packed_[2];
 };
 
 // Symmetric InfoNCE: logits_per_image = (scale * img) @ txt^T, logits_per_text its transpose,

@@ -106,12 +106,50 @@ void AdamW::step(const at::Tensor& found_inf) {
   }
 }
 
+void AdamW::pack_group(int group, const std::vector<size_t>& members) {
+  at::NoGradGuard ng;
+  Packed& pk = packed_[group];
+  int64_t total = 0;
+  for (size_t i : members) total += params_[i].tensor.numel();
+  const at::Tensor& first = params_[members.front()].tensor;
+  pk.master = at::empty({total}, first.options().dtype(at::kFloat));
+  pk.grad32 = at::empty({total}, first.options().dtype(at::kFloat));
+  pk.low = at::empty({total}, first.options());
+  int64_t off = 0;
+  for (size_t i : members) {
+    Param& p = params_[i];
+    const int64_t n = p.tensor.numel();
+    const auto shape = p.tensor.sizes().vec();
+    at::Tensor mv = pk.master.narrow(0, off, n).view(shape), lv = pk.low.narrow(0, off, n).view(shape);
+    mv.copy_(p.master);
+    lv.copy_(p.tensor);
+    p.master = mv;
+    p.tensor.set_data(lv);  // the model's parameter, now a view into the group's buffer
+    p.grad32 = pk.grad32.narrow(0, off, n).view(shape);
+    off += n;
+  }
+  pk.members = members;
+}
+
 bool AdamW::fused_step(const at::Tensor& found_inf) {
 #if TORCH_VERSION_MAJOR >= 2
   if (!options_.fused || params_.empty() || !weight(0).is_cuda()) return false;
   for (int g = 0; g < 2; ++g) {
-    std::vector<at::Tensor> w, grads, m, v, steps, low, masters, low_grads, master_grads;
     const size_t begin = g == 0 ? 0 : n_no_decay_, end = g == 0 ? n_no_decay_ : params_.size();
+    // Master weights with low-precision gradients on every parameter that has one: pack the group
+    // (again when that set changed), so that its conversions below are one copy each.
+    std::vector<size_t> members;
+    bool packable = true;
+    for (size_t i = begin; i < end; ++i) {
+      const Param& p = params_[i];
+      if (!p.tensor.grad().defined()) continue;
+      packable = packable && p.master.defined() && p.tensor.grad().scalar_type() != at::kFloat &&
+                 p.tensor.grad().scalar_type() == p.tensor.scalar_type() && p.tensor.grad().is_contiguous();
+      members.push_back(i);
+    }
+    const bool packed = packable && !members.empty();
+    if (packed && packed_[g].members != members) pack_group(g, members);
+    std::vector<at::Tensor> w, grads, m, v, steps, low, masters, low_grads, master_grads;
     for (size_t i = begin; i < end; ++i) {
       Param& p = params_[i];
       const at::Tensor& grad = p.tensor.grad();
@@ -142,14 +180,23 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
     }
     if (w.empty()) continue;
     const double wd = g == 0 ? 0.0 : options_.weight_decay;
-    if (!low_grads.empty()) at::_foreach_copy_(master_grads, low_grads);
+    if (packed) {
+      // The gradients gathered in one buffer of their dtype, then converted by one copy.
+      std::vector<at::Tensor> flat;
+      flat.reserve(low_grads.size());
+      for (const auto& t : low_grads) flat.push_back(t.view({-1}));
+      packed_[g].grad32.copy_(at::cat(flat));
+    } else if (!low_grads.empty()) {
+      at::_foreach_copy_(master_grads, low_grads);
+    }
     at::_foreach_add_(steps, 1);
     c10::optional<at::Tensor> inf;
     if (found_inf.defined()) inf = found_inf;
     at::_fused_adamw_(w, grads, m, v, at::TensorList(), steps, options_.lr, options_.beta1, options_.beta2, wd, options_.eps,
                       /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/c10::nullopt, inf);
     if (found_inf.defined()) at::_foreach_sub_(steps, std::vector<at::Tensor>(steps.size(), found_inf));
-    if (!low.empty()) at::_foreach_copy_(low, masters);
+    if (packed) packed_[g].low.copy_(packed_[g].master);
+    else if (!low.empty()) at::_foreach_copy_(low, masters);
   }
   return true;
 #else
