@@ -3,6 +3,7 @@
 
 #include "clip/base/log.h"
 
+#include <atomic>
 #include <dlfcn.h>
 #include <malloc.h>
 #include <unistd.h>
@@ -93,5 +94,12 @@ void RuntimeOptions::apply() const {
   int n = set_threads(threads);
   log_debug("threads: {}, BLAS core: {}", n, blas_core_name().empty() ? "?" : blas_core_name());
 }
+
+namespace {
+std::atomic<bool> g_quick_exit{false};
+}
+
+void request_quick_exit() { g_quick_exit = true; }
+bool quick_exit_requested() { return g_quick_exit; }
 
 }  // namespace clip

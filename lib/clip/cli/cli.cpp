@@ -3,6 +3,7 @@
 #include <csignal>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "clip/base/fileio.h"
@@ -46,6 +47,10 @@ int run_main(const char* tool, int argc, char** argv, const std::function<int(in
   if (std::fflush(stdout) != 0 && errno != EPIPE && !g_stdout_closed) {
     log_error("{}: cannot write to stdout: {}", tool, std::strerror(errno));
     return kExitIo;
+  }
+  if (quick_exit_requested()) {
+    std::fflush(stderr);
+    std::_Exit(rc);  // skips the GPU context's teardown (runtime.h)
   }
   return rc;
 }
