@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 
@@ -136,24 +137,25 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
   if (!options_.fused || params_.empty() || !weight(0).is_cuda()) return false;
   for (int g = 0; g < 2; ++g) {
     const size_t begin = g == 0 ? 0 : n_no_decay_, end = g == 0 ? n_no_decay_ : params_.size();
-    // Master weights with low-precision gradients on every parameter that has one: pack the group
-    // (again when that set changed), so that its conversions below are one copy each.
+    // The group's low-precision parameters with master weights and a gradient (those a float32
+    // island, such as logit_scale, is not): packed (again when that set changed), so that their
+    // conversions below are one copy each.
+    auto packable = [&](const Param& p) {
+      const at::Tensor& gr = p.tensor.grad();
+      return p.master.defined() && gr.defined() && gr.scalar_type() != at::kFloat &&
+             gr.scalar_type() == p.tensor.scalar_type() && gr.is_contiguous() && p.tensor.is_contiguous();
+    };
     std::vector<size_t> members;
-    bool packable = true;
-    for (size_t i = begin; i < end; ++i) {
-      const Param& p = params_[i];
-      if (!p.tensor.grad().defined()) continue;
-      packable = packable && p.master.defined() && p.tensor.grad().scalar_type() != at::kFloat &&
-                 p.tensor.grad().scalar_type() == p.tensor.scalar_type() && p.tensor.grad().is_contiguous();
-      members.push_back(i);
-    }
-    const bool packed = packable && !members.empty();
+    for (size_t i = begin; i < end; ++i)
+      if (packable(params_[i])) members.push_back(i);
+    const bool packed = members.size() > 1;
     if (packed && packed_[g].members != members) pack_group(g, members);
-    std::vector<at::Tensor> w, grads, m, v, steps, low, masters, low_grads, master_grads;
+    std::vector<at::Tensor> w, grads, m, v, steps, low, masters, low_grads, master_grads, packed_grads;
     for (size_t i = begin; i < end; ++i) {
       Param& p = params_[i];
       const at::Tensor& grad = p.tensor.grad();
       if (!grad.defined()) continue;
+      const bool in_pack = packed && std::binary_search(members.begin(), members.end(), i);
       const at::Tensor& wt = weight(i);
       if (!p.exp_avg.defined()) {
         p.exp_avg = at::zeros_like(wt, at::MemoryFormat::Preserve);
@@ -162,7 +164,10 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
       if (!p.step_t.defined())
         p.step_t = at::full({}, static_cast<double>(p.step), at::TensorOptions(at::kFloat).device(wt.device()));
       w.push_back(wt);
-      if (grad.scalar_type() == wt.scalar_type()) {
+      if (in_pack) {  // converted below, with the rest of the pack, into its float32 view
+        grads.push_back(p.grad32);
+        packed_grads.push_back(grad.view({-1}));
+      } else if (grad.scalar_type() == wt.scalar_type()) {
         grads.push_back(grad);
       } else {  // converted below by one multi-tensor copy into buffers kept across steps
         if (!p.grad32.defined()) p.grad32 = at::empty_like(wt, at::MemoryFormat::Contiguous);
@@ -173,22 +178,16 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
       m.push_back(p.exp_avg);
       v.push_back(p.exp_avg_sq);
       steps.push_back(p.step_t);
-      if (p.master.defined()) {
+      if (p.master.defined() && !in_pack) {
         low.push_back(p.tensor);
         masters.push_back(p.master);
       }
     }
     if (w.empty()) continue;
     const double wd = g == 0 ? 0.0 : options_.weight_decay;
-    if (packed) {
-      // The gradients gathered in one buffer of their dtype, then converted by one copy.
-      std::vector<at::Tensor> flat;
-      flat.reserve(low_grads.size());
-      for (const auto& t : low_grads) flat.push_back(t.view({-1}));
-      packed_[g].grad32.copy_(at::cat(flat));
-    } else if (!low_grads.empty()) {
-      at::_foreach_copy_(master_grads, low_grads);
-    }
+    // The pack's gradients gathered in one buffer of their dtype, then converted by one copy.
+    if (packed) packed_[g].grad32.copy_(at::cat(packed_grads));
+    if (!low_grads.empty()) at::_foreach_copy_(master_grads, low_grads);
     at::_foreach_add_(steps, 1);
     c10::optional<at::Tensor> inf;
     if (found_inf.defined()) inf = found_inf;
@@ -196,7 +195,7 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
                       /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/c10::nullopt, inf);
     if (found_inf.defined()) at::_foreach_sub_(steps, std::vector<at::Tensor>(steps.size(), found_inf));
     if (packed) packed_[g].low.copy_(packed_[g].master);
-    else if (!low.empty()) at::_foreach_copy_(low, masters);
+    if (!low.empty()) at::_foreach_copy_(low, masters);
   }
   return true;
 #else
