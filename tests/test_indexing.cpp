@@ -164,7 +164,7 @@ TEST_CASE("encode_images: 8-bit pixels normalised by the model give the float pa
   }
 }
 
-TEST_CASE("squash_bicubic_u8: Pillow's bicubic squash in float, within rounding of the fixed-point one", "[indexing]") {
+TEST_CASE("squash_bicubic_u8: Pillow's bicubic squash as float32 matrix products, within rounding of the fixed-point one", "[indexing]") {
   // Photo-like RGB images of several sizes (down- and upscaling, one already R x R), in one call:
   // grouped by size inside, returned in input order.
   const int r = 32;
@@ -193,9 +193,14 @@ TEST_CASE("squash_bicubic_u8: Pillow's bicubic squash in float, within rounding 
     preprocess_eval_u8(ims[i], r, want.data());
     const uint8_t* got = out[static_cast<int64_t>(i)].contiguous().data_ptr<uint8_t>();
     int max_diff = 0;
-    for (size_t k = 0; k < item; ++k) max_diff = std::max(max_diff, std::abs(int(got[k]) - int(want[k])));
+    size_t differ = 0;
+    for (size_t k = 0; k < item; ++k) {
+      max_diff = std::max(max_diff, std::abs(int(got[k]) - int(want[k])));
+      differ += got[k] != want[k];
+    }
     if (ims[i].width == r && ims[i].height == r) CHECK(max_diff == 0);  // copied as it is
-    else CHECK(max_diff <= 1);                                           // the weights' rounding only
+    else CHECK(max_diff <= 1);                                           // float32 sums of Pillow's weights
+    CHECK(differ <= item / 200);  // a tie tipped by float32 rounding is rare: at most 0.5 % of the bytes
   }
   // Rows 0 and 3 are images of the same size resized in one group: each its own.
   CHECK_FALSE(at::equal(out[0], out[3]));
