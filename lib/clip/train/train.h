@@ -120,6 +120,8 @@ class AdamW {
   // The fused path with master weights keeps each group's masters, low-precision parameters and
   // float32 gradient copies as views into one buffer each (pack_group), so that the two
   // conversions of a step (gradients up, weights down) are one copy each, not one per parameter.
+  // The master and parameter tensors keep their identity (set_data), so whoever holds them (the
+  // model, the trainer's checkpoint weights) sees the packed values.
   struct Packed {
     std::vector<size_t> members;  // parameter indices, in buffer order
     at::Tensor master, low, grad32;

@@ -124,8 +124,10 @@ void AdamW::pack_group(int group, const std::vector<size_t>& members) {
     at::Tensor mv = pk.master.narrow(0, off, n).view(shape), lv = pk.low.narrow(0, off, n).view(shape);
     mv.copy_(p.master);
     lv.copy_(p.tensor);
-    p.master = mv;
-    p.tensor.set_data(lv);  // the model's parameter, now a view into the group's buffer
+    // set_data, not assignment: the same tensors become views into the buffers, so that every
+    // holder keeps seeing them (the model its parameter, the trainer the masters it checkpoints).
+    p.master.set_data(mv);
+    p.tensor.set_data(lv);
     p.grad32 = pk.grad32.narrow(0, off, n).view(shape);
     off += n;
   }
