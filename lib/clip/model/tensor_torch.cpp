@@ -6,6 +6,9 @@
 
 #include <chrono>
 #include <map>
+#include <tuple>
+#include <string>
+#include <mutex>
 #include <utility>
 #include <thread>
 
@@ -93,6 +96,28 @@ at::Tensor stage_for_upload(const at::Tensor& host, at::ScalarType dtype) {
   return staged;
 }
 
+namespace {
+
+// The [size, in] weights of one squash pass on `device`, made and uploaded once per (in, size,
+// device): the upload from pageable memory would otherwise wait for the device's queued work
+// (the previous batch's forward pass) at every batch. At most 64 are kept (then all are dropped).
+at::Tensor squash_pass_matrix(int64_t in, int64_t size, const at::Device& device) {
+  static std::mutex mu;
+  static std::map<std::tuple<int64_t, int64_t, std::string>, at::Tensor> cache;
+  const auto key = std::make_tuple(in, size, device.str());
+  std::lock_guard<std::mutex> lk(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  if (cache.size() >= 64) cache.clear();
+  const std::vector<float> m = bicubic_matrix(static_cast<int>(in), static_cast<int>(size));
+  at::Tensor t = at::from_blob(const_cast<float*>(m.data()), {size, in}, at::kFloat)
+                     .to(device, at::kFloat, /*non_blocking=*/false, /*copy=*/true);  // a copy also on the CPU
+  cache.emplace(key, t);
+  return t;
+}
+
+}  // namespace
+
 at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size, const at::Device& device) {
   const int64_t n = static_cast<int64_t>(images.size());
   at::Tensor out = at::empty({n, 3, size, size}, at::TensorOptions(at::kByte).device(device));
@@ -122,11 +147,7 @@ at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size
       // is skipped. Each pass is one matrix product with Pillow's own fixed-point weights
       // (bicubic_matrix): float32 sums of at most a few dozen exact products, so a sample differs
       // from Pillow's integer sum only where the rounding tips it.
-      auto pass_matrix = [&](int64_t in) {
-        const std::vector<float> m = bicubic_matrix(static_cast<int>(in), static_cast<int>(size));
-        return at::from_blob(const_cast<float*>(m.data()), {size, in}, at::kFloat)
-            .to(device, at::kFloat, /*non_blocking=*/false, /*copy=*/true);  // a copy also on the CPU: m goes
-      };
+      auto pass_matrix = [&](int64_t in) { return squash_pass_matrix(in, size, device); };
       auto round8 = [](at::Tensor y) { return y.add_(0.5).floor_().clamp_(0, 255); };
       at::Tensor x = planar.to(at::kFloat);                                                // [g, 3, H, W]
       if (hw.second != size) x = round8(at::matmul(x, pass_matrix(hw.second).t()));        // [g, 3, H, size]
