@@ -103,7 +103,8 @@ namespace {
 // (the previous batch's forward pass) at every batch. At most 64 are kept (then all are dropped).
 at::Tensor squash_pass_matrix(int64_t in, int64_t size, const at::Device& device) {
   static std::mutex mu;
-  static std::map<std::tuple<int64_t, int64_t, std::string>, at::Tensor> cache;
+  // Never destroyed: device tensors must not be freed after the device's runtime has shut down.
+  static auto& cache = *new std::map<std::tuple<int64_t, int64_t, std::string>, at::Tensor>;
   const auto key = std::make_tuple(in, size, device.str());
   std::lock_guard<std::mutex> lk(mu);
   auto it = cache.find(key);
