@@ -46,8 +46,8 @@ struct Encoder::State {
   void to_device() {
     model->to(device, dtype);
     model->eval();
-    // fp16/bf16 on a GPU: the fused forms (ClipModelImpl::set_low_precision_kernels), a third faster
-    // for ViT-B-16 images; the CPU and float32 keep cn_clip's operations.
+    // fp16/bf16 on a GPU: the fused forms (ClipModelImpl::set_low_precision_kernels), about 1.5x the
+    // ViT-B-16 images/s (docs/benchmarks.md); the CPU and float32 keep cn_clip's operations.
     if (device.is_cuda() && dtype != at::kFloat) model->set_low_precision_kernels(true);
     if (device.is_cuda()) request_quick_exit();
     make_norm_table();
