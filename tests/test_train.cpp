@@ -438,6 +438,47 @@ TEST_CASE("bf16 training keeps float32 masters and rounds the model from them", 
   CHECK(low > 0);
 }
 
+TEST_CASE("packed master weights: the same tensors, the same steps", "[train][precision]") {
+  // The fused CUDA step packs each group's bf16 parameters, masters and float32 gradient copies into
+  // one buffer each (AdamW::pack_master_weights). Packing must leave every holder's tensors valid
+  // (the model's parameters, the trainer's checkpoint masters) and change no value: checked here
+  // with the single-tensor step, which updates the packed masters in place.
+  auto run = [](bool pack) {
+    ClipModel m = fixture_model("vit");
+    m->train();
+    AdamW opt(trainable(m), AdamWOptions{1e-3, 0.9, 0.98, 1e-6, 0.2});
+    std::map<std::string, at::Tensor> fp32 = convert_to_bf16_training(m, opt);
+    TrainBatch batch = fixture_batch();
+    train_step(m, opt, {batch}, 1e-3, StepOptions{});
+    std::map<std::string, at::Tensor> params_before;
+    for (const auto& p : m->named_parameters()) params_before.emplace(p.key(), p.value());
+    int packed = pack ? opt.pack_master_weights() : 0;
+    for (int step = 0; step < 2; ++step) train_step(m, opt, {batch}, 1e-3, StepOptions{});
+    if (pack) {
+      CHECK(packed > 0);
+      CHECK(opt.pack_master_weights() == packed);  // already packed: nothing moves
+      int views = 0;
+      for (const auto& p : opt.params()) {
+        INFO(p.name);
+        CHECK(fp32.at(p.name).is_same(p.master));              // the checkpoint's masters follow the updates
+        CHECK(params_before.at(p.name).is_same(p.tensor));     // the model's parameter is the same tensor
+        CHECK(at::equal(p.tensor.detach(), p.master.to(p.tensor.scalar_type())));
+        if (p.tensor.scalar_type() == at::kBFloat16) views += p.tensor.storage().nbytes() > p.tensor.nbytes();
+      }
+      CHECK(views == packed);  // each packed parameter is a view into its group's buffer
+    }
+    std::map<std::string, at::Tensor> out;
+    for (const auto& p : opt.params()) out.emplace(p.name, p.master.clone());
+    return out;
+  };
+  const auto plain = run(false), packed = run(true);
+  REQUIRE(plain.size() == packed.size());
+  for (const auto& [name, t] : plain) {
+    INFO(name);
+    CHECK(at::equal(t, packed.at(name)));  // bit for bit
+  }
+}
+
 TEST_CASE("precision names: amp-fp16 needs CUDA, unknown names are usage errors", "[train][precision]") {
   CHECK_THROWS_AS(precision_plan("amp-fp16", at::kCPU), UsageError);
   CHECK_THROWS_AS(precision_plan("fp16", at::kCPU), UsageError);

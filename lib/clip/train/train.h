@@ -93,6 +93,11 @@ class AdamW {
   // rounded from the master after each step. Call once, before the conversion.
   void keep_master_weights();
   bool has_master_weights() const { return !params_.empty() && params_.front().master.defined(); }
+  // Packs, per group, the low-precision parameters with masters and a gradient into one buffer
+  // each (masters, parameters, float32 gradient copies; see Packed below): the fused CUDA step
+  // does it itself before its first update. The same tensors stay valid (they become views).
+  // Returns how many parameters are packed.
+  int pack_master_weights();
   // The float32 value of parameter i (its master when kept, else the tensor itself).
   const at::Tensor& weight(size_t i) const { return params_[i].master.defined() ? params_[i].master : params_[i].tensor; }
   // Parameters in PyTorch's index order (group 0 first); group_of(i) is 0 or 1.
@@ -111,6 +116,7 @@ class AdamW {
 
  private:
   bool fused_step(const at::Tensor& found_inf);
+  std::vector<size_t> packable_members(int group) const;
   void pack_group(int group, const std::vector<size_t>& members);
   int64_t step_count(const Param& p) const;
 

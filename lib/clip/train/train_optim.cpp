@@ -107,6 +107,32 @@ void AdamW::step(const at::Tensor& found_inf) {
   }
 }
 
+std::vector<size_t> AdamW::packable_members(int group) const {
+  // The group's low-precision parameters with master weights and a gradient (those a float32
+  // island, such as logit_scale, is not).
+  const size_t begin = group == 0 ? 0 : n_no_decay_, end = group == 0 ? n_no_decay_ : params_.size();
+  std::vector<size_t> members;
+  for (size_t i = begin; i < end; ++i) {
+    const Param& p = params_[i];
+    const at::Tensor& gr = p.tensor.grad();
+    if (p.master.defined() && gr.defined() && gr.scalar_type() != at::kFloat && gr.scalar_type() == p.tensor.scalar_type() &&
+        gr.is_contiguous() && p.tensor.is_contiguous())
+      members.push_back(i);
+  }
+  return members;
+}
+
+int AdamW::pack_master_weights() {
+  int packed = 0;
+  for (int g = 0; g < 2; ++g) {
+    const std::vector<size_t> members = packable_members(g);
+    if (members.size() < 2) continue;
+    if (packed_[g].members != members) pack_group(g, members);
+    packed += static_cast<int>(members.size());
+  }
+  return packed;
+}
+
 void AdamW::pack_group(int group, const std::vector<size_t>& members) {
   at::NoGradGuard ng;
   Packed& pk = packed_[group];
@@ -139,17 +165,8 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
   if (!options_.fused || params_.empty() || !weight(0).is_cuda()) return false;
   for (int g = 0; g < 2; ++g) {
     const size_t begin = g == 0 ? 0 : n_no_decay_, end = g == 0 ? n_no_decay_ : params_.size();
-    // The group's low-precision parameters with master weights and a gradient (those a float32
-    // island, such as logit_scale, is not): packed (again when that set changed), so that their
-    // conversions below are one copy each.
-    auto packable = [&](const Param& p) {
-      const at::Tensor& gr = p.tensor.grad();
-      return p.master.defined() && gr.defined() && gr.scalar_type() != at::kFloat &&
-             gr.scalar_type() == p.tensor.scalar_type() && gr.is_contiguous() && p.tensor.is_contiguous();
-    };
-    std::vector<size_t> members;
-    for (size_t i = begin; i < end; ++i)
-      if (packable(params_[i])) members.push_back(i);
+    // Packed (again when the set changed), so that the conversions below are one copy each.
+    const std::vector<size_t> members = packable_members(g);
     const bool packed = members.size() > 1;
     if (packed && packed_[g].members != members) pack_group(g, members);
     std::vector<at::Tensor> w, grads, m, v, steps, low, masters, low_grads, master_grads, packed_grads;
