@@ -146,8 +146,8 @@ at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size
       // Pillow's two passes, horizontal first, each rounded half up and clamped to 8 bits (an
       // overshoot of the first pass is clipped before the second); a pass whose side does not change
       // is skipped. Each pass is one matrix product with Pillow's own fixed-point weights
-      // (bicubic_matrix): float32 sums of exact products (an 8-bit sample times a 22-bit weight), so
-      // a sample differs from Pillow's integer sum only where float32 rounding tips it.
+      // (bicubic_matrix), in float32: a sample differs from Pillow's integer sum only where the float32
+      // rounding of the products and their sum tips it across a rounding boundary.
       auto pass_matrix = [&](int64_t in) { return squash_pass_matrix(in, size, device); };
       auto round8 = [](at::Tensor y) { return y.add_(0.5).floor_().clamp_(0, 255); };
       at::Tensor x = planar.to(at::kFloat);                                                // [g, 3, H, W]
