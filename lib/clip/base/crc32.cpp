@@ -1,5 +1,7 @@
 #include "clip/base/crc32.h"
 
+#include "clip/base/byteorder.h"
+
 namespace clip {
 
 namespace {
@@ -24,9 +26,6 @@ const CrcTables& crc_tables() {
   return tables;
 }
 
-uint32_t load32(const uint8_t* p) {
-  return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
-}
 
 }  // namespace
 
@@ -35,8 +34,8 @@ uint32_t crc32_update(uint32_t crc, const void* data, size_t n) {
   const uint8_t* p = static_cast<const uint8_t*>(data);
   crc = ~crc;
   while (n >= 8) {
-    uint32_t a = crc ^ load32(p);
-    uint32_t b = load32(p + 4);
+    uint32_t a = crc ^ le32(p);
+    uint32_t b = le32(p + 4);
     crc = T[7][a & 0xFF] ^ T[6][(a >> 8) & 0xFF] ^ T[5][(a >> 16) & 0xFF] ^ T[4][a >> 24] ^ T[3][b & 0xFF] ^
           T[2][(b >> 8) & 0xFF] ^ T[1][(b >> 16) & 0xFF] ^ T[0][b >> 24];
     p += 8;

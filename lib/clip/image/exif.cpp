@@ -5,18 +5,15 @@
 #include <cstring>
 #include <utility>
 
+#include "clip/base/byteorder.h"
 #include "clip/image/image.h"
 
 namespace clip {
 namespace {
 
-uint32_t rd32(const uint8_t* p, bool le) {
-  return le ? uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24)
-            : (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | uint32_t(p[3]);
-}
-uint16_t rd16(const uint8_t* p, bool le) {
-  return static_cast<uint16_t>(le ? p[0] | (p[1] << 8) : (p[0] << 8) | p[1]);
-}
+// TIFF's integers, in the byte order its header names.
+uint32_t rd32(const uint8_t* p, bool le) { return le ? le32(p) : be32(p); }
+uint16_t rd16(const uint8_t* p, bool le) { return le ? le16(p) : be16(p); }
 
 // The Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block (optionally behind
 // "Exif\0\0"); 0 when absent or unreadable.
@@ -68,7 +65,7 @@ int jpeg_orientation(const uint8_t* d, size_t n) {
       pos += 2;
       continue;
     }
-    const size_t len = (size_t(d[pos + 2]) << 8) | d[pos + 3];
+    const size_t len = be16(d + pos + 2);
     if (len < 2 || pos + 2 + len > n) return 0;
     // The first APP1 segment that holds EXIF (later ones are ignored, as in Pillow).
     if (marker == 0xE1 && len >= 8 && std::memcmp(d + pos + 4, "Exif\0\0", 6) == 0)
@@ -81,7 +78,7 @@ int jpeg_orientation(const uint8_t* d, size_t n) {
 int png_orientation(const uint8_t* d, size_t n) {
   size_t pos = 8;
   while (pos + 12 <= n) {
-    const size_t len = rd32(d + pos, false);
+    const size_t len = be32(d + pos);
     if (len > n - pos - 12) return 0;
     if (std::memcmp(d + pos + 4, "eXIf", 4) == 0) return tiff_orientation(d + pos + 8, len);
     if (std::memcmp(d + pos + 4, "IEND", 4) == 0) return 0;
@@ -93,7 +90,7 @@ int png_orientation(const uint8_t* d, size_t n) {
 int webp_orientation(const uint8_t* d, size_t n) {
   size_t pos = 12;
   while (pos + 8 <= n) {
-    const size_t len = rd32(d + pos + 4, true);
+    const size_t len = le32(d + pos + 4);
     if (len > n - pos - 8) return 0;
     if (std::memcmp(d + pos, "EXIF", 4) == 0) return tiff_orientation(d + pos + 8, len);
     pos += 8 + len + (len & 1);

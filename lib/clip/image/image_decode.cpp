@@ -58,6 +58,7 @@
 #include <stb_image.h>
 #endif
 
+#include "clip/base/byteorder.h"
 #include "clip/base/crc32.h"
 #include "clip/base/error.h"
 #include "clip/image/image.h"
@@ -247,7 +248,6 @@ void png_read_mem(png_structp png, png_bytep dst, png_size_t len) {
 }
 
 
-uint32_t be32(const uint8_t* p) { return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3]; }
 
 // Pillow checks the CRC of every chunk before the first IDAT (and fails on a mismatch) but never
 // the CRCs of IDAT or later chunks. We check the same chunks here and switch libpng's own CRC
@@ -431,8 +431,6 @@ Image decode_png(const uint8_t* data, size_t n) {
 // truncated run-length scanline (CVE-2021-42715, present in Debian's 2.27), and GIF, TGA, PSD and
 // PIC have published memory-safety bugs in that version. decode_image() refuses them by magic bytes.
 
-uint32_t le32(const uint8_t* p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24); }
-uint16_t le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 
 // Checks a BMP header: dimensions, an uncompressed layout stb_image supports, and pixel data that
 // fits inside the file (so a 60-byte file cannot ask for a gigabyte buffer). Returns where the

@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "clip/base/byteorder.h"
 #include "clip/base/error.h"
 
 namespace clip {
@@ -163,12 +164,10 @@ class Unpickler {
   }
   uint8_t u8() { return *take(1); }
   uint16_t u16() {
-    const uint8_t* b = take(2);
-    return uint16_t(b[0] | (b[1] << 8));
+    return le16(take(2));
   }
   uint32_t u32() {
-    const uint8_t* b = take(4);
-    return uint32_t(b[0]) | (uint32_t(b[1]) << 8) | (uint32_t(b[2]) << 16) | (uint32_t(b[3]) << 24);
+    return le32(take(4));
   }
   uint64_t u64() {
     uint64_t lo = u32();

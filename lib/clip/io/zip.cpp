@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "clip/base/byteorder.h"
 #include "clip/base/crc32.h"
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
@@ -11,9 +12,6 @@ namespace clip {
 
 namespace {
 
-uint16_t rd16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
-uint32_t rd32(const uint8_t* p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24); }
-uint64_t rd64(const uint8_t* p) { return uint64_t(rd32(p)) | (uint64_t(rd32(p + 4)) << 32); }
 
 void wr16(std::string& s, uint16_t v) {
   s.push_back(char(v & 0xFF));
@@ -48,34 +46,34 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
   size_t eocd = SIZE_MAX;
   size_t lowest = size_ >= 22 + 65535 ? size_ - 22 - 65535 : 0;
   for (size_t p = size_ - 22 + 1; p-- > lowest;) {
-    if (rd32(base_ + p) == kEndSig && p + 22 + rd16(base_ + p + 20) == size_) {
+    if (le32(base_ + p) == kEndSig && p + 22 + le16(base_ + p + 20) == size_) {
       eocd = p;
       break;
     }
   }
   if (eocd == SIZE_MAX) throw fail("not a complete zip archive (end of central directory record not found)");
   const uint8_t* e = base_ + eocd;
-  if (rd16(e + 4) != 0 || rd16(e + 6) != 0 || rd16(e + 8) != rd16(e + 10))
+  if (le16(e + 4) != 0 || le16(e + 6) != 0 || le16(e + 8) != le16(e + 10))
     throw ModelError(what_ + ": a multi-part (spanned or split) zip archive, which is not supported");
-  uint64_t n_entries = rd16(e + 10);
-  uint64_t cd_size = rd32(e + 12);
-  uint64_t cd_offset = rd32(e + 16);
+  uint64_t n_entries = le16(e + 10);
+  uint64_t cd_size = le32(e + 12);
+  uint64_t cd_offset = le32(e + 16);
   size_t cd_limit = eocd;  // the central directory ends before the (ZIP64) end records
-  if (eocd >= 20 && rd32(e - 20) == kLocator64Sig) {
+  if (eocd >= 20 && le32(e - 20) == kLocator64Sig) {
     const uint8_t* loc = e - 20;
-    uint64_t z64 = rd64(loc + 8);
-    if (rd32(loc + 4) != 0 || rd32(loc + 16) > 1)
+    uint64_t z64 = le64(loc + 8);
+    if (le32(loc + 4) != 0 || le32(loc + 16) > 1)
       throw ModelError(what_ + ": a multi-part (spanned or split) zip archive, which is not supported");
-    if (z64 > eocd - 20 || eocd - 20 - z64 < 56 || rd32(base_ + z64) != kEnd64Sig)
+    if (z64 > eocd - 20 || eocd - 20 - z64 < 56 || le32(base_ + z64) != kEnd64Sig)
       throw fail("bad ZIP64 end of central directory (not where its locator points)");
     const uint8_t* r = base_ + z64;
-    const uint64_t rec_size = rd64(r + 4);  // of the rest of the record
+    const uint64_t rec_size = le64(r + 4);  // of the rest of the record
     if (rec_size < 44 || rec_size > eocd - 20 - z64 - 12)
       throw fail("bad ZIP64 end of central directory (its size field is " + std::to_string(rec_size) + ")");
-    if (rd32(r + 16) != 0 || rd32(r + 20) != 0 || rd64(r + 24) != rd64(r + 32))
+    if (le32(r + 16) != 0 || le32(r + 20) != 0 || le64(r + 24) != le64(r + 32))
       throw ModelError(what_ + ": a multi-part (spanned or split) zip archive, which is not supported");
     // The 32-bit record must either agree or hold the "see ZIP64" marker.
-    const uint64_t n64 = rd64(r + 32), size64 = rd64(r + 40), off64 = rd64(r + 48);
+    const uint64_t n64 = le64(r + 32), size64 = le64(r + 40), off64 = le64(r + 48);
     if ((n_entries != 0xFFFF && n_entries != n64) || (cd_size != k32Max && cd_size != size64) ||
         (cd_offset != k32Max && cd_offset != off64))
       throw fail("the ZIP64 end of central directory disagrees with the end of central directory");
@@ -99,16 +97,16 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
   const uint8_t* p = base_ + cd_offset;
   const uint8_t* end = p + cd_size;
   for (uint64_t i = 0; i < n_entries; ++i) {
-    if (end - p < 46 || rd32(p) != kCentralSig) throw fail("bad central directory entry #" + std::to_string(i));
+    if (end - p < 46 || le32(p) != kCentralSig) throw fail("bad central directory entry #" + std::to_string(i));
     ZipEntry e;
-    const uint16_t flags = rd16(p + 8);
-    e.method = rd16(p + 10);
-    e.crc = rd32(p + 16);
-    e.compressed_size = rd32(p + 20);
-    e.size = rd32(p + 24);
-    size_t nlen = rd16(p + 28), elen = rd16(p + 30), clen = rd16(p + 32);
-    uint32_t disk = rd16(p + 34);
-    uint64_t local = rd32(p + 42);
+    const uint16_t flags = le16(p + 8);
+    e.method = le16(p + 10);
+    e.crc = le32(p + 16);
+    e.compressed_size = le32(p + 20);
+    e.size = le32(p + 24);
+    size_t nlen = le16(p + 28), elen = le16(p + 30), clen = le16(p + 32);
+    uint32_t disk = le16(p + 34);
+    uint64_t local = le32(p + 42);
     if (size_t(end - p) < 46 + nlen + elen + clen) throw fail("central directory entry #" + std::to_string(i) + " overruns");
     e.name.assign(reinterpret_cast<const char*>(p + 46), nlen);
     // ZIP64 extended information: the fields whose 32-bit value is 0xFFFFFFFF (0xFFFF for the disk)
@@ -118,7 +116,7 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
     const uint8_t* xend = x + elen;
     while (x < xend) {
       if (xend - x < 4) throw fail("malformed extra field in entry '" + e.name + "'");
-      uint16_t id = rd16(x), len = rd16(x + 2);
+      uint16_t id = le16(x), len = le16(x + 2);
       if (size_t(xend - x - 4) < len) throw fail("malformed extra field in entry '" + e.name + "'");
       if (id == 0x0001) {
         if (z64_seen) throw fail("two ZIP64 fields in entry '" + e.name + "'");
@@ -128,7 +126,7 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
         auto take = [&](uint64_t& v) {
           if (v != k32Max) return;
           if (fend - f < 8) throw fail("short ZIP64 field in entry '" + e.name + "'");
-          v = rd64(f);
+          v = le64(f);
           f += 8;
         };
         take(e.size);
@@ -136,7 +134,7 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
         take(local);
         if (disk == 0xFFFF) {
           if (fend - f < 4) throw fail("short ZIP64 field in entry '" + e.name + "'");
-          disk = rd32(f);
+          disk = le32(f);
         }
       }
       x += 4 + len;
@@ -145,12 +143,12 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
       throw fail("entry '" + e.name + "' lacks the ZIP64 field its sizes or offset point to");
     if (disk != 0) throw ModelError(what_ + ": entry '" + e.name + "' is on another disk of a multi-part zip archive, which is not supported");
     if (flags & (1 | 64 | 8192)) throw ModelError(what_ + ": entry '" + e.name + "' is encrypted, which is not supported");
-    if (local > size_ || size_ - local < 30 || rd32(base_ + local) != kLocalSig)
+    if (local > size_ || size_ - local < 30 || le32(base_ + local) != kLocalSig)
       throw fail("local header of entry '" + e.name + "' is missing");
     // The local header must describe the same entry as the central directory.
     const uint8_t* lh = base_ + local;
-    const uint16_t lflags = rd16(lh + 6), lmethod = rd16(lh + 8);
-    const size_t lnlen = rd16(lh + 26), lelen = rd16(lh + 28);
+    const uint16_t lflags = le16(lh + 6), lmethod = le16(lh + 8);
+    const size_t lnlen = le16(lh + 26), lelen = le16(lh + 28);
     const uint64_t start = local + 30 + lnlen + uint64_t(lelen);
     if (start > size_) throw fail("local header of entry '" + e.name + "' extends past the end of the file");
     if (lnlen != nlen || std::memcmp(lh + 30, e.name.data(), nlen) != 0)
@@ -158,17 +156,17 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
     if (lmethod != e.method)
       throw fail("local header and central directory disagree on the compression method of entry '" + e.name + "'");
     if (!((flags | lflags) & 8)) {  // without a data descriptor the local header holds CRC and sizes
-      uint64_t lcsize = rd32(lh + 18), lsize = rd32(lh + 22);
+      uint64_t lcsize = le32(lh + 18), lsize = le32(lh + 22);
       if (lcsize == k32Max || lsize == k32Max) {  // both then follow in the local ZIP64 field
         const uint8_t* lx = lh + 30 + lnlen;
         const uint8_t* lxend = lx + lelen;
         bool found = false;
         while (lxend - lx >= 4) {
-          uint16_t id = rd16(lx), len = rd16(lx + 2);
+          uint16_t id = le16(lx), len = le16(lx + 2);
           if (size_t(lxend - lx - 4) < len) break;
           if (id == 0x0001 && len >= 16) {
-            lsize = rd64(lx + 4);
-            lcsize = rd64(lx + 12);
+            lsize = le64(lx + 4);
+            lcsize = le64(lx + 12);
             found = true;
             break;
           }
@@ -176,7 +174,7 @@ ZipReader::ZipReader(const uint8_t* data, size_t size, std::string what) : base_
         }
         if (!found) throw fail("local header of entry '" + e.name + "' lacks its ZIP64 sizes");
       }
-      if (rd32(lh + 14) != e.crc || lcsize != e.compressed_size || lsize != e.size)
+      if (le32(lh + 14) != e.crc || lcsize != e.compressed_size || lsize != e.size)
         throw fail("local header and central directory disagree on the CRC or sizes of entry '" + e.name + "'");
     }
     if (e.compressed_size > size_ - start)

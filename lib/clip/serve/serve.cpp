@@ -21,6 +21,7 @@
 
 #include "clip/data/dataset.h"
 #include "clip/retrieval/encoder.h"
+#include "clip/base/byteorder.h"
 #include "clip/base/error.h"
 #include "clip/base/fileio.h"
 #include "clip/image/image.h"
@@ -55,9 +56,8 @@ double ms_since(Clock::time_point t0) {
 bool peek_dimensions(const uint8_t* p, size_t n, int& w, int& h) {
   static const uint8_t png_sig[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
   if (n >= 24 && std::equal(png_sig, png_sig + 8, p)) {
-    auto be32 = [&](size_t o) { return (uint32_t(p[o]) << 24) | (uint32_t(p[o + 1]) << 16) | (uint32_t(p[o + 2]) << 8) | p[o + 3]; };
-    w = static_cast<int>(std::min<uint32_t>(be32(16), 1u << 30));
-    h = static_cast<int>(std::min<uint32_t>(be32(20), 1u << 30));
+    w = static_cast<int>(std::min<uint32_t>(be32(p + 16), 1u << 30));
+    h = static_cast<int>(std::min<uint32_t>(be32(p + 20), 1u << 30));
     return true;
   }
   if (n >= 4 && p[0] == 0xff && p[1] == 0xd8) {
@@ -67,11 +67,11 @@ bool peek_dimensions(const uint8_t* p, size_t n, int& w, int& h) {
       const uint8_t m = p[i + 1];
       if (m == 0xff) { ++i; continue; }
       if (m == 0xd8 || m == 0x01 || (m >= 0xd0 && m <= 0xd7)) { i += 2; continue; }
-      const size_t len = (size_t(p[i + 2]) << 8) | p[i + 3];
+      const size_t len = be16(p + i + 2);
       // SOF0..SOF15 except DHT (c4), JPG (c8) and DAC (cc) carry the frame size.
       if (m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc) {
-        h = (p[i + 5] << 8) | p[i + 6];
-        w = (p[i + 7] << 8) | p[i + 8];
+        h = be16(p + i + 5);
+        w = be16(p + i + 7);
         return true;
       }
       i += 2 + len;
