@@ -148,11 +148,10 @@ at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size
       // is skipped. Each pass is one matrix product with Pillow's own fixed-point weights
       // (bicubic_matrix), in float32: a sample differs from Pillow's integer sum only where the float32
       // rounding of the products and their sum tips it across a rounding boundary.
-      auto pass_matrix = [&](int64_t in) { return squash_pass_matrix(in, size, device); };
       auto round8 = [](at::Tensor y) { return y.add_(0.5).floor_().clamp_(0, 255); };
       at::Tensor x = planar.to(at::kFloat);                                                // [g, 3, H, W]
-      if (hw.second != size) x = round8(at::matmul(x, pass_matrix(hw.second).t()));        // [g, 3, H, size]
-      if (hw.first != size) x = round8(at::matmul(pass_matrix(hw.first), x));              // [g, 3, size, size]
+      if (hw.second != size) x = round8(at::matmul(x, squash_pass_matrix(hw.second, size, device).t()));  // [g, 3, H, size]
+      if (hw.first != size) x = round8(at::matmul(squash_pass_matrix(hw.first, size, device), x));        // [g, 3, size, size]
       res = x.to(at::kByte);
     }
     if (g == n) {
