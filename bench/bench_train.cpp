@@ -24,6 +24,7 @@
 
 #include "clip/model/config.h"
 #include "clip/model/model.h"
+#include "clip/model/model_parts.h"
 #include "clip/model/torch_compat.h"
 #include "clip/base/runtime.h"
 #include "clip/train/train.h"
@@ -61,6 +62,15 @@ int main(int argc, char** argv) {
   app.add_option("--profile-steps", profile_steps)->capture_default_str();
   bool sync_each_step_flag = false;
   app.add_flag("--sync-each-step", sync_each_step_flag, "Read the loss back after every step (no deferred statistics)");
+  std::string cuda_graph = "on";
+  app.add_option("--cuda-graph", cuda_graph, "Replay the step as a CUDA graph where it can be (clip-finetune's default)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
+  std::string own_kernels = "on";
+  app.add_option("--own-kernels", own_kernels,
+                 "Bias and LayerNorm weight gradients by the build's own CUDA kernels where they apply (off: ATen's)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"on", "off"}));
   std::string sdpa = "auto";
   app.add_option("--attention", sdpa, "Fused attention kernels allowed on CUDA: auto, flash, efficient, cudnn, math")
       ->capture_default_str();
@@ -70,6 +80,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   clip::set_threads(threads);
+  clip::detail::set_lp_kernels_enabled(own_kernels == "on");
 
   const at::Device device(device_name);
   clip::ModelConfig cfg{clip::vision_config(vision), clip::text_config(text)};
@@ -107,6 +118,8 @@ int main(int argc, char** argv) {
   }
 
   if (sync_each_step) so.poison = nullptr;
+  clip::StepGraph graph;
+  if (cuda_graph == "on") so.graph = &graph;
   for (int64_t i = 0; i < warmup; ++i) clip::train_step(model, opt, {b}, 5e-5, so);
 #ifdef CLIP_BENCH_CUDA_STATS
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
@@ -146,10 +159,11 @@ int main(int argc, char** argv) {
           " peak_reserved_mib=" + std::to_string(st.reserved_bytes[0].peak >> 20);
   }
 #endif
-  std::printf("bench impl=cpp device=%s precision=%s batch=%lld steps=%lld grad_ckpt=%d deferred=%d samples_per_s=%.1f "
-              "step_ms=%.1f last_loss=%.4f%s\n",
+  std::printf("bench impl=cpp device=%s precision=%s batch=%lld steps=%lld grad_ckpt=%d deferred=%d cuda_graph=%d "
+              "own_kernels=%d samples_per_s=%.1f step_ms=%.1f last_loss=%.4f%s\n",
               device_name.c_str(), precision.c_str(), (long long)batch, (long long)steps, grad_ckpt ? 1 : 0,
-              so.poison ? 1 : 0,
+              so.poison ? 1 : 0, graph.captured() ? 1 : 0,
+              own_kernels == "on" && clip::detail::lp_kernels_built() ? 1 : 0,
               batch * steps / s, 1000 * s / steps, loss, mem.c_str());
   return 0;
 }

@@ -54,7 +54,9 @@ Linear::Linear(int64_t in, int64_t out, bool with_bias) : in_features(in), out_f
   if (with_bias) bias = register_parameter("bias", new_param({out}, 0));
 }
 
-at::Tensor Linear::forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+at::Tensor Linear::forward(const at::Tensor& x) const {
+  return low_precision ? lp_linear(x, weight, bias) : at::linear(x, weight, bias);
+}
 
 LayerNorm::LayerNorm(int64_t size, double e, bool fp32) : n(size), eps(e), fp32_math(fp32) {
   weight = register_parameter("weight", new_param({size}, 1));
@@ -64,7 +66,7 @@ LayerNorm::LayerNorm(int64_t size, double e, bool fp32) : n(size), eps(e), fp32_
 at::Tensor LayerNorm::forward(const at::Tensor& x) const {
   const auto dt = x.scalar_type();
   if (direct && dt != at::kFloat && at::isFloatingType(dt))
-    return at::layer_norm(x, {n}, weight.to(dt), bias.to(dt), eps);
+    return lp_layer_norm(x, n, weight.to(dt), bias.to(dt), eps);
   if (fp32_math || dt != weight.scalar_type()) {
     // cn_clip's vision LayerNorm: normalise in float32 whatever the activation dtype, cast back.
     auto y = at::layer_norm(x.to(at::kFloat), {n}, weight.to(at::kFloat), bias.to(at::kFloat), eps);
@@ -276,6 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ClipModelImpl::forward(const at::
 
 void ClipModelImpl::set_grad_checkpointing(bool on) {
   // cn_clip's ModifiedResNet ignores the flag ("FIXME support for non-transformer").
+  grad_checkpointing_ = on;
   if (towers_->vit) towers_->vit->transformer->grad_checkpointing = on;
   if (towers_->bert) towers_->bert->encoder->grad_checkpointing = on;
 }
@@ -285,6 +288,8 @@ void ClipModelImpl::set_low_precision_kernels(bool on) {
     if (auto* ln = dynamic_cast<detail::LayerNorm*>(&m)) ln->direct = on;
     if (auto* mlp = dynamic_cast<detail::Mlp*>(&m)) mlp->silu_form = on;
     if (auto* sa = dynamic_cast<detail::BertSelfAttention*>(&m)) sa->fused_qkv = on;
+    if (auto* li = dynamic_cast<detail::Linear*>(&m)) li->low_precision = on;
+    if (auto* mha = dynamic_cast<detail::MultiheadAttention*>(&m)) mha->low_precision = on;
     if (auto* vit = dynamic_cast<detail::VisualTransformer*>(&m)) vit->patch_matmul = on;
     for (auto& c : m.children()) walk(*c);
   };

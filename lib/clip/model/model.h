@@ -55,6 +55,7 @@ class ClipModelImpl : public torch::nn::Module {
 
   // Recompute each transformer block / BERT layer in backward instead of storing activations.
   void set_grad_checkpointing(bool on);
+  bool grad_checkpointing() const { return grad_checkpointing_; }
   // Kernels for bf16/fp16 on GPUs, in training and inference (see LayerNorm::direct, Mlp::silu_form,
   // BertSelfAttention::fused_qkv and VisualTransformer::patch_matmul): the same functions in fewer,
   // fused kernels, rounded differently. Off by default and for fp32, so that the CPU and the fp32
@@ -87,6 +88,7 @@ class ClipModelImpl : public torch::nn::Module {
   Towers loaded_ = Towers::both;
   at::Tensor logit_scale_;
   bool vision_frozen_ = false;
+  bool grad_checkpointing_ = false;
 };
 TORCH_MODULE(ClipModel);
 

@@ -54,7 +54,7 @@ at::Tensor BertSelfAttention::forward(const at::Tensor& x, const at::Tensor& mas
     // packed weight gradient instead of three each (the parameters' gradients are views into it).
     auto w = at::cat({query->weight, key->weight, value->weight}, 0);
     auto bias = at::cat({query->bias, key->bias, value->bias}, 0);
-    auto qkv = at::linear(x, w, bias).view({b, l, 3, heads, d}).unbind(2);  // 3 x [B, L, heads, d]
+    auto qkv = lp_linear(x, w, bias).view({b, l, 3, heads, d}).unbind(2);  // 3 x [B, L, heads, d]
     auto ctx = compat::attention(qkv[0].transpose(1, 2), qkv[1].transpose(1, 2), qkv[2].transpose(1, 2), mask, p);
     return ctx.transpose(1, 2).reshape({b, l, h});
   }

@@ -27,6 +27,18 @@ at::Tensor new_param(at::IntArrayRef shape, double value, at::ScalarType dtype =
 at::Tensor checkpointed(const std::function<at::Tensor(const at::Tensor&)>& fn, const at::Tensor& x,
                         const std::vector<at::Tensor>& params);
 
+// Training with the low-precision kernels (ClipModelImpl::set_low_precision_kernels): at::linear and
+// at::layer_norm, except that where gradients are recorded for bf16/fp16 activations and parameters of
+// the same dtype on CUDA, the bias (and LayerNorm weight) gradients are summed by this build's CUDA
+// kernels (model_cuda.cpp) in one pass instead of ATen's reductions. Elsewhere, and in builds without
+// the kernels (lp_kernels_built() false), exactly the ATen functions.
+at::Tensor lp_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+at::Tensor lp_layer_norm(const at::Tensor& x, int64_t n, const at::Tensor& w, const at::Tensor& b, double eps);
+bool lp_kernels_built();
+// Whether lp_linear and lp_layer_norm use the kernels where they apply (default true; benchmarks
+// switch it off to compare with ATen's reductions).
+void set_lp_kernels_enabled(bool on);
+
 // A plain container whose children are named "0", "1", ... (nn.Sequential / nn.ModuleList keys).
 template <typename T>
 struct IndexedList {
@@ -43,6 +55,7 @@ struct Linear : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x) const;
   int64_t in_features, out_features;
   at::Tensor weight, bias;
+  bool low_precision = false;  // lp_linear (set_low_precision_kernels)
 };
 
 // fp32_math: cn_clip's vision LayerNorm subclass (normalise in float32, cast back). BERT uses the
@@ -88,6 +101,7 @@ struct MultiheadAttention : torch::nn::Module {  // nn.MultiheadAttention(width,
   int64_t width, heads;
   at::Tensor in_proj_weight, in_proj_bias;
   std::shared_ptr<Linear> out_proj;
+  bool low_precision = false;  // lp_linear for in_proj (set_low_precision_kernels)
 };
 
 struct Mlp : torch::nn::Module {  // c_fc: width -> hidden, QuickGELU, c_proj: hidden -> width

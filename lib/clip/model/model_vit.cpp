@@ -15,7 +15,9 @@ at::Tensor MultiheadAttention::forward(const at::Tensor& x) const {
   const int64_t b = x.size(0), l = x.size(1), d = width / heads;
   // unbind, not three selects: its backward writes the three gradients into one packed [B, L, 3, H, D]
   // tensor (a stack), where each select's backward would fill a zero tensor of that size and add.
-  auto qkv = at::linear(x, in_proj_weight, in_proj_bias).view({b, l, 3, heads, d}).unbind(2);  // 3 x [B, L, H, D]
+  auto qkv = (low_precision ? lp_linear(x, in_proj_weight, in_proj_bias) : at::linear(x, in_proj_weight, in_proj_bias))
+                 .view({b, l, 3, heads, d})
+                 .unbind(2);  // 3 x [B, L, H, D]
   auto ctx = compat::attention(qkv[0].transpose(1, 2), qkv[1].transpose(1, 2), qkv[2].transpose(1, 2),
                                at::Tensor());  // [B, H, L, D]
   return out_proj->forward(ctx.transpose(1, 2).reshape({b, l, width}));
@@ -29,8 +31,8 @@ Mlp::Mlp(int64_t w, int64_t hidden) {
 at::Tensor Mlp::forward(const at::Tensor& x) const {
   if (silu_form) {
     constexpr double k = 1.702;
-    auto h = at::silu(at::linear(x, c_fc->weight * k, c_fc->bias * k));
-    return at::linear(h, c_proj->weight * (1.0 / k), c_proj->bias);
+    auto h = at::silu(lp_linear(x, c_fc->weight * k, c_fc->bias * k));
+    return lp_linear(h, c_proj->weight * (1.0 / k), c_proj->bias);
   }
   auto h = c_fc->forward(x);
   h = h * at::sigmoid(h * 1.702);  // QuickGELU

@@ -146,6 +146,8 @@ class Trainer {
   PrecisionPlan plan_;
   std::optional<LossScaler> scaler_;                  // --precision amp-fp16
   at::Tensor poison_;                                 // deferred step values: a non-finite loss seen (StepOptions)
+  StepGraph graph_;                                   // the step as a CUDA graph where it can be (StepOptions::graph)
+  bool graph_logged_ = false;
   std::map<std::string, at::Tensor> fp32_weights_;   // --precision bf16: what checkpoints hold
   std::shared_ptr<const Tokenizer> tok_;
   std::unique_ptr<DatasetSplit> train_, val_;
@@ -702,6 +704,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   // device between steps.
   if (plan_.fused_adamw && !poison_.defined()) poison_ = at::zeros({}, at::TensorOptions(at::kFloat).device(device_));
   if (plan_.fused_adamw) so.poison = &poison_;
+  if (!o_.no_cuda_graph) so.graph = &graph_;
   std::vector<StepStats> pending;
   std::vector<int64_t> pending_steps;
   StepStats last;  // the last settled step
@@ -774,6 +777,11 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     } catch (const TrainingError& e) {
       fail(step_ + 1, e);
     }
+    if (graph_.captured() && !graph_logged_) {
+      log_info("step {} on: each step is one launch of a CUDA graph (--no-cuda-graph: launch its kernels one by one)",
+               step_ + 1);
+      graph_logged_ = true;
+    }
     const int64_t samples = gbs_ * o_.accum_freq;
     step_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_step).count();
     micro.clear();
@@ -803,7 +811,8 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                           {"t2i_acc", st.t2i_acc},
                           {"samples_per_s", secs > 0 ? samples_since_log_ / secs : 0.0},
                           {"data_wait_s", data_s_},  // waiting for decoded batches since the last log line
-                          {"step_s", step_s_}};      // forward + backward + optimizer since the last log line
+                          {"step_s", step_s_},       // forward + backward + optimizer since the last log line
+                          {"cuda_graph", graph_.captured()}};  // the step replays a CUDA graph (StepGraph)
       append_line(metrics_path_, j.dump());
       c_loss_.push_back({step_, loss_sum_ / loss_n_});
       c_lr_.push_back({step_, lr});

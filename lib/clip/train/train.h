@@ -80,7 +80,9 @@ class AdamW {
   // `named`: the trainable parameters in cn_clip's state-dict order.
   AdamW(const std::vector<std::pair<std::string, at::Tensor>>& named, const AdamWOptions& options);
 
-  void set_lr(double lr) { options_.lr = lr; }
+  // Also fills the fused path's device copy of the rate (one small kernel on the current stream), which
+  // a captured step (StepGraph) reads at each replay.
+  void set_lr(double lr);
   double lr() const { return options_.lr; }
   const AdamWOptions& options() const { return options_; }
   void zero_grad();  // grads set to undefined, like zero_grad(set_to_none=True)
@@ -122,6 +124,9 @@ class AdamW {
 
   AdamWOptions options_;
   std::vector<Param> params_;
+  // The fused path's learning rate as a float32 0-dim tensor on the parameters' device (PyTorch's
+  // tensor-lr form of the fused AdamW, which a CUDA graph can replay with a new rate each step).
+  at::Tensor lr_t_;
   size_t n_no_decay_ = 0;
   // The fused path with master weights keeps each group's masters, low-precision parameters and
   // float32 gradient copies as views into one buffer each (pack_group), so that the two
@@ -183,6 +188,8 @@ PrecisionPlan precision_plan(const std::string& precision, const at::Device& dev
 // of the model's (the masters, updated in place by each step, and copies of frozen tensors).
 std::map<std::string, at::Tensor> convert_to_bf16_training(ClipModel& model, AdamW& optimizer);
 
+class StepGraph;
+
 struct StepOptions {
   bool autocast = false;       // autocast for the forward passes (CPU or CUDA, by the model's device)
   at::ScalarType autocast_dtype = at::kBFloat16;  // bf16 (--precision amp) or fp16 (amp-fp16, with a scaler)
@@ -200,6 +207,9 @@ struct StepOptions {
   // is set every optimizer step is skipped on the device (as a loss scaler skips one), so the weights
   // stay those of the last good step until the caller settles the stats and stops.
   at::Tensor* poison = nullptr;
+  // CUDA graph of the step (see StepGraph): used where StepGraph::unsupported is empty, else the step
+  // runs as usual.
+  StepGraph* graph = nullptr;
 };
 
 struct StepStats {
@@ -224,6 +234,35 @@ void check_loss(double loss);
 // (deferred: see StepOptions::poison).
 StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<TrainBatch>& batches, double lr,
                      const StepOptions& options);
+
+// The training step as one CUDA graph: after `warmup` ordinary steps (run on a side stream, which a
+// capture needs), the next step is captured and every later one is a single graph launch, so that the
+// host's kernel launches no longer pace a fast card. Each call is one real optimizer step either way,
+// with the same kernels in the same order and the same random streams: the numbers are those of the
+// ordinary step. Inputs are copied into static buffers; the learning rate is read on the device
+// (AdamW::set_lr); StepStats::pending is copied out of the graph's output after each launch.
+// What a graph cannot hold (a build without CUDA, the CPU, the unfused optimizer, accumulation over
+// several batches, several processes, gradient checkpointing, per-step reads such as the gradient
+// norm) is named by unsupported(); train_step then runs the step as usual. A capture that fails is
+// reported once (log_warn) and the steps go on without a graph.
+class StepGraph {
+ public:
+  explicit StepGraph(int warmup = 2);
+  ~StepGraph();
+  StepGraph(const StepGraph&) = delete;
+  StepGraph& operator=(const StepGraph&) = delete;
+  // Empty when these steps can be captured, else why not.
+  static std::string unsupported(ClipModel& model, const AdamW& optimizer, const std::vector<TrainBatch>& batches,
+                                 const StepOptions& options);
+  // One step (the learning rate already set); a batch of other shapes than the captured one runs as usual.
+  StepStats step(ClipModel& model, AdamW& optimizer, const TrainBatch& batch, const StepOptions& options);
+  bool captured() const;
+  int64_t replays() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // ---------------------------------------------------------------------------------------------
 // Checkpoints.
@@ -297,6 +336,7 @@ struct TrainOptions {
   int64_t max_epochs = 32, max_steps = -1;
   int accum_freq = 1;
   bool use_augment = false, freeze_vision = false, grad_checkpointing = false;
+  bool no_cuda_graph = false;             // CUDA mixed precisions: steps one by one, not as a graph (StepGraph)
   uint64_t seed = 123;
   // schedule of side tasks (<= 0: off)
   int64_t valid_step_interval = 0, valid_epoch_interval = 1;

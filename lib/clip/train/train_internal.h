@@ -8,6 +8,7 @@
 
 #include "clip/io/pyobj.h"
 #include "clip/model/torch_compat.h"
+#include "clip/train/train.h"
 
 namespace clip::detail {
 
@@ -17,6 +18,11 @@ at::Tensor from_tensor_data(const TensorData& d);
 std::string shape_str(const at::Tensor& t);
 
 using AutocastScope = compat::Autocast;
+
+// train_step after the learning rate is set: zero_grad, forward, loss, backward, optimizer step,
+// clamp (what StepGraph captures).
+StepStats step_body(ClipModel& model, AdamW& optimizer, const std::vector<TrainBatch>& batches,
+                    const StepOptions& options);
 
 // The run folder of a --resume argument: the folder itself, or <run> for <run>/checkpoints/x.pt.
 std::string resume_run_dir(const std::string& resume);

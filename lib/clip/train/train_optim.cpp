@@ -49,6 +49,11 @@ AdamW::AdamW(const std::vector<std::pair<std::string, at::Tensor>>& named, const
   }
 }
 
+void AdamW::set_lr(double lr) {
+  options_.lr = lr;
+  if (lr_t_.defined()) lr_t_.fill_(lr);
+}
+
 void AdamW::zero_grad() {
   for (auto& p : params_) {
     if (p.tensor.grad().defined()) p.tensor.mutable_grad() = at::Tensor();
@@ -163,6 +168,9 @@ void AdamW::pack_group(int group, const std::vector<size_t>& members) {
 bool AdamW::fused_step(const at::Tensor& found_inf) {
 #if TORCH_VERSION_MAJOR >= 2
   if (!options_.fused || params_.empty() || !weight(0).is_cuda()) return false;
+  // The rate is read on the device (rounded to float32, as PyTorch's fused AdamW given a tensor lr), so
+  // that a captured step replays with each step's rate.
+  if (!lr_t_.defined()) lr_t_ = at::full({}, options_.lr, at::TensorOptions(at::kFloat).device(weight(0).device()));
   for (int g = 0; g < 2; ++g) {
     const size_t begin = g == 0 ? 0 : n_no_decay_, end = g == 0 ? n_no_decay_ : params_.size();
     // Packed (again when the set changed), so that the conversions below are one copy each.
@@ -210,7 +218,7 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
     at::_foreach_add_(steps, 1);
     c10::optional<at::Tensor> inf;
     if (found_inf.defined()) inf = found_inf;
-    at::_fused_adamw_(w, grads, m, v, at::TensorList(), steps, options_.lr, options_.beta1, options_.beta2, wd, options_.eps,
+    at::_fused_adamw_(w, grads, m, v, at::TensorList(), steps, lr_t_, options_.beta1, options_.beta2, wd, options_.eps,
                       /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/c10::nullopt, inf);
     if (found_inf.defined()) at::_foreach_sub_(steps, std::vector<at::Tensor>(steps.size(), found_inf));
     if (packed) packed_[g].low.copy_(packed_[g].master);

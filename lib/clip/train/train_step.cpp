@@ -104,8 +104,17 @@ int64_t LossScaler::good_steps() const { return growth_tracker.item<int64_t>(); 
 StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<TrainBatch>& batches, double lr,
                      const StepOptions& options) {
   if (batches.empty()) throw UsageError("train_step: no batch");
-  StepStats st;
   optimizer.set_lr(lr);
+  if (options.graph && StepGraph::unsupported(model, optimizer, batches, options).empty())
+    return options.graph->step(model, optimizer, batches.front(), options);
+  return detail::step_body(model, optimizer, batches, options);
+}
+
+namespace detail {
+
+StepStats step_body(ClipModel& model, AdamW& optimizer, const std::vector<TrainBatch>& batches,
+                    const StepOptions& options) {
+  StepStats st;
   optimizer.zero_grad();
   at::Device device = model->logit_scale().device();
   DistGroup* dist = options.dist;
@@ -216,6 +225,8 @@ StepStats train_step(ClipModel& model, AdamW& optimizer, const std::vector<Train
   }
   return st;
 }
+
+}  // namespace detail
 
 void check_loss(double loss) { check_finite(loss, -1); }
 

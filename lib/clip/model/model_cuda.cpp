@@ -1,0 +1,157 @@
+// Linear and LayerNorm whose weight gradients are summed by this build's CUDA kernels
+// (cuda/colsum.cu) instead of ATen's reductions: used by the low-precision kernels in training.
+// Builds without them (CPU LibTorch, no nvcc) take ATen's forms.
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <atomic>
+
+#include "clip/model/model_parts.h"
+
+#ifdef CLIP_HAVE_CUDA_KERNELS
+#include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <string>
+
+#include "clip/base/error.h"
+#include "clip/model/cuda/colsum.h"
+#endif
+
+namespace clip::detail {
+
+namespace {
+std::atomic<bool> g_enabled{true};
+}  // namespace
+
+void set_lp_kernels_enabled(bool on) { g_enabled = on; }
+
+#ifdef CLIP_HAVE_CUDA_KERNELS
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+int kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16: return cuda::kBFloat16;
+    case at::kHalf: return cuda::kFloat16;
+    case at::kFloat: return cuda::kFloat32;
+    default: return -1;
+  }
+}
+
+bool low_precision(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
+void check(int err, const char* what) {
+  if (err != 0)
+    throw ModelError(std::string(what) + ": CUDA error " + cudaGetErrorString(static_cast<cudaError_t>(err)));
+}
+
+// [n, c] contiguous, kernel-friendly -> c sums in out_dtype.
+at::Tensor column_sums(const at::Tensor& g2, at::ScalarType out_dtype) {
+  const int64_t n = g2.size(0), c = g2.size(1);
+  if (!cuda::colsum_supported(g2.data_ptr(), c)) return g2.sum(0, /*keepdim=*/false, at::kFloat).to(out_dtype);
+  at::Tensor ws = at::empty({cuda::colsum_chunks(n, c) * c}, g2.options().dtype(at::kFloat));
+  at::Tensor out = at::empty({c}, g2.options().dtype(out_dtype));
+  check(cuda::colsum(g2.data_ptr(), kernel_dtype(g2.scalar_type()), n, c, ws.data_ptr<float>(), kernel_dtype(out_dtype),
+                     out.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
+        "bias gradient");
+  return out;
+}
+
+// y = x W^T + b; backward: dx = g W, dW = g^T x (one matrix product each, as ATen's), db = column
+// sums of g by the kernel.
+struct LinearFn : torch::autograd::Function<LinearFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+    ctx->save_for_backward({x, w});
+    return at::linear(x, w, b);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& w = saved[1];
+    const int64_t out = w.size(0), in = w.size(1);
+    const at::Tensor g2 = grads[0].reshape({-1, out}).contiguous();
+    at::Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0)) dx = at::matmul(grads[0], w);
+    if (ctx->needs_input_grad(1)) dw = g2.t().mm(x.reshape({-1, in}));
+    if (ctx->needs_input_grad(2)) db = column_sums(g2, w.scalar_type());
+    return {dx, dw, db};
+  }
+};
+
+// native_layer_norm forward; backward: dx by ATen's kernel alone, dweight and dbias by one pass of
+// the column kernel over g and x.
+struct LayerNormFn : torch::autograd::Function<LayerNormFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                            int64_t n, double eps) {
+    auto out = at::native_layer_norm(x, {n}, w, b, eps);
+    ctx->save_for_backward({x, w, b, std::get<1>(out), std::get<2>(out)});
+    ctx->saved_data["n"] = n;
+    return std::get<0>(out);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &b = saved[2], &mean = saved[3], &rstd = saved[4];
+    const int64_t n = ctx->saved_data["n"].toInt();
+    const at::Tensor g = grads[0].contiguous();
+    at::Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0))
+      dx = std::get<0>(at::native_layer_norm_backward(g, x, {n}, mean, rstd, w, b, {true, false, false}));
+    if (ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
+      const int64_t rows = x.numel() / n;
+      if (cuda::colsum_supported(g.data_ptr(), n) && cuda::colsum_supported(x.data_ptr(), n) &&
+          mean.scalar_type() == at::kFloat && rstd.scalar_type() == at::kFloat) {
+        at::Tensor ws = at::empty({2 * cuda::colsum_chunks(rows, n) * n}, g.options().dtype(at::kFloat));
+        dw = at::empty({n}, w.options());
+        db = at::empty({n}, b.options());
+        check(cuda::layer_norm_weight_grads(g.data_ptr(), x.data_ptr(), kernel_dtype(x.scalar_type()),
+                                            mean.contiguous().data_ptr<float>(), rstd.contiguous().data_ptr<float>(), rows, n,
+                                            ws.data_ptr<float>(), kernel_dtype(w.scalar_type()), dw.data_ptr(), db.data_ptr(),
+                                            c10::cuda::getCurrentCUDAStream().stream()),
+              "LayerNorm weight gradients");
+      } else {
+        auto all = at::native_layer_norm_backward(g, x, {n}, mean, rstd, w, b, {false, true, true});
+        dw = std::get<1>(all);
+        db = std::get<2>(all);
+      }
+    }
+    return {dx, dw, db, at::Tensor(), at::Tensor()};
+  }
+};
+
+// The kernels' case: CUDA, gradients being recorded, bf16/fp16 activations with parameters of the same
+// dtype (no autocast casts in between), contiguous input.
+bool kernels_apply(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return g_enabled && at::GradMode::is_enabled() && x.is_cuda() && low_precision(x.scalar_type()) && w.defined() && b.defined() &&
+         w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type() && x.is_contiguous() &&
+         (x.requires_grad() || w.requires_grad() || b.requires_grad());
+}
+
+}  // namespace
+#endif
+
+at::Tensor lp_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+#ifdef CLIP_HAVE_CUDA_KERNELS
+  if (kernels_apply(x, w, b)) return LinearFn::apply(x, w, b);
+#endif
+  return at::linear(x, w, b);
+}
+
+at::Tensor lp_layer_norm(const at::Tensor& x, int64_t n, const at::Tensor& w, const at::Tensor& b, double eps) {
+#ifdef CLIP_HAVE_CUDA_KERNELS
+  if (kernels_apply(x, w, b)) return LayerNormFn::apply(x, w, b, n, eps);
+#endif
+  return at::layer_norm(x, {n}, w, b, eps);
+}
+
+bool lp_kernels_built() {
+#ifdef CLIP_HAVE_CUDA_KERNELS
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace clip::detail
