@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -205,6 +206,60 @@ TEST_CASE("squash_bicubic_u8: Pillow's bicubic squash as float32 matrix products
   // Rows 0 and 3 are images of the same size resized in one group: each its own.
   CHECK_FALSE(at::equal(out[0], out[3]));
   CHECK_THROWS_AS(squash_bicubic_u8({at::zeros({4, 4}, at::kByte)}, r, at::Device(at::kCPU)), ModelError);
+}
+
+TEST_CASE("UploadRing: items of a batch share a slab; a slab passes on only after its upload", "[indexing]") {
+  UploadRing ring(2, 64, /*pinned=*/false);
+  size_t off = 99;
+  uint8_t* a = ring.reserve(0, 10, off);
+  REQUIRE(a);
+  CHECK(off == 0);
+  std::memset(a, 1, 10);
+  uint8_t* b = ring.reserve(0, 10, off);
+  REQUIRE(b);
+  CHECK(off == 16);  // 16-byte aligned
+  std::memset(b, 2, 10);
+  CHECK(ring.reserve(0, 40, off) == nullptr);  // 32 + 40 > 64: the caller stages this one elsewhere
+  uint8_t* c = ring.reserve(0, 32, off);
+  REQUIRE(c);
+  CHECK(off == 32);
+  std::memset(c, 3, 32);
+  uint8_t* d = ring.reserve(1, 8, off);  // batch 1: the other slab
+  REQUIRE(d);
+  CHECK(off == 0);
+  std::memset(d, 4, 8);
+  const at::Tensor up0 = ring.upload(0, at::Device(at::kCPU));
+  REQUIRE(up0.numel() == 64);
+  const uint8_t* p = up0.data_ptr<uint8_t>();
+  CHECK((p[0] == 1 && p[9] == 1 && p[16] == 2 && p[25] == 2 && p[32] == 3 && p[63] == 3));
+  // Batch 2 takes slab 0 (uploaded): at once. Batch 3 needs slab 1, whose batch 1 is not uploaded yet.
+  REQUIRE(ring.reserve(2, 4, off));
+  std::atomic<bool> got{false};
+  size_t off3 = 99;
+  std::thread t([&] {
+    uint8_t* e = ring.reserve(3, 4, off3);
+    got = e != nullptr;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK_FALSE(got.load());
+  const at::Tensor up1 = ring.upload(1, at::Device(at::kCPU));
+  t.join();
+  CHECK(got.load());
+  CHECK(off3 == 0);
+  REQUIRE(up1.numel() == 8);
+  CHECK(up1[7].item<int>() == 4);  // the upload is a copy: batch 3 writing into the slab does not change it
+  CHECK_FALSE(ring.upload(2, at::Device(at::kCPU)).numel() == 0);
+  // A batch without reservations uploads nothing; close() releases a waiting worker with nullptr.
+  ring.upload(3, at::Device(at::kCPU));
+  REQUIRE(ring.reserve(4, 4, off));  // slab 0
+  std::atomic<int> released{0};
+  std::thread w([&] { released = ring.reserve(6, 4, off3) == nullptr ? 1 : 2; });  // slab 0 holds batch 4
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(released.load() == 0);
+  ring.close();
+  w.join();
+  CHECK(released.load() == 1);
+  CHECK_FALSE(ring.upload(5, at::Device(at::kCPU)).defined());
 }
 
 TEST_CASE("encode_images --decode device: the squash on the model's device stays within rounding of exact",

@@ -548,6 +548,36 @@ TEST_CASE("deferred step values: same steps and statistics; a non-finite loss sk
   CHECK(oa.params().front().step == ob.params().front().step);
 }
 
+TEST_CASE("a step graph that cannot capture runs the ordinary step and says why", "[train][graph]") {
+  // Off CUDA (or in a build without CUDA graphs) StepGraph::unsupported names the reason and
+  // train_step runs the ordinary step: the same statistics and weights as without a graph.
+  ClipModel a = fixture_model("vit"), b = fixture_model("vit");
+  a->train();
+  b->train();
+  AdamW oa(trainable(a), AdamWOptions{1e-3, 0.9, 0.98, 1e-6, 0.2}), ob(trainable(b), AdamWOptions{1e-3, 0.9, 0.98, 1e-6, 0.2});
+  at::Tensor pa = at::zeros({}), pb = at::zeros({});
+  StepGraph graph;
+  StepOptions plain, graphed;
+  plain.poison = &pa;
+  graphed.poison = &pb;
+  graphed.graph = &graph;
+  const std::string why = StepGraph::unsupported(b, ob, {fixture_batch()}, graphed);
+  CHECK_FALSE(why.empty());
+  CHECK(why.find("CUDA") != std::string::npos);
+  std::vector<StepStats> sa, sb;
+  for (int i = 0; i < 4; ++i) {
+    sa.push_back(train_step(a, oa, {fixture_batch()}, 1e-3, plain));
+    sb.push_back(train_step(b, ob, {fixture_batch()}, 1e-3, graphed));
+  }
+  REQUIRE(settle(sa) == -1);
+  REQUIRE(settle(sb) == -1);
+  for (int i = 0; i < 4; ++i) CHECK(sa[i].loss == sb[i].loss);
+  CHECK_FALSE(graph.captured());
+  CHECK(graph.replays() == 0);
+  auto ta = trainable(a), tb = trainable(b);
+  for (size_t i = 0; i < ta.size(); ++i) CHECK(at::equal(ta[i].second, tb[i].second));
+}
+
 TEST_CASE("epoch order pads by wrapping and shuffles reproducibly", "[train][data]") {
   auto o = epoch_order(10, 4, 123, 0);
   REQUIRE(o.size() == 12);

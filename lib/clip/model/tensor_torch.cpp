@@ -4,7 +4,9 @@
 #include <c10/core/Event.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <tuple>
 #include <string>
@@ -133,10 +135,21 @@ at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size
   }
   for (const auto& [hw, idx] : groups) {
     const int64_t g = static_cast<int64_t>(idx.size());
-    at::Tensor dev = at::empty({g, hw.first, hw.second, 3}, at::TensorOptions(at::kByte).device(device));
-    for (int64_t k = 0; k < g; ++k) {
-      const at::Tensor& src = images[static_cast<size_t>(idx[static_cast<size_t>(k)])];
-      dev[k].copy_(src, /*non_blocking=*/src.is_pinned());
+    // On the device already (views into an uploaded slab, UploadRing): stacked by one kernel;
+    // host images: one copy each.
+    bool all_there = true;
+    for (int64_t k : idx) all_there = all_there && images[static_cast<size_t>(k)].device() == device;
+    at::Tensor dev;
+    if (all_there) {
+      std::vector<at::Tensor> parts;
+      for (int64_t k : idx) parts.push_back(images[static_cast<size_t>(k)]);
+      dev = at::stack(parts);
+    } else {
+      dev = at::empty({g, hw.first, hw.second, 3}, at::TensorOptions(at::kByte).device(device));
+      for (int64_t k = 0; k < g; ++k) {
+        const at::Tensor& src = images[static_cast<size_t>(idx[static_cast<size_t>(k)])];
+        dev[k].copy_(src, /*non_blocking=*/src.is_pinned());
+      }
     }
     at::Tensor planar = dev.permute({0, 3, 1, 2});
     at::Tensor res;
@@ -174,6 +187,90 @@ at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table) {
   const at::Tensor offset = at::arange(0, 3 * 256, 256, u8.options().dtype(at::kInt)).view({1, 3, 1, 1});
   const at::Tensor idx = u8.to(at::kInt).add_(offset);
   return t.reshape({-1}).index_select(0, idx.reshape({-1})).view(u8.sizes());
+}
+
+struct UploadRing::State {
+  struct Slab {
+    at::Tensor host;
+    size_t batch = static_cast<size_t>(-1);  // the batch it holds (-1: none yet)
+    size_t used = 0;
+    bool uploaded = true;                    // the consumer has queued that batch's copy
+    std::unique_ptr<c10::Event> copied;      // marks the end of that copy (CUDA)
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<Slab> slabs;
+  size_t bytes = 0;
+  bool pinned = false, closed = false;
+};
+
+UploadRing::UploadRing(size_t slabs, size_t bytes, bool pinned) : st_(std::make_unique<State>()) {
+  st_->slabs.resize(std::max<size_t>(slabs, 1));
+  st_->bytes = bytes;
+  st_->pinned = pinned;
+}
+
+UploadRing::~UploadRing() = default;
+
+void UploadRing::close() {
+  {
+    std::lock_guard<std::mutex> lk(st_->mu);
+    st_->closed = true;
+  }
+  st_->cv.notify_all();
+}
+
+uint8_t* UploadRing::reserve(size_t batch, size_t n, size_t& offset) {
+  State& st = *st_;
+  std::unique_lock<std::mutex> lk(st.mu);
+  State::Slab& s = st.slabs[batch % st.slabs.size()];
+  if (s.batch != batch) {
+    // The slab's previous batch must have been uploaded (the consumer takes batches in order) ...
+    st.cv.wait(lk, [&] { return st.closed || s.batch == batch || s.uploaded; });
+    if (st.closed) return nullptr;
+    if (s.batch != batch) {
+      // ... and its copy finished (long since, in a steady stream: a slab is reused `slabs` batches later).
+      if (s.copied)
+        while (!s.copied->query()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      s.copied.reset();
+      if (!s.host.defined())
+        s.host = at::empty({static_cast<int64_t>(st.bytes)}, at::TensorOptions(at::kByte).pinned_memory(st.pinned));
+      s.batch = batch;
+      s.used = 0;
+      s.uploaded = false;
+    }
+  }
+  if (st.closed) return nullptr;
+  const size_t at = (s.used + 15) / 16 * 16;
+  if (at > st.bytes || n > st.bytes - at) return nullptr;
+  s.used = at + n;
+  offset = at;
+  return s.host.data_ptr<uint8_t>() + at;
+}
+
+at::Tensor UploadRing::upload(size_t batch, const at::Device& device) {
+  State& st = *st_;
+  at::Tensor out;
+  {
+    std::lock_guard<std::mutex> lk(st.mu);
+    State::Slab& s = st.slabs[batch % st.slabs.size()];
+    if (s.batch == batch) {
+      if (s.used > 0) {
+        const at::Tensor src = s.host.narrow(0, 0, static_cast<int64_t>(s.used));
+        if (device.is_cpu()) {
+          out = src.clone();
+        } else {
+          out = src.to(device, /*non_blocking=*/src.is_pinned());
+          s.copied = std::make_unique<c10::Event>(device.type());
+          const c10::impl::VirtualGuardImpl impl(device.type());
+          s.copied->record(impl.getStream(device));
+        }
+      }
+      s.uploaded = true;
+    }
+  }
+  st.cv.notify_all();
+  return out;
 }
 
 struct HostCopy::Pending {

@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -43,13 +45,40 @@ at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table);
 
 // Pillow's bicubic squash (Image.resize((size, size), BICUBIC): antialiased, a = -0.5) of 8-bit RGB
 // images on `device`: images[i] is [H_i, W_i, 3] uint8 on the host (page-locked when `device` is
-// CUDA, so that the upload does not block), any sizes; returns [N, 3, size, size] uint8 on `device`,
+// CUDA, so that the upload does not block) or already on `device`, any sizes; returns [N, 3, size, size] uint8 on `device`,
 // planar like preprocess_eval_u8. Images of one size are uploaded into one tensor and resized
 // together in Pillow's two passes, horizontal then vertical, each a float32 matrix product with
 // Pillow's fixed-point weights (image layer's bicubic_matrix) then rounded and clamped to 0..255 as
 // Pillow's are: a pixel differs from Pillow's integer result only where float32 rounding tips it.
 // An image already size x size is copied as it is (what Pillow does).
 at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size, const at::Device& device);
+
+// Staging for batches whose items worker threads write and one consumer uploads: a ring of `slabs`
+// host buffers of `bytes` each (page-locked when `pinned`, allocated at first use), slab k % slabs
+// for batch k. A worker reserves room for an item in its batch's slab; the consumer uploads the
+// batch's bytes with one copy. A slab passes to a later batch only after the consumer has uploaded
+// the batch before and that copy has finished (reserve waits for both), so page-locked memory stays
+// slabs * bytes whatever the input.
+class UploadRing {
+ public:
+  UploadRing(size_t slabs, size_t bytes, bool pinned);
+  ~UploadRing();
+  UploadRing(const UploadRing&) = delete;
+  UploadRing& operator=(const UploadRing&) = delete;
+  // Room for n bytes of batch k (16-byte aligned): the address, with its offset in the slab in
+  // `offset`; nullptr when the slab has no room left (or after close()): stage the item elsewhere.
+  uint8_t* reserve(size_t batch, size_t n, size_t& offset);
+  // Batch k's reserved bytes [0, used) on `device`: one copy queued on the device's current stream
+  // (a copy of its own on the CPU); undefined when nothing was reserved for k. Call it once for
+  // every batch, in order, also for batches without reservations.
+  at::Tensor upload(size_t batch, const at::Device& device);
+  // Wakes and refuses every waiting and later reserve (the consumer stopped early).
+  void close();
+
+ private:
+  struct State;
+  std::unique_ptr<State> st_;
+};
 
 // A copy of a tensor to the host that does not wait for the device. On CUDA it is queued on the
 // device's current stream into page-locked memory, behind the work that produces the tensor, and

@@ -7,6 +7,7 @@
 #include <deque>
 #include <future>
 #include <numeric>
+#include <optional>
 #include <unordered_set>
 
 #include "clip/retrieval/ann.h"
@@ -55,8 +56,25 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   // On CUDA the workers start while the model is still on its way to the card (Encoder): a deeper
   // queue, up to about 512 MB of 8-bit pixels, lets them decode that far ahead meanwhile.
   const size_t batch_bytes = std::max<size_t>(1, static_cast<size_t>(enc.batch_size()) * item);
-  const size_t queue_batches =
-      enc.on_cuda() && !on_device ? std::clamp<size_t>((size_t{512} << 20) / batch_bytes, 4, 16) : 4;
+  const size_t queue_batches = !enc.on_cuda() ? 4
+                               : on_device     ? 3  // and 4 page-locked slabs below
+                                               : std::clamp<size_t>((size_t{512} << 20) / batch_bytes, 4, 16);
+  // --decode device: a batch's decoded images go into one slab (UploadRing; page-locked on CUDA), one
+  // upload per batch; room for images up to twice the model's side on average, in a power of two
+  // (the page-locked allocator's size). An image that does not fit gets its own page-locked tensor.
+  struct Placed {
+    size_t offset = 0;
+    int64_t h = 0, w = 0;
+    bool in_ring = false;
+  };
+  std::vector<Placed> placed(on_device ? n : 0);
+  std::optional<UploadRing> ring;
+  if (on_device) {
+    size_t slab = 1;
+    while (slab < static_cast<size_t>(enc.batch_size()) * 3 * (2 * r) * (2 * r)) slab <<= 1;
+    ring.emplace(queue_batches + 1, slab, /*pinned=*/pin);
+  }
+  const size_t bs = static_cast<size_t>(enc.batch_size());
   BytePipeline pipe(
       n, enc.batch_size(), threads,
       [&](size_t i, uint8_t* out) {
@@ -69,9 +87,16 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
           const auto t2 = SteadyClock::now();
           if (on_device) {
             const Image rgb = device_resize_input(std::move(im), r);
-            at::Tensor t = at::empty({rgb.height, rgb.width, 3}, at::TensorOptions(at::kByte).pinned_memory(pin));
-            std::memcpy(t.data_ptr<uint8_t>(), rgb.pixels.data(), rgb.pixels.size());
-            decoded[i] = std::move(t);
+            size_t offset = 0;
+            uint8_t* dst = ring ? ring->reserve(i / bs, rgb.pixels.size(), offset) : nullptr;
+            if (dst) {
+              std::memcpy(dst, rgb.pixels.data(), rgb.pixels.size());
+              placed[i] = Placed{offset, rgb.height, rgb.width, true};
+            } else {
+              at::Tensor t = at::empty({rgb.height, rgb.width, 3}, at::TensorOptions(at::kByte).pinned_memory(pin));
+              std::memcpy(t.data_ptr<uint8_t>(), rgb.pixels.data(), rgb.pixels.size());
+              decoded[i] = std::move(t);
+            }
             out[0] = 0;
           } else {
             preprocess_eval_u8(im, r, out);
@@ -86,6 +111,13 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
         }
       },
       on_device ? 1 : item, queue_batches, skip_errors);
+  // Destroyed before the pipeline: workers waiting for a slab give up when this function leaves early.
+  struct CloseRing {
+    std::optional<UploadRing>& r;
+    ~CloseRing() {
+      if (r) r->close();
+    }
+  } close_ring{ring};
   EncodedSet set;
   EncodeTiming& tm = set.timing;
   tm.threads = pipe.threads();
@@ -116,6 +148,13 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
       log_warn("skipped {}", why);
       set.skipped.emplace_back(tsv.id(row_of(i)), why);
     }
+    // One copy for the batch's slab, for every batch (also one whose images were all skipped: this
+    // releases its slab).
+    at::Tensor slab;
+    if (ring) {
+      ScopedTimer stage(tm.stage_s);
+      slab = ring->upload(b.index, enc.device());
+    }
     if (!b.items.empty()) {
       at::Tensor staged;
       {
@@ -124,7 +163,14 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
         ScopedTimer stage(tm.stage_s);
         if (on_device) {
           std::vector<at::Tensor> ims;
-          for (size_t i : b.items) ims.push_back(std::move(decoded[i]));
+          for (size_t i : b.items) {
+            if (ring && placed[i].in_ring) {
+              const Placed& p = placed[i];
+              ims.push_back(slab.narrow(0, static_cast<int64_t>(p.offset), p.h * p.w * 3).view({p.h, p.w, 3}));
+            } else {
+              ims.push_back(std::move(decoded[i]));
+            }
+          }
           staged = squash_bicubic_u8(ims, r, enc.device());
         } else {
           staged = enc.stage_pixels(at::from_blob(b.data.data(), {static_cast<int64_t>(b.items.size()), 3, r, r}, at::kByte));
