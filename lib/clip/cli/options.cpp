@@ -182,9 +182,9 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
       ->check(CLI::PositiveNumber);
   op->add_flag("--freeze-vision", o.freeze_vision, "Train the text tower only (vision frozen, ResNet BN in eval mode)");
   op->add_flag("--grad-checkpointing", o.grad_checkpointing, "Recompute activations in backward to save memory");
-  op->add_flag("--no-cuda-graph", o.no_cuda_graph,
-               "Launch each step's kernels one by one instead of replaying the step as a CUDA graph (CUDA mixed "
-               "precisions; the same numbers either way)");
+  op->add_flag("--cuda-graph", o.cuda_graph,
+               "Capture the step once as a CUDA graph and replay it (CUDA mixed precisions; the same numbers; "
+               "docs/finetune.md says when it pays)");
   op->add_option("--seed", o.seed, "Seed of the data order, augmentation, dropout and from-scratch initialisation")
       ->capture_default_str();
 

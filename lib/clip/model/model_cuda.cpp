@@ -7,6 +7,7 @@
 #include <atomic>
 
 #include "clip/model/model_parts.h"
+#include "clip/model/torch_compat.h"
 
 #ifdef CLIP_HAVE_CUDA_KERNELS
 #include <c10/cuda/CUDAStream.h>
@@ -122,9 +123,10 @@ struct LayerNormFn : torch::autograd::Function<LayerNormFn> {
 };
 
 // The kernels' case: CUDA, gradients being recorded, bf16/fp16 activations with parameters of the same
-// dtype (no autocast casts in between), contiguous input.
+// dtype and no autocast (which computes LayerNorm in float32 and casts the linear layers' inputs),
+// contiguous input.
 bool kernels_apply(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return g_enabled && at::GradMode::is_enabled() && x.is_cuda() && low_precision(x.scalar_type()) && w.defined() && b.defined() &&
+  return g_enabled && at::GradMode::is_enabled() && x.is_cuda() && !compat::AutocastState::current().gpu && low_precision(x.scalar_type()) && w.defined() && b.defined() &&
          w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type() && x.is_contiguous() &&
          (x.requires_grad() || w.requires_grad() || b.requires_grad());
 }

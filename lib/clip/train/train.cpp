@@ -704,7 +704,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   // device between steps.
   if (plan_.fused_adamw && !poison_.defined()) poison_ = at::zeros({}, at::TensorOptions(at::kFloat).device(device_));
   if (plan_.fused_adamw) so.poison = &poison_;
-  if (!o_.no_cuda_graph) so.graph = &graph_;
+  if (o_.cuda_graph) so.graph = &graph_;
   std::vector<StepStats> pending;
   std::vector<int64_t> pending_steps;
   StepStats last;  // the last settled step
@@ -778,7 +778,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       fail(step_ + 1, e);
     }
     if (graph_.captured() && !graph_logged_) {
-      log_info("step {} on: each step is one launch of a CUDA graph (--no-cuda-graph: launch its kernels one by one)",
+      log_info("step {} on: each step is one launch of a CUDA graph (--cuda-graph)",
                step_ + 1);
       graph_logged_ = true;
     }

@@ -336,7 +336,7 @@ struct TrainOptions {
   int64_t max_epochs = 32, max_steps = -1;
   int accum_freq = 1;
   bool use_augment = false, freeze_vision = false, grad_checkpointing = false;
-  bool no_cuda_graph = false;             // CUDA mixed precisions: steps one by one, not as a graph (StepGraph)
+  bool cuda_graph = false;                // CUDA mixed precisions: replay the step as a CUDA graph (StepGraph)
   uint64_t seed = 123;
   // schedule of side tasks (<= 0: off)
   int64_t valid_step_interval = 0, valid_epoch_interval = 1;

@@ -35,7 +35,7 @@ void for_each_setting(Options& o, F&& f) {
   f("use_augment", o.use_augment);
   f("freeze_vision", o.freeze_vision);
   f("grad_checkpointing", o.grad_checkpointing);
-  f("no_cuda_graph", o.no_cuda_graph);
+  f("cuda_graph", o.cuda_graph);
   f("seed", o.seed);
   f("valid_step_interval", o.valid_step_interval);
   f("valid_epoch_interval", o.valid_epoch_interval);
