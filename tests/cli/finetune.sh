@@ -62,6 +62,15 @@ for p in amp bf16; do
     "$(grep -o '"loss":[^,]*' "$tmp/$p-a/metrics.jsonl")" = "$(grep -o '"loss":[^,]*' "$tmp/$p-b/metrics.jsonl")"
 done
 
+# --cuda-graph where no graph can run (the CPU): said once, and the run is the ordinary one.
+"$bin/clip-finetune" "${common[@]}" --precision bf16 --max-steps 4 --no-validation --cuda-graph -o "$tmp/graph" \
+  2>"$tmp/err5.txt"
+check "--cuda-graph on the CPU: exit 0" test $? -eq 0
+check "--cuda-graph: says why not" has "$tmp/err5.txt" '--cuda-graph: not here'
+check "--cuda-graph: the same losses as without" test \
+  "$(grep -o '"loss":[^,]*' "$tmp/bf16-a/metrics.jsonl")" = "$(grep -o '"loss":[^,]*' "$tmp/graph/metrics.jsonl")"
+check "--cuda-graph: metrics say no graph ran" has "$tmp/graph/metrics.jsonl" '"cuda_graph":false'
+
 # A diverging run stops with exit 6 and keeps its last good checkpoint.
 "$bin/clip-finetune" "${base[@]}" --lr 1e30 --warmup 1 --max-steps 6 --save-step-frequency 1 --no-validation \
   -o "$tmp/nan" 2>"$tmp/err4.txt"

@@ -126,8 +126,9 @@ struct LayerNormFn : torch::autograd::Function<LayerNormFn> {
 // dtype and no autocast (which computes LayerNorm in float32 and casts the linear layers' inputs),
 // contiguous input.
 bool kernels_apply(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return g_enabled && at::GradMode::is_enabled() && x.is_cuda() && !compat::AutocastState::current().gpu && low_precision(x.scalar_type()) && w.defined() && b.defined() &&
-         w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type() && x.is_contiguous() &&
+  return g_enabled && at::GradMode::is_enabled() && x.is_cuda() && !compat::AutocastState::current().gpu &&
+         low_precision(x.scalar_type()) && w.defined() && b.defined() && w.scalar_type() == x.scalar_type() &&
+         b.scalar_type() == x.scalar_type() && x.is_contiguous() &&
          (x.requires_grad() || w.requires_grad() || b.requires_grad());
 }
 

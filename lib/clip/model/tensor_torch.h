@@ -45,9 +45,9 @@ at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table);
 
 // Pillow's bicubic squash (Image.resize((size, size), BICUBIC): antialiased, a = -0.5) of 8-bit RGB
 // images on `device`: images[i] is [H_i, W_i, 3] uint8 on the host (page-locked when `device` is
-// CUDA, so that the upload does not block) or already on `device`, any sizes; returns [N, 3, size, size] uint8 on `device`,
-// planar like preprocess_eval_u8. Images of one size are uploaded into one tensor and resized
-// together in Pillow's two passes, horizontal then vertical, each a float32 matrix product with
+// CUDA, so that the upload does not block) or already on `device`, any sizes; returns
+// [N, 3, size, size] uint8 on `device`, planar like preprocess_eval_u8. Images of one size are
+// gathered into one tensor on the device and resized together in Pillow's two passes, horizontal then vertical, each a float32 matrix product with
 // Pillow's fixed-point weights (image layer's bicubic_matrix) then rounded and clamped to 0..255 as
 // Pillow's are: a pixel differs from Pillow's integer result only where float32 rounding tips it.
 // An image already size x size is copied as it is (what Pillow does).

@@ -770,6 +770,11 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       continue;
     }
     if (step_ >= max_steps_) return;
+    if (so.graph && !graph_logged_) {
+      const std::string why = StepGraph::unsupported(m, *opt_, micro, so);
+      if (!why.empty()) log_warn("--cuda-graph: not here ({}); the steps run as usual", why);
+      graph_logged_ = !why.empty();
+    }
     auto t_step = std::chrono::steady_clock::now();
     const double lr = cosine_lr(lr_, o_.warmup, max_steps_, step_);
     try {
@@ -778,8 +783,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
       fail(step_ + 1, e);
     }
     if (graph_.captured() && !graph_logged_) {
-      log_info("step {} on: each step is one launch of a CUDA graph (--cuda-graph)",
-               step_ + 1);
+      log_info("step {} on: each step is one launch of a CUDA graph (--cuda-graph)", step_ + 1);
       graph_logged_ = true;
     }
     const int64_t samples = gbs_ * o_.accum_freq;

@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kX * kY) colsum_pass1(const T* __restrict__ g,
     if (LN) s2[threadIdx.y][threadIdx.x * kCols + k] = a2[k];
   }
   __syncthreads();
-  // Thread (x, y) adds the kY partials of columns y*32 + x (and +256/8 strides) in row order.
+  // Thread (x, y) adds the kY partials of the tile's column j = y * 32 + x, in row order.
   for (int j = threadIdx.y * kX + threadIdx.x; j < kTile; j += kX * kY) {
     const int64_t cc = static_cast<int64_t>(blockIdx.x) * kTile + j;
     if (cc >= c) continue;
