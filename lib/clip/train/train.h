@@ -119,6 +119,8 @@ class AdamW {
  private:
   bool fused_step(const at::Tensor& found_inf);
   std::vector<size_t> packable_members(int group) const;
+  // The group's packable members, packed (again when the set changed); empty when fewer than two.
+  std::vector<size_t> pack_if_needed(int group);
   void pack_group(int group, const std::vector<size_t>& members);
   int64_t step_count(const Param& p) const;
 

@@ -127,14 +127,16 @@ std::vector<size_t> AdamW::packable_members(int group) const {
   return members;
 }
 
+std::vector<size_t> AdamW::pack_if_needed(int group) {
+  std::vector<size_t> members = packable_members(group);
+  if (members.size() < 2) return {};
+  if (packed_[group].members != members) pack_group(group, members);
+  return members;
+}
+
 int AdamW::pack_master_weights() {
   int packed = 0;
-  for (int g = 0; g < 2; ++g) {
-    const std::vector<size_t> members = packable_members(g);
-    if (members.size() < 2) continue;
-    if (packed_[g].members != members) pack_group(g, members);
-    packed += static_cast<int>(members.size());
-  }
+  for (int g = 0; g < 2; ++g) packed += static_cast<int>(pack_if_needed(g).size());
   return packed;
 }
 
@@ -174,9 +176,8 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
   for (int g = 0; g < 2; ++g) {
     const size_t begin = g == 0 ? 0 : n_no_decay_, end = g == 0 ? n_no_decay_ : params_.size();
     // Packed (again when the set changed), so that the conversions below are one copy each.
-    const std::vector<size_t> members = packable_members(g);
-    const bool packed = members.size() > 1;
-    if (packed && packed_[g].members != members) pack_group(g, members);
+    const std::vector<size_t> members = pack_if_needed(g);
+    const bool packed = !members.empty();
     std::vector<at::Tensor> w, grads, m, v, steps, low, masters, low_grads, master_grads, packed_grads;
     for (size_t i = begin; i < end; ++i) {
       Param& p = params_[i];
