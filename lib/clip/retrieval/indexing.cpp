@@ -55,26 +55,26 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   std::vector<at::Tensor> decoded(on_device ? n : 0);  // each element written by one worker
   // On CUDA the workers start while the model is still on its way to the card (Encoder): a deeper
   // queue, up to about 512 MB of 8-bit pixels, lets them decode that far ahead meanwhile.
-  const size_t batch_bytes = std::max<size_t>(1, static_cast<size_t>(enc.batch_size()) * item);
+  const size_t bs = static_cast<size_t>(enc.batch_size());
+  const size_t batch_bytes = std::max<size_t>(1, bs * item);
   const size_t queue_batches = !enc.on_cuda() ? 4
                                : on_device     ? 3  // and 4 page-locked slabs below
                                                : std::clamp<size_t>((size_t{512} << 20) / batch_bytes, 4, 16);
   // --decode device: a batch's decoded images go into one slab (UploadRing; page-locked on CUDA), one
   // upload per batch; room for images up to twice the model's side on average, in a power of two
-  // (the page-locked allocator's size). An image that does not fit gets its own page-locked tensor.
+  // (the page-locked allocator's size). An image that does not fit gets its own page-locked tensor
+  // in `decoded[i]`; one in the slab leaves that undefined and its place in `placed[i]`.
   struct Placed {
     size_t offset = 0;
     int64_t h = 0, w = 0;
-    bool in_ring = false;
   };
   std::vector<Placed> placed(on_device ? n : 0);
-  std::optional<UploadRing> ring;
+  std::optional<UploadRing> ring;  // exactly when on_device
   if (on_device) {
     size_t slab = 1;
-    while (slab < static_cast<size_t>(enc.batch_size()) * 3 * (2 * r) * (2 * r)) slab <<= 1;
+    while (slab < bs * 3 * (2 * r) * (2 * r)) slab <<= 1;
     ring.emplace(queue_batches + 1, slab, /*pinned=*/pin);
   }
-  const size_t bs = static_cast<size_t>(enc.batch_size());
   BytePipeline pipe(
       n, enc.batch_size(), threads,
       [&](size_t i, uint8_t* out) {
@@ -88,10 +88,9 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
           if (on_device) {
             const Image rgb = device_resize_input(std::move(im), r);
             size_t offset = 0;
-            uint8_t* dst = ring ? ring->reserve(i / bs, rgb.pixels.size(), offset) : nullptr;
-            if (dst) {
+            if (uint8_t* dst = ring->reserve(i / bs, rgb.pixels.size(), offset)) {
               std::memcpy(dst, rgb.pixels.data(), rgb.pixels.size());
-              placed[i] = Placed{offset, rgb.height, rgb.width, true};
+              placed[i] = Placed{offset, rgb.height, rgb.width};
             } else {
               at::Tensor t = at::empty({rgb.height, rgb.width, 3}, at::TensorOptions(at::kByte).pinned_memory(pin));
               std::memcpy(t.data_ptr<uint8_t>(), rgb.pixels.data(), rgb.pixels.size());
@@ -164,11 +163,11 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
         if (on_device) {
           std::vector<at::Tensor> ims;
           for (size_t i : b.items) {
-            if (ring && placed[i].in_ring) {
+            if (decoded[i].defined()) {
+              ims.push_back(std::move(decoded[i]));
+            } else {
               const Placed& p = placed[i];
               ims.push_back(slab.narrow(0, static_cast<int64_t>(p.offset), p.h * p.w * 3).view({p.h, p.w, 3}));
-            } else {
-              ims.push_back(std::move(decoded[i]));
             }
           }
           staged = squash_bicubic_u8(ims, r, enc.device());
