@@ -189,6 +189,24 @@ at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table) {
   return t.reshape({-1}).index_select(0, idx.reshape({-1})).view(u8.sizes());
 }
 
+namespace {
+
+// An event on `device`'s current stream, marking the end of the work queued there so far.
+std::unique_ptr<c10::Event> mark_queue_end(const at::Device& device) {
+  auto e = std::make_unique<c10::Event>(device.type());
+  const c10::impl::VirtualGuardImpl impl(device.type());
+  e->record(impl.getStream(device));
+  return e;
+}
+
+// c10::Event can be queried but (in LibTorch 1.13) not waited for: poll. A batch takes milliseconds;
+// a 50 us nap costs nothing noticeable and leaves the core to the decoders.
+void wait_polling(const c10::Event& e) {
+  while (!e.query()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+}
+
+}  // namespace
+
 struct UploadRing::State {
   struct Slab {
     at::Tensor host;
@@ -230,8 +248,7 @@ uint8_t* UploadRing::reserve(size_t batch, size_t n, size_t& offset) {
     if (st.closed) return nullptr;
     if (s.batch != batch) {
       // ... and its copy finished (long since, in a steady stream: a slab is reused `slabs` batches later).
-      if (s.copied)
-        while (!s.copied->query()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      if (s.copied) wait_polling(*s.copied);
       s.copied.reset();
       if (!s.host.defined())
         s.host = at::empty({static_cast<int64_t>(st.bytes)}, at::TensorOptions(at::kByte).pinned_memory(st.pinned));
@@ -261,9 +278,7 @@ at::Tensor UploadRing::upload(size_t batch, const at::Device& device) {
           out = src.clone();
         } else {
           out = src.to(device, /*non_blocking=*/src.is_pinned());
-          s.copied = std::make_unique<c10::Event>(device.type());
-          const c10::impl::VirtualGuardImpl impl(device.type());
-          s.copied->record(impl.getStream(device));
+          s.copied = mark_queue_end(device);
         }
       }
       s.uploaded = true;
@@ -274,8 +289,7 @@ at::Tensor UploadRing::upload(size_t batch, const at::Device& device) {
 }
 
 struct HostCopy::Pending {
-  explicit Pending(c10::DeviceType type) : event(type) {}
-  c10::Event event;
+  std::unique_ptr<c10::Event> event;
 };
 
 HostCopy::HostCopy() = default;
@@ -290,16 +304,12 @@ HostCopy::HostCopy(const at::Tensor& t) {
   }
   host_ = at::empty(t.sizes(), at::TensorOptions().dtype(t.scalar_type()).pinned_memory(true));
   host_.copy_(t, /*non_blocking=*/true);
-  pending_ = std::make_unique<Pending>(t.device().type());
-  const c10::impl::VirtualGuardImpl impl(t.device().type());
-  pending_->event.record(impl.getStream(t.device()));
+  pending_ = std::make_unique<Pending>(Pending{mark_queue_end(t.device())});
 }
 
 at::Tensor HostCopy::get() {
   if (pending_) {
-    // c10::Event can be queried but (in LibTorch 1.13) not waited for: poll. A batch takes
-    // milliseconds; a 50 us nap costs nothing noticeable and leaves the core to the decoders.
-    while (!pending_->event.query()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    wait_polling(*pending_->event);
     pending_.reset();
   }
   return host_;
