@@ -18,21 +18,19 @@ constexpr int kX = 32;      // threads across columns
 constexpr int kY = 8;       // threads across rows
 constexpr int kTile = kCols * kX;
 
-__device__ __forceinline__ void unpack(const uint4& v, float* f, const __nv_bfloat16*) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const float2 p = __bfloat1622float2(h[k]);
-    f[2 * k] = p.x;
-    f[2 * k + 1] = p.y;
-  }
-}
+__device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
+__device__ __forceinline__ float2 to_float2(__half2 v) { return __half22float2(v); }
+template <typename T> struct Pair;
+template <> struct Pair<__nv_bfloat16> { using type = __nv_bfloat162; };
+template <> struct Pair<__half> { using type = __half2; };
 
-__device__ __forceinline__ void unpack(const uint4& v, float* f, const __half*) {
-  const __half2* h = reinterpret_cast<const __half2*>(&v);
+// Eight 16-bit values of one 16-byte load, as floats.
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& v, float* f, const T*) {
+  const auto* h = reinterpret_cast<const typename Pair<T>::type*>(&v);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    const float2 p = __half22float2(h[k]);
+    const float2 p = to_float2(h[k]);
     f[2 * k] = p.x;
     f[2 * k + 1] = p.y;
   }
