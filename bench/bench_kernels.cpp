@@ -1,10 +1,12 @@
 // The build's own CUDA kernels for the low-precision training forms (lib/clip/model/cuda, used by
-// lp_linear and lp_layer_norm) against ATen's: gradients checked against a float64 reference, then
+// lp_linear and lp_layer_norm; lib/clip/train/cuda, the optimizer's packed update) against ATen's:
+// gradients checked against a float64 reference, the update against PyTorch's fused AdamW, then
 // timed, on the shapes of ViT-B-16 and RoBERTa-base at batch 128.
 //   bench_kernels [--dtype bf16|fp16] [--iters 20]
 // Prints one "check" line per shape (max error relative to the reference, kernels and ATen) and one
 // "bench" line per shape (ms per backward, kernels and ATen); exit 1 when a kernel's error exceeds
-// twice ATen's plus one rounding of the output dtype, or the build has no kernels.
+// twice ATen's plus one rounding of the output dtype, when the packed AdamW step differs from
+// PyTorch's fused one by more than a float32 rounding, or the build has no kernels.
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
@@ -14,10 +16,12 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "clip/model/model_parts.h"
+#include "clip/train/train.h"
 
 namespace {
 
@@ -108,13 +112,16 @@ int main(int argc, char** argv) {
     const at::Tensor xhat = (xd - mean) / (var + 1e-5).sqrt();
     const at::Tensor gd = g.to(at::kDouble);
     const at::Tensor ref_dw = (gd * xhat).sum(0), ref_db = gd.sum(0);
+    const at::Tensor wd = w.to(at::kDouble), gw = gd * wd;
+    const at::Tensor ref_y = xhat * wd + b.to(at::kDouble);
+    const at::Tensor ref_dx = (gw - gw.mean(1, true) - xhat * (gw * xhat).mean(1, true)) / (var + 1e-5).sqrt();
     const double ekw = rel_err(k[2], ref_dw), eaw = rel_err(a[2], ref_dw), ekb = rel_err(k[3], ref_db), eab = rel_err(a[3], ref_db);
-    const bool pass = ekw <= 2 * eaw + ulp && ekb <= 2 * eab + ulp && k[0].equal(a[0]) && k[1].equal(a[1]);
+    const double eky = rel_err(k[0], ref_y), eay = rel_err(a[0], ref_y), ekx = rel_err(k[1], ref_dx), eax = rel_err(a[1], ref_dx);
+    const bool pass = ekw <= 2 * eaw + ulp && ekb <= 2 * eab + ulp && eky <= 2 * eay + ulp && ekx <= 2 * eax + ulp;
     ok = ok && pass;
-    std::printf("check layernorm rows=%lld dtype=%s weight_grad_err_kernel=%.3g aten=%.3g bias_grad_err_kernel=%.3g aten=%.3g "
-                "y_and_dx_equal=%d %s\n",
-                (long long)rows, dtype_name.c_str(), ekw, eaw, ekb, eab, k[0].equal(a[0]) && k[1].equal(a[1]) ? 1 : 0,
-                pass ? "ok" : "FAIL");
+    std::printf("check layernorm rows=%lld dtype=%s y_err_kernel=%.3g aten=%.3g dx_err_kernel=%.3g aten=%.3g "
+                "weight_grad_err_kernel=%.3g aten=%.3g bias_grad_err_kernel=%.3g aten=%.3g %s\n",
+                (long long)rows, dtype_name.c_str(), eky, eay, ekx, eax, ekw, eaw, ekb, eab, pass ? "ok" : "FAIL");
     auto time_ln = [&](bool own) {
       clip::detail::set_lp_kernels_enabled(own);
       at::Tensor xv = x.detach().requires_grad_(true), wv = w.detach().requires_grad_(true), bv = b.detach().requires_grad_(true);
@@ -128,6 +135,74 @@ int main(int argc, char** argv) {
     };
     const double tk = time_ln(true), ta = time_ln(false);
     std::printf("bench layernorm rows=%lld forward_backward_ms kernel=%.4f aten=%.4f\n", (long long)rows, tk * 1e3, ta * 1e3);
+  }
+  // AdamW on ViT-B-16's twelve blocks (85M parameters, both groups) and a float32 island: the packed
+  // update by the own kernel against PyTorch's fused AdamW over float32 gradient copies, three steps.
+  {
+    std::vector<std::pair<std::string, at::Tensor>> base;
+    for (int b = 0; b < 12; ++b) {
+      const std::string pre = "visual.transformer.resblocks." + std::to_string(b) + ".";
+      for (auto [name, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
+               {"attn.in_proj_weight", {2304, 768}}, {"attn.in_proj_bias", {2304}}, {"attn.out_proj.weight", {768, 768}},
+               {"attn.out_proj.bias", {768}}, {"ln_1.weight", {768}}, {"ln_1.bias", {768}},
+               {"mlp.c_fc.weight", {3072, 768}}, {"mlp.c_fc.bias", {3072}}, {"mlp.c_proj.weight", {768, 3072}},
+               {"mlp.c_proj.bias", {768}}, {"ln_2.weight", {768}}, {"ln_2.bias", {768}}})
+        base.emplace_back(pre + name, at::randn(shape, at::TensorOptions().device(at::kCUDA)) * 0.02);
+    }
+    std::vector<std::vector<at::Tensor>> grads(3);
+    for (auto& step : grads)
+      for (const auto& [name, t] : base) step.push_back(at::randn_like(t).mul_(1e-3).to(dt));
+    auto make = [&](std::vector<at::Tensor>& params, at::Tensor& island) {
+      std::vector<std::pair<std::string, at::Tensor>> named;
+      for (const auto& [name, t] : base) {
+        params.push_back(t.clone().requires_grad_(true));
+        named.emplace_back(name, params.back());
+      }
+      island = at::full({}, 2.6592, at::TensorOptions().device(at::kCUDA)).requires_grad_(true);
+      named.emplace_back("logit_scale", island);
+      clip::AdamWOptions o;
+      o.lr = 1e-3;
+      o.fused = true;
+      auto opt = std::make_unique<clip::AdamW>(named, o);
+      opt->keep_master_weights();
+      at::NoGradGuard ng;
+      for (auto& p : params) p.set_data(p.detach().to(dt));
+      return opt;
+    };
+    auto run_steps = [&](clip::AdamW& opt, std::vector<at::Tensor>& params, at::Tensor& island, bool own, int step) {
+      clip::detail::set_lp_kernels_enabled(own);
+      for (size_t i = 0; i < params.size(); ++i) params[i].mutable_grad() = grads[step % 3][i].clone();
+      island.mutable_grad() = at::full({}, 0.01, island.options());
+      opt.step();
+    };
+    std::vector<at::Tensor> pk, pa;
+    at::Tensor ik, ia;
+    auto ok_opt = make(pk, ik), aten_opt = make(pa, ia);
+    for (int s = 0; s < 3; ++s) {
+      run_steps(*ok_opt, pk, ik, true, s);
+      run_steps(*aten_opt, pa, ia, false, s);
+    }
+    double dmaster = 0, dm = 0, dv = 0;
+    int64_t low_diff = 0;
+    for (size_t i = 0; i < ok_opt->params().size(); ++i) {
+      const auto &a = ok_opt->params()[i], &b = aten_opt->params()[i];
+      dmaster = std::max(dmaster, rel_err(ok_opt->weight(i), aten_opt->weight(i).to(at::kDouble)));
+      dm = std::max(dm, rel_err(a.exp_avg, b.exp_avg.to(at::kDouble)));
+      dv = std::max(dv, rel_err(a.exp_avg_sq, b.exp_avg_sq.to(at::kDouble)));
+      low_diff += a.tensor.ne(b.tensor).sum().item<int64_t>();
+    }
+    const bool pass = dmaster <= 2e-7 && dm <= 2e-7 && dv <= 2e-7 && ik.equal(ia);
+    ok = ok && pass;
+    std::printf("check adamw params=%zu steps=3 master_vs_fused=%.3g exp_avg=%.3g exp_avg_sq=%.3g low_values_differing=%lld %s\n",
+                ok_opt->params().size(), dmaster, dm, dv, (long long)low_diff, pass ? "ok" : "FAIL");
+    auto time_step = [&](clip::AdamW& opt, std::vector<at::Tensor>& params, at::Tensor& island, bool own) {
+      int s = 0;
+      return seconds_per_call([&] { run_steps(opt, params, island, own, s++); }, iters);
+    };
+    const double tk = time_step(*ok_opt, pk, ik, true), ta = time_step(*aten_opt, pa, ia, false);
+    std::printf("bench adamw params=%zu elements=85M step_ms kernel=%.4f aten=%.4f (gradient clones included in both)\n",
+                ok_opt->params().size(), tk * 1e3, ta * 1e3);
+    clip::detail::set_lp_kernels_enabled(true);
   }
   return ok ? 0 : 1;
 }

@@ -1,5 +1,6 @@
-// Linear and LayerNorm whose weight gradients are summed by this build's CUDA kernels
-// (cuda/colsum.cu) instead of ATen's reductions: used by the low-precision kernels in training.
+// Linear and LayerNorm with this build's CUDA kernels (cuda/colsum.cu: the weight gradients' column
+// sums; cuda/layernorm.cu: LayerNorm's rows) instead of ATen's: used by the low-precision kernels in
+// training.
 // Builds without them (CPU LibTorch, no nvcc) take ATen's forms.
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -14,9 +15,11 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <string>
+#include <vector>
 
 #include "clip/base/error.h"
 #include "clip/model/cuda/colsum.h"
+#include "clip/model/cuda/layernorm.h"
 #endif
 
 namespace clip::detail {
@@ -26,6 +29,7 @@ std::atomic<bool> g_enabled{true};
 }  // namespace
 
 void set_lp_kernels_enabled(bool on) { g_enabled = on; }
+bool lp_kernels_enabled() { return g_enabled; }
 
 #ifdef CLIP_HAVE_CUDA_KERNELS
 namespace {
@@ -82,26 +86,62 @@ struct LinearFn : torch::autograd::Function<LinearFn> {
   }
 };
 
-// native_layer_norm forward; backward: dx by ATen's kernel alone, dweight and dbias by one pass of
-// the column kernel over g and x.
+// LayerNorm over rows of 256-1024 columns (cuda/layernorm.cu): a warp per row forward; backward dx and
+// the weight and bias gradients in one pass over g and x. Other widths and alignments: native_layer_norm
+// forward; backward dx by ATen's kernel alone, dweight and dbias by one pass of the column kernel.
 struct LayerNormFn : torch::autograd::Function<LayerNormFn> {
+  static bool rows_kernel(const at::Tensor& a, const at::Tensor& w, const at::Tensor& b, int64_t n) {
+    return cuda::layer_norm_rows_supported(n, a.data_ptr(), w.data_ptr()) &&
+           cuda::layer_norm_rows_supported(n, b.data_ptr(), b.data_ptr());
+  }
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                             int64_t n, double eps) {
-    auto out = at::native_layer_norm(x, {n}, w, b, eps);
-    ctx->save_for_backward({x, w, b, std::get<1>(out), std::get<2>(out)});
+    at::Tensor y, mean, rstd;
+    if (rows_kernel(x, w, b, n)) {
+      const int64_t rows = x.numel() / n;
+      std::vector<int64_t> stat_shape = x.sizes().vec();  // native_layer_norm's: [..., 1]
+      stat_shape.back() = 1;
+      y = at::empty_like(x, at::MemoryFormat::Contiguous);
+      mean = at::empty(stat_shape, x.options().dtype(at::kFloat));
+      rstd = at::empty(stat_shape, x.options().dtype(at::kFloat));
+      check(cuda::layer_norm_forward(x.data_ptr(), w.data_ptr(), b.data_ptr(), kernel_dtype(x.scalar_type()), rows, n, eps,
+                                     y.data_ptr(), mean.data_ptr<float>(), rstd.data_ptr<float>(),
+                                     c10::cuda::getCurrentCUDAStream().stream()),
+            "LayerNorm");
+    } else {
+      auto out = at::native_layer_norm(x, {n}, w, b, eps);
+      y = std::get<0>(out);
+      mean = std::get<1>(out);
+      rstd = std::get<2>(out);
+    }
+    ctx->save_for_backward({x, w, b, mean, rstd});
     ctx->saved_data["n"] = n;
-    return std::get<0>(out);
+    return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &w = saved[1], &b = saved[2], &mean = saved[3], &rstd = saved[4];
     const int64_t n = ctx->saved_data["n"].toInt();
     const at::Tensor g = grads[0].contiguous();
+    const int64_t rows = x.numel() / n;
     at::Tensor dx, dw, db;
+    if (rows_kernel(x, w, b, n) && cuda::layer_norm_rows_supported(n, g.data_ptr(), g.data_ptr()) &&
+        mean.scalar_type() == at::kFloat && rstd.scalar_type() == at::kFloat) {
+      dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+      at::Tensor ws = at::empty({2 * cuda::layer_norm_backward_blocks(rows) * n}, g.options().dtype(at::kFloat));
+      dw = at::empty({n}, w.options());
+      db = at::empty({n}, b.options());
+      check(cuda::layer_norm_backward(g.data_ptr(), x.data_ptr(), w.data_ptr(), kernel_dtype(x.scalar_type()),
+                                      mean.contiguous().data_ptr<float>(), rstd.contiguous().data_ptr<float>(), rows, n,
+                                      dx.data_ptr(), ws.data_ptr<float>(), kernel_dtype(w.scalar_type()), dw.data_ptr(),
+                                      db.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
+            "LayerNorm backward");
+      return {ctx->needs_input_grad(0) ? dx : at::Tensor(), ctx->needs_input_grad(1) ? dw : at::Tensor(),
+              ctx->needs_input_grad(2) ? db : at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     if (ctx->needs_input_grad(0))
       dx = std::get<0>(at::native_layer_norm_backward(g, x, {n}, mean, rstd, w, b, {true, false, false}));
     if (ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
-      const int64_t rows = x.numel() / n;
       if (cuda::colsum_supported(g.data_ptr(), n) && cuda::colsum_supported(x.data_ptr(), n) &&
           mean.scalar_type() == at::kFloat && rstd.scalar_type() == at::kFloat) {
         at::Tensor ws = at::empty({2 * cuda::colsum_chunks(rows, n) * n}, g.options().dtype(at::kFloat));

@@ -220,6 +220,7 @@ struct UploadRing::State {
   std::vector<Slab> slabs;
   size_t bytes = 0;
   bool pinned = false, closed = false;
+  c10::optional<c10::Stream> side;  // the copies' stream (CUDA)
 };
 
 UploadRing::UploadRing(size_t slabs, size_t bytes, bool pinned) : st_(std::make_unique<State>()) {
@@ -277,8 +278,23 @@ at::Tensor UploadRing::upload(size_t batch, const at::Device& device) {
         if (device.is_cpu()) {
           out = src.clone();
         } else {
-          out = src.to(device, /*non_blocking=*/src.is_pinned());
-          s.copied = mark_queue_end(device);
+          // On a stream of its own, so that the copy overlaps the work queued before it (the previous
+          // batch's forward pass); the current stream waits for it on the device, and the caching
+          // allocator is told that the current stream uses the copy.
+          const c10::impl::VirtualGuardImpl impl(device.type());
+          const c10::Stream current = impl.getStream(device);
+          if (!st.side || st.side->device() != device) st.side = impl.getStreamFromGlobalPool(device);
+          impl.exchangeStream(*st.side);
+          try {
+            out = src.to(device, /*non_blocking=*/src.is_pinned());
+            s.copied = mark_queue_end(device);
+          } catch (...) {
+            impl.exchangeStream(current);
+            throw;
+          }
+          impl.exchangeStream(current);
+          s.copied->block(current);
+          impl.recordDataPtrOnStream(out.storage().data_ptr(), current);
         }
       }
       s.uploaded = true;

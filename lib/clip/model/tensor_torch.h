@@ -68,8 +68,9 @@ class UploadRing {
   // Room for n bytes of batch k (16-byte aligned): the address, with its offset in the slab in
   // `offset`; nullptr when the slab has no room left (or after close()): stage the item elsewhere.
   uint8_t* reserve(size_t batch, size_t n, size_t& offset);
-  // Batch k's reserved bytes [0, used) on `device`: one copy queued on the device's current stream
-  // (a copy of its own on the CPU); undefined when nothing was reserved for k. Call it once for
+  // Batch k's reserved bytes [0, used) on `device`: one copy, queued on a copy stream of the ring's
+  // own that the device's current stream then waits for (so the copy overlaps the work queued
+  // before it); a copy of its own on the CPU. Undefined when nothing was reserved for k. Call it once for
   // every batch, in order, also for batches without reservations.
   at::Tensor upload(size_t batch, const at::Device& device);
   // Wakes and refuses every waiting and later reserve (the consumer stopped early).

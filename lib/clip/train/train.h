@@ -122,6 +122,11 @@ class AdamW {
   // The group's packable members, packed (again when the set changed); empty when fewer than two.
   std::vector<size_t> pack_if_needed(int group);
   void pack_group(int group, const std::vector<size_t>& members);
+  void ensure_packed_grad32(int group);
+  // Whether the build's own kernel updates the group's pack: not without the kernels, switched off
+  // (detail::set_lp_kernels_enabled), or with a loss scaler's found_inf to honour.
+  bool own_kernel_applies(int group, const at::Tensor& found_inf) const;
+  void own_kernel_step(int group);
   int64_t step_count(const Param& p) const;
 
   AdamWOptions options_;
@@ -135,9 +140,13 @@ class AdamW {
   // conversions of a step (gradients up, weights down) are one copy each, not one per parameter.
   // The master and parameter tensors keep their identity (set_data), so whoever holds them (the
   // model, the trainer's checkpoint weights) sees the packed values.
+  // Where the build has its own CUDA kernels (and no loss scale is applied), one kernel updates a pack
+  // from the members' gradients directly (train/cuda/adamw.cu), with the moments in two more buffers;
+  // the float32 gradient copies are then never made.
   struct Packed {
     std::vector<size_t> members;  // parameter indices, in buffer order
-    at::Tensor master, low, grad32;
+    std::vector<int64_t> offsets;  // member k spans [offsets[k], offsets[k + 1]) of the buffers
+    at::Tensor master, low, grad32, exp_avg, exp_avg_sq;
   };
   Packed packed_[2];
 };

@@ -16,6 +16,15 @@
 #include "clip/model/tensor_torch.h"
 #include "clip/train/train_internal.h"
 
+#ifdef CLIP_HAVE_CUDA_KERNELS
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include "clip/model/cuda/colsum.h"
+#include "clip/model/model_parts.h"
+#include "clip/train/cuda/adamw.h"
+#endif
+
 namespace clip {
 
 double cosine_lr(double base_lr, int64_t warmup, int64_t total_steps, int64_t step) {
@@ -147,8 +156,9 @@ void AdamW::pack_group(int group, const std::vector<size_t>& members) {
   for (size_t i : members) total += params_[i].tensor.numel();
   const at::Tensor& first = params_[members.front()].tensor;
   pk.master = at::empty({total}, first.options().dtype(at::kFloat));
-  pk.grad32 = at::empty({total}, first.options().dtype(at::kFloat));
   pk.low = at::empty({total}, first.options());
+  pk.grad32 = pk.exp_avg = pk.exp_avg_sq = at::Tensor();  // made when a step needs them
+  pk.offsets.assign(1, 0);
   int64_t off = 0;
   for (size_t i : members) {
     Param& p = params_[i];
@@ -161,10 +171,72 @@ void AdamW::pack_group(int group, const std::vector<size_t>& members) {
     // holder keeps seeing them (the model its parameter, the trainer the masters it checkpoints).
     p.master.set_data(mv);
     p.tensor.set_data(lv);
-    p.grad32 = pk.grad32.narrow(0, off, n).view(shape);
+    p.grad32 = at::Tensor();
     off += n;
+    pk.offsets.push_back(off);
   }
   pk.members = members;
+}
+
+void AdamW::ensure_packed_grad32(int group) {
+  Packed& pk = packed_[group];
+  if (pk.grad32.defined()) return;
+  pk.grad32 = at::empty_like(pk.master);
+  for (size_t k = 0; k < pk.members.size(); ++k) {
+    Param& p = params_[pk.members[k]];
+    p.grad32 = pk.grad32.narrow(0, pk.offsets[k], p.tensor.numel()).view(p.tensor.sizes());
+  }
+}
+
+bool AdamW::own_kernel_applies(int group, const at::Tensor& found_inf) const {
+#ifdef CLIP_HAVE_CUDA_KERNELS
+  const Packed& pk = packed_[group];
+  return !found_inf.defined() && !pk.members.empty() && detail::lp_kernels_enabled() &&
+         (pk.low.scalar_type() == at::kBFloat16 || pk.low.scalar_type() == at::kHalf);
+#else
+  (void)group;
+  (void)found_inf;
+  return false;
+#endif
+}
+
+void AdamW::own_kernel_step(int group) {
+#ifdef CLIP_HAVE_CUDA_KERNELS
+  Packed& pk = packed_[group];
+  const int dtype = pk.low.scalar_type() == at::kBFloat16 ? cuda::kBFloat16 : cuda::kFloat16;
+  // The moments as views into the pack's two buffers: zeros before the first step, copied in where
+  // they were replaced (a loaded optimizer state, a new pack).
+  if (!pk.exp_avg.defined()) {
+    pk.exp_avg = at::zeros_like(pk.master);
+    pk.exp_avg_sq = at::zeros_like(pk.master);
+  }
+  std::vector<const void*> grads;
+  std::vector<const float*> steps;
+  for (size_t k = 0; k < pk.members.size(); ++k) {
+    Param& p = params_[pk.members[k]];
+    const int64_t n = p.tensor.numel();
+    at::Tensor m = pk.exp_avg.narrow(0, pk.offsets[k], n).view(p.tensor.sizes());
+    at::Tensor v = pk.exp_avg_sq.narrow(0, pk.offsets[k], n).view(p.tensor.sizes());
+    if (p.exp_avg.defined() && p.exp_avg.data_ptr() != m.data_ptr()) {
+      m.copy_(p.exp_avg);
+      v.copy_(p.exp_avg_sq);
+    }
+    p.exp_avg = m;
+    p.exp_avg_sq = v;
+    grads.push_back(p.tensor.grad().data_ptr());
+    steps.push_back(p.step_t.data_ptr<float>());
+  }
+  const int err = cuda::adamw_packed(static_cast<int>(pk.members.size()), grads.data(), pk.offsets.data(), steps.data(),
+                                     dtype, pk.master.data_ptr<float>(), pk.exp_avg.data_ptr<float>(),
+                                     pk.exp_avg_sq.data_ptr<float>(), pk.low.data_ptr(), lr_t_.data_ptr<float>(),
+                                     options_.beta1, options_.beta2, group == 0 ? 0.0 : options_.weight_decay,
+                                     options_.eps, c10::cuda::getCurrentCUDAStream().stream());
+  if (err != 0)
+    throw ModelError(std::string("AdamW step: CUDA error ") + cudaGetErrorString(static_cast<cudaError_t>(err)));
+#else
+  (void)group;
+  throw ModelError("AdamW: this build has no own CUDA kernels");
+#endif
 }
 
 bool AdamW::fused_step(const at::Tensor& found_inf) {
@@ -178,19 +250,25 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
     // Packed (again when the set changed), so that the conversions below are one copy each.
     const std::vector<size_t> members = pack_if_needed(g);
     const bool packed = !members.empty();
-    std::vector<at::Tensor> w, grads, m, v, steps, low, masters, low_grads, master_grads, packed_grads;
+    // The pack by the build's own kernel below (after the counts), or with the rest here.
+    const bool own = packed && own_kernel_applies(g, found_inf);
+    if (packed && !own) ensure_packed_grad32(g);
+    std::vector<at::Tensor> w, grads, m, v, steps, all_steps, low, masters, low_grads, master_grads, packed_grads;
     for (size_t i = begin; i < end; ++i) {
       Param& p = params_[i];
       const at::Tensor& grad = p.tensor.grad();
       if (!grad.defined()) continue;
       const bool in_pack = packed && std::binary_search(members.begin(), members.end(), i);
       const at::Tensor& wt = weight(i);
+      if (!p.step_t.defined())
+        p.step_t = at::full({}, static_cast<double>(p.step), at::TensorOptions(at::kFloat).device(wt.device()));
+      all_steps.push_back(p.step_t);  // every member with a gradient is counted
+      if (in_pack && own) continue;
+      steps.push_back(p.step_t);
       if (!p.exp_avg.defined()) {
         p.exp_avg = at::zeros_like(wt, at::MemoryFormat::Preserve);
         p.exp_avg_sq = at::zeros_like(wt, at::MemoryFormat::Preserve);
       }
-      if (!p.step_t.defined())
-        p.step_t = at::full({}, static_cast<double>(p.step), at::TensorOptions(at::kFloat).device(wt.device()));
       w.push_back(wt);
       if (in_pack) {  // converted below, with the rest of the pack, into its float32 view
         grads.push_back(p.grad32);
@@ -205,24 +283,27 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
       }
       m.push_back(p.exp_avg);
       v.push_back(p.exp_avg_sq);
-      steps.push_back(p.step_t);
       if (p.master.defined() && !in_pack) {
         low.push_back(p.tensor);
         masters.push_back(p.master);
       }
     }
-    if (w.empty()) continue;
+    if (all_steps.empty()) continue;
     const double wd = g == 0 ? 0.0 : options_.weight_decay;
     // The pack's gradients gathered in one buffer of their dtype, then converted by one copy.
-    if (packed) packed_[g].grad32.copy_(at::cat(packed_grads));
+    if (packed && !own) packed_[g].grad32.copy_(at::cat(packed_grads));
     if (!low_grads.empty()) at::_foreach_copy_(master_grads, low_grads);
-    at::_foreach_add_(steps, 1);
-    c10::optional<at::Tensor> inf;
-    if (found_inf.defined()) inf = found_inf;
-    at::_fused_adamw_(w, grads, m, v, at::TensorList(), steps, lr_t_, options_.beta1, options_.beta2, wd, options_.eps,
-                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/c10::nullopt, inf);
-    if (found_inf.defined()) at::_foreach_sub_(steps, std::vector<at::Tensor>(steps.size(), found_inf));
-    if (packed) packed_[g].low.copy_(packed_[g].master);
+    at::_foreach_add_(all_steps, 1);
+    if (own) own_kernel_step(g);
+    if (!w.empty()) {
+      c10::optional<at::Tensor> inf;
+      if (found_inf.defined()) inf = found_inf;
+      at::_fused_adamw_(w, grads, m, v, at::TensorList(), steps, lr_t_, options_.beta1,
+                        options_.beta2, wd, options_.eps, /*amsgrad=*/false, /*maximize=*/false,
+                        /*grad_scale=*/c10::nullopt, inf);
+    }
+    if (found_inf.defined()) at::_foreach_sub_(all_steps, std::vector<at::Tensor>(all_steps.size(), found_inf));
+    if (packed && !own) packed_[g].low.copy_(packed_[g].master);
     if (!low.empty()) at::_foreach_copy_(low, masters);
   }
   return true;

@@ -10,31 +10,17 @@
 #include <cstdint>
 
 #include "clip/model/cuda/colsum.h"
+#include "clip/model/cuda/halfvec.cuh"
 
 namespace {
+
+using clip::cuda::dev::from_float;
+using clip::cuda::dev::unpack;
 
 constexpr int kCols = 8;    // columns per thread
 constexpr int kX = 32;      // threads across columns
 constexpr int kY = 8;       // threads across rows
 constexpr int kTile = kCols * kX;
-
-__device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
-__device__ __forceinline__ float2 to_float2(__half2 v) { return __half22float2(v); }
-template <typename T> struct Pair;
-template <> struct Pair<__nv_bfloat16> { using type = __nv_bfloat162; };
-template <> struct Pair<__half> { using type = __half2; };
-
-// Eight 16-bit values of one 16-byte load, as floats.
-template <typename T>
-__device__ __forceinline__ void unpack(const uint4& v, float* f, const T*) {
-  const auto* h = reinterpret_cast<const typename Pair<T>::type*>(&v);
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const float2 p = to_float2(h[k]);
-    f[2 * k] = p.x;
-    f[2 * k + 1] = p.y;
-  }
-}
 
 // LN = false: part1[chunk, c] = sum of g[r, c] over the chunk's rows.
 // LN = true:  part1 = sum of g * (x - mean[r]) * rstd[r], part2 = sum of g.
@@ -92,15 +78,6 @@ __global__ void __launch_bounds__(kX * kY) colsum_pass1(const T* __restrict__ g,
 }
 
 template <typename Out>
-__device__ __forceinline__ Out from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-
-template <typename Out>
 __global__ void colsum_pass2(const float* __restrict__ part, int64_t chunks, int64_t c, Out* __restrict__ out) {
   const int64_t cc = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (cc >= c) return;
@@ -134,6 +111,11 @@ void launch(const void* g, const void* x, const float* mean, const float* rstd, 
 }  // namespace
 
 namespace clip::cuda {
+
+int column_partials_sum(const float* part, int64_t chunks, int64_t c, int out_dtype, void* out, cudaStream_t stream) {
+  pass2_any(part, chunks, c, out_dtype, out, stream);
+  return static_cast<int>(cudaGetLastError());
+}
 
 int64_t colsum_chunks(int64_t n, int64_t c) {
   // About four blocks per SM of a large card over the column tiles, at least 32 rows per chunk.
