@@ -143,6 +143,7 @@ static int body(int argc, char** argv) {
   const bool hash_images = !image_out.empty() && !is_jsonl_output(image_out);
   const bool hash_texts = !text_out.empty() && !is_jsonl_output(text_out);
   Encoder enc(mo, ro, io, (hash_images && !append) || hash_texts);
+  enc.warm_up(ro.batch_size);  // CUDA: the first batch's set-up while the input is opened and decoded
   const double load_s = process_seconds() - startup_s;
   JobTimes image_times, text_times;
   side.int8 = dtype == "i8";

@@ -116,6 +116,29 @@ Encoder::Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, in
   st_->make_norm_table();
 }
 
+void Encoder::warm_up(int batch) {
+  if (!st_->device_job.valid() || batch < 1) return;
+  const int64_t r = st_->config.vision.image_resolution;
+  // The empty text's ids ([CLS] [SEP] and padding), as the shortest real text.
+  const at::Tensor empty_ids = tokenize({std::string()}, /*preprocess=*/false);
+  std::shared_future<void> upload = st_->device_job;
+  st_->device_job = std::async(std::launch::async, [s = st_.get(), upload, batch, r, empty_ids] {
+                      upload.get();
+                      at::NoGradGuard ng;
+                      const Towers t = s->model->towers();
+                      if (t != Towers::text) {
+                        at::Tensor x = at::zeros({batch, 3, r, r}, at::TensorOptions(s->dtype).device(s->device));
+                        at::Tensor f = s->model->encode_image(x).to(at::kFloat);
+                        (f / f.norm(2, -1, true)).sum().item<float>();
+                      }
+                      if (t != Towers::vision) {
+                        at::Tensor ids = empty_ids.expand({batch, empty_ids.size(1)}).to(s->device);
+                        at::Tensor f = s->model->encode_text(ids).to(at::kFloat);
+                        (f / f.norm(2, -1, true)).sum().item<float>();
+                      }
+                    }).share();
+}
+
 void Encoder::ready() const {
   if (!st_->device_job.valid()) return;
   const auto t0 = SteadyClock::now();

@@ -39,6 +39,12 @@ class Encoder {
   // on their device and dtype, with bf16 autocast when `amp`; no checkpoint, no weights hash.
   Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, int context_length, int batch_size, bool amp);
   ~Encoder();
+  // On CUDA: after the weights' upload, the device thread runs one batch of `batch` zeros through
+  // each loaded tower (images at the model's resolution, texts at the context length) and waits for
+  // it, so that CUDA's lazy loading of kernels and the libraries' set-up happen there, overlapping
+  // whatever the caller does next (opening and decoding the input), instead of in the first real
+  // batch. Elsewhere nothing. Call once, right after construction.
+  void warm_up(int batch);
   Encoder(const Encoder&) = delete;
   Encoder& operator=(const Encoder&) = delete;
 
