@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
     at::Tensor x = at::randn({s.rows, s.in}, opt), w = at::randn({s.out, s.in}, opt) * 0.02, b = at::randn({s.out}, opt);
     at::Tensor g = at::randn({s.rows, s.out}, opt);
     auto run = [&](bool own) {
-      clip::detail::set_lp_kernels_enabled(own);
+      clip::detail::set_lp_kernels(own ? clip::detail::LpKernels::all : clip::detail::LpKernels::none);
       at::Tensor xv = x.detach().requires_grad_(true), wv = w.detach().requires_grad_(true), bv = b.detach().requires_grad_(true);
       at::Tensor y = clip::detail::lp_linear(xv, wv, bv);
       y.backward(g);
@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
                 s.what, dtype_name.c_str(), ek, ea, dx, dw, pass ? "ok" : "FAIL");
     at::Tensor g2 = g.contiguous();
     auto time_bias = [&](bool own) {
-      clip::detail::set_lp_kernels_enabled(own);
+      clip::detail::set_lp_kernels(own ? clip::detail::LpKernels::all : clip::detail::LpKernels::none);
       at::Tensor xv = x.detach().requires_grad_(false), wv = w.detach().requires_grad_(false), bv = b.detach().requires_grad_(true);
       return seconds_per_call([&] {
         at::Tensor y = clip::detail::lp_linear(xv, wv, bv);
@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
     at::Tensor x = at::randn({rows, n}, opt), w = 1 + 0.1 * at::randn({n}, opt), b = 0.1 * at::randn({n}, opt);
     at::Tensor g = at::randn({rows, n}, opt);
     auto run = [&](bool own) {
-      clip::detail::set_lp_kernels_enabled(own);
+      clip::detail::set_lp_kernels(own ? clip::detail::LpKernels::all : clip::detail::LpKernels::none);
       at::Tensor xv = x.detach().requires_grad_(true), wv = w.detach().requires_grad_(true), bv = b.detach().requires_grad_(true);
       at::Tensor y = clip::detail::lp_layer_norm(xv, n, wv, bv, 1e-5);
       y.backward(g);
@@ -123,7 +123,7 @@ int main(int argc, char** argv) {
                 "weight_grad_err_kernel=%.3g aten=%.3g bias_grad_err_kernel=%.3g aten=%.3g %s\n",
                 (long long)rows, dtype_name.c_str(), eky, eay, ekx, eax, ekw, eaw, ekb, eab, pass ? "ok" : "FAIL");
     auto time_ln = [&](bool own) {
-      clip::detail::set_lp_kernels_enabled(own);
+      clip::detail::set_lp_kernels(own ? clip::detail::LpKernels::all : clip::detail::LpKernels::none);
       at::Tensor xv = x.detach().requires_grad_(true), wv = w.detach().requires_grad_(true), bv = b.detach().requires_grad_(true);
       return seconds_per_call([&] {
         at::Tensor y = clip::detail::lp_layer_norm(xv, n, wv, bv, 1e-5);
@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
       return opt;
     };
     auto run_steps = [&](clip::AdamW& opt, std::vector<at::Tensor>& params, at::Tensor& island, bool own, int step) {
-      clip::detail::set_lp_kernels_enabled(own);
+      clip::detail::set_lp_kernels(own ? clip::detail::LpKernels::all : clip::detail::LpKernels::none);
       for (size_t i = 0; i < params.size(); ++i) params[i].mutable_grad() = grads[step % 3][i].clone();
       island.mutable_grad() = at::full({}, 0.01, island.options());
       opt.step();
@@ -202,7 +202,7 @@ int main(int argc, char** argv) {
     const double tk = time_step(*ok_opt, pk, ik, true), ta = time_step(*aten_opt, pa, ia, false);
     std::printf("bench adamw params=%zu elements=85M step_ms kernel=%.4f aten=%.4f (gradient clones included in both)\n",
                 ok_opt->params().size(), tk * 1e3, ta * 1e3);
-    clip::detail::set_lp_kernels_enabled(true);
+    clip::detail::set_lp_kernels(clip::detail::LpKernels::sums);
   }
   return ok ? 0 : 1;
 }

@@ -66,11 +66,12 @@ int main(int argc, char** argv) {
   app.add_option("--cuda-graph", cuda_graph, "Replay the step as a CUDA graph where it can be (clip-finetune --cuda-graph)")
       ->capture_default_str()
       ->check(CLI::IsMember({"on", "off"}));
-  std::string own_kernels = "on";
+  std::string own_kernels = "sums";
   app.add_option("--own-kernels", own_kernels,
-                 "Bias and LayerNorm weight gradients by the build's own CUDA kernels where they apply (off: ATen's)")
+                 "The build's own CUDA kernels where they apply: sums (bias and LayerNorm weight gradients, as "
+                 "clip-finetune), all (also LayerNorm's rows and the packed AdamW update), off (ATen's)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"on", "off"}));
+      ->check(CLI::IsMember({"sums", "all", "off"}));
   std::string sdpa = "auto";
   app.add_option("--attention", sdpa, "Fused attention kernels allowed on CUDA: auto, flash, efficient, cudnn, math")
       ->capture_default_str();
@@ -80,7 +81,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   clip::set_threads(threads);
-  clip::detail::set_lp_kernels_enabled(own_kernels == "on");
+  clip::detail::set_lp_kernels(own_kernels == "all"    ? clip::detail::LpKernels::all
+                                : own_kernels == "sums" ? clip::detail::LpKernels::sums
+                                                        : clip::detail::LpKernels::none);
 
   const at::Device device(device_name);
   clip::ModelConfig cfg{clip::vision_config(vision), clip::text_config(text)};
@@ -160,10 +163,10 @@ int main(int argc, char** argv) {
   }
 #endif
   std::printf("bench impl=cpp device=%s precision=%s batch=%lld steps=%lld grad_ckpt=%d deferred=%d cuda_graph=%d "
-              "own_kernels=%d samples_per_s=%.1f step_ms=%.1f last_loss=%.4f%s\n",
+              "own_kernels=%s samples_per_s=%.1f step_ms=%.1f last_loss=%.4f%s\n",
               device_name.c_str(), precision.c_str(), (long long)batch, (long long)steps, grad_ckpt ? 1 : 0,
               so.poison ? 1 : 0, graph.captured() ? 1 : 0,
-              own_kernels == "on" && clip::detail::lp_kernels_built() ? 1 : 0,
+              clip::detail::lp_kernels_built() ? own_kernels.c_str() : "off",
               batch * steps / s, 1000 * s / steps, loss, mem.c_str());
   return 0;
 }

@@ -25,11 +25,11 @@
 namespace clip::detail {
 
 namespace {
-std::atomic<bool> g_enabled{true};
+std::atomic<LpKernels> g_kernels{LpKernels::sums};
 }  // namespace
 
-void set_lp_kernels_enabled(bool on) { g_enabled = on; }
-bool lp_kernels_enabled() { return g_enabled; }
+void set_lp_kernels(LpKernels k) { g_kernels = k; }
+LpKernels lp_kernels() { return g_kernels; }
 
 #ifdef CLIP_HAVE_CUDA_KERNELS
 namespace {
@@ -91,7 +91,7 @@ struct LinearFn : torch::autograd::Function<LinearFn> {
 // forward; backward dx by ATen's kernel alone, dweight and dbias by one pass of the column kernel.
 struct LayerNormFn : torch::autograd::Function<LayerNormFn> {
   static bool rows_kernel(const at::Tensor& a, const at::Tensor& w, const at::Tensor& b, int64_t n) {
-    return cuda::layer_norm_rows_supported(n, a.data_ptr(), w.data_ptr()) &&
+    return g_kernels == LpKernels::all && cuda::layer_norm_rows_supported(n, a.data_ptr(), w.data_ptr()) &&
            cuda::layer_norm_rows_supported(n, b.data_ptr(), b.data_ptr());
   }
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
@@ -166,7 +166,7 @@ struct LayerNormFn : torch::autograd::Function<LayerNormFn> {
 // dtype and no autocast (which computes LayerNorm in float32 and casts the linear layers' inputs),
 // contiguous input.
 bool kernels_apply(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return g_enabled && at::GradMode::is_enabled() && x.is_cuda() && !compat::AutocastState::current().gpu &&
+  return g_kernels != LpKernels::none && at::GradMode::is_enabled() && x.is_cuda() && !compat::AutocastState::current().gpu &&
          low_precision(x.scalar_type()) && w.defined() && b.defined() && w.scalar_type() == x.scalar_type() &&
          b.scalar_type() == x.scalar_type() && x.is_contiguous() &&
          (x.requires_grad() || w.requires_grad() || b.requires_grad());

@@ -29,17 +29,20 @@ at::Tensor checkpointed(const std::function<at::Tensor(const at::Tensor&)>& fn, 
 
 // Training with the low-precision kernels (ClipModelImpl::set_low_precision_kernels): at::linear and
 // at::layer_norm, except that where gradients are recorded for bf16/fp16 activations and parameters of
-// the same dtype on CUDA, this build's CUDA kernels (model_cuda.cpp) sum the bias gradients in one pass
-// instead of ATen's reductions, and run LayerNorm (forward; backward with its weight gradients in the
-// same pass). Elsewhere, and in builds without the kernels (lp_kernels_built() false), exactly the ATen
-// functions.
+// the same dtype on CUDA, this build's CUDA kernels (model_cuda.cpp) sum the bias and LayerNorm weight
+// gradients in one pass instead of ATen's reductions, and with LpKernels::all also run LayerNorm's rows
+// (forward; backward with its weight gradients in the same pass). Elsewhere, and in builds without the
+// kernels (lp_kernels_built() false), exactly the ATen functions.
 at::Tensor lp_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 at::Tensor lp_layer_norm(const at::Tensor& x, int64_t n, const at::Tensor& w, const at::Tensor& b, double eps);
 bool lp_kernels_built();
-// Whether lp_linear, lp_layer_norm and the optimizer's packed update (train/cuda/adamw.cu) use the
-// kernels where they apply (default true; benchmarks switch it off to compare with ATen's forms).
-void set_lp_kernels_enabled(bool on);
-bool lp_kernels_enabled();
+// Which of the build's kernels the low-precision forms use where they apply: none (ATen's forms
+// throughout), the gradient sums (colsum.cu: bias gradients, LayerNorm's weight gradients; the
+// default), or also LayerNorm's rows (layernorm.cu) and the optimizer's packed update
+// (train/cuda/adamw.cu), which bench_train and bench_kernels select with --own-kernels all.
+enum class LpKernels { none, sums, all };
+void set_lp_kernels(LpKernels k);
+LpKernels lp_kernels();
 
 // A plain container whose children are named "0", "1", ... (nn.Sequential / nn.ModuleList keys).
 template <typename T>

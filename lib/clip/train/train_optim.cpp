@@ -191,7 +191,7 @@ void AdamW::ensure_packed_grad32(int group) {
 bool AdamW::own_kernel_applies(int group, const at::Tensor& found_inf) const {
 #ifdef CLIP_HAVE_CUDA_KERNELS
   const Packed& pk = packed_[group];
-  return !found_inf.defined() && !pk.members.empty() && detail::lp_kernels_enabled() &&
+  return !found_inf.defined() && !pk.members.empty() && detail::lp_kernels() == detail::LpKernels::all &&
          (pk.low.scalar_type() == at::kBFloat16 || pk.low.scalar_type() == at::kHalf);
 #else
   (void)group;
