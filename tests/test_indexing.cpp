@@ -160,6 +160,7 @@ TEST_CASE("encode_images: 8-bit pixels normalised by the model give the float pa
     CHECK(t.first_forward_s <= t.forward_s);
     CHECK(t.decode_cpu_s > 0);
     CHECK(t.resize_cpu_s > 0);
+    CHECK(t.slab_wait_cpu_s == 0);  // no upload ring outside --decode device
     // The main thread's parts fit in the call.
     CHECK(t.wait_input_s + t.stage_s + t.forward_s + t.wait_device_s <= t.encode_s + 1e-3);
   }
@@ -285,6 +286,10 @@ TEST_CASE("encode_images --decode device: the squash on the model's device stays
     const at::Tensor cos = (set.features * want.features).sum(1);
     CHECK(cos.min().item<double>() > 0.9999);
     CHECK(set.timing.batches == static_cast<int64_t>((n + 15) / 16));
+    // The waits for a free slab are told apart from the copy they interrupt: neither is negative.
+    CHECK(set.timing.slab_wait_cpu_s >= 0);
+    CHECK(set.timing.resize_cpu_s >= 0);
+    CHECK(set.timing.slab_wait_cpu_s <= set.timing.encode_s * threads + 1e-3);
   }
   // Grey, palette and RGBA images: device_resize_input gives RGB (L as is, others already R x R).
   for (size_t i = 0; i < n; ++i) {

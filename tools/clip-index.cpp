@@ -44,8 +44,8 @@ void log_timing(const char* job, const EncodedSet& set, const JobTimes& jt, cons
   line += fmt::format(" stage_s={:.3f} forward_s={:.3f} first_forward_s={:.3f} wait_device_s={:.3f}", t.stage_s,
                       t.forward_s, t.first_forward_s, t.wait_device_s);
   if (images)
-    line += fmt::format(" read_cpu_s={:.3f} decode_cpu_s={:.3f} resize_cpu_s={:.3f}", t.read_cpu_s, t.decode_cpu_s,
-                        t.resize_cpu_s);
+    line += fmt::format(" read_cpu_s={:.3f} decode_cpu_s={:.3f} resize_cpu_s={:.3f} slab_wait_cpu_s={:.3f}", t.read_cpu_s,
+                        t.decode_cpu_s, t.resize_cpu_s, t.slab_wait_cpu_s);
   line += fmt::format(" hash_s={:.3f} hash_wait_s={:.3f} write_s={:.3f}", hashed ? enc.weights_hash_seconds() : 0.0,
                       jt.hash_wait_s, jt.write_s);
   log_info("{}", line);

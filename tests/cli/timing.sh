@@ -21,7 +21,7 @@ check "an images line and a texts line" test -s "$tmp/images.txt" -a -s "$tmp/te
 keys_of() { tr ' ' '\n' <"$1" | sed -n 's/=.*//p' | paste -sd' '; }
 check "images keys" test "$(keys_of "$tmp/images.txt")" = "job items skipped batches batch device precision decode threads \
 total_s startup_s load_s load_wait_s open_s encode_s wait_decode_s stage_s forward_s first_forward_s wait_device_s read_cpu_s \
-decode_cpu_s resize_cpu_s hash_s hash_wait_s write_s"
+decode_cpu_s resize_cpu_s slab_wait_cpu_s hash_s hash_wait_s write_s"
 check "texts keys" test "$(keys_of "$tmp/texts.txt")" = "job items skipped batches batch device precision trim columns \
 total_s startup_s load_s load_wait_s open_s encode_s tokenize_s wait_tokenize_s stage_s forward_s first_forward_s wait_device_s \
 hash_s hash_wait_s write_s"

@@ -39,7 +39,7 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   const size_t n = only.empty() ? tsv.size() : only.size();
   auto row_of = [&](size_t i) { return only.empty() ? i : only[i]; };
   // Worker time in nanoseconds, added to by every worker.
-  std::atomic<int64_t> read_ns{0}, decode_ns{0}, resize_ns{0};
+  std::atomic<int64_t> read_ns{0}, decode_ns{0}, resize_ns{0}, slab_wait_ns{0};
   auto add_ns = [](std::atomic<int64_t>& acc, SteadyClock::time_point a, SteadyClock::time_point b) {
     acc.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count(), std::memory_order_relaxed);
   };
@@ -88,7 +88,10 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
           if (on_device) {
             const Image rgb = device_resize_input(std::move(im), r);
             size_t offset = 0;
-            if (uint8_t* dst = ring->reserve(i / bs, rgb.pixels.size(), offset)) {
+            const auto w0 = SteadyClock::now();
+            uint8_t* dst = ring->reserve(i / bs, rgb.pixels.size(), offset);  // may wait for a free slab
+            add_ns(slab_wait_ns, w0, SteadyClock::now());
+            if (dst) {
               std::memcpy(dst, rgb.pixels.data(), rgb.pixels.size());
               placed[i] = Placed{offset, rgb.height, rgb.width};
             } else {
@@ -193,7 +196,8 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   if (!set.skipped.empty()) log_warn("{} of {} images skipped", set.skipped.size(), n);
   tm.read_cpu_s = static_cast<double>(read_ns.load()) * 1e-9;
   tm.decode_cpu_s = static_cast<double>(decode_ns.load()) * 1e-9;
-  tm.resize_cpu_s = static_cast<double>(resize_ns.load()) * 1e-9;
+  tm.slab_wait_cpu_s = static_cast<double>(slab_wait_ns.load()) * 1e-9;
+  tm.resize_cpu_s = static_cast<double>(resize_ns.load()) * 1e-9 - tm.slab_wait_cpu_s;
   tm.encode_s = seconds_since(t_start);
   return set;
 }

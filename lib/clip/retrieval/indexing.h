@@ -32,7 +32,8 @@ struct EncodeTiming {
   double wait_device_s = 0;    // blocked until a batch's features reached the host
   double read_cpu_s = 0;       // images: reading the encoded bytes (TSV, file, LMDB), summed over the workers
   double decode_cpu_s = 0;     // images: decoding them
-  double resize_cpu_s = 0;     // images: the squash to R x R and the 8-bit planar RGB
+  double resize_cpu_s = 0;     // images: the squash to R x R and the 8-bit planar RGB (device: the copy into the slab)
+  double slab_wait_cpu_s = 0;  // images, --decode device: blocked for a free slab (UploadRing::reserve), not in resize
   double tokenize_s = 0;       // texts: tokenising (on CUDA on a helper thread, overlapping the device)
   int64_t batches = 0;
   int threads = 0;             // images: decode workers
