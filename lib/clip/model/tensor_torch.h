@@ -47,10 +47,11 @@ at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table);
 // images on `device`: images[i] is [H_i, W_i, 3] uint8 on the host (page-locked when `device` is
 // CUDA, so that the upload does not block) or already on `device`, any sizes; returns
 // [N, 3, size, size] uint8 on `device`, planar like preprocess_eval_u8. Images of one size are
-// gathered into one tensor on the device and resized together in Pillow's two passes, horizontal then vertical, each a float32 matrix product with
-// Pillow's fixed-point weights (image layer's bicubic_matrix) then rounded and clamped to 0..255 as
-// Pillow's are: a pixel differs from Pillow's integer result only where float32 rounding tips it.
-// An image already size x size is copied as it is (what Pillow does).
+// gathered into one tensor on the device and resized together in Pillow's two passes, horizontal
+// then vertical, each a float32 matrix product with Pillow's fixed-point weights (image layer's
+// bicubic_matrix) then rounded and clamped to 0..255 as Pillow's are: a pixel differs from Pillow's
+// integer result only where float32 rounding tips it. An image already size x size is copied as it
+// is (what Pillow does).
 at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size, const at::Device& device);
 
 // Staging for batches whose items worker threads write and one consumer uploads: a ring of `slabs`
@@ -70,8 +71,8 @@ class UploadRing {
   uint8_t* reserve(size_t batch, size_t n, size_t& offset);
   // Batch k's reserved bytes [0, used) on `device`: one copy, queued on a copy stream of the ring's
   // own that the device's current stream then waits for (so the copy overlaps the work queued
-  // before it); a copy of its own on the CPU. Undefined when nothing was reserved for k. Call it once for
-  // every batch, in order, also for batches without reservations.
+  // before it); a copy of its own on the CPU. Undefined when nothing was reserved for k. Call it once
+  // for every batch, in order, also for batches without reservations.
   at::Tensor upload(size_t batch, const at::Device& device);
   // Wakes and refuses every waiting and later reserve (the consumer stopped early).
   void close();

@@ -214,15 +214,18 @@ void AdamW::own_kernel_step(int group) {
   std::vector<const float*> steps;
   for (size_t k = 0; k < pk.members.size(); ++k) {
     Param& p = params_[pk.members[k]];
-    const int64_t n = p.tensor.numel();
-    at::Tensor m = pk.exp_avg.narrow(0, pk.offsets[k], n).view(p.tensor.sizes());
-    at::Tensor v = pk.exp_avg_sq.narrow(0, pk.offsets[k], n).view(p.tensor.sizes());
-    if (p.exp_avg.defined() && p.exp_avg.data_ptr() != m.data_ptr()) {
-      m.copy_(p.exp_avg);
-      v.copy_(p.exp_avg_sq);
+    // Views are made only where the moments are not yet in the pack (the first step, a new state).
+    if (!p.exp_avg.defined() || p.exp_avg.data_ptr() != pk.exp_avg.data_ptr<float>() + pk.offsets[k]) {
+      const int64_t n = p.tensor.numel();
+      at::Tensor m = pk.exp_avg.narrow(0, pk.offsets[k], n).view(p.tensor.sizes());
+      at::Tensor v = pk.exp_avg_sq.narrow(0, pk.offsets[k], n).view(p.tensor.sizes());
+      if (p.exp_avg.defined()) {
+        m.copy_(p.exp_avg);
+        v.copy_(p.exp_avg_sq);
+      }
+      p.exp_avg = m;
+      p.exp_avg_sq = v;
     }
-    p.exp_avg = m;
-    p.exp_avg_sq = v;
     grads.push_back(p.tensor.grad().data_ptr());
     steps.push_back(p.step_t.data_ptr<float>());
   }

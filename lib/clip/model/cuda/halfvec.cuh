@@ -1,5 +1,5 @@
-// Device helpers shared by the project's kernels: eight 16-bit floats of one 16-byte load as floats
-// and back, and float to bf16/fp16/float32 rounding. nvcc only.
+// Device helpers shared by the project's kernels: a 16-bit float and eight of them (one 16-byte load)
+// as floats and back, and float to bf16/fp16/float32 rounding. nvcc only.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -8,6 +8,8 @@
 
 namespace clip::cuda::dev {
 
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float2 to_float2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
 __device__ __forceinline__ float2 to_float2(__half2 v) { return __half22float2(v); }
 __device__ __forceinline__ __nv_bfloat162 from_float2(float2 v, const __nv_bfloat16*) { return __float22bfloat162_rn(v); }

@@ -10,9 +10,13 @@
 #include <cstdint>
 
 #include "clip/model/cuda/colsum.h"  // Dtype
+#include "clip/model/cuda/halfvec.cuh"
 #include "clip/train/cuda/adamw.h"
 
 namespace {
+
+using clip::cuda::dev::from_float;
+using clip::cuda::dev::to_float;
 
 constexpr int kMembers = 96;     // members per launch (the table stays within 4 KB of arguments)
 constexpr int kThreads = 256;
@@ -24,15 +28,6 @@ struct Table {
   int64_t offsets[kMembers + 1];  // into the buffers; offsets[0] is where this launch starts
   int count;
 };
-
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-template <typename T>
-__device__ __forceinline__ T round_to(float v);
-template <>
-__device__ __forceinline__ __nv_bfloat16 round_to<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half round_to<__half>(float v) { return __float2half_rn(v); }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) adamw_kernel(Table tab, float* __restrict__ master, float* __restrict__ m1,
@@ -72,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(Table tab, float* __res
       master[i] = w;
       m1[i] = a;
       m2[i] = b;
-      low[i] = round_to<T>(w);
+      low[i] = from_float<T>(w);
     }
   }
 }
