@@ -6,6 +6,8 @@
 #include <ATen/core/grad_mode.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "clip/model/model_parts.h"
 #include "clip/model/torch_compat.h"
@@ -25,7 +27,16 @@
 namespace clip::detail {
 
 namespace {
-std::atomic<LpKernels> g_kernels{LpKernels::sums};
+// CLIP_OWN_KERNELS=none|sums|all sets the starting choice for every tool (checks and benchmarks of the
+// kernels through clip-finetune); unset or anything else: sums.
+LpKernels initial_kernels() {
+  const char* v = std::getenv("CLIP_OWN_KERNELS");
+  if (v == nullptr) return LpKernels::sums;
+  if (std::strcmp(v, "none") == 0 || std::strcmp(v, "off") == 0) return LpKernels::none;
+  if (std::strcmp(v, "all") == 0) return LpKernels::all;
+  return LpKernels::sums;
+}
+std::atomic<LpKernels> g_kernels{initial_kernels()};
 }  // namespace
 
 void set_lp_kernels(LpKernels k) { g_kernels = k; }

@@ -121,13 +121,19 @@ void Encoder::warm_up(int batch) {
   const int64_t r = st_->config.vision.image_resolution;
   // The empty text's ids ([CLS] [SEP] and padding), as the shortest real text.
   const at::Tensor empty_ids = tokenize({std::string()}, /*preprocess=*/false);
+  const bool squash = image_.decode == DecodeMode::device;
   std::shared_future<void> upload = st_->device_job;
-  st_->device_job = std::async(std::launch::async, [s = st_.get(), upload, batch, r, empty_ids] {
+  st_->device_job = std::async(std::launch::async, [s = st_.get(), upload, batch, r, empty_ids, squash] {
                       upload.get();
                       at::NoGradGuard ng;
                       const Towers t = s->model->towers();
                       if (t != Towers::text) {
-                        at::Tensor x = at::zeros({batch, 3, r, r}, at::TensorOptions(s->dtype).device(s->device));
+                        // As a real batch (encode_pixels_async): 8-bit pixels, normalised, cast. With
+                        // --decode device also the squash's matrix products (float32 kernels of their
+                        // own), on one image of Flickr30k's usual 500x375.
+                        const auto u8 = at::TensorOptions(at::kByte).device(s->device);
+                        if (squash) squash_bicubic_u8({at::zeros({375, 500, 3}, u8)}, r, s->device);
+                        at::Tensor x = normalize_pixels_u8(at::zeros({batch, 3, r, r}, u8), s->norm_table).to(s->dtype);
                         at::Tensor f = s->model->encode_image(x).to(at::kFloat);
                         (f / f.norm(2, -1, true)).sum().item<float>();
                       }
