@@ -2,7 +2,8 @@
 // order (the same bits every run): the bias gradient of a linear layer (sum of the output gradient
 // over rows) and LayerNorm's weight and bias gradients (sums of g * x_hat and of g over rows).
 // Pass 1: block (32, 8) takes 256 columns (8 per thread, one 16-byte load per row) over a chunk of
-// rows and writes one float32 partial per column; pass 2 adds the chunks' partials in chunk order.
+// rows and writes one float32 partial per column; pass 2 adds the chunks' partials in a fixed order
+// (eight interleaved running sums, then those in order), both of LayerNorm's sums in one launch.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -77,26 +78,45 @@ __global__ void __launch_bounds__(kX * kY) colsum_pass1(const T* __restrict__ g,
   }
 }
 
+// out_j[cc] = sum over chunks k of part_j[k * c + cc], for j = blockIdx.y (one or two matrices of
+// partials): block (32, 8) takes 32 columns; thread row y adds chunks y, y + 8, ... in order (coalesced
+// 128-byte rows), then the eight sums are added in order of y. A fixed order: the same bits every run.
 template <typename Out>
-__global__ void colsum_pass2(const float* __restrict__ part, int64_t chunks, int64_t c, Out* __restrict__ out) {
-  const int64_t cc = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (cc >= c) return;
+__global__ void __launch_bounds__(kX * kY) colsum_pass2(const float* __restrict__ part_a, const float* __restrict__ part_b,
+                                                         int64_t chunks, int64_t c, Out* __restrict__ out_a,
+                                                         Out* __restrict__ out_b) {
+  const float* __restrict__ part = blockIdx.y == 0 ? part_a : part_b;
+  Out* __restrict__ out = blockIdx.y == 0 ? out_a : out_b;
+  const int64_t cc = static_cast<int64_t>(blockIdx.x) * kX + threadIdx.x;
   float t = 0.f;
-  for (int64_t k = 0; k < chunks; ++k) t += part[k * c + cc];
-  out[cc] = from_float<Out>(t);
+  if (cc < c) {
+#pragma unroll 4
+    for (int64_t k = threadIdx.y; k < chunks; k += kY) t += part[k * c + cc];
+  }
+  __shared__ float s[kY][kX];
+  s[threadIdx.y][threadIdx.x] = t;
+  __syncthreads();
+  if (threadIdx.y != 0 || cc >= c) return;
+  float total = 0.f;
+#pragma unroll
+  for (int y = 0; y < kY; ++y) total += s[y][threadIdx.x];
+  out[cc] = from_float<Out>(total);
 }
 
 template <typename Out>
-void pass2(const float* part, int64_t chunks, int64_t c, void* out, cudaStream_t stream) {
-  const int threads = 256;
-  colsum_pass2<Out><<<static_cast<unsigned>((c + threads - 1) / threads), threads, 0, stream>>>(
-      part, chunks, c, static_cast<Out*>(out));
+void pass2(const float* part_a, const float* part_b, int64_t chunks, int64_t c, void* out_a, void* out_b,
+           cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((c + kX - 1) / kX), part_b ? 2u : 1u);
+  colsum_pass2<Out><<<grid, dim3(kX, kY), 0, stream>>>(part_a, part_b, chunks, c, static_cast<Out*>(out_a),
+                                                       static_cast<Out*>(out_b));
 }
 
-void pass2_any(const float* part, int64_t chunks, int64_t c, int out_dtype, void* out, cudaStream_t stream) {
-  if (out_dtype == clip::cuda::kFloat32) pass2<float>(part, chunks, c, out, stream);
-  else if (out_dtype == clip::cuda::kBFloat16) pass2<__nv_bfloat16>(part, chunks, c, out, stream);
-  else pass2<__half>(part, chunks, c, out, stream);
+// Sums of one matrix of partials (part_b null) or of two of the same shape, into outputs of one dtype.
+void pass2_any(const float* part_a, const float* part_b, int64_t chunks, int64_t c, int out_dtype, void* out_a,
+               void* out_b, cudaStream_t stream) {
+  if (out_dtype == clip::cuda::kFloat32) pass2<float>(part_a, part_b, chunks, c, out_a, out_b, stream);
+  else if (out_dtype == clip::cuda::kBFloat16) pass2<__nv_bfloat16>(part_a, part_b, chunks, c, out_a, out_b, stream);
+  else pass2<__half>(part_a, part_b, chunks, c, out_a, out_b, stream);
 }
 
 template <typename T, bool LN>
@@ -112,8 +132,9 @@ void launch(const void* g, const void* x, const float* mean, const float* rstd, 
 
 namespace clip::cuda {
 
-int column_partials_sum(const float* part, int64_t chunks, int64_t c, int out_dtype, void* out, cudaStream_t stream) {
-  pass2_any(part, chunks, c, out_dtype, out, stream);
+int column_partials_sum(const float* part_a, const float* part_b, int64_t chunks, int64_t c, int out_dtype, void* out_a,
+                        void* out_b, cudaStream_t stream) {
+  pass2_any(part_a, part_b, chunks, c, out_dtype, out_a, out_b, stream);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -135,7 +156,7 @@ int colsum(const void* g, int in_dtype, int64_t n, int64_t c, float* workspace, 
   const int64_t chunks = colsum_chunks(n, c);
   if (in_dtype == kBFloat16) launch<__nv_bfloat16, false>(g, nullptr, nullptr, nullptr, n, c, chunks, workspace, nullptr, stream);
   else launch<__half, false>(g, nullptr, nullptr, nullptr, n, c, chunks, workspace, nullptr, stream);
-  pass2_any(workspace, chunks, c, out_dtype, out, stream);
+  pass2_any(workspace, nullptr, chunks, c, out_dtype, out, nullptr, stream);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -146,8 +167,7 @@ int layer_norm_weight_grads(const void* g, const void* x, int in_dtype, const fl
   float* part2 = workspace + chunks * c;
   if (in_dtype == kBFloat16) launch<__nv_bfloat16, true>(g, x, mean, rstd, n, c, chunks, part1, part2, stream);
   else launch<__half, true>(g, x, mean, rstd, n, c, chunks, part1, part2, stream);
-  pass2_any(part1, chunks, c, out_dtype, dweight, stream);
-  pass2_any(part2, chunks, c, out_dtype, dbias, stream);
+  pass2_any(part1, part2, chunks, c, out_dtype, dweight, dbias, stream);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -240,9 +240,7 @@ int layer_norm_backward(const void* g, const void* x, const void* w, int dtype, 
   }
   int err = static_cast<int>(cudaGetLastError());
   if (err != 0) return err;
-  err = column_partials_sum(part_w, blocks, c, out_dtype, dweight, stream);
-  if (err != 0) return err;
-  return column_partials_sum(part_b, blocks, c, out_dtype, dbias, stream);
+  return column_partials_sum(part_w, part_b, blocks, c, out_dtype, dweight, dbias, stream);
 }
 
 }  // namespace clip::cuda
