@@ -6,6 +6,7 @@
 # CNCLIP_DIR: a checkout of OFA-Sys/Chinese-CLIP (its vocab.txt; the data generator is
 # bench/bench_index_python.py make-data). Environment (defaults): N=8192 BATCH=128 STEPS=60
 # PRECISIONS="bf16 amp" WORKERS=0 (all cores) WORK=/tmp/clip-bench-finetune PYTHON=python3
+# GRAPH=1 (both sides replay the step as a CUDA graph: bench_train --cuda-graph on, clip-finetune --cuda-graph)
 # Prints per precision: "bench job=step ..." and "bench job=finetune ... ratio=R" (R = end to end /
 # step alone; samples/s is the median of the log intervals after the first).
 set -euo pipefail
@@ -27,14 +28,16 @@ DATA=$WORK/data-$N
     --width 500 --height 375 --quality 90
 cat "$DATA/train_imgs.tsv" > /dev/null  # page cache, as a second epoch would find it
 for p in ${PRECISIONS:-bf16 amp}; do
-  step=$("$BIN/bench_train" --device cuda --precision "$p" --batch "$BATCH" --steps 20 --warmup 5)
+  graph_bench=() graph_ft=()
+  [[ -z ${GRAPH:-} ]] || { graph_bench=(--cuda-graph on); graph_ft=(--cuda-graph); }
+  step=$("$BIN/bench_train" --device cuda --precision "$p" --batch "$BATCH" --steps 20 --warmup 5 "${graph_bench[@]}")
   echo "$step"
   step_sps=$(sed -n 's/.*samples_per_s=\([0-9.]*\).*/\1/p' <<<"$step")
   run=$WORK/run-$p
   rm -rf "$run"
   "$BIN/clip-finetune" --data "$DATA" --vision-model ViT-B-16 --text-model RoBERTa-wwm-ext-base-chinese \
     --vocab "$CNCLIP/cn_clip/clip/vocab.txt" --device cuda --precision "$p" -b "$BATCH" --use-augment \
-    --max-steps "$STEPS" --log-interval 10 --no-validation --save-epoch-frequency 1000 --workers "$WORKERS" -q -o "$run"
+    --max-steps "$STEPS" --log-interval 10 --no-validation --save-epoch-frequency 1000 --workers "$WORKERS" "${graph_ft[@]}" -q -o "$run"
   "$PYTHON" - "$run/metrics.jsonl" "$p" "$BATCH" "$step_sps" <<'PY'
 import json, statistics, sys
 path, p, batch, step_sps = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])

@@ -43,26 +43,27 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(Table tab, float* __res
     if (tab.offsets[mid] <= begin) lo = mid;
     else hi = mid - 1;
   }
-  const double lr = static_cast<double>(*lr_ptr);
+  // Operands and order of PyTorch 2.11's fused AdamW (FusedAdamMathFunctor, ADAMW mode): the
+  // hyper-parameters and the bias corrections in float32, the moments' updates as fused multiply-adds.
+  const float lr = *lr_ptr, b1 = static_cast<float>(beta1), b2 = static_cast<float>(beta2);
+  const float decay = static_cast<float>(wd), epsilon = static_cast<float>(eps);
   for (int k = lo; k < tab.count && tab.offsets[k] < end; ++k) {
     const int64_t s = max(begin, tab.offsets[k]), e = min(end, tab.offsets[k + 1]);
     const T* __restrict__ g = static_cast<const T*>(tab.grads[k]);
     const int64_t first = tab.offsets[k];
     const float step = *tab.steps[k];
-    // Operand types as PyTorch's fused kernel: float32 values, double hyper-parameters, float32 results.
-    const float bias_correction1 = 1 - pow(beta1, static_cast<double>(step));
+    const float bias_correction1 = 1 - powf(b1, step);
+    const float bias_correction2_sqrt = sqrtf(1 - powf(b2, step));
     const float step_size = lr / bias_correction1;
-    const float bias_correction2 = 1 - pow(beta2, static_cast<double>(step));
-    const float bias_correction2_sqrt = sqrtf(bias_correction2);
 #pragma unroll 4
     for (int64_t i = s + threadIdx.x; i < e; i += kThreads) {
       float w = master[i];
       const float grad = to_float(g[i - first]);
       float a = m1[i], b = m2[i];
-      if (wd != 0) w -= lr * wd * w;
-      a = beta1 * a + (1 - beta1) * grad;
-      b = beta2 * b + (1 - beta2) * grad * grad;
-      const float denom = (sqrtf(b) / bias_correction2_sqrt) + eps;
+      if (decay != 0) w -= lr * decay * w;
+      a = fmaf(b1, a, fmaf(-b1, grad, grad));
+      b = fmaf(b2, b, fmaf(-b2, grad * grad, grad * grad));
+      const float denom = (sqrtf(b) / bias_correction2_sqrt) + epsilon;
       w -= step_size * a / denom;
       master[i] = w;
       m1[i] = a;
