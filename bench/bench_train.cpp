@@ -64,8 +64,9 @@ int run(int argc, char** argv) {
   app.add_option("--profile-steps", profile_steps)->capture_default_str();
   bool sync_each_step_flag = false;
   app.add_flag("--sync-each-step", sync_each_step_flag, "Read the loss back after every step (no deferred statistics)");
-  std::string cuda_graph = "off";
-  app.add_option("--cuda-graph", cuda_graph, "Replay the step as a CUDA graph where it can be (clip-finetune --cuda-graph)")
+  std::string cuda_graph = "on";
+  app.add_option("--cuda-graph", cuda_graph,
+                 "Replay the step as a CUDA graph where it can be (as clip-finetune does by default; off: --no-cuda-graph)")
       ->capture_default_str()
       ->check(CLI::IsMember({"on", "off"}));
   std::string own_kernels = "sums";

@@ -6,7 +6,7 @@
 # CNCLIP_DIR: a checkout of OFA-Sys/Chinese-CLIP (its vocab.txt; the data generator is
 # bench/bench_index_python.py make-data). Environment (defaults): N=8192 BATCH=128 STEPS=60
 # PRECISIONS="bf16 amp" WORKERS=0 (all cores) WORK=/tmp/clip-bench-finetune PYTHON=python3
-# GRAPH=1 (both sides replay the step as a CUDA graph: bench_train --cuda-graph on, clip-finetune --cuda-graph)
+# GRAPH=1 (both sides replay the step as a CUDA graph, clip-finetune's default; GRAPH=0: neither, --no-cuda-graph)
 # Prints per precision: "bench job=step ..." and "bench job=finetune ... ratio=R" (R = end to end /
 # step alone; samples/s is the median of the log intervals after the first).
 set -euo pipefail
@@ -28,8 +28,8 @@ DATA=$WORK/data-$N
     --width 500 --height 375 --quality 90
 cat "$DATA/train_imgs.tsv" > /dev/null  # page cache, as a second epoch would find it
 for p in ${PRECISIONS:-bf16 amp}; do
-  graph_bench=() graph_ft=()
-  [[ -z ${GRAPH:-} ]] || { graph_bench=(--cuda-graph on); graph_ft=(--cuda-graph); }
+  graph_bench=(--cuda-graph on) graph_ft=(--cuda-graph)
+  [[ ${GRAPH:-1} != 0 ]] || { graph_bench=(--cuda-graph off); graph_ft=(--no-cuda-graph); }
   step=$("$BIN/bench_train" --device cuda --precision "$p" --batch "$BATCH" --steps 20 --warmup 5 "${graph_bench[@]}")
   echo "$step"
   step_sps=$(sed -n 's/.*samples_per_s=\([0-9.]*\).*/\1/p' <<<"$step")

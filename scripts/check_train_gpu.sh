@@ -19,10 +19,10 @@ status=0
 common=(--data data/shapes-zh --vision-model data/shapes-zh/ViT-Demo.json --text-model data/shapes-zh/RBT-Demo.json
         -b 32 --max-steps 8 --log-interval 1 --no-validation --device cuda --seed 5 -q)
 for p in ${PRECISIONS:-amp bf16 amp-fp16}; do
-  "$B/clip-finetune" "${common[@]}" --precision "$p" -o "$out/$p-full"
-  "$B/clip-finetune" "${common[@]}" --precision "$p" -o "$out/$p-again"
+  "$B/clip-finetune" "${common[@]}" --precision "$p" --no-cuda-graph -o "$out/$p-full"
+  "$B/clip-finetune" "${common[@]}" --precision "$p" --no-cuda-graph -o "$out/$p-again"
   "$B/clip-finetune" "${common[@]}" --precision "$p" --cuda-graph -o "$out/$p-graph"
-  "$B/clip-finetune" "${common[@]}" --precision "$p" --stop-after-steps 4 -o "$out/$p-resumed"
+  "$B/clip-finetune" "${common[@]}" --precision "$p" --no-cuda-graph --stop-after-steps 4 -o "$out/$p-resumed"
   "$B/clip-finetune" --resume "$out/$p-resumed" -q
   python3 - "$p" "$out/$p-full" "$out/$p-again" "$out/$p-resumed" "$out/$p-graph" <<'PY' || status=1
 import json, sys, torch

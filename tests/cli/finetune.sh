@@ -70,6 +70,13 @@ check "--cuda-graph: says why not" has "$tmp/err5.txt" '--cuda-graph: not here'
 check "--cuda-graph: the same losses as without" test \
   "$(grep -o '"loss":[^,]*' "$tmp/bf16-a/metrics.jsonl")" = "$(grep -o '"loss":[^,]*' "$tmp/graph/metrics.jsonl")"
 check "--cuda-graph: metrics say no graph ran" has "$tmp/graph/metrics.jsonl" '"cuda_graph":false'
+# The graph is on by default (params.json), silently where it cannot run; --no-cuda-graph turns it off.
+check "graph on by default" has "$tmp/run/params.json" '"cuda_graph": true'
+check "default graph: nothing said on the CPU" test "$(grep -c 'cuda-graph' "$tmp/err1.txt")" -eq 0
+"$bin/clip-finetune" "${common[@]}" --precision bf16 --max-steps 2 --no-validation --no-cuda-graph -o "$tmp/nograph" \
+  2>"$tmp/err6.txt"
+check "--no-cuda-graph: exit 0" test $? -eq 0
+check "--no-cuda-graph: saved off" has "$tmp/nograph/params.json" '"cuda_graph": false'
 
 # A diverging run stops with exit 6 and keeps its last good checkpoint.
 "$bin/clip-finetune" "${base[@]}" --lr 1e30 --warmup 1 --max-steps 6 --save-step-frequency 1 --no-validation \

@@ -182,9 +182,10 @@ void add_train_options(CLI::App& app, TrainOptions& o) {
       ->check(CLI::PositiveNumber);
   op->add_flag("--freeze-vision", o.freeze_vision, "Train the text tower only (vision frozen, ResNet BN in eval mode)");
   op->add_flag("--grad-checkpointing", o.grad_checkpointing, "Recompute activations in backward to save memory");
-  op->add_flag("--cuda-graph", o.cuda_graph,
-               "Capture the step once as a CUDA graph and replay it (CUDA mixed precisions; the same numbers; "
-               "docs/finetune.md says when it pays)");
+  CLI::Option* graph = op->add_flag("--cuda-graph,!--no-cuda-graph", o.cuda_graph,
+                                    "Capture the step once as a CUDA graph and replay it where it can run (CUDA mixed "
+                                    "precisions; the same numbers; on by default; --cuda-graph says why where it cannot)");
+  app.parse_complete_callback([graph, &o] { o.cuda_graph_asked = o.cuda_graph && graph->count() > 0; });
   op->add_option("--seed", o.seed, "Seed of the data order, augmentation, dropout and from-scratch initialisation")
       ->capture_default_str();
 

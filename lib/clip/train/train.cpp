@@ -772,7 +772,8 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     if (step_ >= max_steps_) return;
     if (so.graph && !graph_logged_) {
       const std::string why = StepGraph::unsupported(m, *opt_, micro, so);
-      if (!why.empty()) log_warn("--cuda-graph: not here ({}); the steps run as usual", why);
+      if (!why.empty() && o_.cuda_graph_asked) log_warn("--cuda-graph: not here ({}); the steps run as usual", why);
+      else if (!why.empty()) log_debug("no CUDA graph: {}", why);
       graph_logged_ = !why.empty();
     }
     auto t_step = std::chrono::steady_clock::now();
