@@ -15,8 +15,9 @@ namespace clip::cuda {
 //   w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps);  low = round(w)
 // the formula and operand types of PyTorch's fused AdamW (as of 2.11: float32 throughout, fused
 // multiply-adds), read in one pass instead of a gathering copy, a conversion, the update and a
-// rounding copy. Member k spans [offsets[k], offsets[k+1]) of the buffers; grads[k] points at its gradient, steps[k] at its step count (float32, already counted for
-// this step); lr is a float32 on the device. Returns the launch's cudaError_t.
+// rounding copy. Member k spans [offsets[k], offsets[k+1]) of the buffers; grads[k] points at its
+// gradient, steps[k] at its step count (float32, already counted for this step); lr is a float32 on
+// the device. Returns the launch's cudaError_t.
 int adamw_packed(int members, const void* const* grads, const int64_t* offsets, const float* const* steps, int dtype,
                  float* master, float* exp_avg, float* exp_avg_sq, void* low, const float* lr, double beta1,
                  double beta2, double weight_decay, double eps, cudaStream_t stream);
