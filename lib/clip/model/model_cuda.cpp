@@ -105,12 +105,8 @@ struct LayerNormFn : torch::autograd::Function<LayerNormFn> {
     return g_kernels == LpKernels::all && cuda::layer_norm_rows_supported(n, a.data_ptr(), w.data_ptr()) &&
            cuda::layer_norm_rows_supported(n, b.data_ptr(), b.data_ptr());
   }
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& w, const at::Tensor& b,
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                             int64_t n, double eps) {
-    // The kernels read rows of n consecutive values: a strided input (the ViT's ln_post takes the class
-    // token of each sequence, x.select(1, 0)) is made contiguous first, and that copy is what the
-    // backward pass reads.
-    const at::Tensor x = x_in.contiguous();
     at::Tensor y, mean, rstd;
     if (rows_kernel(x, w, b, n)) {
       const int64_t rows = x.numel() / n;
@@ -179,7 +175,8 @@ struct LayerNormFn : torch::autograd::Function<LayerNormFn> {
 
 // The kernels' case: CUDA, gradients being recorded, bf16/fp16 activations with parameters of the same
 // dtype and no autocast (which computes LayerNorm in float32 and casts the linear layers' inputs),
-// contiguous input.
+// contiguous input (the kernels read rows of consecutive values: a strided one, such as the ViT's
+// ln_post on each sequence's class token, takes ATen's functions).
 bool kernels_apply(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   return g_kernels != LpKernels::none && at::GradMode::is_enabled() && x.is_cuda() && !compat::AutocastState::current().gpu &&
          low_precision(x.scalar_type()) && w.defined() && b.defined() && w.scalar_type() == x.scalar_type() &&
