@@ -4,7 +4,7 @@
 // once. Statistics in float32: mean, then the variance about it, rstd = rsqrt(var + eps). The backward
 // computes dx and, in the same pass, each warp's column partials of g*x_hat and g, summed over the
 // block's warps in a fixed order into one partial per block; colsum.cu's second pass adds the
-// blocks' partials in block order (the same bits every run).
+// blocks' partials in its fixed order (the same bits every run).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -150,25 +150,6 @@ int64_t rows_per_block(int64_t n) {
   return rows < kBackWarps ? kBackWarps : rows;
 }
 
-template <typename T, int V>
-void forward_launch(const void* x, const void* w, const void* b, int64_t n, double eps, void* y, float* mean, float* rstd,
-                    cudaStream_t stream) {
-  const int64_t blocks = (n + kWarps - 1) / kWarps;
-  ln_forward<T, V><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(b), n, static_cast<float>(eps),
-      static_cast<T*>(y), mean, rstd);
-}
-
-template <typename T, int V>
-void backward_launch(const void* g, const void* x, const void* w, const float* mean, const float* rstd, int64_t n,
-                     void* dx, float* part_w, float* part_b, cudaStream_t stream) {
-  const int64_t rows = rows_per_block(n);
-  const int64_t blocks = (n + rows - 1) / rows;
-  ln_backward<T, V><<<static_cast<unsigned>(blocks), kBackThreads, 0, stream>>>(
-      static_cast<const T*>(g), static_cast<const T*>(x), static_cast<const T*>(w), mean, rstd, n, rows,
-      static_cast<T*>(dx), part_w, part_b);
-}
-
 // Dispatch on the dtype and V = c / 256.
 template <template <typename, int> class F, typename... A>
 void dispatch(int dtype, int64_t c, A... a) {
@@ -190,11 +171,15 @@ void dispatch(int dtype, int64_t c, A... a) {
   }
 }
 
+// The launches, as classes so that dispatch can take them as template arguments.
 template <typename T, int V>
 struct Forward {
   static void run(const void* x, const void* w, const void* b, int64_t n, double eps, void* y, float* mean, float* rstd,
                   cudaStream_t stream) {
-    forward_launch<T, V>(x, w, b, n, eps, y, mean, rstd, stream);
+    const int64_t blocks = (n + kWarps - 1) / kWarps;
+    ln_forward<T, V><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<const T*>(w), static_cast<const T*>(b), n, static_cast<float>(eps),
+        static_cast<T*>(y), mean, rstd);
   }
 };
 
@@ -202,7 +187,11 @@ template <typename T, int V>
 struct Backward {
   static void run(const void* g, const void* x, const void* w, const float* mean, const float* rstd, int64_t n, void* dx,
                   float* part_w, float* part_b, cudaStream_t stream) {
-    backward_launch<T, V>(g, x, w, mean, rstd, n, dx, part_w, part_b, stream);
+    const int64_t rows = rows_per_block(n);
+    const int64_t blocks = (n + rows - 1) / rows;
+    ln_backward<T, V><<<static_cast<unsigned>(blocks), kBackThreads, 0, stream>>>(
+        static_cast<const T*>(g), static_cast<const T*>(x), static_cast<const T*>(w), mean, rstd, n, rows,
+        static_cast<T*>(dx), part_w, part_b);
   }
 };
 

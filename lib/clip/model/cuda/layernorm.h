@@ -18,7 +18,7 @@ int layer_norm_forward(const void* x, const void* w, const void* b, int dtype, i
 // Blocks of the backward: its workspace holds 2 * blocks * c floats.
 int64_t layer_norm_backward_blocks(int64_t n);
 // One pass over g and x: dx = rstd * (g*w - mean_row(g*w) - x_hat * mean_row(g*w*x_hat)) per row, and the
-// per-block column partials of g*x_hat and g, then added in block order into dweight, dbias (out_dtype).
+// per-block column partials of g*x_hat and g, then added in a fixed order into dweight, dbias (out_dtype).
 int layer_norm_backward(const void* g, const void* x, const void* w, int dtype, const float* mean, const float* rstd,
                         int64_t n, int64_t c, void* dx, float* workspace, int out_dtype, void* dweight, void* dbias,
                         cudaStream_t stream);
