@@ -191,8 +191,13 @@ void AdamW::ensure_packed_grad32(int group) {
 bool AdamW::own_kernel_applies(int group, const at::Tensor& found_inf) const {
 #ifdef CLIP_HAVE_CUDA_KERNELS
   const Packed& pk = packed_[group];
-  return !found_inf.defined() && !pk.members.empty() && detail::lp_kernels() == detail::LpKernels::all &&
-         (pk.low.scalar_type() == at::kBFloat16 || pk.low.scalar_type() == at::kHalf);
+  if (found_inf.defined() || pk.members.empty() || detail::lp_kernels() != detail::LpKernels::all ||
+      (pk.low.scalar_type() != at::kBFloat16 && pk.low.scalar_type() != at::kHalf))
+    return false;
+  // The kernel reads every member's gradient (a member without one takes PyTorch's step, which skips it).
+  for (size_t i : pk.members)
+    if (!params_[i].tensor.grad().defined()) return false;
+  return true;
 #else
   (void)group;
   (void)found_inf;
