@@ -4,8 +4,10 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <random>
 #include <set>
 
@@ -78,6 +80,27 @@ void require_same(const std::vector<std::vector<Hit>>& a, const std::vector<std:
       INFO("query " << i << " rank " << j);
       REQUIRE(a[i][j].id == b[i][j].id);
       REQUIRE(a[i][j].score == b[i][j].score);
+    }
+  }
+}
+
+// As require_same, for scores from matrix products over blocks of other shapes (many queries: BLAS): on
+// some CPUs (OpenBLAS's AVX2 kernels on AMD's) a score's last bit depends on the block's shape, so
+// scores agree within 1e-6 and two hits may trade places only where their scores are that close.
+void require_close(const std::vector<std::vector<Hit>>& a, const std::vector<std::vector<Hit>>& b) {
+  const float tol = 1e-6f;
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(a[i].size() == b[i].size());
+    std::map<int64_t, float> in_b;
+    for (const Hit& h : b[i]) in_b[h.id] = h.score;
+    for (size_t j = 0; j < a[i].size(); ++j) {
+      INFO("query " << i << " rank " << j);
+      REQUIRE(std::abs(a[i][j].score - b[i][j].score) <= tol);
+      const auto it = in_b.find(a[i][j].id);
+      if (it != in_b.end()) REQUIRE(std::abs(it->second - a[i][j].score) <= tol);
+      else REQUIRE(std::abs(a[i][j].score - b[i].back().score) <= tol);  // tied at the k-th place
+      if (a[i][j].id != b[i][j].id) REQUIRE(std::abs(a[i][j].score - b[i][j].score) <= tol);
     }
   }
 }
@@ -181,12 +204,17 @@ TEST_CASE("shards are searched exactly like the one store they add up to", "[col
         INFO(dtype_name(dt) << " " << nq << " queries, k " << k);
         const at::Tensor qt = tensor(q, 23, dim).narrow(0, 0, nq);
         auto a = one.search(qt, k), b = three.search(qt, k);
-        require_same(a, b);
-        for (size_t i = 0; i < a.size(); ++i)
-          for (size_t j = 0; j < a[i].size(); ++j) REQUIRE(a[i][j].row == b[i][j].row);
         std::vector<int64_t> self(nq);
         for (int64_t i = 0; i < nq; ++i) self[i] = ids[(i * 131) % n];
-        require_same(one.search(qt, k, 0.2f, &self), three.search(qt, k, 0.2f, &self));
+        if (nq <= 4) {  // the fused scan (few queries): the same kernel for every row, bit for bit
+          require_same(a, b);
+          for (size_t i = 0; i < a.size(); ++i)
+            for (size_t j = 0; j < a[i].size(); ++j) REQUIRE(a[i][j].row == b[i][j].row);
+          require_same(one.search(qt, k, 0.2f, &self), three.search(qt, k, 0.2f, &self));
+        } else {  // matrix products over the shards' blocks
+          require_close(a, b);
+          require_close(one.search(qt, k, 0.2f, &self), three.search(qt, k, 0.2f, &self));
+        }
       }
     }
   }

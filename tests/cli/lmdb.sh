@@ -64,11 +64,16 @@ done
 $PY - "$tmp" <<'PY'
 import json, sys
 t = sys.argv[1]
+# The LMDB holds the images in its keys' order, the TSV in the file's: batched with other rows, a
+# feature may differ in its last bits on CPUs whose BLAS rounds by the block's shape (OpenBLAS's AVX2
+# kernels on AMD's); texts come in the same order on both sides.
 for kind, key in (("img", "image_id"), ("txt", "text_id")):
     a = {d[key]: d["feature"] for d in map(json.loads, open(f"{t}/tsv.{kind}.jsonl"))}
     b = {d[key]: d["feature"] for d in map(json.loads, open(f"{t}/lm.{kind}.jsonl"))}
-    assert a == b and len(a) > 10, (kind, len(a), len(b))
-    print(kind, len(a), "features identical")
+    assert a.keys() == b.keys() and len(a) > 10, (kind, len(a), len(b))
+    worst = max(abs(x - y) for i in a for x, y in zip(a[i], b[i]))
+    assert worst <= 1e-5, (kind, worst)
+    print(kind, len(a), "features equal" if worst == 0 else f"features within {worst:.2g}")
 PY
 check "LMDB features equal the TSV/JSONL twin's" test $? -eq 0
 
