@@ -301,7 +301,9 @@ def compare(a):
     x = torch.tensor([list(A[i]) for i in common], dtype=torch.float64)
     y = torch.tensor([list(B[i]) for i in common], dtype=torch.float64)
     cos = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))
-    print(f"compare a={a.a} b={a.b} rows={len(common)} cos_mean={cos.mean().item():.6f} cos_min={cos.min().item():.6f}")
+    same = int((x == y).all(1).sum().item())
+    print(f"compare a={a.a} b={a.b} rows={len(common)} cos_mean={cos.mean().item():.6f} cos_min={cos.min().item():.6f} "
+          f"identical_rows={same} max_abs_diff={(x - y).abs().max().item():.3g}")
 
 
 def main():

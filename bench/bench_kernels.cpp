@@ -1,12 +1,14 @@
 // The build's own CUDA kernels for the low-precision training forms (lib/clip/model/cuda, used by
 // lp_linear and lp_layer_norm; lib/clip/train/cuda, the optimizer's packed update) against ATen's:
 // gradients checked against a float64 reference, the update against PyTorch's fused AdamW, then
-// timed, on the shapes of ViT-B-16 and RoBERTa-base at batch 128.
+// timed, on the shapes of ViT-B-16 and RoBERTa-base at batch 128; and the squash of --decode device
+// (lib/clip/model/cuda/squash.cu) against the CPU's exact resize, byte for byte, then timed.
 //   bench_kernels [--dtype bf16|fp16] [--iters 20]
 // Prints one "check" line per shape (max error relative to the reference, kernels and ATen) and one
 // "bench" line per shape (ms per backward, kernels and ATen); exit 1 when a kernel's error exceeds
 // twice ATen's plus one rounding of the output dtype, when the packed AdamW step differs from
-// PyTorch's fused one by more than a float32 rounding, or the build has no kernels.
+// PyTorch's fused one by more than a float32 rounding, when a squashed byte differs from the CPU's,
+// or the build has no kernels.
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/autograd.h>
@@ -20,7 +22,9 @@
 #include <string>
 #include <vector>
 
+#include "clip/image/image.h"
 #include "clip/model/model_parts.h"
+#include "clip/model/tensor_torch.h"
 #include "clip/train/train.h"
 
 namespace {
@@ -203,6 +207,42 @@ int main(int argc, char** argv) {
     std::printf("bench adamw params=%zu elements=85M step_ms kernel=%.4f aten=%.4f (gradient clones included in both)\n",
                 ok_opt->params().size(), tk * 1e3, ta * 1e3);
     clip::detail::set_lp_kernels(clip::detail::LpKernels::sums);
+  }
+  {
+    // The squash: random 8-bit RGB images of several sizes (down, up, one side kept, mixed in one
+    // batch) against resize_bicubic on the CPU, then a batch of 256 500x375 images timed.
+    const int r = 224;
+    const std::vector<std::pair<int, int>> sizes = {{500, 375}, {375, 500}, {640, 480}, {224, 224}, {100, 80},
+                                                    {1000, 100}, {224, 500}, {500, 224}, {37, 1200}, {333, 500}};
+    std::vector<at::Tensor> host, dev;
+    at::Tensor expect = at::empty({static_cast<int64_t>(sizes.size() * 3), 3, r, r}, at::kByte);
+    for (size_t i = 0; i < sizes.size() * 3; ++i) {
+      const auto [w, h] = sizes[i % sizes.size()];
+      at::Tensor t = at::randint(0, 256, {h, w, 3}, at::kByte);
+      if (i >= sizes.size()) t = (at::arange(0, h * w * 3, at::kLong).view({h, w, 3}) * (static_cast<int64_t>(i) + 7) % 256).to(at::kByte);
+      host.push_back(t);
+      dev.push_back(t.to(at::kCUDA));
+      clip::Image im;
+      im.width = w;
+      im.height = h;
+      im.mode = clip::PixelMode::RGB;
+      im.pixels.assign(t.data_ptr<uint8_t>(), t.data_ptr<uint8_t>() + t.numel());
+      const clip::Image out = clip::resize_bicubic(im, r, r);
+      expect[static_cast<int64_t>(i)].copy_(
+          at::from_blob(const_cast<uint8_t*>(out.pixels.data()), {r, r, 3}, at::kByte).permute({2, 0, 1}));
+    }
+    const at::Tensor got = clip::squash_bicubic_u8(dev, r, at::Device(at::kCUDA)).cpu();
+    const at::Tensor got_host = clip::squash_bicubic_u8(host, r, at::Device(at::kCUDA)).cpu();
+    const int64_t differ = got.ne(expect).sum().item<int64_t>() + got_host.ne(expect).sum().item<int64_t>();
+    const bool pass = differ == 0;
+    ok = ok && pass;
+    std::printf("check squash images=%zu sizes=%zu bytes_differing_from_cpu=%lld %s\n", host.size(), sizes.size(),
+                (long long)differ, pass ? "ok" : "FAIL");
+    std::vector<at::Tensor> batch;
+    const at::Tensor one = at::randint(0, 256, {375, 500, 3}, at::TensorOptions(at::kByte).device(at::kCUDA));
+    for (int i = 0; i < 256; ++i) batch.push_back(one);
+    const double ts = seconds_per_call([&] { clip::squash_bicubic_u8(batch, r, at::Device(at::kCUDA)); }, iters);
+    std::printf("bench squash images=256 size=500x375 ms=%.3f images_per_s=%.0f\n", ts * 1e3, 256 / ts);
   }
   return ok ? 0 : 1;
 }

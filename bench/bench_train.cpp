@@ -62,6 +62,8 @@ int run(int argc, char** argv) {
   int64_t profile_steps = 5;
   app.add_option("--profile", profile, "Record --profile-steps more steps into this Chrome trace (CUDA builds)");
   app.add_option("--profile-steps", profile_steps)->capture_default_str();
+  bool print_losses = false;
+  app.add_flag("--losses", print_losses, "Also print every timed step's loss (stderr), to compare runs step by step");
   bool sync_each_step_flag = false;
   app.add_flag("--sync-each-step", sync_each_step_flag, "Read the loss back after every step (no deferred statistics)");
   std::string cuda_graph = "on";
@@ -141,6 +143,11 @@ int run(int argc, char** argv) {
   (void)trainable.front().second.sum().item<float>();
   clip::settle(stats);
   const double loss = stats.back().loss;
+  if (print_losses) {
+    std::string line = "losses";
+    for (const clip::StepStats& st : stats) line += " " + std::to_string(st.loss);
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
   double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   if (!profile.empty()) {

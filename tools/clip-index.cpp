@@ -10,6 +10,7 @@
 #include "clip/base/log.h"
 #include "clip/base/timing.h"
 
+#include <future>
 #include <optional>
 #include <utility>
 
@@ -142,6 +143,16 @@ static int body(int argc, char** argv) {
   // inputs are read and encoded. JSONL outputs never need it.
   const bool hash_images = !image_out.empty() && !is_jsonl_output(image_out);
   const bool hash_texts = !text_out.empty() && !is_jsonl_output(text_out);
+  const bool skip = dopt.skip_bad();
+  // The inputs are opened (a TSV's rows found, the texts read) on threads of their own while the
+  // checkpoint is mapped and the model built; their errors surface below, after the model's.
+  ReadReport image_rep, text_rep;
+  std::future<std::unique_ptr<ImageSource>> image_src;
+  std::future<std::vector<TextRecord>> text_recs;
+  if (!image_out.empty())
+    image_src = std::async(std::launch::async, [&] { return open_images(dopt.images, image_rep, !skip); });
+  if (!text_out.empty())
+    text_recs = std::async(std::launch::async, [&] { return read_texts(dopt.texts, text_rep, !skip); });
   Encoder enc(mo, ro, io, (hash_images && !append) || hash_texts);
   enc.warm_up(ro.batch_size);  // CUDA: the first batch's set-up while the input is opened and decoded
   const double load_s = process_seconds() - startup_s;
@@ -149,7 +160,6 @@ static int body(int argc, char** argv) {
   side.int8 = dtype == "i8";
   side.int8_scale = parse_int8_scale(i8_scale);
   const StoreDtype dt = side.int8 ? StoreDtype::f16 : parse_store_dtype(dtype);
-  const bool skip = dopt.skip_bad();
   // Both inputs are read and encoded before anything is written, so a failure in either leaves
   // both outputs as they were.
   std::optional<EncodedSet> images, texts;
@@ -157,9 +167,8 @@ static int body(int argc, char** argv) {
   bool replace_changed = false;  // --append on a folder re-encodes changed files in place
   if (!image_out.empty()) {
     const auto t_open = SteadyClock::now();
-    ReadReport rep;
-    std::unique_ptr<ImageSource> src = open_images(dopt.images, rep, !skip);
-    rep.summarize(dopt.images);
+    std::unique_ptr<ImageSource> src = image_src.get();
+    image_rep.summarize(dopt.images);
     if (src->size() == 0) throw DataError("'" + dopt.images + "' holds no images: nothing to index");
     size_t changed = 0;
     std::vector<size_t> rows;
@@ -182,9 +191,8 @@ static int body(int argc, char** argv) {
   }
   if (!text_out.empty()) {
     const auto t_open = SteadyClock::now();
-    ReadReport rep;
-    auto recs = read_texts(dopt.texts, rep, !skip);
-    rep.summarize(dopt.texts);
+    std::vector<TextRecord> recs = text_recs.get();
+    text_rep.summarize(dopt.texts);
     if (recs.empty()) throw DataError("'" + dopt.texts + "' holds no texts: nothing to index");
     text_times.open_s = seconds_since(t_open);
     texts = encode_texts(enc, recs);

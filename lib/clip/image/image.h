@@ -58,9 +58,10 @@ Image decode_image(const uint8_t* data, size_t n);
 //        gives the pixel differences and the feature cosine to exact.
 //  device: decoded as in exact on the CPU, but the bicubic squash of RGB and L images runs on the
 //        model's device (the GPU with --device cuda) where a tool encodes a whole input (clip-index:
-//        device_resize_input below, then the model layer's squash_bicubic_u8), computed in float
-//        rather than Pillow's fixed point: the resized pixels differ from exact's by at most a few
-//        levels (docs/benchmarks.md). Elsewhere (single uploads, queries) it decodes as exact.
+//        device_resize_input below, then the model layer's squash_bicubic_u8). On CUDA with the
+//        build's own kernels in Pillow's fixed point: exact's bytes. Elsewhere (the CPU, a CUDA build
+//        without nvcc) in float: the resized pixels differ from exact's by at most a few levels
+//        (docs/benchmarks.md). Single uploads and queries decode as exact.
 enum class DecodeMode { exact, fast, device };
 const char* decode_mode_name(DecodeMode m);  // "exact", "fast", "device"
 // A mode from its name (--decode); false when the name is unknown.
@@ -97,6 +98,14 @@ Image resize_bicubic(const Image& im, int width, int height);
 // pixel, no AVX2 build of the vertical pass), as resize_bicubic did before it went column-wise and
 // used AVX2: the reference of tests and the baseline of bench_decode.
 Image resize_bicubic_by_rows(const Image& im, int width, int height);
+// The fixed-point taps of one pass of that resize (Pillow's, precision 22 bits): output i is
+// (2^21 + sum over j < count[i] of k[i * ksize + j] * in[first[i] + j]) >> 22, clamped to 0..255.
+struct BicubicTaps {
+  int ksize = 0;
+  std::vector<int> first, count;
+  std::vector<int32_t> k;
+};
+BicubicTaps bicubic_taps(int in_size, int out_size);
 // The weights of one pass of that resize as a dense [out_size x in_size] row-major matrix: row i
 // holds Pillow's fixed-point taps of output i divided by 2^22, so that an output sample is the dot
 // product of its row with the input samples, then rounded half up and clamped to 0..255.

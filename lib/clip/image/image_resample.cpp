@@ -38,13 +38,7 @@ double bicubic(double x) {
   return 0.0;
 }
 
-// Fixed-point taps for one axis: for output index i, `count[i]` weights starting at source index
-// `first[i]`, stored at k[i * ksize ...].
-struct Taps {
-  int ksize = 0;
-  std::vector<int> first, count;
-  std::vector<int32_t> k;
-};
+using Taps = BicubicTaps;
 
 Taps make_taps(int in_size, int out_size) {
   constexpr double kSupport = 2.0;  // bicubic
@@ -321,6 +315,11 @@ Image resize_bicubic(const Image& im, int width, int height, bool by_columns) {
 
 Image resize_bicubic(const Image& im, int width, int height) { return resize_bicubic(im, width, height, true); }
 Image resize_bicubic_by_rows(const Image& im, int width, int height) { return resize_bicubic(im, width, height, false); }
+
+BicubicTaps bicubic_taps(int in_size, int out_size) {
+  if (in_size < 1 || out_size < 1) throw UsageError("bicubic_taps: sizes must be positive");
+  return make_taps(in_size, out_size);
+}
 
 std::vector<float> bicubic_matrix(int in_size, int out_size) {
   if (in_size < 1 || out_size < 1) throw UsageError("bicubic_matrix: sizes must be positive");

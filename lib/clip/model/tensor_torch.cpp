@@ -17,6 +17,13 @@
 #include "clip/base/error.h"
 #include "clip/image/image.h"
 
+#ifdef CLIP_HAVE_CUDA_KERNELS
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include "clip/model/cuda/squash.h"
+#endif
+
 namespace clip {
 
 at::Device parse_device(const std::string& d) {
@@ -100,23 +107,41 @@ at::Tensor stage_for_upload(const at::Tensor& host, at::ScalarType dtype) {
 
 namespace {
 
-// The [size, in] weights of one squash pass on `device`, made and uploaded once per (in, size,
-// device): the upload from pageable memory would otherwise wait for the device's queued work
-// (the previous batch's forward pass) at every batch. At most 64 are kept (then all are dropped).
-at::Tensor squash_pass_matrix(int64_t in, int64_t size, const at::Device& device) {
+// One squash pass's data on `device`, made and uploaded once per (form, in, size, device): the upload
+// from pageable memory would otherwise wait for the device's queued work (the previous batch's forward
+// pass) at every batch. At most 64 are kept (then all are dropped). Forms: the [size, in] float32
+// weights of the matrix product, or (taps) Pillow's integer taps for the build's kernel,
+// first | count | k as int32 (cuda/squash.h), with their row length in `ksize`.
+struct SquashPass {
+  at::Tensor t;
+  int ksize = 0;
+};
+
+SquashPass squash_pass(bool taps, int64_t in, int64_t size, const at::Device& device) {
   static std::mutex mu;
   // Never destroyed: device tensors must not be freed after the device's runtime has shut down.
-  static auto& cache = *new std::map<std::tuple<int64_t, int64_t, std::string>, at::Tensor>;
-  const auto key = std::make_tuple(in, size, device.str());
+  static auto& cache = *new std::map<std::tuple<bool, int64_t, int64_t, std::string>, SquashPass>;
+  const auto key = std::make_tuple(taps, in, size, device.str());
   std::lock_guard<std::mutex> lk(mu);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   if (cache.size() >= 64) cache.clear();
-  const std::vector<float> m = bicubic_matrix(static_cast<int>(in), static_cast<int>(size));
-  at::Tensor t = at::from_blob(const_cast<float*>(m.data()), {size, in}, at::kFloat)
-                     .to(device, at::kFloat, /*non_blocking=*/false, /*copy=*/true);  // a copy also on the CPU
-  cache.emplace(key, t);
-  return t;
+  SquashPass p;
+  if (taps) {
+    const BicubicTaps b = bicubic_taps(static_cast<int>(in), static_cast<int>(size));
+    std::vector<int32_t> v(b.first.begin(), b.first.end());
+    v.insert(v.end(), b.count.begin(), b.count.end());
+    v.insert(v.end(), b.k.begin(), b.k.end());
+    p.t = at::from_blob(v.data(), {static_cast<int64_t>(v.size())}, at::kInt)
+              .to(device, at::kInt, /*non_blocking=*/false, /*copy=*/true);
+    p.ksize = b.ksize;
+  } else {
+    const std::vector<float> m = bicubic_matrix(static_cast<int>(in), static_cast<int>(size));
+    p.t = at::from_blob(const_cast<float*>(m.data()), {size, in}, at::kFloat)
+              .to(device, at::kFloat, /*non_blocking=*/false, /*copy=*/true);  // a copy also on the CPU
+  }
+  cache.emplace(key, p);
+  return p;
 }
 
 }  // namespace
@@ -151,10 +176,26 @@ at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size
         dev[k].copy_(src, /*non_blocking=*/src.is_pinned());
       }
     }
-    at::Tensor planar = dev.permute({0, 3, 1, 2});
     at::Tensor res;
     if (hw.first == size && hw.second == size) {
-      res = planar;
+      res = dev.permute({0, 3, 1, 2});
+#ifdef CLIP_HAVE_CUDA_KERNELS
+    } else if (device.is_cuda()) {
+      // The build's kernel: Pillow's integer arithmetic, the bytes of the CPU's exact resize.
+      const SquashPass px = squash_pass(true, hw.second, size, device);
+      const SquashPass py = squash_pass(true, hw.first, size, device);
+      const at::Tensor src = dev.contiguous();
+      const auto u8 = at::TensorOptions(at::kByte).device(device);
+      at::Tensor tmp = at::empty({g, hw.first, size, 3}, u8);
+      res = g == n ? out : at::empty({g, 3, size, size}, u8);
+      const int err = cuda::squash_u8(src.data_ptr<uint8_t>(), g, static_cast<int>(hw.first), static_cast<int>(hw.second),
+                                      px.t.data_ptr<int32_t>(), px.ksize, static_cast<int>(size), py.t.data_ptr<int32_t>(),
+                                      py.ksize, static_cast<int>(size), tmp.data_ptr<uint8_t>(), res.data_ptr<uint8_t>(),
+                                      c10::cuda::getCurrentCUDAStream(device.index()).stream());
+      if (err != 0)
+        throw ModelError(std::string("squash_bicubic_u8: CUDA error ") + cudaGetErrorString(static_cast<cudaError_t>(err)));
+      if (g == n) return out;
+#endif
     } else {
       // Pillow's two passes, horizontal first, each rounded half up and clamped to 8 bits (an
       // overshoot of the first pass is clipped before the second); a pass whose side does not change
@@ -162,15 +203,19 @@ at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size
       // (bicubic_matrix), in float32: a sample differs from Pillow's integer sum only where the float32
       // rounding of the products and their sum tips it across a rounding boundary.
       auto round8 = [](at::Tensor y) { return y.add_(0.5).floor_().clamp_(0, 255); };
-      at::Tensor x = planar.to(at::kFloat);                                                // [g, 3, H, W]
-      if (hw.second != size) x = round8(at::matmul(x, squash_pass_matrix(hw.second, size, device).t()));  // [g, 3, H, size]
-      if (hw.first != size) x = round8(at::matmul(squash_pass_matrix(hw.first, size, device), x));        // [g, 3, size, size]
+      at::Tensor x = dev.permute({0, 3, 1, 2}).to(at::kFloat);  // [g, 3, H, W]
+      if (hw.second != size) x = round8(at::matmul(x, squash_pass(false, hw.second, size, device).t.t()));  // [g, 3, H, size]
+      if (hw.first != size) x = round8(at::matmul(squash_pass(false, hw.first, size, device).t, x));        // [g, 3, size, size]
       res = x.to(at::kByte);
     }
     if (g == n) {
       out.copy_(res);
     } else {
-      out.index_copy_(0, at::tensor(idx, at::kLong).to(device), res);
+      // The indices from page-locked memory on CUDA: a pageable upload would wait for the device's
+      // queued work (the previous batch's forward pass) at every group of a batch of mixed sizes.
+      at::Tensor index = at::tensor(idx, at::kLong);
+      if (device.is_cuda()) index = index.pin_memory();
+      out.index_copy_(0, index.to(device, /*non_blocking=*/true), res);
     }
   }
   return out;
@@ -221,15 +266,45 @@ struct UploadRing::State {
   size_t bytes = 0;
   bool pinned = false, closed = false;
   c10::optional<c10::Stream> side;  // the copies' stream (CUDA)
+  // The slabs are allocated in order by this thread (page-locking a slab takes tens of milliseconds):
+  // reserve() does not wait for a slab still to come, its items are staged on their own.
+  std::thread allocator;
+  bool allocated = false;  // the allocator has finished (or given up)
 };
 
 UploadRing::UploadRing(size_t slabs, size_t bytes, bool pinned) : st_(std::make_unique<State>()) {
   st_->slabs.resize(std::max<size_t>(slabs, 1));
   st_->bytes = bytes;
   st_->pinned = pinned;
+  st_->allocator = std::thread([s = st_.get()] {
+    for (State::Slab& slab : s->slabs) {
+      at::Tensor host;
+      try {
+        host = at::empty({static_cast<int64_t>(s->bytes)}, at::TensorOptions(at::kByte).pinned_memory(s->pinned));
+      } catch (...) {
+        break;  // out of (page-locked) memory: the items go on being staged on their own
+      }
+      std::lock_guard<std::mutex> lk(s->mu);
+      if (s->closed) break;
+      slab.host = std::move(host);
+    }
+    {
+      std::lock_guard<std::mutex> lk(s->mu);
+      s->allocated = true;
+    }
+    s->cv.notify_all();
+  });
 }
 
-UploadRing::~UploadRing() = default;
+UploadRing::~UploadRing() {
+  close();
+  st_->allocator.join();
+}
+
+void UploadRing::wait_allocated() {
+  std::unique_lock<std::mutex> lk(st_->mu);
+  st_->cv.wait(lk, [&] { return st_->allocated || st_->closed; });
+}
 
 void UploadRing::close() {
   {
@@ -243,6 +318,7 @@ uint8_t* UploadRing::reserve(size_t batch, size_t n, size_t& offset) {
   State& st = *st_;
   std::unique_lock<std::mutex> lk(st.mu);
   State::Slab& s = st.slabs[batch % st.slabs.size()];
+  if (!s.host.defined()) return nullptr;  // not allocated yet
   if (s.batch != batch) {
     // The slab's previous batch must have been uploaded (the consumer takes batches in order) ...
     st.cv.wait(lk, [&] { return st.closed || s.batch == batch || s.uploaded; });
@@ -251,8 +327,6 @@ uint8_t* UploadRing::reserve(size_t batch, size_t n, size_t& offset) {
       // ... and its copy finished (long since, in a steady stream: a slab is reused `slabs` batches later).
       if (s.copied) wait_polling(*s.copied);
       s.copied.reset();
-      if (!s.host.defined())
-        s.host = at::empty({static_cast<int64_t>(st.bytes)}, at::TensorOptions(at::kByte).pinned_memory(st.pinned));
       s.batch = batch;
       s.used = 0;
       s.uploaded = false;

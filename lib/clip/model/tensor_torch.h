@@ -48,15 +48,18 @@ at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table);
 // CUDA, so that the upload does not block) or already on `device`, any sizes; returns
 // [N, 3, size, size] uint8 on `device`, planar like preprocess_eval_u8. Images of one size are
 // gathered into one tensor on the device and resized together in Pillow's two passes, horizontal
-// then vertical, each a float32 matrix product with Pillow's fixed-point weights (image layer's
-// bicubic_matrix) then rounded and clamped to 0..255 as Pillow's are: a pixel differs from Pillow's
-// integer result only where float32 rounding tips it. An image already size x size is copied as it
-// is (what Pillow does).
+// then vertical. On CUDA in a build with its own kernels (cuda/squash.cu) in Pillow's integer
+// arithmetic with its fixed-point taps (image layer's bicubic_taps): the bytes of the CPU's exact
+// resize. Elsewhere (the CPU, a CUDA build without nvcc) each pass is a float32 matrix product with
+// the same weights (bicubic_matrix) then rounded and clamped to 0..255 as Pillow's are: a pixel
+// differs from Pillow's integer result only where float32 rounding tips it. An image already
+// size x size is copied as it is (what Pillow does).
 at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size, const at::Device& device);
 
 // Staging for batches whose items worker threads write and one consumer uploads: a ring of `slabs`
-// host buffers of `bytes` each (page-locked when `pinned`, allocated at first use), slab k % slabs
-// for batch k. A worker reserves room for an item in its batch's slab; the consumer uploads the
+// host buffers of `bytes` each (page-locked when `pinned`; allocated in order by a thread of the
+// ring's own from its construction, since page-locking takes tens of milliseconds a slab), slab
+// k % slabs for batch k. A worker reserves room for an item in its batch's slab; the consumer uploads the
 // batch's bytes with one copy. A slab passes to a later batch only after the consumer has uploaded
 // the batch before and that copy has finished (reserve waits for both), so page-locked memory stays
 // slabs * bytes whatever the input.
@@ -67,7 +70,8 @@ class UploadRing {
   UploadRing(const UploadRing&) = delete;
   UploadRing& operator=(const UploadRing&) = delete;
   // Room for n bytes of batch k (16-byte aligned): the address, with its offset in the slab in
-  // `offset`; nullptr when the slab has no room left (or after close()): stage the item elsewhere.
+  // `offset`; nullptr when the slab has no room left, is not allocated yet (it never waits for
+  // that), or after close(): stage the item elsewhere.
   uint8_t* reserve(size_t batch, size_t n, size_t& offset);
   // Batch k's reserved bytes [0, used) on `device`: one copy, queued on a copy stream of the ring's
   // own that the device's current stream then waits for (so the copy overlaps the work queued
@@ -76,6 +80,8 @@ class UploadRing {
   at::Tensor upload(size_t batch, const at::Device& device);
   // Wakes and refuses every waiting and later reserve (the consumer stopped early).
   void close();
+  // Waits until every slab is allocated (or allocation failed, or close()).
+  void wait_allocated();
 
  private:
   struct State;

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <future>
@@ -82,6 +83,13 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   checkpoint_path_ = mo.checkpoint;
   st_->device = parse_device(ro.device);
   st_->dtype = parse_precision(ro.precision, st_->device);
+  // CUDA's start (the context, the allocator, cuBLAS and a matrix product's kernels) on the device
+  // thread from here, while the checkpoint is mapped and the model built; the upload follows it.
+  if (st_->device.is_cuda())
+    st_->device_job = std::async(std::launch::async, [d = st_->device, dt = st_->dtype] {
+                        const at::Tensor a = at::ones({64, 64}, at::TensorOptions(dt).device(d));
+                        at::mm(a, a).sum().item<float>();
+                      }).share();
   ModelSource src = resolve_model(mo);
   // The weights hash starts as soon as the checkpoint is mapped, while the model is built from it.
   st_->config = src.config;
@@ -94,7 +102,10 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   log_debug("vocab {} loaded", src.vocab_path);
   check_vocab_fits(*tokenizer_, src.config.text);
   if (st_->device.is_cuda())
-    st_->device_job = std::async(std::launch::async, [s = st_.get()] { s->to_device(); }).share();
+    st_->device_job = std::async(std::launch::async, [s = st_.get(), start = st_->device_job] {
+                        start.get();
+                        s->to_device();
+                      }).share();
   else
     st_->to_device();
   const Towers t = mo.towers;
@@ -138,9 +149,16 @@ void Encoder::warm_up(int batch) {
                         (f / f.norm(2, -1, true)).sum().item<float>();
                       }
                       if (t != Towers::vision) {
-                        at::Tensor ids = empty_ids.expand({batch, empty_ids.size(1)}).to(s->device);
-                        at::Tensor f = s->model->encode_text(ids).to(at::kFloat);
-                        (f / f.norm(2, -1, true)).sum().item<float>();
+                        // Every width of a trimmed batch (encode_texts on CUDA: multiples of 8 up to the
+                        // context length, and that length): a sequence length of its own selects kernels
+                        // of its own, which would otherwise load in the first real batch of that width.
+                        const int64_t ctx = empty_ids.size(1);
+                        for (int64_t w = std::min<int64_t>(8, ctx);; w = std::min(ctx, w + 8)) {
+                          at::Tensor ids = empty_ids.slice(1, 0, w).expand({batch, w}).to(s->device);
+                          at::Tensor f = s->model->encode_text(ids).to(at::kFloat);
+                          (f / f.norm(2, -1, true)).sum().item<float>();
+                          if (w == ctx) break;
+                        }
                       }
                     }).share();
 }

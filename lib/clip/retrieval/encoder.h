@@ -41,7 +41,8 @@ class Encoder {
   ~Encoder();
   // On CUDA: after the weights' upload, the device thread runs one batch of `batch` zeros through
   // each loaded tower (8-bit images at the model's resolution, normalised as real ones, and with
-  // --decode device one image through the device's squash; texts at the context length) and waits for
+  // --decode device one image through the device's squash; texts at every width a trimmed batch can
+  // have: multiples of 8 up to the context length, and that length) and waits for
   // it, so that CUDA's lazy loading of kernels and the libraries' set-up happen there, overlapping
   // whatever the caller does next (opening and decoding the input), instead of in the first real
   // batch. Elsewhere nothing. Call once, right after construction.

@@ -71,9 +71,11 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   std::vector<Placed> placed(on_device ? n : 0);
   std::optional<UploadRing> ring;  // exactly when on_device
   if (on_device) {
+    // No more slabs than batches, no larger than a batch needs (a short input pins little).
+    const size_t per_batch = std::min(bs, n);
     size_t slab = 1;
-    while (slab < bs * 3 * (2 * r) * (2 * r)) slab <<= 1;
-    ring.emplace(queue_batches + 1, slab, /*pinned=*/pin);
+    while (slab < per_batch * 3 * (2 * r) * (2 * r)) slab <<= 1;
+    ring.emplace(std::min(queue_batches + 1, (n + bs - 1) / bs), slab, /*pinned=*/pin);
   }
   BytePipeline pipe(
       n, enc.batch_size(), threads,
