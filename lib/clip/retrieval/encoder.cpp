@@ -86,8 +86,9 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   // CUDA's start (the context, the allocator, cuBLAS and a matrix product's kernels) on the device
   // thread from here, while the checkpoint is mapped and the model built; the upload follows it.
   if (st_->device.is_cuda())
-    st_->device_job = std::async(std::launch::async, [d = st_->device, dt = st_->dtype] {
-                        const at::Tensor a = at::ones({64, 64}, at::TensorOptions(dt).device(d));
+    st_->device_job = std::async(std::launch::async, [d = st_->device] {
+                        // float32: every card multiplies it (the cuBLAS handle serves every dtype)
+                        const at::Tensor a = at::ones({64, 64}, at::TensorOptions(at::kFloat).device(d));
                         at::mm(a, a).sum().item<float>();
                       }).share();
   ModelSource src = resolve_model(mo);
