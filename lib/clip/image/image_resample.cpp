@@ -153,17 +153,30 @@ void vertical(const uint8_t* in, int row_bytes, const Taps& t, int out_h, uint8_
 }
 
 // src is `rows` x `cols` pixels of C bytes; dst becomes `cols` x `rows` (dst[x][y] = src[y][x]), in
-// tiles that stay in the cache.
+// tiles that stay in the cache, each destination row written front to back. A 3-byte pixel moves as
+// one 4-byte load and store: the byte too many lands on the next pixel of the same destination row,
+// written after it (the next y, in this tile or the next one down), and the last pixel of each
+// destination row, whose extra byte would land on the next row, moves as 3 bytes (so does the
+// source's last pixel, the only one whose 4-byte read would run past the source).
 template <int C>
 void transpose(const uint8_t* src, int rows, int cols, uint8_t* dst) {
   constexpr int kTile = 32;
-  for (int y0 = 0; y0 < rows; y0 += kTile)
-    for (int x0 = 0; x0 < cols; x0 += kTile) {
+  for (int x0 = 0; x0 < cols; x0 += kTile)
+    for (int y0 = 0; y0 < rows; y0 += kTile) {
       const int y1 = std::min(rows, y0 + kTile), x1 = std::min(cols, x0 + kTile);
-      for (int y = y0; y < y1; ++y)
-        for (int x = x0; x < x1; ++x)
-          for (int c = 0; c < C; ++c)
-            dst[(static_cast<size_t>(x) * rows + y) * C + c] = src[(static_cast<size_t>(y) * cols + x) * C + c];
+      for (int x = x0; x < x1; ++x) {
+        uint8_t* d = dst + static_cast<size_t>(x) * rows * C;
+        const uint8_t* s = src + static_cast<size_t>(x) * C;
+        if constexpr (C == 3) {
+          const int wide_end = std::min(y1, rows - 1);
+          int y = y0;
+          for (; y < wide_end; ++y) std::memcpy(d + static_cast<size_t>(y) * 3, s + static_cast<size_t>(y) * cols * 3, 4);
+          for (; y < y1; ++y) std::memcpy(d + static_cast<size_t>(y) * 3, s + static_cast<size_t>(y) * cols * 3, 3);
+        } else {
+          for (int y = y0; y < y1; ++y)
+            std::memcpy(d + static_cast<size_t>(y) * C, s + static_cast<size_t>(y) * cols * C, C);
+        }
+      }
     }
 }
 
