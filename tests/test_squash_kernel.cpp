@@ -39,14 +39,11 @@ void run_grid(int64_t n, F kernel) {
     }
 }
 
-// One pass's taps as the model layer uploads them: first | count | k.
+// One pass's taps as the model layer uploads them (BicubicTaps::packed).
 std::vector<int32_t> packed_taps(int in_size, int out_size, int& ksize) {
   const clip::BicubicTaps t = clip::bicubic_taps(in_size, out_size);
-  std::vector<int32_t> v(t.first.begin(), t.first.end());
-  v.insert(v.end(), t.count.begin(), t.count.end());
-  v.insert(v.end(), t.k.begin(), t.k.end());
   ksize = t.ksize;
-  return v;
+  return t.packed();
 }
 
 }  // namespace

@@ -104,6 +104,8 @@ struct BicubicTaps {
   int ksize = 0;
   std::vector<int> first, count;
   std::vector<int32_t> k;
+  // first | count | k in one array: the layout the model layer's CUDA squash reads (cuda/squash.h).
+  std::vector<int32_t> packed() const;
 };
 BicubicTaps bicubic_taps(int in_size, int out_size);
 // The weights of one pass of that resize as a dense [out_size x in_size] row-major matrix: row i

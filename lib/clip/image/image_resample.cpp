@@ -329,6 +329,13 @@ Image resize_bicubic(const Image& im, int width, int height, bool by_columns) {
 Image resize_bicubic(const Image& im, int width, int height) { return resize_bicubic(im, width, height, true); }
 Image resize_bicubic_by_rows(const Image& im, int width, int height) { return resize_bicubic(im, width, height, false); }
 
+std::vector<int32_t> BicubicTaps::packed() const {
+  std::vector<int32_t> v(first.begin(), first.end());
+  v.insert(v.end(), count.begin(), count.end());
+  v.insert(v.end(), k.begin(), k.end());
+  return v;
+}
+
 BicubicTaps bicubic_taps(int in_size, int out_size) {
   if (in_size < 1 || out_size < 1) throw UsageError("bicubic_taps: sizes must be positive");
   return make_taps(in_size, out_size);

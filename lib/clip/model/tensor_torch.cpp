@@ -129,9 +129,7 @@ SquashPass squash_pass(bool taps, int64_t in, int64_t size, const at::Device& de
   SquashPass p;
   if (taps) {
     const BicubicTaps b = bicubic_taps(static_cast<int>(in), static_cast<int>(size));
-    std::vector<int32_t> v(b.first.begin(), b.first.end());
-    v.insert(v.end(), b.count.begin(), b.count.end());
-    v.insert(v.end(), b.k.begin(), b.k.end());
+    std::vector<int32_t> v = b.packed();
     p.t = at::from_blob(v.data(), {static_cast<int64_t>(v.size())}, at::kInt)
               .to(device, at::kInt, /*non_blocking=*/false, /*copy=*/true);
     p.ksize = b.ksize;

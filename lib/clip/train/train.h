@@ -123,8 +123,9 @@ class AdamW {
   std::vector<size_t> pack_if_needed(int group);
   void pack_group(int group, const std::vector<size_t>& members);
   void ensure_packed_grad32(int group);
-  // Whether the build's own kernel updates the group's pack: only with detail::LpKernels::all, every
-  // member with a gradient, and no loss scaler's found_inf to honour.
+  // Whether the build's own kernel updates the group's pack: only with detail::LpKernels::all, and
+  // not with a loss scaler's found_inf to honour. Call right after pack_if_needed (every member then
+  // has a gradient).
   bool own_kernel_applies(int group, const at::Tensor& found_inf) const;
   void own_kernel_step(int group);
   int64_t step_count(const Param& p) const;

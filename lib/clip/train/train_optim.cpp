@@ -191,13 +191,10 @@ void AdamW::ensure_packed_grad32(int group) {
 bool AdamW::own_kernel_applies(int group, const at::Tensor& found_inf) const {
 #ifdef CLIP_HAVE_CUDA_KERNELS
   const Packed& pk = packed_[group];
-  if (found_inf.defined() || pk.members.empty() || detail::lp_kernels() != detail::LpKernels::all ||
-      (pk.low.scalar_type() != at::kBFloat16 && pk.low.scalar_type() != at::kHalf))
-    return false;
-  // The kernel reads every member's gradient (a member without one takes PyTorch's step, which skips it).
-  for (size_t i : pk.members)
-    if (!params_[i].tensor.grad().defined()) return false;
-  return true;
+  // Every member has a gradient: fused_step calls this right after pack_if_needed, which keeps the pack
+  // to the members with one (packable_members).
+  return !found_inf.defined() && !pk.members.empty() && detail::lp_kernels() == detail::LpKernels::all &&
+         (pk.low.scalar_type() == at::kBFloat16 || pk.low.scalar_type() == at::kHalf);
 #else
   (void)group;
   (void)found_inf;

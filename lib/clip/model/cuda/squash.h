@@ -13,7 +13,7 @@ namespace clip::cuda {
 // uint8), then the vertical pass into `out` ([g, 3, out_h, out_w] uint8, planar), each output sample
 // (2^21 + sum of the taps' integer products) >> 22, clamped to 0..255, in 32-bit integers as Pillow's
 // loops: the same bytes. taps_x / taps_y: one pass's taps on the device, int32, laid out as
-// first[out] | count[out] | k[out * ksize] (clip::bicubic_taps). Returns the launches' cudaError_t.
+// first[out] | count[out] | k[out * ksize] (clip::BicubicTaps::packed). Returns the launches' cudaError_t.
 int squash_u8(const uint8_t* in, int64_t g, int h, int w, const int32_t* taps_x, int ksize_x, int out_w,
               const int32_t* taps_y, int ksize_y, int out_h, uint8_t* tmp, uint8_t* out, cudaStream_t stream);
 
