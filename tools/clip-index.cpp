@@ -47,6 +47,13 @@ void log_timing(const char* job, const EncodedSet& set, const JobTimes& jt, cons
   if (images)
     line += fmt::format(" read_cpu_s={:.3f} decode_cpu_s={:.3f} resize_cpu_s={:.3f} slab_wait_cpu_s={:.3f}", t.read_cpu_s,
                         t.decode_cpu_s, t.resize_cpu_s, t.slab_wait_cpu_s);
+  if (images && enc.image_options().decode == DecodeMode::device)
+    line += fmt::format(" slab_alloc_s={:.3f} unslabbed={}", t.slab_alloc_s, t.unslabbed);
+  if (enc.on_cuda()) {
+    const DevicePhases p = enc.device_phases();
+    line += fmt::format(" cuda_init_s={:.3f} upload_s={:.3f} warm_images_s={:.3f} warm_texts_s={:.3f}", p.init_s,
+                        p.upload_s, p.warm_images_s, p.warm_texts_s);
+  }
   line += fmt::format(" hash_s={:.3f} hash_wait_s={:.3f} write_s={:.3f}", hashed ? enc.weights_hash_seconds() : 0.0,
                       jt.hash_wait_s, jt.write_s);
   log_info("{}", line);

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "clip/base/error.h"
+#include "clip/base/timing.h"
 #include "clip/image/image.h"
 
 #ifdef CLIP_HAVE_CUDA_KERNELS
@@ -268,13 +269,14 @@ struct UploadRing::State {
   // reserve() does not wait for a slab still to come, its items are staged on their own.
   std::thread allocator;
   bool allocated = false;  // the allocator has finished (or given up)
+  double allocation_s = 0;
 };
 
 UploadRing::UploadRing(size_t slabs, size_t bytes, bool pinned) : st_(std::make_unique<State>()) {
   st_->slabs.resize(std::max<size_t>(slabs, 1));
   st_->bytes = bytes;
   st_->pinned = pinned;
-  st_->allocator = std::thread([s = st_.get()] {
+  st_->allocator = std::thread([s = st_.get(), t0 = SteadyClock::now()] {
     for (State::Slab& slab : s->slabs) {
       at::Tensor host;
       try {
@@ -289,6 +291,7 @@ UploadRing::UploadRing(size_t slabs, size_t bytes, bool pinned) : st_(std::make_
     {
       std::lock_guard<std::mutex> lk(s->mu);
       s->allocated = true;
+      s->allocation_s = seconds_since(t0);
     }
     s->cv.notify_all();
   });
@@ -302,6 +305,11 @@ UploadRing::~UploadRing() {
 void UploadRing::wait_allocated() {
   std::unique_lock<std::mutex> lk(st_->mu);
   st_->cv.wait(lk, [&] { return st_->allocated || st_->closed; });
+}
+
+double UploadRing::allocation_seconds() const {
+  std::lock_guard<std::mutex> lk(st_->mu);
+  return st_->allocation_s;
 }
 
 void UploadRing::close() {

@@ -82,6 +82,8 @@ class UploadRing {
   void close();
   // Waits until every slab is allocated (or allocation failed, or close()).
   void wait_allocated();
+  // Seconds from construction until every slab was allocated (or allocation stopped); 0 before.
+  double allocation_seconds() const;
 
  private:
   struct State;

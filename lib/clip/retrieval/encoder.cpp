@@ -42,6 +42,9 @@ struct Encoder::State {
   // overlap it; every member that touches the device waits for it first (ready()).
   std::shared_future<void> device_job;
   std::atomic<double> ready_wait_s{0};
+  // The device thread's phases in seconds (CUDA): each written by that thread before its job ends,
+  // read after ready() (the future orders the two).
+  DevicePhases phases;
   std::future<std::string> hash_job;  // declared last: destroyed (waited for) first
 
   void to_device() {
@@ -85,11 +88,14 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   st_->dtype = parse_precision(ro.precision, st_->device);
   // CUDA's start (the context, the allocator, cuBLAS and a matrix product's kernels) on the device
   // thread from here, while the checkpoint is mapped and the model built; the upload follows it.
+  std::shared_future<double> start;  // its seconds
   if (st_->device.is_cuda())
-    st_->device_job = std::async(std::launch::async, [d = st_->device] {
+    start = std::async(std::launch::async, [d = st_->device] {
                         // float32: every card multiplies it (the cuBLAS handle serves every dtype)
+                        const auto t0 = SteadyClock::now();
                         const at::Tensor a = at::ones({64, 64}, at::TensorOptions(at::kFloat).device(d));
                         at::mm(a, a).sum().item<float>();
+                        return seconds_since(t0);
                       }).share();
   ModelSource src = resolve_model(mo);
   // The weights hash starts as soon as the checkpoint is mapped, while the model is built from it.
@@ -103,9 +109,11 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   log_debug("vocab {} loaded", src.vocab_path);
   check_vocab_fits(*tokenizer_, src.config.text);
   if (st_->device.is_cuda())
-    st_->device_job = std::async(std::launch::async, [s = st_.get(), start = st_->device_job] {
-                        start.get();
+    st_->device_job = std::async(std::launch::async, [s = st_.get(), start] {
+                        s->phases.init_s = start.get();
+                        const auto t0 = SteadyClock::now();
                         s->to_device();
+                        s->phases.upload_s = seconds_since(t0);
                       }).share();
   else
     st_->to_device();
@@ -139,6 +147,7 @@ void Encoder::warm_up(int batch) {
                       upload.get();
                       at::NoGradGuard ng;
                       const Towers t = s->model->towers();
+                      auto t0 = SteadyClock::now();
                       if (t != Towers::text) {
                         // As a real batch (encode_pixels_async): 8-bit pixels, normalised, cast. With
                         // --decode device also the squash's matrix products (float32 kernels of their
@@ -148,6 +157,8 @@ void Encoder::warm_up(int batch) {
                         at::Tensor x = normalize_pixels_u8(at::zeros({batch, 3, r, r}, u8), s->norm_table).to(s->dtype);
                         at::Tensor f = s->model->encode_image(x).to(at::kFloat);
                         (f / f.norm(2, -1, true)).sum().item<float>();
+                        s->phases.warm_images_s = seconds_since(t0);
+                        t0 = SteadyClock::now();
                       }
                       if (t != Towers::vision) {
                         // Every width of a trimmed batch (encode_texts on CUDA: multiples of 8 up to the
@@ -160,6 +171,7 @@ void Encoder::warm_up(int batch) {
                           (f / f.norm(2, -1, true)).sum().item<float>();
                           if (w == ctx) break;
                         }
+                        s->phases.warm_texts_s = seconds_since(t0);
                       }
                     }).share();
 }
@@ -173,6 +185,11 @@ void Encoder::ready() const {
 }
 
 double Encoder::load_wait_seconds() const { return st_->ready_wait_s; }
+
+DevicePhases Encoder::device_phases() const {
+  ready();
+  return st_->phases;
+}
 
 Encoder::~Encoder() {
   // The device thread uses this object's state: let it finish (its error is dropped here).

@@ -21,6 +21,15 @@ namespace clip {
 class Tokenizer;
 class ClipModel;
 
+// Seconds of the steps that bring a CUDA encoder to its device, on the thread that does them
+// (overlapping the caller's work; load_wait_seconds is what the caller waited of them).
+struct DevicePhases {
+  double init_s = 0;         // CUDA's start: context, allocator, cuBLAS, a first matrix product
+  double upload_s = 0;       // the weights to the device and the normalisation table
+  double warm_images_s = 0;  // warm_up: one image batch (with the squash for --decode device)
+  double warm_texts_s = 0;   // warm_up: one text batch at each width of a trimmed batch
+};
+
 class Encoder {
  public:
   // Loads the checkpoint, resolves the config (explicit names/JSON or inferred, logging what was
@@ -114,6 +123,8 @@ class Encoder {
   double weights_hash_seconds() const;
   // Seconds callers were blocked waiting for the model to reach the device (CUDA).
   double load_wait_seconds() const;
+  // Where the device thread's time went (CUDA; zeros elsewhere). Waits for that thread.
+  DevicePhases device_phases() const;
   Towers towers() const;
   // Settings a consumer needs to reproduce the inputs: resolution, mean/std, interpolation,
   // context length, vocab sha256, model name; stored in feature stores and exports.

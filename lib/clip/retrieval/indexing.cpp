@@ -39,7 +39,7 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   const size_t n = only.empty() ? tsv.size() : only.size();
   auto row_of = [&](size_t i) { return only.empty() ? i : only[i]; };
   // Worker time in nanoseconds, added to by every worker.
-  std::atomic<int64_t> read_ns{0}, decode_ns{0}, resize_ns{0}, slab_wait_ns{0};
+  std::atomic<int64_t> read_ns{0}, decode_ns{0}, resize_ns{0}, slab_wait_ns{0}, unslabbed{0};
   auto add_ns = [](std::atomic<int64_t>& acc, SteadyClock::time_point a, SteadyClock::time_point b) {
     acc.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count(), std::memory_order_relaxed);
   };
@@ -97,6 +97,7 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
               std::memcpy(dst, rgb.pixels.data(), rgb.pixels.size());
               placed[i] = Placed{offset, rgb.height, rgb.width};
             } else {
+              unslabbed.fetch_add(1, std::memory_order_relaxed);
               at::Tensor t = at::empty({rgb.height, rgb.width, 3}, at::TensorOptions(at::kByte).pinned_memory(pin));
               std::memcpy(t.data_ptr<uint8_t>(), rgb.pixels.data(), rgb.pixels.size());
               decoded[i] = std::move(t);
@@ -200,6 +201,10 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   tm.decode_cpu_s = static_cast<double>(decode_ns.load()) * 1e-9;
   tm.slab_wait_cpu_s = static_cast<double>(slab_wait_ns.load()) * 1e-9;
   tm.resize_cpu_s = static_cast<double>(resize_ns.load()) * 1e-9 - tm.slab_wait_cpu_s;
+  if (ring) {
+    tm.slab_alloc_s = ring->allocation_seconds();
+    tm.unslabbed = unslabbed.load();
+  }
   tm.encode_s = seconds_since(t_start);
   return set;
 }

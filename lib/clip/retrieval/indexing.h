@@ -34,6 +34,8 @@ struct EncodeTiming {
   double decode_cpu_s = 0;     // images: decoding them
   double resize_cpu_s = 0;     // images: the squash to R x R and the 8-bit planar RGB (device: the copy into the slab)
   double slab_wait_cpu_s = 0;  // images, --decode device: blocked for a free slab (UploadRing::reserve), not in resize
+  double slab_alloc_s = 0;     // images, --decode device: allocating (page-locking) the slabs, on a thread of its own
+  int64_t unslabbed = 0;       // images, --decode device: staged on their own (slab not there yet, or full)
   double tokenize_s = 0;       // texts: tokenising (on CUDA on a helper thread, overlapping the device)
   int64_t batches = 0;
   int threads = 0;             // images: decode workers
