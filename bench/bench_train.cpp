@@ -71,10 +71,10 @@ int run(int argc, char** argv) {
                  "Replay the step as a CUDA graph where it can be (as clip-finetune does by default; off: --no-cuda-graph)")
       ->capture_default_str()
       ->check(CLI::IsMember({"on", "off"}));
-  std::string own_kernels = "sums";
+  std::string own_kernels = "all";
   app.add_option("--own-kernels", own_kernels,
-                 "The build's own CUDA kernels where they apply: sums (bias and LayerNorm weight gradients, as "
-                 "clip-finetune), all (also LayerNorm's rows and the packed AdamW update), off (ATen's)")
+                 "The build's own CUDA kernels where they apply: all (bias and LayerNorm weight gradients, "
+                 "LayerNorm's rows, the packed AdamW update; as clip-finetune), sums (only the gradient sums), off (ATen's)")
       ->capture_default_str()
       ->check(CLI::IsMember({"sums", "all", "off"}));
   std::string sdpa = "auto";

@@ -28,13 +28,13 @@ namespace clip::detail {
 
 namespace {
 // CLIP_OWN_KERNELS=none|sums|all sets the starting choice for every tool (checks and benchmarks of the
-// kernels through clip-finetune); unset or anything else: sums.
+// kernels through clip-finetune); unset or anything else: all.
 LpKernels initial_kernels() {
   const char* v = std::getenv("CLIP_OWN_KERNELS");
-  if (v == nullptr) return LpKernels::sums;
+  if (v == nullptr) return LpKernels::all;
   if (std::strcmp(v, "none") == 0 || std::strcmp(v, "off") == 0) return LpKernels::none;
-  if (std::strcmp(v, "all") == 0) return LpKernels::all;
-  return LpKernels::sums;
+  if (std::strcmp(v, "sums") == 0) return LpKernels::sums;
+  return LpKernels::all;
 }
 std::atomic<LpKernels> g_kernels{initial_kernels()};
 }  // namespace

@@ -37,10 +37,10 @@ at::Tensor lp_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 at::Tensor lp_layer_norm(const at::Tensor& x, int64_t n, const at::Tensor& w, const at::Tensor& b, double eps);
 bool lp_kernels_built();
 // Which of the build's kernels the low-precision forms use where they apply: none (ATen's forms
-// throughout), the gradient sums (colsum.cu: bias gradients, LayerNorm's weight gradients; the
-// default), or also LayerNorm's rows (layernorm.cu) and the optimizer's packed update
-// (train/cuda/adamw.cu), which bench_train and bench_kernels select with --own-kernels all. The
-// environment variable CLIP_OWN_KERNELS (none, sums or all) sets the starting choice in every tool.
+// throughout), the gradient sums (colsum.cu: bias gradients, LayerNorm's weight gradients), or
+// also LayerNorm's rows (layernorm.cu) and the optimizer's packed update (train/cuda/adamw.cu): all,
+// the default. bench_train selects with --own-kernels; the environment variable CLIP_OWN_KERNELS
+// (none, sums or all) sets the starting choice in every tool.
 enum class LpKernels { none, sums, all };
 void set_lp_kernels(LpKernels k);
 LpKernels lp_kernels();

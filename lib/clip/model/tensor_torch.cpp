@@ -21,6 +21,7 @@
 #ifdef CLIP_HAVE_CUDA_KERNELS
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+#include <sys/mman.h>
 
 #include "clip/model/cuda/squash.h"
 #endif
@@ -251,6 +252,69 @@ void wait_polling(const c10::Event& e) {
 
 }  // namespace
 
+#ifdef CLIP_HAVE_CUDA_KERNELS
+// Page-locked host memory for UploadRing's slabs, of the ring's own making: anonymous memory (in
+// huge pages where the kernel gives them), its pages faulted in by a few threads, then registered
+// with CUDA in one call. The caching host allocator's cudaHostAlloc instead rounds a slab up to a
+// power of two and faults every page in inside the driver, which held up CUDA's start on the
+// encoder's thread (clip-index --decode device: cuda_init_s 0.48-0.86 s against 0.22-0.29 s without slabs;
+// docs/benchmarks.md). Blocks are kept for later rings of the process, as that allocator keeps its
+// own; a ring waits for its copies before its slabs go back.
+namespace {
+
+struct RegisteredBlocks {
+  std::mutex mu;
+  std::multimap<size_t, void*> free;  // bytes -> block
+};
+RegisteredBlocks& registered_blocks() {
+  static auto* b = new RegisteredBlocks;  // never destroyed: tensors may outlive static destruction
+  return *b;
+}
+
+at::Tensor registered_slab(size_t bytes) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  bytes = (std::max<size_t>(bytes, 1) + kHuge - 1) / kHuge * kHuge;
+  RegisteredBlocks& pool = registered_blocks();
+  void* p = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(pool.mu);
+    const auto it = pool.free.find(bytes);
+    if (it != pool.free.end()) {
+      p = it->second;
+      pool.free.erase(it);
+    }
+  }
+  if (p == nullptr) {
+    void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::bad_alloc();
+    madvise(m, bytes, MADV_HUGEPAGE);  // a hint; 4 KB pages otherwise
+    constexpr size_t kParts = 4;
+    std::vector<std::thread> touch;
+    for (size_t k = 0; k < kParts; ++k)
+      touch.emplace_back([m, bytes, k] {
+        auto* b = static_cast<volatile uint8_t*>(m);
+        for (size_t o = bytes / kParts * k; o < (k + 1 == kParts ? bytes : bytes / kParts * (k + 1)); o += 4096) b[o] = 0;
+      });
+    for (std::thread& t : touch) t.join();
+    if (cudaHostRegister(m, bytes, cudaHostRegisterDefault) != cudaSuccess) {
+      (void)cudaGetLastError();  // clears it: the ring stages its items on their own instead
+      munmap(m, bytes);
+      throw std::bad_alloc();
+    }
+    p = m;
+  }
+  return at::from_blob(
+      p, {static_cast<int64_t>(bytes)},
+      [bytes](void* q) {
+        std::lock_guard<std::mutex> lk(registered_blocks().mu);
+        registered_blocks().free.emplace(bytes, q);
+      },
+      at::TensorOptions(at::kByte));
+}
+
+}  // namespace
+#endif
+
 struct UploadRing::State {
   struct Slab {
     at::Tensor host;
@@ -280,7 +344,11 @@ UploadRing::UploadRing(size_t slabs, size_t bytes, bool pinned) : st_(std::make_
     for (State::Slab& slab : s->slabs) {
       at::Tensor host;
       try {
-        host = at::empty({static_cast<int64_t>(s->bytes)}, at::TensorOptions(at::kByte).pinned_memory(s->pinned));
+#ifdef CLIP_HAVE_CUDA_KERNELS
+        if (s->pinned) host = registered_slab(s->bytes).narrow(0, 0, static_cast<int64_t>(s->bytes));
+#endif
+        if (!host.defined())
+          host = at::empty({static_cast<int64_t>(s->bytes)}, at::TensorOptions(at::kByte).pinned_memory(s->pinned));
       } catch (...) {
         break;  // out of (page-locked) memory: the items go on being staged on their own
       }
@@ -300,6 +368,9 @@ UploadRing::UploadRing(size_t slabs, size_t bytes, bool pinned) : st_(std::make_
 UploadRing::~UploadRing() {
   close();
   st_->allocator.join();
+  // A copy still queued (a consumer that stopped early) reads its slab until it ends.
+  for (const State::Slab& s : st_->slabs)
+    if (s.copied) wait_polling(*s.copied);
 }
 
 void UploadRing::wait_allocated() {

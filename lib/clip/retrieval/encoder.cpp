@@ -150,8 +150,7 @@ void Encoder::warm_up(int batch) {
                       auto t0 = SteadyClock::now();
                       if (t != Towers::text) {
                         // As a real batch (encode_pixels_async): 8-bit pixels, normalised, cast. With
-                        // --decode device also the squash's matrix products (float32 kernels of their
-                        // own), on one image of Flickr30k's usual 500x375.
+                        // --decode device also the squash, on one image of Flickr30k's usual 500x375.
                         const auto u8 = at::TensorOptions(at::kByte).device(s->device);
                         if (squash) squash_bicubic_u8({at::zeros({375, 500, 3}, u8)}, r, s->device);
                         at::Tensor x = normalize_pixels_u8(at::zeros({batch, 3, r, r}, u8), s->norm_table).to(s->dtype);
@@ -161,16 +160,12 @@ void Encoder::warm_up(int batch) {
                         t0 = SteadyClock::now();
                       }
                       if (t != Towers::vision) {
-                        // Every width of a trimmed batch (encode_texts on CUDA: multiples of 8 up to the
-                        // context length, and that length): a sequence length of its own selects kernels
-                        // of its own, which would otherwise load in the first real batch of that width.
-                        const int64_t ctx = empty_ids.size(1);
-                        for (int64_t w = std::min<int64_t>(8, ctx);; w = std::min(ctx, w + 8)) {
-                          at::Tensor ids = empty_ids.slice(1, 0, w).expand({batch, w}).to(s->device);
-                          at::Tensor f = s->model->encode_text(ids).to(at::kFloat);
-                          (f / f.norm(2, -1, true)).sum().item<float>();
-                          if (w == ctx) break;
-                        }
+                        // One batch at the context length. Warming every width a trimmed batch can have
+                        // (8, 16, ..., 52) cost more than the first batches of other widths then saved
+                        // (clip-index on 20,000 texts: 1.90 s against 1.73 s; docs/benchmarks.md).
+                        at::Tensor ids = empty_ids.expand({batch, empty_ids.size(1)}).to(s->device);
+                        at::Tensor f = s->model->encode_text(ids).to(at::kFloat);
+                        (f / f.norm(2, -1, true)).sum().item<float>();
                         s->phases.warm_texts_s = seconds_since(t0);
                       }
                     }).share();

@@ -61,9 +61,9 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
                                : on_device     ? 3  // and 4 page-locked slabs below
                                                : std::clamp<size_t>((size_t{512} << 20) / batch_bytes, 4, 16);
   // --decode device: a batch's decoded images go into one slab (UploadRing; page-locked on CUDA), one
-  // upload per batch; room for images up to twice the model's side on average, in a power of two
-  // (the page-locked allocator's size). An image that does not fit gets its own page-locked tensor
-  // in `decoded[i]`; one in the slab leaves that undefined and its place in `placed[i]`.
+  // upload per batch; room for images up to twice the model's side on average. An image that does
+  // not fit gets its own page-locked tensor in `decoded[i]`; one in the slab leaves that undefined
+  // and its place in `placed[i]`.
   struct Placed {
     size_t offset = 0;
     int64_t h = 0, w = 0;
@@ -73,8 +73,7 @@ EncodedSet encode_images(Encoder& enc, const ImageSource& tsv, int threads, bool
   if (on_device) {
     // No more slabs than batches, no larger than a batch needs (a short input pins little).
     const size_t per_batch = std::min(bs, n);
-    size_t slab = 1;
-    while (slab < per_batch * 3 * (2 * r) * (2 * r)) slab <<= 1;
+    const size_t slab = per_batch * 3 * (2 * r) * (2 * r);
     ring.emplace(std::min(queue_batches + 1, (n + bs - 1) / bs), slab, /*pinned=*/pin);
   }
   BytePipeline pipe(
