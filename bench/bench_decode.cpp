@@ -5,7 +5,7 @@
 //
 //   build/bin/bench_decode [--data data/shapes-zh] [--split train] [--large 400] [--jpegs DIR] [--images TSV]
 //                          [--decode exact,fast] [--min-seconds 2] [--cosine-images 32]
-//                          [--checkpoint CKPT | --vision-model ViT-B-16]
+//                          [--checkpoint CKPT | --vision-model ViT-B-16] [--augment]
 //
 // Inputs: the embedded demo split (80x80 JPEGs, preprocessed to 64x64, the demo model's input),
 // synthetic 500x375 photo-like JPEGs at quality 90 (the typical Flickr30k size, preprocessed to the
@@ -17,7 +17,9 @@
 // mean and smallest cosine similarity of the L2-normalised image features of `fast` to `exact`.
 // Without --checkpoint the features come from a ViT with cn_clip's random initialisation (seed 0);
 // a line then also gives the mean cosine of two *different* images' exact features, the scale
-// against which such a model's cosines must be read.
+// against which such a model's cosines must be read. With --augment also clip-finetune --use-augment's
+// per-image work (exact decode, cn_clip's augmentation, float CHW): each stage's time on one thread,
+// the pipeline's images/s, and each AutoAugment operation alone.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -41,6 +43,7 @@
 #include "clip/base/pipeline.h"
 #include "clip/base/runtime.h"
 #include "clip/cli/cli.h"
+#include "clip/data/augment.h"
 #include "clip/data/dataset.h"
 #include "clip/image/image.h"
 #include "clip/model/config.h"
@@ -165,6 +168,10 @@ int main(int argc, char** argv) {
     app.add_option("--checkpoint,-c", mo.checkpoint, "A real checkpoint for the feature cosines (its vision tower)");
     app.add_option("--vision-model", mo.vision_model, "Vision tower (random weights, cn_clip's initialisation, seed 0) "
                    "when no --checkpoint is given")->capture_default_str();
+    bool augment = false;
+    app.add_flag("--augment", augment,
+                 "Also clip-finetune's training images (--use-augment: exact decode, cn_clip's augmentation, float CHW): "
+                 "images/s and where one thread's time goes");
     CLIP_PARSE(app, argc, argv);
     clip::set_threads(threads);
 
@@ -261,6 +268,94 @@ int main(int argc, char** argv) {
           clip::out(fmt::format("| {} | {} | {} | {} | {:.0f} | {:.3f} |\n", in.name, clip::decode_mode_name(mode), kind,
                                 t, r.images_per_s, r.cpu_ms_per_image));
         }
+    }
+
+    // ------------------------------------------------------------------ training images
+    // clip-finetune --use-augment's per-image work (the BatchPipeline item of Trainer::train_epoch):
+    // exact decode, cn_clip's augmentation (seed 0, epoch 0, the item's index), float CHW; the
+    // stages timed one by one on one thread, then the whole item through the pipeline.
+    if (augment) {
+      clip::out("\nTraining images (--use-augment), one thread, ms/image per stage, and the pipeline:\n\n| input | "
+                "decode | crop + resize | flip + RGB | AutoAugment | float CHW | sum | threads | images/s |\n"
+                "|---|---|---|---|---|---|---|---|---|\n");
+      for (const auto& in : inputs) {
+        clip::AugmentConfig cfg;
+        cfg.resolution = in.resolution;
+        const size_t floats = size_t(3) * in.resolution * in.resolution;
+        const size_t n = std::min<size_t>(in.count, 400);
+        double st[5] = {0, 0, 0, 0, 0};
+        std::vector<float> one(floats);
+        size_t done = 0;
+        const auto t_all = Clock::now();
+        auto lap = [](Clock::time_point& t) {
+          const auto now = Clock::now();
+          const double s = std::chrono::duration<double>(now - t).count();
+          t = now;
+          return s;
+        };
+        do {
+          for (size_t i = 0; i < n; ++i, ++done) {
+            auto t = Clock::now();
+            const auto b = in.bytes(i);
+            const clip::Image im = clip::decode_image(b.data(), b.size());
+            st[0] += lap(t);
+            const clip::AugmentPlan plan = clip::plan_augment(im.width, im.height, cfg, 0, 0, i);
+            clip::Image x = clip::resize_bicubic(clip::crop(im, plan.crop_x, plan.crop_y, plan.crop_w, plan.crop_h),
+                                                 cfg.resolution, cfg.resolution);
+            st[1] += lap(t);
+            if (plan.flip) x = clip::aug::flip_left_right(x);
+            x = clip::convert_rgb(x);
+            st[2] += lap(t);
+            for (const clip::AugStep& s : plan.steps) x = clip::aug::apply_step(x, s);
+            st[3] += lap(t);
+            clip::to_chw_normalized(x, one.data());
+            st[4] += lap(t);
+          }
+        } while (std::chrono::duration<double>(Clock::now() - t_all).count() < min_seconds);
+        double sum = 0;
+        for (double& v : st) sum += v *= 1000.0 / double(done);
+        for (int t : {1, all}) {
+          const Result r = measure(in.count, min_seconds, [&](size_t m) {
+            clip::BatchPipeline pipe(
+                m, size_t(batch), t,
+                [&](size_t i, float* out) {
+                  const auto b = in.bytes(i);
+                  clip::augment_to_chw(clip::decode_image(b.data(), b.size()), cfg, 0, 0, i, out);
+                },
+                floats);
+            for (clip::BatchPipeline::Batch b; pipe.next(b);) {
+            }
+          });
+          clip::out(fmt::format("| {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {} | {:.0f} |\n", in.name, st[0],
+                                st[1], st[2], st[3], st[4], sum, t, r.images_per_s));
+          if (all == 1) break;
+        }
+      }
+      // Each AutoAugment operation alone on model-sized images (the first input's crops), one thread.
+      if (!inputs.empty()) {
+        const Input& in = inputs.back();
+        clip::AugmentConfig cfg;
+        cfg.resolution = in.resolution;
+        std::vector<clip::Image> xs;
+        for (size_t i = 0; i < std::min<size_t>(in.count, 32); ++i) {
+          const auto b = in.bytes(i);
+          const clip::Image im = clip::decode_image(b.data(), b.size());
+          xs.push_back(clip::resize_bicubic(im, cfg.resolution, cfg.resolution));
+        }
+        clip::out(fmt::format("\nAutoAugment's operations alone ({} images of {}x{}), one thread:\n\n| operation | argument | "
+                              "ms/call |\n|---|---|---|\n", xs.size(), cfg.resolution, cfg.resolution));
+        using Op = clip::AugOp;
+        const std::pair<Op, double> ops[] = {{Op::PosterizeOriginal, 5}, {Op::Rotate, 15}, {Op::Solarize, 128},
+                                             {Op::AutoContrast, 0},      {Op::Equalize, 0},  {Op::Color, 1.5},
+                                             {Op::Contrast, 1.5},        {Op::Sharpness, 1.5}, {Op::Invert, 0},
+                                             {Op::ShearX, 0.2}};
+        for (const auto& [op, arg] : ops) {
+          const Result r = measure(xs.size(), min_seconds / 4, [&](size_t m) {
+            for (size_t i = 0; i < m; ++i) (void)clip::aug::apply_step(xs[i], clip::AugStep{op, arg});
+          });
+          clip::out(fmt::format("| {} | {} | {:.3f} |\n", clip::aug_op_name(op), arg, 1000.0 / r.images_per_s));
+        }
+      }
     }
 
     // ------------------------------------------------------------------ the resize alone

@@ -338,3 +338,32 @@ TEST_CASE("operation edge cases", "[augment]") {
   REQUIRE_THROWS_AS(aug::rotate(rgba, 10.0), UsageError);
   REQUIRE_THROWS_AS(aug::posterize(src, 0), UsageError);
 }
+
+TEST_CASE("RGB rotate and shear equal the channel-by-channel computation", "[augment]") {
+  // RGB images take a path of their own (three channels at once, in SSE2 or AVX2 lanes); L images
+  // the plain per-channel loop. Each RGB channel must be that channel's L result, bit for bit.
+  const Image src = load_png("src_rgb32.png");
+  Image wide = resize_bicubic(src, 57, 41);  // not square, odd sizes: borders and clipping on all sides
+  for (const Image& im : {src, wide}) {
+    std::vector<Image> planes(3);
+    for (int c = 0; c < 3; ++c) {
+      planes[c] = blank_image(im.width, im.height, PixelMode::L);
+      for (size_t i = 0; i < planes[c].pixels.size(); ++i) planes[c].pixels[i] = im.pixels[3 * i + c];
+    }
+    const aug::Fill fill{123, 117, 104};
+    for (double arg : {-30.0, -7.5, 0.3, 13.0, 29.9, 45.0, 123.0}) {
+      for (bool shear : {false, true}) {
+        const double a = shear ? arg / 60.0 : arg;
+        const Image rgb = shear ? aug::shear_x(im, a, fill) : aug::rotate(im, a, fill);
+        for (int c = 0; c < 3; ++c) {
+          const aug::Fill f{fill[c], fill[c], fill[c]};
+          const Image one = shear ? aug::shear_x(planes[c], a, f) : aug::rotate(planes[c], a, f);
+          size_t differing = 0;
+          for (size_t i = 0; i < one.pixels.size(); ++i) differing += rgb.pixels[3 * i + c] != one.pixels[i];
+          INFO((shear ? "shear " : "rotate ") << a << " channel " << c << " on " << im.width << "x" << im.height);
+          CHECK(differing == 0);
+        }
+      }
+    }
+  }
+}
