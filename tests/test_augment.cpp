@@ -367,3 +367,25 @@ TEST_CASE("RGB rotate and shear equal the channel-by-channel computation", "[aug
     }
   }
 }
+
+TEST_CASE("8-bit training pixels become augment_to_chw's floats through normalize_table", "[augment]") {
+  // clip-finetune's workers write augment_to_chw_u8's bytes and the step's device looks each byte up
+  // in normalize_table (normalize_pixels_u8): that must give the float path's values bit for bit.
+  const Image src = load_png("src_rgb32.png");
+  const AugmentConfig cfg = small_config();
+  const size_t n = 3 * size_t(cfg.resolution) * cfg.resolution;
+  const NormalizeTable table = normalize_table();
+  std::vector<float> f(n);
+  std::vector<uint8_t> u(n);
+  std::set<int> sub_policies;
+  for (uint64_t i = 0; i < 60; ++i) {
+    augment_to_chw(src, cfg, 3, 1, i, f.data());
+    augment_to_chw_u8(src, cfg, 3, 1, i, u.data());
+    size_t differing = 0;
+    for (size_t k = 0; k < n; ++k) differing += table[k / (n / 3)][u[k]] != f[k];
+    INFO("index " << i);
+    CHECK(differing == 0);
+    sub_policies.insert(plan_augment(src.width, src.height, cfg, 3, 1, i).sub_policy);
+  }
+  REQUIRE(sub_policies.size() > 10);  // many different operations went through both paths
+}

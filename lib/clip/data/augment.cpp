@@ -219,6 +219,11 @@ void augment_to_chw(const Image& decoded, const AugmentConfig& cfg, uint64_t see
   to_chw_normalized(augment_image(decoded, cfg, seed, epoch, index), out);
 }
 
+void augment_to_chw_u8(const Image& decoded, const AugmentConfig& cfg, uint64_t seed, uint64_t epoch, uint64_t index,
+                       uint8_t* out) {
+  to_chw_u8(augment_image(decoded, cfg, seed, epoch, index), out);
+}
+
 // ---------------------------------------------------------------------------------------------
 // One planned step (the operations themselves are Pillow's, in image/pillow_ops.h)
 

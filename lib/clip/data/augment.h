@@ -68,6 +68,9 @@ Image augment_image(const Image& decoded, const AugmentConfig& cfg, uint64_t see
 // augment_image + ToTensor + Normalize(CLIP mean/std): writes 3*R*R floats (CHW) to out.
 void augment_to_chw(const Image& decoded, const AugmentConfig& cfg, uint64_t seed, uint64_t epoch, uint64_t index,
                     float* out);
+// augment_image as planar CHW bytes (3*R*R): normalize_table turns them into augment_to_chw's floats.
+void augment_to_chw_u8(const Image& decoded, const AugmentConfig& cfg, uint64_t seed, uint64_t epoch, uint64_t index,
+                       uint8_t* out);
 
 namespace aug {
 

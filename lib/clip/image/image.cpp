@@ -267,10 +267,16 @@ void preprocess_eval(const Image& im, int resolution, float* out, const std::arr
   to_chw_normalized(eval_rgb(im, resolution), out, mean, std);
 }
 
-void preprocess_eval_u8(const Image& im, int resolution, uint8_t* out) {
-  const Image rgb = eval_rgb(im, resolution);
+void preprocess_eval_u8(const Image& im, int resolution, uint8_t* out) { to_chw_u8(eval_rgb(im, resolution), out); }
+
+void to_chw_u8(const Image& im, uint8_t* out) {
+  if (im.mode != PixelMode::RGB) {
+    to_chw_u8(convert_rgb(im), out);
+    return;
+  }
+  const Image& rgb = im;
   const size_t n = static_cast<size_t>(rgb.width) * rgb.height;
-  if (rgb.pixels.size() != n * 3) throw DataError("preprocess_eval_u8: pixel buffer size does not match the image size");
+  if (rgb.pixels.size() != n * 3) throw DataError("to_chw_u8: pixel buffer size does not match the image size");
   const uint8_t* p = rgb.pixels.data();
   uint8_t* r = out;
   uint8_t* g = out + n;

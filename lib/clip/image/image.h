@@ -135,6 +135,9 @@ void to_chw_normalized(const Image& rgb, float* out, const std::array<float, 3>&
 using NormalizeTable = std::array<std::array<float, 256>, 3>;
 NormalizeTable normalize_table(const std::array<float, 3>& mean = kClipMean, const std::array<float, 3>& std = kClipStd);
 void preprocess_eval_u8(const Image& im, int resolution, uint8_t* out);
+// An image of any size as planar CHW RGB bytes out[3*H*W] (converted to RGB first): the 8-bit
+// counterpart of to_chw_normalized.
+void to_chw_u8(const Image& im, uint8_t* out);
 // Encoded bytes -> decode_image(data, n, io, resolution) -> preprocess_eval_u8.
 void preprocess_eval_bytes_u8(const uint8_t* data, size_t n, int resolution, const ImageOptions& io, uint8_t* out);
 // DecodeMode::device: what of the eval transform stays on the CPU. An RGB image is returned as it is

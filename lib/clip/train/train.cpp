@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <optional>
@@ -672,7 +673,17 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   epoch_finished_ = false;
   m->train();
   const int R = aug_.resolution;
-  const size_t item = 3 * size_t(R) * R;
+  const size_t item = 3 * size_t(R) * R;  // bytes: 8-bit planar RGB
+  // The workers stop at 8-bit pixels (a quarter of the floats' bytes to copy and upload, no float
+  // conversion on the CPU); the step's device normalises them by a lookup in the float32 values the
+  // CPU computes for each byte (normalize_table: to_chw_normalized's own values), so the model sees
+  // the same pixels bit for bit.
+  at::Tensor norm_table = at::empty({3, 256}, at::kFloat);
+  {
+    const NormalizeTable t = normalize_table();
+    std::memcpy(norm_table.data_ptr<float>(), t.data(), sizeof t);
+  }
+  norm_table = norm_table.to(device_);
   const int64_t bs = o_.runtime.batch_size;
   const int64_t n_batches_used = steps_per_epoch_ * o_.accum_freq;  // trailing micro-batches never step (cn_clip)
   // The order of the global batches (gbs_ = world x bs); this rank reads its slice of each.
@@ -684,16 +695,16 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
                                static_cast<int64_t>(i) % bs);
   };
   const DatasetSplit& tr = *train_;
-  BatchPipeline pipe(
+  BytePipeline pipe(
       n_items, static_cast<size_t>(bs), o_.workers,
-      [&](size_t i, float* dst) {
+      [&](size_t i, uint8_t* dst) {
         size_t pos = position(i);
         size_t img = tr.pairs[static_cast<size_t>(order[pos])].second;
         Image im = tr.images->decode(img);  // a DataError names the TSV, its line and the image_id
-        if (o_.use_augment) augment_to_chw(im, aug_, o_.seed, static_cast<uint64_t>(epoch), pos, dst);
-        else preprocess_eval(im, R, dst);
+        if (o_.use_augment) augment_to_chw_u8(im, aug_, o_.seed, static_cast<uint64_t>(epoch), pos, dst);
+        else preprocess_eval_u8(im, R, dst);
       },
-      item);
+      item, /*queue_batches=*/8);
   StepOptions so;
   so.autocast = plan_.autocast;
   so.autocast_dtype = plan_.autocast_dtype;
@@ -735,20 +746,22 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   std::vector<TrainBatch> micro;
   int64_t batch_index = first_batch;
   auto t_wait = std::chrono::steady_clock::now();
-  // The next batch is taken from the pipeline and staged (CUDA: copied into page-locked memory in
-  // the upload dtype; elsewhere copied out of the pipeline's recycled buffer) by a helper thread
-  // while this one runs the current step, so that the device does not wait for the copy.
+  // The next batch is taken from the pipeline and copied out of its recycled buffer (CUDA: into
+  // page-locked memory, for an asynchronous upload; one plain copy, no ATen operation that would
+  // start its own threads beside the busy workers) by a helper thread while this one runs the
+  // current step, so that the device does not wait for the copy.
   struct Staged {
-    BatchPipeline::Batch batch;
-    at::Tensor pixels;
+    BytePipeline::Batch batch;
+    at::Tensor pixels;  // [n, 3, R, R] uint8
     bool ok = false;
   };
   auto fetch = [&pipe, R, this]() {
     Staged s;
     s.ok = pipe.next(s.batch);
     if (s.ok) {
-      at::Tensor px = at::from_blob(s.batch.data.data(), {static_cast<int64_t>(s.batch.items.size()), 3, R, R}, at::kFloat);
-      s.pixels = device_.is_cuda() ? stage_for_upload(px, plan_.upload_dtype) : px.clone();
+      s.pixels = at::empty({static_cast<int64_t>(s.batch.items.size()), 3, R, R},
+                           at::TensorOptions(at::kByte).pinned_memory(device_.is_cuda()));
+      std::memcpy(s.pixels.data_ptr<uint8_t>(), s.batch.data.data(), s.batch.data.size());
     }
     return s;
   };
@@ -757,13 +770,21 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
     Staged cur = ahead.get();
     if (!cur.ok) break;
     ahead = std::async(std::launch::async, fetch);
-    const BatchPipeline::Batch& b = cur.batch;
+    const BytePipeline::Batch& b = cur.batch;
     data_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t_wait).count();
     std::vector<size_t> texts;
     for (size_t k = 0; k < b.items.size(); ++k) texts.push_back(tr.pairs[static_cast<size_t>(order[position(b.items[k])])].first);
     TrainBatch tb;
-    tb.pixels = device_.is_cuda() ? cur.pixels.to(device_, /*non_blocking=*/true) : cur.pixels;
-    tb.ids = tokens_of(texts).to(device_);
+    if (device_.is_cuda()) {
+      // Both copies from page-locked memory, queued without waiting for the step before them (a
+      // pageable copy would wait for the device to finish it); then the normalisation and the
+      // cast to the upload dtype (as the CPU cast them before: the same values) on the device.
+      tb.pixels = normalize_pixels_u8(cur.pixels.to(device_, /*non_blocking=*/true), norm_table).to(plan_.upload_dtype);
+      tb.ids = stage_for_upload(tokens_of(texts), at::kLong).to(device_, /*non_blocking=*/true);
+    } else {
+      tb.pixels = normalize_pixels_u8(cur.pixels, norm_table);
+      tb.ids = tokens_of(texts);
+    }
     micro.push_back(std::move(tb));
     if (static_cast<int64_t>(micro.size()) < o_.accum_freq) {
       t_wait = std::chrono::steady_clock::now();
