@@ -127,7 +127,7 @@ class AdamW {
   // not with a loss scaler's found_inf to honour. Call right after pack_if_needed (every member then
   // has a gradient).
   bool own_kernel_applies(int group, const at::Tensor& found_inf) const;
-  void own_kernel_step(int group);
+  void own_kernel_step(int group, const at::Tensor& found_inf);
   int64_t step_count(const Param& p) const;
 
   AdamWOptions options_;

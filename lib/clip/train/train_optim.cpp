@@ -192,8 +192,11 @@ bool AdamW::own_kernel_applies(int group, const at::Tensor& found_inf) const {
 #ifdef CLIP_HAVE_CUDA_KERNELS
   const Packed& pk = packed_[group];
   // Every member has a gradient: fused_step calls this right after pack_if_needed, which keeps the pack
-  // to the members with one (packable_members).
-  return !found_inf.defined() && !pk.members.empty() && detail::lp_kernels() == detail::LpKernels::all &&
+  // to the members with one (packable_members). A skip flag (a loss scale's found_inf, the deferred
+  // step values' non-finite flag) is read by the kernel on the device, as PyTorch's fused AdamW reads it.
+  const bool flag_ok = !found_inf.defined() || (found_inf.scalar_type() == at::kFloat && found_inf.numel() == 1 &&
+                                                found_inf.device() == pk.master.device());
+  return flag_ok && !pk.members.empty() && detail::lp_kernels() == detail::LpKernels::all &&
          (pk.low.scalar_type() == at::kBFloat16 || pk.low.scalar_type() == at::kHalf);
 #else
   (void)group;
@@ -202,7 +205,7 @@ bool AdamW::own_kernel_applies(int group, const at::Tensor& found_inf) const {
 #endif
 }
 
-void AdamW::own_kernel_step(int group) {
+void AdamW::own_kernel_step(int group, const at::Tensor& found_inf) {
 #ifdef CLIP_HAVE_CUDA_KERNELS
   Packed& pk = packed_[group];
   const int dtype = pk.low.scalar_type() == at::kBFloat16 ? cuda::kBFloat16 : cuda::kFloat16;
@@ -234,12 +237,14 @@ void AdamW::own_kernel_step(int group) {
   const int err = cuda::adamw_packed(static_cast<int>(pk.members.size()), grads.data(), pk.offsets.data(), steps.data(),
                                      dtype, pk.master.data_ptr<float>(), pk.exp_avg.data_ptr<float>(),
                                      pk.exp_avg_sq.data_ptr<float>(), pk.low.data_ptr(), lr_t_.data_ptr<float>(),
+                                     found_inf.defined() ? found_inf.contiguous().data_ptr<float>() : nullptr,
                                      options_.beta1, options_.beta2, group == 0 ? 0.0 : options_.weight_decay,
                                      options_.eps, c10::cuda::getCurrentCUDAStream().stream());
   if (err != 0)
     throw ModelError(std::string("AdamW step: CUDA error ") + cudaGetErrorString(static_cast<cudaError_t>(err)));
 #else
   (void)group;
+  (void)found_inf;
   throw ModelError("AdamW: this build has no own CUDA kernels");
 #endif
 }
@@ -299,7 +304,7 @@ bool AdamW::fused_step(const at::Tensor& found_inf) {
     if (packed && !own) packed_[g].grad32.copy_(at::cat(packed_grads));
     if (!low_grads.empty()) at::_foreach_copy_(master_grads, low_grads);
     at::_foreach_add_(all_steps, 1);
-    if (own) own_kernel_step(g);
+    if (own) own_kernel_step(g, found_inf);
     if (!w.empty()) {
       c10::optional<at::Tensor> inf;
       if (found_inf.defined()) inf = found_inf;

@@ -32,8 +32,10 @@ struct Table {
 template <typename T>
 __global__ void __launch_bounds__(kThreads) adamw_kernel(Table tab, float* __restrict__ master, float* __restrict__ m1,
                                                          float* __restrict__ m2, T* __restrict__ low,
-                                                         const float* __restrict__ lr_ptr, double beta1, double beta2,
+                                                         const float* __restrict__ lr_ptr,
+                                                         const float* __restrict__ skip, double beta1, double beta2,
                                                          double wd, double eps) {
+  if (skip != nullptr && *skip != 0.0f) return;  // the step is skipped: nothing changes
   const int64_t begin = tab.offsets[0] + static_cast<int64_t>(blockIdx.x) * kRange;
   const int64_t end = min(begin + kRange, tab.offsets[tab.count]);
   // The member holding `begin`: the last k with offsets[k] <= begin.
@@ -78,8 +80,8 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(Table tab, float* __res
 namespace clip::cuda {
 
 int adamw_packed(int members, const void* const* grads, const int64_t* offsets, const float* const* steps, int dtype,
-                 float* master, float* exp_avg, float* exp_avg_sq, void* low, const float* lr, double beta1,
-                 double beta2, double weight_decay, double eps, cudaStream_t stream) {
+                 float* master, float* exp_avg, float* exp_avg_sq, void* low, const float* lr, const float* skip,
+                 double beta1, double beta2, double weight_decay, double eps, cudaStream_t stream) {
   for (int first = 0; first < members; first += kMembers) {
     Table tab;
     tab.count = members - first < kMembers ? members - first : kMembers;
@@ -94,11 +96,11 @@ int adamw_packed(int members, const void* const* grads, const int64_t* offsets, 
     const unsigned blocks = static_cast<unsigned>((n + kRange - 1) / kRange);
     if (dtype == kBFloat16)
       adamw_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(tab, master, exp_avg, exp_avg_sq,
-                                                                   static_cast<__nv_bfloat16*>(low), lr, beta1, beta2,
-                                                                   weight_decay, eps);
+                                                                   static_cast<__nv_bfloat16*>(low), lr, skip, beta1,
+                                                                   beta2, weight_decay, eps);
     else
       adamw_kernel<__half><<<blocks, kThreads, 0, stream>>>(tab, master, exp_avg, exp_avg_sq, static_cast<__half*>(low), lr,
-                                                            beta1, beta2, weight_decay, eps);
+                                                            skip, beta1, beta2, weight_decay, eps);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return static_cast<int>(err);
   }

@@ -17,9 +17,11 @@ namespace clip::cuda {
 // multiply-adds), read in one pass instead of a gathering copy, a conversion, the update and a
 // rounding copy. Member k spans [offsets[k], offsets[k+1]) of the buffers; grads[k] points at its
 // gradient, steps[k] at its step count (float32, already counted for this step); lr is a float32 on
-// the device. Returns the launch's cudaError_t.
+// the device. skip (nullptr, or a float32 on the device): where it holds a nonzero value nothing is
+// written, as PyTorch's fused AdamW does given found_inf (a non-finite loss or gradient). Returns the
+// launch's cudaError_t.
 int adamw_packed(int members, const void* const* grads, const int64_t* offsets, const float* const* steps, int dtype,
-                 float* master, float* exp_avg, float* exp_avg_sq, void* low, const float* lr, double beta1,
-                 double beta2, double weight_decay, double eps, cudaStream_t stream);
+                 float* master, float* exp_avg, float* exp_avg_sq, void* low, const float* lr, const float* skip,
+                 double beta1, double beta2, double weight_decay, double eps, cudaStream_t stream);
 
 }  // namespace clip::cuda
