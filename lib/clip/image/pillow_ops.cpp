@@ -118,9 +118,25 @@ double py_mod(double x, double m) {
   return r;
 }
 
-}  // namespace
-
-namespace {
+// Where output pixel (x, y) of an affine transform samples the source, as Pillow's bicubic affine
+// computes it: false when outside the source (the fill colour stays); else the first of the 4 x 4
+// taps (xi, yi), unclipped, and the fractions (dx, dy).
+inline bool affine_source(const std::array<double, 6>& a, int x, int y, int W, int H, int& xi, int& yi, double& dx,
+                          double& dy) {
+  const double xo = x + 0.5, yo = y + 0.5;
+  double xin = a[0] * xo + a[1] * yo + a[2];
+  double yin = a[3] * xo + a[4] * yo + a[5];
+  if (xin < 0.0 || xin >= W || yin < 0.0 || yin >= H) return false;
+  xin -= 0.5;
+  yin -= 0.5;
+  xi = pil_floor(xin);
+  yi = pil_floor(yin);
+  dx = xin - xi;
+  dy = yin - yi;
+  --xi;
+  --yi;
+  return true;
+}
 
 // Four doubles: an RGB pixel's three channels and one unused lane. Lane-wise IEEE operations in the
 // scalar code's order, so each lane's result is the scalar result bit for bit (no contraction into
@@ -159,21 +175,14 @@ inline __attribute__((always_inline)) Image affine_rgb_body(const Image& im, con
   for (int y = 0; y < H; ++y) {
     uint8_t* o = out.pixels.data() + static_cast<size_t>(y) * W * 3;
     for (int x = 0; x < W; ++x, o += 3) {
-      const double xo = x + 0.5, yo = y + 0.5;
-      double xin = a[0] * xo + a[1] * yo + a[2];
-      double yin = a[3] * xo + a[4] * yo + a[5];
-      if (xin < 0.0 || xin >= W || yin < 0.0 || yin >= H) {
+      int xi, yi;
+      double dx, dy;
+      if (!affine_source(a, x, y, W, H, xi, yi, dx, dy)) {
         o[0] = fill[0];
         o[1] = fill[1];
         o[2] = fill[2];
         continue;
       }
-      xin -= 0.5;
-      yin -= 0.5;
-      int xi = pil_floor(xin), yi = pil_floor(yin);
-      const double dx = xin - xi, dy = yin - yi;
-      --xi;
-      --yi;
       const int x0 = xclip(xi), x1 = xclip(xi + 1), x2 = xclip(xi + 2), x3 = xclip(xi + 3);
       // (No lambda here: a Px4 must not cross a call between the two targets' code.)
       const Px4* r1 = src + static_cast<size_t>(yclip(yi)) * W;
@@ -223,16 +232,9 @@ Image affine_bicubic(const Image& im, const std::array<double, 6>& a, Fill fill)
   auto yclip = [H](int y) { return y < 0 ? 0 : y < H ? y : H - 1; };
   for (int y = 0; y < H; ++y) {
     for (int x = 0; x < W; ++x) {
-      const double xo = x + 0.5, yo = y + 0.5;
-      double xin = a[0] * xo + a[1] * yo + a[2];
-      double yin = a[3] * xo + a[4] * yo + a[5];
-      if (xin < 0.0 || xin >= W || yin < 0.0 || yin >= H) continue;  // keeps the fill colour
-      xin -= 0.5;
-      yin -= 0.5;
-      int xi = pil_floor(xin), yi = pil_floor(yin);
-      const double dx = xin - xi, dy = yin - yi;
-      --xi;
-      --yi;
+      int xi, yi;
+      double dx, dy;
+      if (!affine_source(a, x, y, W, H, xi, yi, dx, dy)) continue;  // keeps the fill colour
       const int x0 = xclip(xi) * C, x1 = xclip(xi + 1) * C, x2 = xclip(xi + 2) * C, x3 = xclip(xi + 3) * C;
       uint8_t* o = out.pixels.data() + (static_cast<size_t>(y) * W + x) * C;
       for (int b = 0; b < C; ++b) {

@@ -27,7 +27,7 @@ struct DevicePhases {
   double init_s = 0;         // CUDA's start: context, allocator, cuBLAS, a first matrix product
   double upload_s = 0;       // the weights to the device and the normalisation table
   double warm_images_s = 0;  // warm_up: one image batch (with the squash for --decode device)
-  double warm_texts_s = 0;   // warm_up: one text batch at each width of a trimmed batch
+  double warm_texts_s = 0;   // warm_up: one text batch at the context length
 };
 
 class Encoder {
