@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <map>
 #include <tuple>
 #include <string>
@@ -219,6 +220,13 @@ at::Tensor squash_bicubic_u8(const std::vector<at::Tensor>& images, int64_t size
     }
   }
   return out;
+}
+
+at::Tensor normalize_table_on(const at::Device& device) {
+  const NormalizeTable t = normalize_table();
+  at::Tensor table = at::empty({3, 256}, at::kFloat);
+  std::memcpy(table.data_ptr<float>(), t.data(), sizeof t);
+  return table.to(device);
 }
 
 at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table) {

@@ -42,6 +42,8 @@ at::Tensor stage_for_upload(const at::Tensor& host, at::ScalarType dtype);
 // A lookup, not arithmetic, so the values are the table's on every device, bit for bit: with the
 // image layer's normalize_table, exactly the floats preprocess_eval writes on the CPU.
 at::Tensor normalize_pixels_u8(const at::Tensor& u8, const at::Tensor& table);
+// The image layer's normalize_table (CLIP's mean and std) as that [3, 256] float32 tensor on `device`.
+at::Tensor normalize_table_on(const at::Device& device);
 
 // Pillow's bicubic squash (Image.resize((size, size), BICUBIC): antialiased, a = -0.5) of 8-bit RGB
 // images on `device`: images[i] is [H_i, W_i, 3] uint8 on the host (page-locked when `device` is

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 #include <future>
 #include <mutex>
 
@@ -57,12 +56,7 @@ struct Encoder::State {
     make_norm_table();
   }
 
-  void make_norm_table() {
-    const NormalizeTable t = normalize_table();
-    norm_table = at::empty({3, 256}, at::kFloat);
-    std::memcpy(norm_table.data_ptr<float>(), t.data(), sizeof t);
-    norm_table = norm_table.to(device);
-  }
+  void make_norm_table() { norm_table = normalize_table_on(device); }
 };
 
 namespace {

@@ -678,12 +678,7 @@ void Trainer::train_epoch(int64_t epoch, int64_t first_batch) {
   // conversion on the CPU); the step's device normalises them by a lookup in the float32 values the
   // CPU computes for each byte (normalize_table: to_chw_normalized's own values), so the model sees
   // the same pixels bit for bit.
-  at::Tensor norm_table = at::empty({3, 256}, at::kFloat);
-  {
-    const NormalizeTable t = normalize_table();
-    std::memcpy(norm_table.data_ptr<float>(), t.data(), sizeof t);
-  }
-  norm_table = norm_table.to(device_);
+  const at::Tensor norm_table = normalize_table_on(device_);
   const int64_t bs = o_.runtime.batch_size;
   const int64_t n_batches_used = steps_per_epoch_ * o_.accum_freq;  // trailing micro-batches never step (cn_clip)
   // The order of the global batches (gbs_ = world x bs); this rank reads its slice of each.

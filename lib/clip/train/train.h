@@ -124,8 +124,8 @@ class AdamW {
   void pack_group(int group, const std::vector<size_t>& members);
   void ensure_packed_grad32(int group);
   // Whether the build's own kernel updates the group's pack: only with detail::LpKernels::all, and
-  // not with a loss scaler's found_inf to honour. Call right after pack_if_needed (every member then
-  // has a gradient).
+  // a skip flag (found_inf), if any, a float32 scalar on the pack's device, which the kernel reads.
+  // Call right after pack_if_needed (every member then has a gradient).
   bool own_kernel_applies(int group, const at::Tensor& found_inf) const;
   void own_kernel_step(int group, const at::Tensor& found_inf);
   int64_t step_count(const Param& p) const;
