@@ -62,9 +62,8 @@ std::unique_ptr<ImageSource> open_tsv(const std::string& path) {
 }
 
 // The float32 path encode_images used before: preprocess_image per image, then encode_pixels per
-// batch of the encoder's batch size.
-// In batches of enc.batch_size() rows, or of the given sizes (the batches encode_images formed):
-// the BLAS kernels' blocking, and so the last bits, may depend on a batch's size.
+// batch of enc.batch_size() rows, or of the given sizes (the batches encode_images formed): the BLAS
+// kernels' blocking, and so the last bits, may depend on a batch's size.
 at::Tensor float_path_features(Encoder& enc, const ImageSource& src, const std::vector<int64_t>& sizes = {}) {
   const int r = enc.resolution();
   std::vector<at::Tensor> parts;
