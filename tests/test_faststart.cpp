@@ -204,3 +204,79 @@ TEST_CASE("a one-tower encoder records the same weights hash as the full one", "
   const at::Tensor px = fixture_pixel_batch();
   CHECK(same_bits(vision.encode_pixels(px), full.encode_pixels(px)));
 }
+
+TEST_CASE("the weights hash comes from the digest cache for unchanged files, and only for them", "[faststart]") {
+  testutil::TempDir dir("hashcache");
+  const std::string cache = dir / "cache";
+  ::setenv("CLIP_CACHE_DIR", cache.c_str(), 1);
+  ModelOptions mo;
+  mo.checkpoint = dir / "c.pt";
+  mo.vocab = testutil::fixture("vocab.txt");
+  mo.vision_model = testutil::fixture("configs/ViT-Tiny-P32.json");
+  mo.text_model = testutil::fixture("configs/RBT-Tiny-H64-L2.json");
+  mo.towers = Towers::text;
+  RuntimeOptions ro;
+  fs::copy_file(ckpt_path("vit"), mo.checkpoint);
+  auto hash_of = [&](bool* cached = nullptr) {
+    Encoder e(mo, ro);
+    const std::string h = e.weights_hash();
+    if (cached) *cached = e.weights_hash_cached();
+    return h;
+  };
+  bool cached = true;
+  const std::string want = hash_of(&cached);  // the tests run with the cache off (tests/CMakeLists.txt)
+  CHECK_FALSE(cached);
+  ::unsetenv("CLIP_NO_CACHE");
+  // A file written less than 2 s ago is not stored (a coarse timestamp could miss a later write).
+  CHECK(hash_of(&cached) == want);
+  CHECK_FALSE(cached);
+  CHECK_FALSE(fs::exists(cache + "/digests"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
+  CHECK(hash_of(&cached) == want);  // computed, then stored
+  CHECK_FALSE(cached);
+  REQUIRE(fs::exists(cache + "/digests"));
+  CHECK(std::distance(fs::directory_iterator(cache + "/digests"), fs::directory_iterator()) == 1);
+  CHECK(hash_of(&cached) == want);  // found
+  CHECK(cached);
+
+  // Another config of the same file is another entry (the digest reads names, shapes and values only).
+  nlohmann::json text = nlohmann::json::parse(read_file(testutil::fixture("configs/RBT-Tiny-H64-L2.json")));
+  text["text_hidden_act"] = "gelu_new";
+  mo.text_model = dir / "text.json";
+  write_file_atomic(mo.text_model, text.dump());
+  CHECK(hash_of(&cached) == want);
+  CHECK_FALSE(cached);
+  mo.text_model = testutil::fixture("configs/RBT-Tiny-H64-L2.json");
+  // CLIP_NO_CACHE turns it off.
+  ::setenv("CLIP_NO_CACHE", "1", 1);
+  CHECK(hash_of(&cached) == want);
+  CHECK_FALSE(cached);
+  ::unsetenv("CLIP_NO_CACHE");
+  // A copy (another inode) misses.
+  const std::string original = mo.checkpoint;
+  mo.checkpoint = dir / "copy.pt";
+  fs::copy_file(original, mo.checkpoint);
+  CHECK(hash_of(&cached) == want);
+  CHECK_FALSE(cached);
+  mo.checkpoint = original;
+  // A damaged entry, or a cache folder that cannot be written, is only a miss.
+  for (const auto& entry : fs::directory_iterator(cache + "/digests")) write_file_atomic(entry.path(), "\n\n");
+  CHECK(hash_of(&cached) == want);
+  CHECK_FALSE(cached);
+  ::setenv("CLIP_CACHE_DIR", "/proc/no-such-folder", 1);
+  CHECK(hash_of(&cached) == want);
+  CHECK_FALSE(cached);
+  ::setenv("CLIP_CACHE_DIR", cache.c_str(), 1);
+  CHECK(hash_of(&cached) == want);  // stored again by the run that found its entry damaged
+  CHECK(cached);
+  // A file changed in place (other weights, same size) misses and gets its own digest.
+  {
+    std::fstream f(mo.checkpoint, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(mo.checkpoint) / 2));
+    f.write("\x01\x02\x03\x04", 4);
+  }
+  CHECK(hash_of(&cached) != want);
+  CHECK_FALSE(cached);
+  ::setenv("CLIP_NO_CACHE", "1", 1);
+  ::unsetenv("CLIP_CACHE_DIR");
+}

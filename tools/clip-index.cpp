@@ -54,7 +54,8 @@ void log_timing(const char* job, const EncodedSet& set, const JobTimes& jt, cons
     line += fmt::format(" cuda_init_s={:.3f} upload_s={:.3f} warm_images_s={:.3f} warm_texts_s={:.3f}", p.init_s,
                         p.upload_s, p.warm_images_s, p.warm_texts_s);
   }
-  line += fmt::format(" hash_s={:.3f} hash_wait_s={:.3f} write_s={:.3f}", hashed ? enc.weights_hash_seconds() : 0.0,
+  line += fmt::format(" hash_s={:.3f} hash_cached={} hash_wait_s={:.3f} write_s={:.3f}",
+                      hashed ? enc.weights_hash_seconds() : 0.0, hashed && enc.weights_hash_cached() ? 1 : 0,
                       jt.hash_wait_s, jt.write_s);
   log_info("{}", line);
 }
@@ -160,8 +161,8 @@ static int body(int argc, char** argv) {
     image_src = std::async(std::launch::async, [&] { return open_images(dopt.images, image_rep, !skip); });
   if (!text_out.empty())
     text_recs = std::async(std::launch::async, [&] { return read_texts(dopt.texts, text_rep, !skip); });
-  Encoder enc(mo, ro, io, (hash_images && !append) || hash_texts);
-  enc.warm_up(ro.batch_size);  // CUDA: the first batch's set-up while the input is opened and decoded
+  // CUDA: the first batch's set-up (a warm-up batch) while the checkpoint loads and the input is opened.
+  Encoder enc(mo, ro, io, (hash_images && !append) || hash_texts, ro.batch_size);
   const double load_s = process_seconds() - startup_s;
   JobTimes image_times, text_times;
   side.int8 = dtype == "i8";

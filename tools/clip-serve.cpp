@@ -61,8 +61,7 @@ static int body(int argc, char** argv) {
            index.size(), store.dim, coll.method());
   fill_model_options_from_store(mo, store);
   fill_image_options_from_store(io, store);
-  Encoder enc(mo, ro, io);
-  enc.warm_up(1);  // CUDA: the first query does not pay the kernels' loading
+  Encoder enc(mo, ro, io, /*hash_in_background=*/false, /*warm_batch=*/1);  // CUDA: the first query does not pay the kernels' loading
   Server server(enc, coll, so);
   const int port = server.bind();
   log_info("serving http://{}:{}/ (Ctrl-C stops)", so.host, port);

@@ -21,10 +21,10 @@ check "an images line and a texts line" test -s "$tmp/images.txt" -a -s "$tmp/te
 keys_of() { tr ' ' '\n' <"$1" | sed -n 's/=.*//p' | paste -sd' '; }
 check "images keys" test "$(keys_of "$tmp/images.txt")" = "job items skipped batches batch device precision decode threads \
 total_s startup_s load_s load_wait_s open_s encode_s wait_decode_s stage_s forward_s first_forward_s wait_device_s read_cpu_s \
-decode_cpu_s resize_cpu_s slab_wait_cpu_s hash_s hash_wait_s write_s"
+decode_cpu_s resize_cpu_s slab_wait_cpu_s hash_s hash_cached hash_wait_s write_s"
 check "texts keys" test "$(keys_of "$tmp/texts.txt")" = "job items skipped batches batch device precision trim columns \
 total_s startup_s load_s load_wait_s open_s encode_s tokenize_s wait_tokenize_s stage_s forward_s first_forward_s wait_device_s \
-hash_s hash_wait_s write_s"
+hash_s hash_cached hash_wait_s write_s"
 numbers() { tr ' ' '\n' <"$1" | grep '_s=' | grep -cvE '^[a-z_]+_s=[0-9]+\.[0-9]{3}$'; }
 check "every *_s value is a number with 3 decimals" test "$(numbers "$tmp/timing.txt")" -eq 0
 check "images: 7 items in 2 batches of 4 on the CPU" has "$tmp/images.txt" "job=images items=7 skipped=0 batches=2 batch=4 device=cpu precision=fp32 decode=exact"
@@ -50,7 +50,7 @@ check "the store records a 16-hex-digit weights hash" bash -c "[[ '$want' =~ ^[0
 # JSONL outputs never hash the checkpoint.
 "$bin/clip-index" "${MODEL[@]}" --texts "$F/texts.jsonl" --text-out "$tmp/txt.jsonl" 2>"$tmp/err3.txt"
 check "JSONL: exit 0" test $? -eq 0
-check "JSONL: hash_s=0.000 hash_wait_s=0.000" has "$tmp/err3.txt" "hash_s=0.000 hash_wait_s=0.000"
+check "JSONL: hash_s=0.000 hash_cached=0 hash_wait_s=0.000" has "$tmp/err3.txt" "hash_s=0.000 hash_cached=0 hash_wait_s=0.000"
 
 # A photo folder appended to with nothing new: no job, no line (and no hash thread started).
 mkdir -p "$tmp/photos"

@@ -190,6 +190,31 @@ bool MappedFile::intact() const {
   return static_cast<size_t>(st.st_size) == size_ && mtime_ns(st) == mtime_ns_;
 }
 
+namespace {
+void identity_from(const struct stat& st, FileIdentity& out) {
+  out.dev = static_cast<uint64_t>(st.st_dev);
+  out.ino = static_cast<uint64_t>(st.st_ino);
+  out.size = static_cast<uint64_t>(st.st_size);
+  out.mtime_ns = mtime_ns(st);
+  out.ctime_ns = int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+}
+}  // namespace
+
+bool file_identity(const std::string& path, FileIdentity& out) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return false;
+  identity_from(st, out);
+  return true;
+}
+
+bool MappedFile::identity(FileIdentity& out) const {
+  if (fd_ < 0) return file_identity(path_, out);
+  struct stat st;
+  if (::fstat(fd_, &st) != 0) return false;
+  identity_from(st, out);
+  return true;
+}
+
 void MappedFile::check_intact() const {
   if (!intact())
     throw IoError("'" + path_ + "' was truncated or rewritten while in use (it is mapped, not copied); results that "

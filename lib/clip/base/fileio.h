@@ -18,6 +18,14 @@ std::string path_join(const std::string& a, const std::string& b);
 // Creates `path` and its missing parents (like mkdir -p); throws IoError naming the folder.
 void make_dirs(const std::string& path);
 
+// A file's identity and state as stat gives them: device, inode, size, modification and change
+// times in nanoseconds (DigestKey's key). False when it cannot be read.
+struct FileIdentity {
+  uint64_t dev = 0, ino = 0, size = 0;
+  int64_t mtime_ns = 0, ctime_ns = 0;
+};
+bool file_identity(const std::string& path, FileIdentity& out);
+
 // Read-only memory map of a whole file (an empty file maps to size 0, data nullptr).
 //
 // A guarded map (checkpoints, whose tensors are used in place) also survives the file being
@@ -41,6 +49,8 @@ class MappedFile {
   bool intact() const;
   // Throws IoError ("'<path>' was truncated or rewritten while in use ...") unless intact().
   void check_intact() const;
+  // The mapped file's identity (guarded maps: of the open file itself, whatever its path names now).
+  bool identity(FileIdentity& out) const;
 
  private:
   std::string path_;

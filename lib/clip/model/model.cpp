@@ -365,6 +365,16 @@ void ClipModelImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocki
 void ClipModelImpl::to(torch::Dtype dtype, bool non_blocking) { move_all(*this, c10::nullopt, dtype, non_blocking); }
 void ClipModelImpl::to(torch::Device device, bool non_blocking) { move_all(*this, device, c10::nullopt, non_blocking); }
 
+void ClipModelImpl::allocate_on(torch::Device device, torch::Dtype dtype) {
+  std::vector<std::pair<std::string, at::Tensor>> st;
+  walk_state(*this, "", st);
+  for (auto& [name, t] : st) {
+    at::ScalarType dt = t.scalar_type();
+    if (at::isFloatingType(dt)) dt = keeps_fp32(name) ? at::kFloat : dtype;
+    t.set_data(at::empty(t.sizes(), t.options().device(device).dtype(dt)));
+  }
+}
+
 bool ClipModelImpl::keeps_float32(const std::string& name) { return keeps_fp32(name); }
 
 void ClipModelImpl::initialize_parameters(uint64_t seed) {

@@ -78,6 +78,10 @@ class ClipModelImpl : public torch::nn::Module {
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Device device, bool non_blocking = false) override;
+  // Replaces every parameter and buffer by an unfilled one of the same shape on `device`, in the dtype
+  // to(device, dtype) would give it: nothing is copied. For a stand-in model whose only use is to run
+  // the kernels once (Encoder's warm-up) before the real weights arrive.
+  void allocate_on(torch::Device device, torch::Dtype dtype);
   // Whether `to(dtype)` leaves the named tensor in float32 (see above).
   static bool keeps_float32(const std::string& name);
 

@@ -1,5 +1,7 @@
 // cn_clip's BertModel (modeling_bert.py, HF BERT 2.x clone without pooler): post-LN layers,
 // erf GELU, LayerNorm eps from the config's 1e-12, additive -10000 padding mask.
+#include <ATen/core/grad_mode.h>
+
 #include <cmath>
 
 #include "clip/base/error.h"
@@ -55,7 +57,10 @@ at::Tensor BertSelfAttention::forward(const at::Tensor& x, const at::Tensor& mas
     auto w = at::cat({query->weight, key->weight, value->weight}, 0);
     auto bias = at::cat({query->bias, key->bias, value->bias}, 0);
     auto qkv = lp_linear(x, w, bias).view({b, l, 3, heads, d}).unbind(2);  // 3 x [B, L, heads, d]
-    auto ctx = compat::attention(qkv[0].transpose(1, 2), qkv[1].transpose(1, 2), qkv[2].transpose(1, 2), mask, p);
+    auto q = qkv[0].transpose(1, 2), k = qkv[1].transpose(1, 2), v = qkv[2].transpose(1, 2);
+    // Encoding (no gradient): the kernel for short padded sequences (compat::attention_masked_inference).
+    auto ctx = p == 0.0 && !at::GradMode::is_enabled() ? compat::attention_masked_inference(q, k, v, mask)
+                                                        : compat::attention(q, k, v, mask, p);
     return ctx.transpose(1, 2).reshape({b, l, h});
   }
   auto split = [&](const at::Tensor& y) { return y.view({b, l, heads, d}).transpose(1, 2); };

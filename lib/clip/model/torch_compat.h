@@ -29,6 +29,29 @@ inline at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::
 #endif
 }
 
+// attention for inference with a padding mask (BERT's [B, 1, 1, L] additive mask) on CUDA in
+// fp16/bf16 with PyTorch 2.1 or later: the memory-efficient kernel, called directly with the mask
+// laid out as scaled_dot_product_attention lays it out for that kernel (rows padded to 16 elements,
+// broadcast to [B, H, L, L]). scaled_dot_product_attention would pick cuDNN's kernel here, whose first
+// use costs about 70 ms (against 2 ms) and which ran the text tower's short sequences slower
+// (clip-index on 20,000 texts on an H100: docs/benchmarks.md). Everywhere else, and with dropout, `attention`.
+inline at::Tensor attention_masked_inference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                             const at::Tensor& additive_mask) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  const auto t = q.scalar_type();
+  const int64_t d = q.size(-1);
+  if (q.is_cuda() && additive_mask.defined() && additive_mask.dim() == 4 && (t == at::kHalf || t == at::kBFloat16) &&
+      d % 8 == 0 && d <= 128 && q.stride(-1) == 1 && k.stride(-1) == 1 && v.stride(-1) == 1) {
+    const int64_t len = k.size(2), pad = (16 - len % 16) % 16;
+    at::Tensor m = additive_mask.to(t);
+    if (pad != 0 || m.stride(-1) != 1) m = at::constant_pad_nd(m, {0, pad}).slice(-1, 0, len);
+    m = m.expand({q.size(0), q.size(1), q.size(2), len});
+    return std::get<0>(at::_scaled_dot_product_efficient_attention(q, k, v, m, /*compute_log_sumexp=*/false));
+  }
+#endif
+  return attention(q, k, v, additive_mask);
+}
+
 // Restricts which fused attention kernels `attention` may use on CUDA (a benchmark knob):
 // "auto" (PyTorch's choice), "flash", "efficient", "cudnn" or "math". Returns false for a name this
 // LibTorch does not know (1.13 has no fused kernels: only "auto" and "math" are accepted there).

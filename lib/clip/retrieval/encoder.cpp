@@ -10,8 +10,11 @@
 #include <future>
 #include <mutex>
 
+#include "clip/model/config.h"
 #include "clip/model/loader.h"
+#include "clip/base/digest_cache.h"
 #include "clip/base/error.h"
+#include "clip/base/sha256.h"
 #include "clip/base/fileio.h"
 #include "clip/image/image.h"
 #include "clip/base/log.h"
@@ -35,6 +38,7 @@ struct Encoder::State {
   // weights_hash: Encoder::weights_hash_ is set under hash_mu; hash_job is start_weights_hash's
   // thread until its result is taken.
   std::atomic<double> hash_s{0};
+  std::atomic<bool> hash_cached{false};  // weights_hash came from the digest cache
   std::mutex hash_mu;
   // CUDA: the weights' move to the device (context creation included) and the normalisation table,
   // on a thread started by the constructor, so that opening the input and the first decodes
@@ -44,7 +48,54 @@ struct Encoder::State {
   // The device thread's phases in seconds (CUDA): each written by that thread before its job ends,
   // read after ready() (the future orders the two).
   DevicePhases phases;
+  // CUDA: fulfilled by the constructor once the model is built; the device thread uploads it then.
+  std::promise<void> built;
   std::future<std::string> hash_job;  // declared last: destroyed (waited for) first
+
+  ~State() {
+    // A constructor that failed never fulfilled `built`: dropping the promise ends the device thread's
+    // wait (with broken_promise), which is then waited for before the state it uses goes.
+    { std::promise<void> drop = std::move(built); }
+    if (device_job.valid()) device_job.wait();
+  }
+
+  // The device thread's warm-up: one batch of `batch` through each tower of a stand-in model (the
+  // same modules, their weights unfilled on the device: ClipModelImpl::allocate_on), so that CUDA's
+  // lazy loading of kernels and the libraries' set-up happen while the real model is still being
+  // built on the host, instead of after its upload or in the first real batch. Texts go through at
+  // the context length (the longest-first order makes that the first batch's width); images as 8-bit
+  // pixels normalised as real ones, with --decode device also one Flickr30k-sized image through the
+  // device's squash. The values are meaningless and dropped.
+  void warm_up(const ModelConfig& cfg, Towers towers, int batch, bool squash, int64_t context_length) {
+    at::NoGradGuard ng;
+    ClipModel m{nullptr};
+    {
+      ParamFillScope fill(ParamFill::uninitialised);  // at::empty on the host: no page is touched
+      m = ClipModel(cfg, towers);
+    }
+    m->allocate_on(device, dtype);
+    m->eval();
+    if (dtype != at::kFloat) m->set_low_precision_kernels(true);
+    auto t0 = SteadyClock::now();
+    if (towers != Towers::text) {
+      const int64_t r = cfg.vision.image_resolution;
+      const auto u8 = at::TensorOptions(at::kByte).device(device);
+      if (squash) squash_bicubic_u8({at::zeros({375, 500, 3}, u8)}, r, device);
+      at::Tensor x = normalize_pixels_u8(at::zeros({batch, 3, r, r}, u8), norm_table).to(dtype);
+      at::Tensor f = m->encode_image(x).to(at::kFloat);
+      (f / f.norm(2, -1, true)).sum().item<float>();
+      phases.warm_images_s = seconds_since(t0);
+      t0 = SteadyClock::now();
+    }
+    if (towers != Towers::vision) {
+      // Warming every width a trimmed batch can have (8, 16, ..., 52) cost more than the first batches
+      // of other widths then saved (clip-index on 20,000 texts: 1.90 s against 1.73 s; docs/benchmarks.md).
+      at::Tensor ids = at::ones({batch, context_length}, at::TensorOptions(at::kLong).device(device));
+      at::Tensor f = m->encode_text(ids).to(at::kFloat);
+      (f / f.norm(2, -1, true)).sum().item<float>();
+      phases.warm_texts_s = seconds_since(t0);
+    }
+  }
 
   void to_device() {
     model->to(device, dtype);
@@ -53,7 +104,7 @@ struct Encoder::State {
     // ViT-B-16 images/s (docs/benchmarks.md); the CPU and float32 keep cn_clip's operations.
     if (device.is_cuda() && dtype != at::kFloat) model->set_low_precision_kernels(true);
     if (device.is_cuda()) request_quick_exit();
-    make_norm_table();
+    if (!norm_table.defined()) make_norm_table();
   }
 
   void make_norm_table() { norm_table = normalize_table_on(device); }
@@ -73,7 +124,8 @@ at::ScalarType parse_precision(const std::string& p, const at::Device& dev) {
 
 }  // namespace
 
-Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOptions& io, bool hash_in_background)
+Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOptions& io, bool hash_in_background,
+                 int warm_batch)
     : st_(std::make_unique<State>()), image_(io) {
   context_length_ = mo.context_length;
   batch_size_ = ro.batch_size;
@@ -96,21 +148,32 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   st_->config = src.config;
   st_->checkpoint = src.checkpoint;  // shares the mapped files and tensors
   if (hash_in_background) start_weights_hash();
+  if (st_->device.is_cuda()) {
+    // The device thread, from CUDA's start on: the warm-up on a stand-in model while the model is
+    // built here, then the upload once it is.
+    std::shared_future<void> built = st_->built.get_future().share();
+    const bool squash = io.decode == DecodeMode::device;
+    st_->device_job = std::async(std::launch::async, [s = st_.get(), start, built, cfg = src.config, towers = mo.towers,
+                                                      warm_batch, squash, ctx = context_length_] {
+                        s->phases.init_s = start.get();
+                        if (warm_batch > 0) {
+                          s->make_norm_table();
+                          s->warm_up(cfg, towers, warm_batch, squash, ctx);
+                        }
+                        built.get();
+                        const auto t0 = SteadyClock::now();
+                        s->to_device();
+                        s->phases.upload_s = seconds_since(t0);
+                      }).share();
+  }
   st_->model = build_model(src, mo.towers, WeightUse::share);
   if (!src.checkpoint) weights_hash_ = clip::weights_hash(st_->model);
   src.checkpoint.reset();
   tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::load(src.vocab_path));
   log_debug("vocab {} loaded", src.vocab_path);
   check_vocab_fits(*tokenizer_, src.config.text);
-  if (st_->device.is_cuda())
-    st_->device_job = std::async(std::launch::async, [s = st_.get(), start] {
-                        s->phases.init_s = start.get();
-                        const auto t0 = SteadyClock::now();
-                        s->to_device();
-                        s->phases.upload_s = seconds_since(t0);
-                      }).share();
-  else
-    st_->to_device();
+  if (st_->device.is_cuda()) st_->built.set_value();
+  else st_->to_device();
   const Towers t = mo.towers;
   log_info("model {} ({}{}), {} on {}", src.config.name(), st_->checkpoint ? st_->checkpoint->format : "no checkpoint",
            t == Towers::both ? "" : t == Towers::text ? ", text tower only" : ", vision tower only", ro.precision,
@@ -128,41 +191,6 @@ Encoder::Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, in
   }
   st_->amp = amp;
   st_->make_norm_table();
-}
-
-void Encoder::warm_up(int batch) {
-  if (!st_->device_job.valid() || batch < 1) return;
-  const int64_t r = st_->config.vision.image_resolution;
-  // The empty text's ids ([CLS] [SEP] and padding), as the shortest real text.
-  const at::Tensor empty_ids = tokenize({std::string()}, /*preprocess=*/false);
-  const bool squash = image_.decode == DecodeMode::device;
-  std::shared_future<void> upload = st_->device_job;
-  st_->device_job = std::async(std::launch::async, [s = st_.get(), upload, batch, r, empty_ids, squash] {
-                      upload.get();
-                      at::NoGradGuard ng;
-                      const Towers t = s->model->towers();
-                      auto t0 = SteadyClock::now();
-                      if (t != Towers::text) {
-                        // As a real batch (encode_pixels_async): 8-bit pixels, normalised, cast. With
-                        // --decode device also the squash, on one image of Flickr30k's usual 500x375.
-                        const auto u8 = at::TensorOptions(at::kByte).device(s->device);
-                        if (squash) squash_bicubic_u8({at::zeros({375, 500, 3}, u8)}, r, s->device);
-                        at::Tensor x = normalize_pixels_u8(at::zeros({batch, 3, r, r}, u8), s->norm_table).to(s->dtype);
-                        at::Tensor f = s->model->encode_image(x).to(at::kFloat);
-                        (f / f.norm(2, -1, true)).sum().item<float>();
-                        s->phases.warm_images_s = seconds_since(t0);
-                        t0 = SteadyClock::now();
-                      }
-                      if (t != Towers::vision) {
-                        // One batch at the context length. Warming every width a trimmed batch can have
-                        // (8, 16, ..., 52) cost more than the first batches of other widths then saved
-                        // (clip-index on 20,000 texts: 1.90 s against 1.73 s; docs/benchmarks.md).
-                        at::Tensor ids = empty_ids.expand({batch, empty_ids.size(1)}).to(s->device);
-                        at::Tensor f = s->model->encode_text(ids).to(at::kFloat);
-                        (f / f.norm(2, -1, true)).sum().item<float>();
-                        s->phases.warm_texts_s = seconds_since(t0);
-                      }
-                    }).share();
 }
 
 void Encoder::ready() const {
@@ -200,11 +228,32 @@ Towers Encoder::towers() const { return st_->model->towers(); }
 std::string Encoder::compute_weights_hash() const {
   const auto t0 = SteadyClock::now();
   std::string h;
-  // From the checkpoint's stored values: the same digest as the float32 model with both towers
-  // right after loading, whatever towers, device and precision this encoder uses.
-  if (st_->checkpoint) h = clip::weights_hash(st_->config, st_->checkpoint->state_dict);
-  else h = clip::weights_hash(st_->model);
-  if (st_->checkpoint) st_->checkpoint->check_intact();
+  if (st_->checkpoint) {
+    // From the checkpoint's stored values: the same digest as the float32 model with both towers
+    // right after loading, whatever towers, device and precision this encoder uses. Kept in the
+    // digest cache (digest_cache.h) under the mapped files' identities, this version and the config.
+    std::vector<FileIdentity> files;
+    bool known = true;
+    for (const auto& m : st_->checkpoint->maps) {
+      FileIdentity id;
+      if (m && !m->identity(id)) known = false;
+      if (m) files.push_back(id);
+    }
+    const std::string config = model_config_json(st_->config);
+    const DigestKey key("weights_hash " CLIP_VERSION " " + sha256_hex(config.data(), config.size()), files);
+    std::optional<std::string> cached = known ? key.lookup() : std::nullopt;
+    if (cached && cached->size() == 16) {
+      st_->checkpoint->check_intact();  // the cached digest is the mapped weights' only while they are intact
+      h = *cached;
+      st_->hash_cached = true;
+    } else {
+      h = clip::weights_hash(st_->config, st_->checkpoint->state_dict);
+      st_->checkpoint->check_intact();
+      if (known) key.store(h);
+    }
+  } else {
+    h = clip::weights_hash(st_->model);
+  }
   st_->hash_s = seconds_since(t0);
   return h;
 }
@@ -229,6 +278,7 @@ void Encoder::start_weights_hash() const {
 }
 
 double Encoder::weights_hash_seconds() const { return st_->hash_s; }
+bool Encoder::weights_hash_cached() const { return st_->hash_cached; }
 const ModelConfig& Encoder::config() const { return st_->model->config(); }
 int Encoder::resolution() const { return config().vision.image_resolution; }
 int Encoder::embed_dim() const { return config().embed_dim(); }

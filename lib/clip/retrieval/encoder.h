@@ -26,8 +26,8 @@ class ClipModel;
 struct DevicePhases {
   double init_s = 0;         // CUDA's start: context, allocator, cuBLAS, a first matrix product
   double upload_s = 0;       // the weights to the device and the normalisation table
-  double warm_images_s = 0;  // warm_up: one image batch (with the squash for --decode device)
-  double warm_texts_s = 0;   // warm_up: one text batch at the context length
+  double warm_images_s = 0;  // the warm-up's image batch (with the squash for --decode device)
+  double warm_texts_s = 0;   // the warm-up's text batch at the context length
 };
 
 class Encoder {
@@ -39,23 +39,18 @@ class Encoder {
   // `image` chooses how images are decoded for the model (--decode; exact by default).
   // hash_in_background: start_weights_hash as soon as the checkpoint is mapped, while the model is
   // built and loaded (a tool that will write a store).
-  // On CUDA the constructor returns before the weights are on the card: their upload (and CUDA's
-  // start) runs on a thread of its own, which every member that needs the device waits for; an
-  // error there (no device, out of memory) is thrown by the first such member.
+  // On CUDA the constructor returns before the weights are on the card: CUDA's start, then (when
+  // warm_batch > 0) one batch of warm_batch through each loaded tower of a stand-in model, run while
+  // the model is built here (CUDA's lazy loading of kernels and the libraries' set-up, which the
+  // first real batch paid before), and the weights' upload, run on a thread of its own, which every
+  // member that needs the device waits for; an error there (no device, out of memory) is thrown by
+  // the first such member. Elsewhere warm_batch does nothing.
   Encoder(const ModelOptions& model, const RuntimeOptions& runtime, const ImageOptions& image = {},
-          bool hash_in_background = false);
+          bool hash_in_background = false, int warm_batch = 0);
   // An encoder over a model that lives elsewhere (the trainer's, for validation): shares its weights
   // on their device and dtype, with bf16 autocast when `amp`; no checkpoint, no weights hash.
   Encoder(ClipModel model, std::shared_ptr<const Tokenizer> tokenizer, int context_length, int batch_size, bool amp);
   ~Encoder();
-  // On CUDA: after the weights' upload, the device thread runs one batch of `batch` zeros through
-  // each loaded tower (8-bit images at the model's resolution, normalised as real ones, and with
-  // --decode device one image through the device's squash; texts at every width a trimmed batch can
-  // have: multiples of 8 up to the context length, and that length) and waits for
-  // it, so that CUDA's lazy loading of kernels and the libraries' set-up happen there, overlapping
-  // whatever the caller does next (opening and decoding the input), instead of in the first real
-  // batch. Elsewhere nothing. Call once, right after construction.
-  void warm_up(int batch);
   Encoder(const Encoder&) = delete;
   Encoder& operator=(const Encoder&) = delete;
 
@@ -121,6 +116,9 @@ class Encoder {
   void start_weights_hash() const;
   // Seconds the hash took to compute (0 until it is known), wherever it ran.
   double weights_hash_seconds() const;
+  // Whether the hash came from the digest cache (base/digest_cache.h: the same checkpoint files,
+  // unchanged since a run of this version computed it) instead of reading the weights.
+  bool weights_hash_cached() const;
   // Seconds callers were blocked waiting for the model to reach the device (CUDA).
   double load_wait_seconds() const;
   // Where the device thread's time went (CUDA; zeros elsewhere). Waits for that thread.

@@ -281,8 +281,17 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts, cons
                          [&](int64_t a, int64_t b) { return len[static_cast<size_t>(a)] > len[static_cast<size_t>(b)]; });
       }
     }
-    for (int64_t s = 0; s < n; s += static_cast<int64_t>(bs)) {
-      const int64_t e = std::min(n, s + static_cast<int64_t>(bs));
+    // The columns a batch of the sorted texts [s, e) needs: its longest text's, rounded up to 8.
+    auto width_of = [&](int64_t s, int64_t e) {
+      int64_t w = 1;
+      for (int64_t k = s; k < e; ++k) w = std::max(w, len[static_cast<size_t>(order[static_cast<size_t>(k)])]);
+      return std::min(ctx, (w + 7) / 8 * 8);
+    };
+    const int64_t budget = static_cast<int64_t>(bs) * ctx;  // tokens of a full-length batch
+    for (int64_t s = 0, e = 0; s < n; s = e) {
+      // Longest first, so the first text of a batch sets its width: as many texts as fit the budget.
+      e = std::min(n, s + static_cast<int64_t>(bs));
+      if (trim) e = std::min(n, s + std::max(static_cast<int64_t>(bs), budget / width_of(s, s + 1)));
       at::Tensor staged, rows;
       {
         ScopedTimer stage(tm.stage_s);
@@ -291,10 +300,7 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts, cons
         rows = at::tensor(global, at::kLong);
         at::Tensor batch;
         if (trim) {
-          int64_t width = 1;
-          for (int64_t k = s; k < e; ++k) width = std::max(width, len[static_cast<size_t>(order[static_cast<size_t>(k)])]);
-          width = std::min(ctx, (width + 7) / 8 * 8);
-          batch = ids.index_select(0, rows - static_cast<int64_t>(c)).slice(1, 0, width).contiguous();
+          batch = ids.index_select(0, rows - static_cast<int64_t>(c)).slice(1, 0, width_of(s, e)).contiguous();
         } else {
           batch = ids.slice(0, s, e);
         }

@@ -71,7 +71,10 @@ struct TextEncodeOptions {
   // holds similar lengths; the features come back in input order. The padding columns left out
   // are masked in every layer, so the features are the same up to rounding (the sums have other
   // lengths). Unset: on for a model on CUDA (fp16/bf16 there are not bit-reproducible anyway),
-  // off elsewhere, where the features stay bit-identical to full-length batches.
+  // off elsewhere, where the features stay bit-identical to full-length batches. A trimmed batch
+  // holds as many texts as fit in the tokens of batch_size texts at the context length (at least
+  // batch_size; the longest-first order makes the first batch batch_size texts at full length), so
+  // that --batch-size bounds the activations' memory as before while short texts go in larger batches.
   std::optional<bool> trim;
 };
 // All texts, tokenised a chunk at a time on every thread; on CUDA the next chunk is tokenised while
