@@ -18,6 +18,9 @@ model and tokenizer code that runs is cn_clip's own.
      C++:    clip-index -c vitb16.pt --texts one.jsonl --text-out t.jsonl
      Python: import cn_clip's model, torch.load, build CLIP, load_state_dict, encode the text
      (with --before B: also B/bin/clip-index, e.g. a build of the previous version)
+   With --store, also the same one-text job writing a binary store, which records the checkpoint's
+   weights hash (reading all 753 MB): once with the digest cache off (CLIP_NO_CACHE=1) and once with
+   it on in a folder of its own (filled by the warm-up run; docs/store-format.md).
    and prints each run's wall time, CPU time (user + system) and peak RSS (GNU time), the
    medians, the
    ratio, and the text tower's size (text_projection + bert.*, float32) for the memory goal.
@@ -106,12 +109,13 @@ def cpu_model():
     return "?"
 
 
-def run(cmd):
+def run(cmd, env=None):
     """Runs cmd under GNU time (a small parent: the child's peak RSS is its own, not this
     interpreter's memory inherited through fork) and returns wall s, peak RSS MiB, stdout, CPU s."""
     import tempfile
     with tempfile.TemporaryFile() as o, tempfile.TemporaryFile() as e, tempfile.NamedTemporaryFile("r") as t:
-        p = subprocess.run(["/usr/bin/time", "-o", t.name, "-f", "%e %U %S %M"] + cmd, stdout=o, stderr=e)
+        p = subprocess.run(["/usr/bin/time", "-o", t.name, "-f", "%e %U %S %M"] + cmd, stdout=o, stderr=e,
+                           env=dict(os.environ, **(env or {})))
         o.seek(0)
         e.seek(0)
         out, err = o.read().decode(), e.read().decode()
@@ -128,6 +132,7 @@ def main():
     ap.add_argument("--work", default="/tmp/clip-bench-start")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--before", help="another build folder whose clip-index is timed alongside (e.g. main's)")
+    ap.add_argument("--store", action="store_true", help="also time the job writing a store, weights hash cache off/on")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     cnclip = os.path.abspath(a.cnclip)
@@ -152,14 +157,20 @@ def main():
     out = os.path.join(a.work, "t.jsonl")
     cpp = [os.path.join(a.build, "bin", "clip-index"), "-c", ckpt, "--texts", one, "--text-out", out, "--quiet"]
     py = [sys.executable, os.path.abspath(__file__), "--cnclip", cnclip, "--child", ckpt]
-    sides = [("cpp", cpp), ("python", py)]
+    sides = [("cpp", cpp, {"CLIP_NO_CACHE": "1"}), ("python", py, None)]
     if a.before:
-        sides.insert(1, ("before", [os.path.join(a.before, "bin", "clip-index")] + cpp[1:]))
-    res = {name: [] for name, _ in sides}
+        sides.insert(1, ("before", [os.path.join(a.before, "bin", "clip-index")] + cpp[1:], {"CLIP_NO_CACHE": "1"}))
+    if a.store:
+        store = cpp[:-2] + [os.path.join(a.work, "t.clipfeat"), "--quiet"]
+        cache = os.path.join(a.work, "cache")
+        subprocess.run(["rm", "-rf", cache])
+        sides += [("store-nocache", store, {"CLIP_NO_CACHE": "1"}),
+                  ("store-cache", store, {"CLIP_CACHE_DIR": cache, "CLIP_NO_CACHE": ""})]
+    res = {name: [] for name, _, _ in sides}
     load_start = os.getloadavg()
     for i in range(a.runs + 1):
-        for name, cmd in sides:
-            wall, rss, _, cpu = run(cmd)
+        for name, cmd, env in sides:
+            wall, rss, _, cpu = run(cmd, env)
             tag = "warm-up" if i == 0 else f"run {i}"
             print(f"{name:6s} {tag:7s} wall {wall:6.3f} s  cpu {cpu:6.3f} s  peak RSS {rss:7.1f} MiB", file=sys.stderr)
             if i > 0:
@@ -179,6 +190,9 @@ def main():
         "cpp_feature_head": cpp_feat, "python_feature_head": py_feat,
         **({"before_wall_s": round(med["before"][0], 3), "before_cpu_s": round(med["before"][2], 3),
             "before_peak_rss_mib": round(med["before"][1], 1)} if a.before else {}),
+        **({"store_nocache_wall_s": round(med["store-nocache"][0], 3), "store_cache_wall_s": round(med["store-cache"][0], 3),
+            "store_nocache_cpu_s": round(med["store-nocache"][2], 3), "store_cache_cpu_s": round(med["store-cache"][2], 3)}
+           if a.store else {}),
         "runs": a.runs, "load_average_start": load_start, "load_average": os.getloadavg(), "cores": os.cpu_count(),
         "cpu": cpu_model(),
     }))

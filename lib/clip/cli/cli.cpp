@@ -28,15 +28,7 @@ void out(const std::string& s) {
   }
 }
 
-#ifdef CLIP_HAVE_CUDA_PRESTART
-// lib/clip/base/cuda_prestart.cpp: the device whose context it started creating, or -1.
-extern "C" int clip_cuda_prestart_linked();
-#endif
-
 int run_main(const char* tool, int argc, char** argv, const std::function<int(int, char**)>& body) {
-#ifdef CLIP_HAVE_CUDA_PRESTART
-  (void)clip_cuda_prestart_linked();  // a reference that keeps the library among the program's dependencies
-#endif
   maybe_reexec_for_blas(argc, argv);
   std::signal(SIGPIPE, SIG_IGN);  // writes to a closed pipe then fail with EPIPE, handled in out()
   int rc = kExitInternal;
