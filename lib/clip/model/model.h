@@ -117,5 +117,9 @@ std::string weights_hash(ClipModel& model);
 // weights_hash of that model after a strict load_weights), without building it: for one-tower
 // models, whose hash still names the whole checkpoint. Reads every tensor's bytes.
 std::string weights_hash(const ModelConfig& cfg, const StateDict& sd);
+// The definition of that digest: part of the key under which the encoder caches it (digest_cache.h).
+// Change it whenever the digest would change for the same file (what is hashed, how a checkpoint's
+// tensors are read), so that no cached value of the old definition is found.
+constexpr int kWeightsHashScheme = 1;
 
 }  // namespace clip

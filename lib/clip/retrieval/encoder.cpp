@@ -4,6 +4,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -240,7 +241,9 @@ std::string Encoder::compute_weights_hash() const {
       if (m) files.push_back(id);
     }
     const std::string config = model_config_json(st_->config);
-    const DigestKey key("weights_hash " CLIP_VERSION " " + sha256_hex(config.data(), config.size()), files);
+    const DigestKey key(fmt::format("weights_hash/{} clip-cpp {} config {}", kWeightsHashScheme, CLIP_VERSION,
+                                    sha256_hex(config.data(), config.size())),
+                        files);
     std::optional<std::string> cached = known ? key.lookup() : std::nullopt;
     if (cached && cached->size() == 16) {
       st_->checkpoint->check_intact();  // the cached digest is the mapped weights' only while they are intact
