@@ -31,7 +31,6 @@ class DigestKey {
   // Stores `digest` (one line, at most 256 bytes) under this key, unless a file was too recent or the
   // cache is off. Silent on failure.
   void store(const std::string& digest) const;
-  const std::string& hex() const { return hex_; }
 
  private:
   std::string hex_;       // sha256 of the label and the identities: the entry's file name

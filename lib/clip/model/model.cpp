@@ -343,6 +343,13 @@ void walk_state(torch::nn::Module& m, const std::string& prefix, std::vector<std
   for (const auto& c : m.named_children()) walk_state(*c.value(), prefix + c.key() + ".", out);
 }
 
+// The dtype `to(dtype)` gives the named tensor of type `t`: floating ones take `dtype` unless kept in
+// float32 (keeps_fp32); integer buffers keep theirs.
+at::ScalarType moved_dtype(const std::string& name, at::ScalarType t, at::ScalarType dtype) {
+  if (!at::isFloatingType(t)) return t;
+  return keeps_fp32(name) ? at::kFloat : dtype;
+}
+
 void move_all(ClipModelImpl& m, c10::optional<at::Device> device, c10::optional<at::ScalarType> dtype, bool non_blocking) {
   at::NoGradGuard ng;
   std::vector<std::pair<std::string, at::Tensor>> st;
@@ -350,8 +357,7 @@ void move_all(ClipModelImpl& m, c10::optional<at::Device> device, c10::optional<
   for (auto& [name, t] : st) {
     if (t.is_meta()) continue;
     at::Device dev = device ? *device : t.device();
-    at::ScalarType dt = t.scalar_type();
-    if (dtype && at::isFloatingType(dt)) dt = keeps_fp32(name) ? at::kFloat : *dtype;
+    const at::ScalarType dt = dtype ? moved_dtype(name, t.scalar_type(), *dtype) : t.scalar_type();
     if (dev == t.device() && dt == t.scalar_type()) continue;
     t.set_data(t.to(dev, dt, non_blocking));
   }
@@ -368,11 +374,8 @@ void ClipModelImpl::to(torch::Device device, bool non_blocking) { move_all(*this
 void ClipModelImpl::allocate_on(torch::Device device, torch::Dtype dtype) {
   std::vector<std::pair<std::string, at::Tensor>> st;
   walk_state(*this, "", st);
-  for (auto& [name, t] : st) {
-    at::ScalarType dt = t.scalar_type();
-    if (at::isFloatingType(dt)) dt = keeps_fp32(name) ? at::kFloat : dtype;
-    t.set_data(at::empty(t.sizes(), t.options().device(device).dtype(dt)));
-  }
+  for (auto& [name, t] : st)
+    t.set_data(at::empty(t.sizes(), t.options().device(device).dtype(moved_dtype(name, t.scalar_type(), dtype))));
 }
 
 bool ClipModelImpl::keeps_float32(const std::string& name) { return keeps_fp32(name); }

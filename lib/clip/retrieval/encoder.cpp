@@ -41,9 +41,10 @@ struct Encoder::State {
   std::atomic<double> hash_s{0};
   std::atomic<bool> hash_cached{false};  // weights_hash came from the digest cache
   std::mutex hash_mu;
-  // CUDA: the weights' move to the device (context creation included) and the normalisation table,
-  // on a thread started by the constructor, so that opening the input and the first decodes
-  // overlap it; every member that touches the device waits for it first (ready()).
+  // CUDA: CUDA's start, the warm-up on a stand-in model, the weights' move to the device and the
+  // normalisation table, on a thread started by the constructor, so that building the model, opening
+  // the input and the first decodes overlap them; every member that touches the device waits for it
+  // first (ready()).
   std::shared_future<void> device_job;
   std::atomic<double> ready_wait_s{0};
   // The device thread's phases in seconds (CUDA): each written by that thread before its job ends,
@@ -236,9 +237,10 @@ std::string Encoder::compute_weights_hash() const {
     std::vector<FileIdentity> files;
     bool known = true;
     for (const auto& m : st_->checkpoint->maps) {
+      if (!m) continue;
       FileIdentity id;
-      if (m && !m->identity(id)) known = false;
-      if (m) files.push_back(id);
+      known = m->identity(id) && known;
+      files.push_back(id);
     }
     const std::string config = model_config_json(st_->config);
     const DigestKey key(fmt::format("weights_hash/{} clip-cpp {} config {}", kWeightsHashScheme, CLIP_VERSION,

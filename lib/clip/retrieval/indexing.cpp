@@ -281,17 +281,16 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts, cons
                          [&](int64_t a, int64_t b) { return len[static_cast<size_t>(a)] > len[static_cast<size_t>(b)]; });
       }
     }
-    // The columns a batch of the sorted texts [s, e) needs: its longest text's, rounded up to 8.
-    auto width_of = [&](int64_t s, int64_t e) {
-      int64_t w = 1;
-      for (int64_t k = s; k < e; ++k) w = std::max(w, len[static_cast<size_t>(order[static_cast<size_t>(k)])]);
-      return std::min(ctx, (w + 7) / 8 * 8);
-    };
     const int64_t budget = static_cast<int64_t>(bs) * ctx;  // tokens of a full-length batch
     for (int64_t s = 0, e = 0; s < n; s = e) {
-      // Longest first, so the first text of a batch sets its width: as many texts as fit the budget.
+      // Trimmed: longest first, so the batch's first text sets its columns (its length rounded up to
+      // 8), and the batch takes as many texts as fit the budget at that width.
+      int64_t width = ctx;
       e = std::min(n, s + static_cast<int64_t>(bs));
-      if (trim) e = std::min(n, s + std::max(static_cast<int64_t>(bs), budget / width_of(s, s + 1)));
+      if (trim) {
+        width = std::min(ctx, (std::max<int64_t>(1, len[static_cast<size_t>(order[static_cast<size_t>(s)])]) + 7) / 8 * 8);
+        e = std::min(n, s + std::max(static_cast<int64_t>(bs), budget / width));
+      }
       at::Tensor staged, rows;
       {
         ScopedTimer stage(tm.stage_s);
@@ -300,7 +299,7 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts, cons
         rows = at::tensor(global, at::kLong);
         at::Tensor batch;
         if (trim) {
-          batch = ids.index_select(0, rows - static_cast<int64_t>(c)).slice(1, 0, width_of(s, e)).contiguous();
+          batch = ids.index_select(0, rows - static_cast<int64_t>(c)).slice(1, 0, width).contiguous();
         } else {
           batch = ids.slice(0, s, e);
         }
