@@ -264,6 +264,22 @@ TEST_CASE("read_texts: records, CRLF, and every kind of bad line", "[dataset]") 
   }
 }
 
+TEST_CASE("read_texts: JSON that parses but cannot be held (a number overflowing) is a bad line", "[dataset]") {
+  testutil::TempDir dir{"data"};
+  // nlohmann's parser throws out_of_range, not parse_error, for this number (a fuzzing finding).
+  const std::string path = dir.write("big.jsonl",
+                                     "{\"text_id\": 1, \"text\": \"x\", \"image_ids\": [1E11111111111111111111111]}\n"
+                                     "{\"text_id\": 2, \"text\": \"y\", \"image_ids\": []}\n");
+  ReadReport r;
+  const std::vector<TextRecord> texts = read_texts(path, r, false, nullptr);
+  REQUIRE(texts.size() == 1);
+  CHECK(texts[0].text_id == 2);
+  CHECK(r.skipped == 1);
+  CHECK(reported(r, {path + ":1:", "invalid JSON", "number overflow"}));
+  ReadReport sr;
+  CHECK(contains(data_error([&] { read_texts(path, sr, true, nullptr); }), path + ":1: invalid JSON"));
+}
+
 TEST_CASE("UTF-8 validation", "[dataset]") {
   REQUIRE(find_invalid_utf8("abc 中文 😀") == std::string::npos);
   REQUIRE(find_invalid_utf8("ab\x80") == 2);           // stray continuation

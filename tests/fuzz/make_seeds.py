@@ -58,6 +58,8 @@ jpg = base64.b64encode(open("tests/data/image/jpeg_gray.jpg", "rb").read()).deco
 put("dataset", "imgs.tsv", f"1\t{jpg}\n2\t{jpg}\n")
 put("dataset", "texts.jsonl", '{"text_id": 7, "text": "一只猫", "image_ids": [1]}\n'
                               '{"text_id": 8, "text": "两只“狗”", "image_ids": [1, 2]}\n')
+# Valid syntax the parser cannot hold (out_of_range, not parse_error: a fuzzing finding).
+put("dataset", "number-overflow.jsonl", '{"text_id": 7, "text": "x", "image_ids": [1E11111111111111111111111]}\n')
 
 # Tokenizer inputs.
 for i, t in enumerate(["一只金毛犬在草地上奔跑", "Hello, WORLD! 123", "café naïve ＡＢＣ", "\u3000\t混合 text！？"]):

@@ -367,6 +367,9 @@ std::vector<TextRecord> read_texts(const std::string& path, ReadReport& report, 
       // e.byte is 1-based within the line.
       bad(fmt::format("invalid JSON at column {}: {}", e.byte, e.what()), "invalid JSON");
       return;
+    } catch (const nlohmann::json::exception& e) {  // valid syntax it cannot hold: a number overflowing
+      bad(fmt::format("invalid JSON: {}", e.what()), "invalid JSON");
+      return;
     }
     if (!j.is_object()) {
       bad(fmt::format("expected a JSON object {{\"text_id\": int, \"text\": str, \"image_ids\": [int, ...]}}, found {}",

@@ -186,7 +186,7 @@ json read_json_file(const std::string& path) {
   ss << f.rdbuf();
   try {
     return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number overflowing
     throw UsageError("model config " + path + " is not valid JSON: " + e.what());
   }
 }
