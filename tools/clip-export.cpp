@@ -72,4 +72,7 @@ static int body(int argc, char** argv) {
   return kExitOk;
 }
 
+// CUDA's context started, and the end detached, before LibTorch initialises (cli/early_start.h).
+CLIP_EARLY_START(clip::EarlyStart::cuda_detach)
+
 int main(int argc, char** argv) { return run_main("clip-export", argc, argv, body); }

@@ -83,4 +83,7 @@ static int body(int argc, char** argv) {
   return res.total_hits() == 0 ? kExitNoResults : kExitOk;
 }
 
+// CUDA's context started, and the end detached, before LibTorch initialises (cli/early_start.h).
+CLIP_EARLY_START(clip::EarlyStart::cuda_detach)
+
 int main(int argc, char** argv) { return run_main("clip-query", argc, argv, body); }

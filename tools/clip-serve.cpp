@@ -86,4 +86,8 @@ static int body(int argc, char** argv) {
   return kExitOk;
 }
 
+// CUDA's context started before LibTorch initialises (cli/early_start.h); no detached end: a server
+// stays the process that was started.
+CLIP_EARLY_START(clip::EarlyStart::cuda)
+
 int main(int argc, char** argv) { return run_main("clip-serve", argc, argv, body); }

@@ -13,11 +13,15 @@ namespace clip {
 namespace {
 
 const SteadyClock::time_point g_static_init = SteadyClock::now();
+int g_origin_pid = 0;  // constant-initialised: set_process_origin runs before static initialisation
 
-// The process's age from its start time in /proc/self/stat (field 22, clock ticks after boot)
-// and CLOCK_BOOTTIME, the clock that start time is measured on; < 0 when unavailable.
+// The process's age from its start time in /proc/self/stat (or the origin's: set_process_origin;
+// field 22, clock ticks after boot) and CLOCK_BOOTTIME, the clock that start time is measured on;
+// < 0 when unavailable.
 double age_from_proc() {
-  std::FILE* f = std::fopen("/proc/self/stat", "r");
+  char path[40] = "/proc/self/stat";
+  if (g_origin_pid > 0) std::snprintf(path, sizeof path, "/proc/%d/stat", g_origin_pid);
+  std::FILE* f = std::fopen(path, "r");
   if (!f) return -1;
   char buf[1024];
   const size_t n = std::fread(buf, 1, sizeof buf - 1, f);
@@ -43,6 +47,8 @@ double age_from_proc() {
 }
 
 }  // namespace
+
+void set_process_origin(int pid) { g_origin_pid = pid; }
 
 double process_seconds() {
   // The offset of the kernel's start time before our static initialisation, read once.

@@ -16,6 +16,11 @@ inline double seconds_since(SteadyClock::time_point t) {
 // cannot be read, since this library's static initialisation.
 double process_seconds();
 
+// The process whose start process_seconds() counts from, instead of this one: a detached start's
+// child names its parent, the process the shell started (cli/early_start.h). It is called before
+// static initialisation and must precede the first process_seconds().
+void set_process_origin(int pid);
+
 // Adds the seconds from its construction to its destruction to `acc`.
 class ScopedTimer {
  public:

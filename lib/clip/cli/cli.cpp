@@ -9,6 +9,7 @@
 #include "clip/base/fileio.h"
 #include "clip/base/log.h"
 #include "clip/base/runtime.h"
+#include "clip/cli/early_start.h"
 #include "clip/retrieval/query.h"
 
 namespace clip {
@@ -28,7 +29,9 @@ void out(const std::string& s) {
   }
 }
 
-int run_main(const char* tool, int argc, char** argv, const std::function<int(int, char**)>& body) {
+namespace {
+
+int run_body(const char* tool, int argc, char** argv, const std::function<int(int, char**)>& body) {
   maybe_reexec_for_blas(argc, argv);
   std::signal(SIGPIPE, SIG_IGN);  // writes to a closed pipe then fail with EPIPE, handled in out()
   int rc = kExitInternal;
@@ -48,10 +51,19 @@ int run_main(const char* tool, int argc, char** argv, const std::function<int(in
     log_error("{}: cannot write to stdout: {}", tool, std::strerror(errno));
     return kExitIo;
   }
-  if (quick_exit_requested()) {
-    std::fflush(stderr);
-    std::_Exit(rc);  // skips the GPU context's teardown (runtime.h)
-  }
+  return rc;
+}
+
+}  // namespace
+
+int run_main(const char* tool, int argc, char** argv, const std::function<int(int, char**)>& body) {
+  const int rc = run_body(tool, argc, argv, body);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  // Every output is written and renamed by now: a detached start's parent exits with rc at once
+  // (early_start.h), while this process goes on to its end (the GPU context's teardown) alone.
+  early_report_exit(rc);
+  if (quick_exit_requested()) std::_Exit(rc);  // skips the GPU context's teardown (runtime.h)
   return rc;
 }
 

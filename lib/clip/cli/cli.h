@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "clip/base/error.h"
+#include "clip/cli/early_start.h"
 #include "clip/cli/options.h"
 #include "clip/retrieval/query.h"
 

@@ -378,6 +378,39 @@ void ClipModelImpl::allocate_on(torch::Device device, torch::Dtype dtype) {
     t.set_data(at::empty(t.sizes(), t.options().device(device).dtype(moved_dtype(name, t.scalar_type(), dtype))));
 }
 
+std::vector<std::function<at::Tensor()>> ClipModelImpl::warm_up_parts(int64_t images, int64_t texts, int64_t len) {
+  std::vector<std::function<at::Tensor()>> parts;
+  if (texts > 0 && towers_->bert && !towers_->bert->encoder->layer.items.empty()) {
+    auto bert = towers_->bert;
+    auto lay = bert->encoder->layer.items.front();
+    const at::TensorOptions opt = bert->embeddings->word_embeddings->weight.options();
+    const int64_t hid = cfg_.text.hidden_size;
+    parts.push_back([bert, lay, opt, texts, len, hid] {
+      const at::Tensor h = at::zeros({texts, len, hid}, opt);
+      const at::Tensor mask = bert->additive_mask(at::ones({texts, len}, opt.dtype(at::kLong)));
+      return lay->attention->output->forward(lay->attention->self_attn->forward(h, mask), h).sum();
+    });
+    parts.push_back([lay, opt, texts, len, hid] {
+      const at::Tensor h = at::zeros({texts, len, hid}, opt);
+      return lay->output->forward(detail::bert_activation(lay->act, lay->intermediate->dense->forward(h)), h).sum();
+    });
+  }
+  if (images > 0 && towers_->vit && !towers_->vit->transformer->resblocks.items.empty()) {
+    auto blk = towers_->vit->transformer->resblocks.items.front();
+    const at::TensorOptions opt = blk->mlp->c_fc->weight.options();
+    const int64_t grid = cfg_.vision.image_resolution / cfg_.vision.patch_size, n = grid * grid + 1, w = cfg_.vision.width;
+    parts.push_back([blk, opt, images, n, w] {
+      const at::Tensor x = at::zeros({images, n, w}, opt);
+      return (x + blk->attn->forward(blk->ln_1->forward(x))).sum();
+    });
+    parts.push_back([blk, opt, images, n, w] {
+      const at::Tensor x = at::zeros({images, n, w}, opt);
+      return (x + blk->mlp->forward(blk->ln_2->forward(x))).sum();
+    });
+  }
+  return parts;
+}
+
 bool ClipModelImpl::keeps_float32(const std::string& name) { return keeps_fp32(name); }
 
 void ClipModelImpl::initialize_parameters(uint64_t seed) {

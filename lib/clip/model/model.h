@@ -9,6 +9,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -82,6 +83,14 @@ class ClipModelImpl : public torch::nn::Module {
   // to(device, dtype) would give it: nothing is copied. For a stand-in model whose only use is to run
   // the kernels once (Encoder's warm-up) before the real weights arrive.
   void allocate_on(torch::Device device, torch::Dtype dtype);
+  // Stand-in passes through the first layer of each loaded transformer tower, in parts that do not
+  // depend on each other (the layer's attention half and its feed-forward half, on activations of
+  // `images` images or `texts` texts of `len` tokens; a count of 0 skips that tower), each a job
+  // returning a scalar to wait on. Encoder's warm-up runs them on threads of their own beside the
+  // whole towers: the kernels' first use (CUDA's lazy loading, the libraries' set-up) overlaps
+  // across threads. For a model without gradients (each job's thread sets none); the values mean
+  // nothing. A ResNet tower has none.
+  std::vector<std::function<at::Tensor()>> warm_up_parts(int64_t images, int64_t texts, int64_t len);
   // Whether `to(dtype)` leaves the named tensor in float32 (see above).
   static bool keeps_float32(const std::string& name);
 

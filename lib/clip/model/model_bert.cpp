@@ -109,11 +109,15 @@ BertModel::BertModel(const TextConfig& c) : cfg(c) {
   encoder = register_module("encoder", std::make_shared<BertEncoder>(c));
 }
 
-at::Tensor BertModel::forward(const at::Tensor& ids) {
+at::Tensor BertModel::additive_mask(const at::Tensor& ids) const {
   const auto dtype = embeddings->word_embeddings->weight.scalar_type();
   // [B, 1, 1, L]: 0 where attended, -10000 on padding keys (cn_clip's pad id is 0).
   auto m = ids.ne(0).to(dtype).view({ids.size(0), 1, 1, ids.size(1)});
-  auto mask = (1.0 - m) * -10000.0;
+  return (1.0 - m) * -10000.0;
+}
+
+at::Tensor BertModel::forward(const at::Tensor& ids) {
+  const auto mask = additive_mask(ids);
   auto h = embeddings->forward(ids);
   for (auto& lay : encoder->layer.items) {
     if (encoder->grad_checkpointing) {

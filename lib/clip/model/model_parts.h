@@ -248,6 +248,7 @@ struct BertModel : torch::nn::Module {
   explicit BertModel(const TextConfig& c);
   // [B, L] ids -> last hidden state [B, L, H]; mask from ids != 0, additive (1 - m) * -10000.
   at::Tensor forward(const at::Tensor& ids);
+  at::Tensor additive_mask(const at::Tensor& ids) const;  // forward's [B, 1, 1, L] mask of ids [B, L]
   TextConfig cfg;
   std::shared_ptr<BertEmbeddings> embeddings;
   std::shared_ptr<BertEncoder> encoder;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <future>
 #include <mutex>
 
@@ -64,12 +65,13 @@ struct Encoder::State {
   // The device thread's warm-up: one batch of `batch` through each tower of a stand-in model (the
   // same modules, their weights unfilled on the device: ClipModelImpl::allocate_on), so that CUDA's
   // lazy loading of kernels and the libraries' set-up happen while the real model is still being
-  // built on the host, instead of after its upload or in the first real batch. Texts go through at
-  // the context length (the longest-first order makes that the first batch's width); images as 8-bit
-  // pixels normalised as real ones, with --decode device also one Flickr30k-sized image through the
-  // device's squash. The values are meaningless and dropped.
+  // built on the host, instead of after its upload or in the first real batch. Each whole tower runs
+  // on a thread of its own, beside the halves of its first layer on threads of theirs
+  // (ClipModelImpl::warm_up_parts): the kernels' first use overlaps across threads. Texts go through
+  // at the context length (the longest-first order makes that the first batch's width); images as
+  // 8-bit pixels normalised as real ones, with --decode device also one Flickr30k-sized image through
+  // the device's squash. The values are meaningless and dropped.
   void warm_up(const ModelConfig& cfg, Towers towers, int batch, bool squash, int64_t context_length) {
-    at::NoGradGuard ng;
     ClipModel m{nullptr};
     {
       ParamFillScope fill(ParamFill::uninitialised);  // at::empty on the host: no page is touched
@@ -78,25 +80,41 @@ struct Encoder::State {
     m->allocate_on(device, dtype);
     m->eval();
     if (dtype != at::kFloat) m->set_low_precision_kernels(true);
-    auto t0 = SteadyClock::now();
-    if (towers != Towers::text) {
-      const int64_t r = cfg.vision.image_resolution;
-      const auto u8 = at::TensorOptions(at::kByte).device(device);
-      if (squash) squash_bicubic_u8({at::zeros({375, 500, 3}, u8)}, r, device);
-      at::Tensor x = normalize_pixels_u8(at::zeros({batch, 3, r, r}, u8), norm_table).to(dtype);
-      at::Tensor f = m->encode_image(x).to(at::kFloat);
-      (f / f.norm(2, -1, true)).sum().item<float>();
-      phases.warm_images_s = seconds_since(t0);
-      t0 = SteadyClock::now();
+    const auto t0 = SteadyClock::now();
+    const bool images = towers != Towers::text, texts = towers != Towers::vision;
+    std::vector<std::function<at::Tensor()>> jobs = m->warm_up_parts(images ? batch : 0, texts ? batch : 0, context_length);
+    auto normalized_sum = [](const at::Tensor& f32) { return (f32 / f32.norm(2, -1, true)).sum(); };
+    if (images) {
+      jobs.push_back([&] {
+        const int64_t r = cfg.vision.image_resolution;
+        const auto u8 = at::TensorOptions(at::kByte).device(device);
+        if (squash) squash_bicubic_u8({at::zeros({375, 500, 3}, u8)}, r, device);
+        at::Tensor x = normalize_pixels_u8(at::zeros({batch, 3, r, r}, u8), norm_table).to(dtype);
+        at::Tensor f = normalized_sum(m->encode_image(x).to(at::kFloat));
+        f.item<float>();
+        phases.warm_images_s = seconds_since(t0);
+        return f;
+      });
     }
-    if (towers != Towers::vision) {
+    if (texts) {
       // Warming every width a trimmed batch can have (8, 16, ..., 52) cost more than the first batches
       // of other widths then saved (clip-index on 20,000 texts: 1.90 s against 1.73 s; docs/benchmarks.md).
-      at::Tensor ids = at::ones({batch, context_length}, at::TensorOptions(at::kLong).device(device));
-      at::Tensor f = m->encode_text(ids).to(at::kFloat);
-      (f / f.norm(2, -1, true)).sum().item<float>();
-      phases.warm_texts_s = seconds_since(t0);
+      jobs.push_back([&] {
+        at::Tensor ids = at::ones({batch, context_length}, at::TensorOptions(at::kLong).device(device));
+        at::Tensor f = normalized_sum(m->encode_text(ids).to(at::kFloat));
+        f.item<float>();
+        phases.warm_texts_s = seconds_since(t0);
+        return f;
+      });
     }
+    std::vector<std::future<void>> running;
+    for (auto& job : jobs)
+      running.push_back(std::async(std::launch::async, [&job] {
+        at::NoGradGuard ng;  // per thread
+        job().item<float>();
+      }));
+    for (auto& r : running) r.wait();
+    for (auto& r : running) r.get();  // the first error, once every thread is done with `m`
   }
 
   void to_device() {
