@@ -71,7 +71,10 @@ struct Encoder::State {
   // at the context length (the longest-first order makes that the first batch's width); images as
   // 8-bit pixels normalised as real ones, with --decode device also one Flickr30k-sized image through
   // the device's squash. The values are meaningless and dropped.
-  void warm_up(const ModelConfig& cfg, Towers towers, int batch, bool squash, int64_t context_length) {
+  // `meanwhile` runs on the calling thread while the warm-up's threads work (the upload of the real
+  // weights); they are joined before its error, if any, is rethrown.
+  void warm_up(const ModelConfig& cfg, Towers towers, int batch, bool squash, int64_t context_length,
+               const std::function<void()>& meanwhile) {
     ClipModel m{nullptr};
     {
       ParamFillScope fill(ParamFill::uninitialised);  // at::empty on the host: no page is touched
@@ -113,7 +116,14 @@ struct Encoder::State {
         at::NoGradGuard ng;  // per thread
         job().item<float>();
       }));
+    std::exception_ptr err;
+    try {
+      meanwhile();
+    } catch (...) {
+      err = std::current_exception();
+    }
     for (auto& r : running) r.wait();
+    if (err) std::rethrow_exception(err);
     for (auto& r : running) r.get();  // the first error, once every thread is done with `m`
   }
 
@@ -152,10 +162,11 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
   checkpoint_path_ = mo.checkpoint;
   st_->device = parse_device(ro.device);
   st_->dtype = parse_precision(ro.precision, st_->device);
-  // CUDA's start (the context, the allocator, cuBLAS and a matrix product's kernels) on the device
-  // thread from here, while the checkpoint is mapped and the model built; the upload follows it.
+  // CUDA's start (the context, the allocator, cuBLAS and a matrix product's kernels) on a thread from
+  // here, while the checkpoint is mapped and the model built; the upload follows it. With a warm-up
+  // the device thread starts CUDA itself and its warm-up threads set up cuBLAS, at once.
   std::shared_future<double> start;  // its seconds
-  if (st_->device.is_cuda())
+  if (st_->device.is_cuda() && warm_batch <= 0)
     start = std::async(std::launch::async, [d = st_->device] {
                         // float32: every card multiplies it (the cuBLAS handle serves every dtype)
                         const auto t0 = SteadyClock::now();
@@ -175,15 +186,23 @@ Encoder::Encoder(const ModelOptions& mo, const RuntimeOptions& ro, const ImageOp
     const bool squash = io.decode == DecodeMode::device;
     st_->device_job = std::async(std::launch::async, [s = st_.get(), start, built, cfg = src.config, towers = mo.towers,
                                                       warm_batch, squash, ctx = context_length_] {
-                        s->phases.init_s = start.get();
-                        if (warm_batch > 0) {
-                          s->make_norm_table();
-                          s->warm_up(cfg, towers, warm_batch, squash, ctx);
+                        auto upload = [s, built] {
+                          built.get();
+                          const auto t0 = SteadyClock::now();
+                          s->to_device();
+                          s->phases.upload_s = seconds_since(t0);
+                        };
+                        if (warm_batch <= 0) {
+                          s->phases.init_s = start.get();
+                          upload();
+                          return;
                         }
-                        built.get();
+                        // The warm-up's threads start right after CUDA (the context, prestarted by the
+                        // tool where it could: cli/early_start.h); the weights are uploaded beside them.
                         const auto t0 = SteadyClock::now();
-                        s->to_device();
-                        s->phases.upload_s = seconds_since(t0);
+                        s->make_norm_table();
+                        s->phases.init_s = seconds_since(t0);
+                        s->warm_up(cfg, towers, warm_batch, squash, ctx, upload);
                       }).share();
   }
   st_->model = build_model(src, mo.towers, WeightUse::share);
