@@ -29,6 +29,13 @@ check "data error: 3" test "$(CLIP_DETACH=1 code "$bin/clip-index" "${MODEL[@]}"
   --text-out "$tmp/bad.jsonl")" -eq 3
 check "the data error names the file" has "$tmp/err" "images.tsv"
 
+# --device cuda detaches by default; where this build or machine has no CUDA, the usage error's
+# status comes through the parent.
+rc=$(code "$bin/clip-index" "${MODEL[@]}" --device cuda --texts "$F/texts.jsonl" --text-out "$tmp/cuda.jsonl")
+if grep -q "no CUDA support" "$tmp/err"; then
+  check "--device cuda without CUDA: 2 through the detached parent" test "$rc" -eq 2
+fi
+
 # stdout through a pipe: every line arrives, and the pipe ends.
 Q=$tmp/q.txt
 printf '%s\n' '一只猫' '红色的汽车' '海边的日落' >"$Q"
