@@ -162,6 +162,11 @@ bool adopt_report_pipe() {
 void detach() {
   int fds[2];
   if (pipe(fds) != 0) return;
+  if (fds[0] <= STDERR_FILENO || fds[1] <= STDERR_FILENO) {  // started with stdin, stdout or stderr closed
+    close(fds[0]);
+    close(fds[1]);
+    return;
+  }
   fcntl(fds[0], F_SETFD, FD_CLOEXEC);
   const pid_t parent = getpid();
   const pid_t pid = fork();
