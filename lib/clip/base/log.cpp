@@ -61,18 +61,19 @@ void log_write(LogLevel level, const std::string& msg) {
     timespec cpu{};
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu);
     // Resident memory: anonymous and file-backed (mapped checkpoints, libraries) pages, from /proc.
-    long anon_kb = 0, file_kb = 0;
+    long anon_kb = 0, file_kb = 0, peak_kb = 0;
     if (FILE* f = std::fopen("/proc/self/status", "r")) {
       char line[256];
       while (std::fgets(line, sizeof line, f)) {
+        if (std::strncmp(line, "VmHWM:", 6) == 0) peak_kb = std::strtol(line + 6, nullptr, 10);
         if (std::strncmp(line, "RssAnon:", 8) == 0) anon_kb = std::strtol(line + 8, nullptr, 10);
         if (std::strncmp(line, "RssFile:", 8) == 0) file_kb = std::strtol(line + 8, nullptr, 10);
       }
       std::fclose(f);
     }
-    std::fprintf(stderr, "debug [%.3f s, cpu %.3f s, rss %.0f MiB = anon %.0f + file %.0f]: %s\n", seconds_since_exec(),
-                 cpu.tv_sec + cpu.tv_nsec * 1e-9, (anon_kb + file_kb) / 1024.0, anon_kb / 1024.0, file_kb / 1024.0,
-                 msg.c_str());
+    std::fprintf(stderr, "debug [%.3f s, cpu %.3f s, rss %.0f MiB = anon %.0f + file %.0f, peak %.0f]: %s\n",
+                 seconds_since_exec(), cpu.tv_sec + cpu.tv_nsec * 1e-9, (anon_kb + file_kb) / 1024.0, anon_kb / 1024.0,
+                 file_kb / 1024.0, peak_kb / 1024.0, msg.c_str());
     std::fflush(stderr);
     return;
   }

@@ -283,12 +283,13 @@ EncodedSet encode_texts(Encoder& enc, const std::vector<TextRecord>& texts, cons
     }
     const int64_t budget = static_cast<int64_t>(bs) * ctx;  // tokens of a full-length batch
     for (int64_t s = 0, e = 0; s < n; s = e) {
-      // Trimmed: longest first, so the batch's first text sets its columns (its length rounded up to
-      // 8), and the batch takes as many texts as fit the budget at that width.
+      // Trimmed: longest first, so the batch's first text sets its columns (its length: rounding it up,
+      // to 8 before 2026-12-07, computed up to a fifth more padding on short captions), and the batch
+      // takes as many texts as fit the budget at that width.
       int64_t width = ctx;
       e = std::min(n, s + static_cast<int64_t>(bs));
       if (trim) {
-        width = std::min(ctx, (std::max<int64_t>(1, len[static_cast<size_t>(order[static_cast<size_t>(s)])]) + 7) / 8 * 8);
+        width = std::min(ctx, std::max<int64_t>(1, len[static_cast<size_t>(order[static_cast<size_t>(s)])]));
         e = std::min(n, s + std::max(static_cast<int64_t>(bs), budget / width));
       }
       at::Tensor staged, rows;
