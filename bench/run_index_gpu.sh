@@ -14,6 +14,9 @@
 #   MODES="exact fast device" RUNS=1 WORK=/tmp/clip-bench-index PYTHON=python3 SKIP_PY= (1: clip-index only)
 # A small check on a CPU machine:
 #   N=256 TEXTS=512 DEVICE=cpu PRECISION=fp32 VISION=ViT-B-32 TEXT=RBT3-chinese BATCH=32 bench/run_index_gpu.sh .device/cnclip build
+# Each wall time is the command's, as a shell sees it: on CUDA clip-index returns once its outputs are written, the
+# GPU context's teardown ending in a detached child (docs/architecture.md, "Process start and end"; CLIP_DETACH=0
+# in the environment times it inside). After the first run on a checkpoint its weights hash comes from the cache.
 # Prints one "bench ..." line per run (stdout), clip-index's "timing ..." lines (stderr: where each process's time
 # went, docs/benchmarks.md) and a Markdown table; the data and checkpoint are reused between calls.
 set -euo pipefail
