@@ -223,8 +223,6 @@ void early_start(int argc, char** argv, char** envp, EarlyStart what) {
   if (device >= 0 && env_switch("CLIP_CUDA_PRESTART") != 0) start_context_thread(device);
 }
 
-bool early_detached() { return g_report_fd >= 0; }
-
 void early_report_exit(int rc) {
   if (g_report_fd < 0) return;
   std::fflush(stdout);

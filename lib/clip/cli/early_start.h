@@ -28,9 +28,6 @@ enum class EarlyStart {
 
 void early_start(int argc, char** argv, char** envp, EarlyStart what);
 
-// True in the child of a detached start (a parent waits for early_report_exit).
-bool early_detached();
-
 // In the child of a detached start: flushes and closes stdout and stderr and hands `rc` to the
 // parent, which exits with it at once; later calls do nothing. Elsewhere nothing.
 void early_report_exit(int rc);
