@@ -54,7 +54,8 @@ int env_switch(const char* name) {
 }
 
 // The ordinal of the last --device cuda / cuda:N / --device=... on the command line; -1 for none
-// or another device.
+// or another device. The encoder reads the same value later (parse_device, model/tensor_torch.h); this
+// reading cannot use it (std::string, before static initialisation) and only decides what starts early.
 int cuda_device_arg(int argc, char** argv) {
   int dev = -1;
   for (int i = 1; i < argc && argv[i]; ++i) {

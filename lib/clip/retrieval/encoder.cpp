@@ -100,8 +100,9 @@ struct Encoder::State {
       });
     }
     if (texts) {
-      // Warming every width a trimmed batch can have (8, 16, ..., 52) cost more than the first batches
-      // of other widths then saved (clip-index on 20,000 texts: 1.90 s against 1.73 s; docs/benchmarks.md).
+      // Only the context length: warming every width a trimmed batch could have (then 8, 16, ..., 52)
+      // cost more than the first batches of other widths then saved (clip-index on 20,000 texts: 1.90 s
+      // against 1.73 s; docs/benchmarks.md).
       jobs.push_back([&] {
         at::Tensor ids = at::ones({batch, context_length}, at::TensorOptions(at::kLong).device(device));
         at::Tensor f = normalized_sum(m->encode_text(ids).to(at::kFloat));
